@@ -1,0 +1,240 @@
+#include "api/routes.hpp"
+
+#include <sys/stat.h>
+
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "api/environment.hpp"
+#include "async/offload.hpp"
+#include "base/secret.hpp"
+#include "checkpoint/checkpoint_id.hpp"
+
+namespace sm::api {
+
+using json = nlohmann::json;
+using http::error_response;
+using http::request;
+using http::response;
+
+namespace {
+
+response json_response(int status, const json& body) {
+  response r;
+  r.status = status;
+  r.body = body.dump();
+  r.body += '\n';
+  return r;
+}
+
+response json_error(int status, std::string message, json extra = json::object()) {
+  extra["error"] = std::move(message);
+  return json_response(status, extra);
+}
+
+// The body as JSON. curl -d sends "application/x-www-form-urlencoded", and the specification's
+// own examples use it, so the content type is not checked: the body must simply be JSON.
+// An empty body is `empty_as` when given, an error otherwise.
+std::optional<json> parse_body(const request& req, response& error,
+                               std::optional<json> empty_as = std::nullopt) {
+  if (req.body.find_first_not_of(" \t\r\n") == std::string::npos) {
+    if (empty_as) return empty_as;
+    error = json_error(400, "the request body is empty; expected a JSON object");
+    return std::nullopt;
+  }
+  try {
+    json body = json::parse(req.body);
+    if (!body.is_object()) {
+      error = json_error(400, "the request body must be a JSON object");
+      return std::nullopt;
+    }
+    return body;
+  } catch (const json::parse_error& e) {
+    // e.what() is "[json.exception.parse_error.101] parse error at ...": keep the readable part.
+    std::string what = e.what();
+    const std::size_t bracket = what.find("] ");
+    if (bracket != std::string::npos) what.erase(0, bracket + 2);
+    error = json_error(400, "invalid JSON: " + what);
+    return std::nullopt;
+  }
+}
+
+response not_configured() {
+  return json_error(400, "not configured: apply a configuration with POST /config first");
+}
+
+response not_built(std::string what) {
+  return json_error(501, std::move(what) + " not built yet in this version of state-manager");
+}
+
+// Reads {"id": ...}: the id, or nullopt with `error` set. A missing id is "" when allowed.
+std::optional<std::string> checkpoint_id_of(const json& body, bool required, response& error) {
+  if (!body.contains("id")) {
+    if (!required) return std::string();
+    error = json_error(400, "\"id\" is required");
+    return std::nullopt;
+  }
+  const json& id = body["id"];
+  if (!id.is_string()) {
+    error = json_error(400, "invalid checkpoint id: must be a string",
+                       {{"rule", checkpoint::checkpoint_id_rule}});
+    return std::nullopt;
+  }
+  const std::string& text = id.get_ref<const std::string&>();
+  if (!checkpoint::valid_checkpoint_id(text)) {
+    error = json_error(400, "invalid checkpoint id",
+                       {{"id", text}, {"rule", checkpoint::checkpoint_id_rule}});
+    return std::nullopt;
+  }
+  return text;
+}
+
+class api {
+ public:
+  api(environment& env, api_options options) : env_(env), options_(std::move(options)) {
+    using http::path_params;
+    auto route = [this](const char* method, const char* path, auto member) {
+      routes_.add(method, path, [this, member](const request& req, const path_params& params) {
+        return (this->*member)(req, params);
+      });
+    };
+    route("GET", "/", &api::get_status);
+    route("GET", "/healthz", &api::get_health);
+    route("GET", "/config", &api::get_config);
+    route("POST", "/config", &api::post_config);
+    route("POST", "/checkpoint", &api::post_checkpoint);
+    route("POST", "/restore", &api::post_restore);
+    route("POST", "/release-lease", &api::post_release_lease);
+    route("GET", "/checkpoints", &api::checkpoints_not_built);
+    route("GET", "/checkpoints/{id}", &api::checkpoints_not_built);
+    route("DELETE", "/checkpoints/{id}", &api::checkpoints_not_built);
+    route("GET", "/events", &api::events_not_built);
+    route("GET", "/metrics", &api::metrics_not_built);
+  }
+
+  asio::awaitable<response> handle(const request& req) {
+    if (options_.token && !(req.method == "GET" && req.path == "/healthz") && !authorized(req)) {
+      response r = json_error(401, "unauthorized: send \"Authorization: Bearer <token>\"");
+      r.with_header("WWW-Authenticate", "Bearer realm=\"state-manager\"");
+      co_return r;
+    }
+    co_return co_await http::dispatch(routes_, req);
+  }
+
+ private:
+  using params = http::path_params;
+
+  bool authorized(const request& req) const {
+    std::optional<std::string_view> header = req.header("authorization");
+    if (!header || header->size() < 7 || !http::iequals(header->substr(0, 7), "bearer ")) {
+      return false;
+    }
+    std::string_view given = header->substr(7);
+    while (!given.empty() && given.front() == ' ') given.remove_prefix(1);
+    return constant_time_equal(given, *options_.token);
+  }
+
+  asio::awaitable<response> get_status(const request&, const params&) {
+    co_return json_response(200, env_.status());
+  }
+
+  asio::awaitable<response> get_health(const request&, const params&) {
+    // Answering at all proves the executor turns; nothing here may block or fail.
+    response r;
+    r.body = "{\"status\":\"ok\"}\n";
+    co_return r;
+  }
+
+  asio::awaitable<response> get_config(const request&, const params&) {
+    const config::configuration* current = env_.current();
+    if (!current) co_return json_error(404, "not configured");
+    co_return json_response(200, config::to_redacted_json(*current));
+  }
+
+  asio::awaitable<response> post_config(const request& req, const params&) {
+    if (env_.configured()) co_return already_configured();
+    response error;
+    std::optional<json> body = parse_body(req, error);
+    if (!body) co_return error;
+    environment::apply_result result = co_await env_.apply(*body);
+    using kind = environment::apply_result::kind;
+    switch (result.outcome) {
+      case kind::applied:
+        co_return json_response(
+            200, {{"configured", true}, {"config", config::to_redacted_json(*env_.current())}});
+      case kind::already_configured:
+        co_return already_configured();
+      case kind::busy:
+        co_return json_error(409, "a configuration is being applied");
+      case kind::invalid:
+        co_return json_response(400, config::problems_to_json(result.problems));
+      case kind::not_built:
+        co_return json_error(501, result.message, {{"stack", result.stack}});
+      case kind::failed:
+        co_return json_error(500, result.message);
+    }
+    co_return json_error(500, "unexpected outcome");
+  }
+
+  static response already_configured() {
+    return json_error(400,
+                      "already configured: a configuration cannot be changed once applied; "
+                      "to change it, stop state-manager, remove tmp/config.json and start again");
+  }
+
+  asio::awaitable<response> post_checkpoint(const request& req, const params&) {
+    if (!env_.configured()) co_return not_configured();
+    response error;
+    std::optional<json> body = parse_body(req, error, json::object());
+    if (!body) co_return error;
+    if (!checkpoint_id_of(*body, /*required=*/false, error)) co_return error;
+    co_return not_built("checkpoints are");
+  }
+
+  asio::awaitable<response> post_restore(const request& req, const params&) {
+    if (!env_.configured()) co_return not_configured();
+    response error;
+    std::optional<json> body = parse_body(req, error);
+    if (!body) co_return error;
+    std::optional<std::string> id = checkpoint_id_of(*body, /*required=*/true, error);
+    if (!id) co_return error;
+    // Whether it exists is a fact we can state now; restoring it is the part not built yet.
+    const std::filesystem::path dir = env_.paths().checkpoints_dir() / *id;
+    bool exists = false;
+    co_await offload([&] {
+      struct stat st {};
+      exists = ::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    });
+    if (!exists) co_return json_error(404, "no such checkpoint", {{"id", *id}});
+    co_return not_built("restore is");
+  }
+
+  asio::awaitable<response> post_release_lease(const request&, const params&) {
+    if (!env_.configured()) co_return not_configured();
+    co_return not_built("the lease is");
+  }
+
+  asio::awaitable<response> checkpoints_not_built(const request&, const params&) {
+    co_return not_built("checkpoints are");
+  }
+  asio::awaitable<response> events_not_built(const request&, const params&) {
+    co_return not_built("the event stream is");
+  }
+  asio::awaitable<response> metrics_not_built(const request&, const params&) {
+    co_return not_built("metrics are");
+  }
+
+  environment& env_;
+  api_options options_;
+  http::router routes_;
+};
+
+}  // namespace
+
+http::request_handler make_handler(environment& env, api_options options) {
+  auto shared = std::make_shared<api>(env, std::move(options));
+  return [shared](const request& req) { return shared->handle(req); };
+}
+
+}  // namespace sm::api

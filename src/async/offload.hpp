@@ -1,0 +1,21 @@
+// Runs a blocking call (fsync, rename, a directory scan) off the executor's thread and resumes
+// the awaiting coroutine back on the executor with its result or its exception.
+//
+// Why a thread at all: the executor must never block, and some file-system calls have no
+// readiness to await. A single worker keeps them in order; it starts on first use, so an idle
+// state-manager that never writes a file never has it. (io_uring can replace it for the calls
+// it supports once the project's uring subsystem exists.)
+#pragma once
+
+#include <functional>
+
+#include <asio/awaitable.hpp>
+
+namespace sm {
+
+asio::awaitable<void> offload(std::function<void()> work);
+
+// Joins the worker; called once at shut-down, after the executor stopped.
+void stop_offload_worker();
+
+}  // namespace sm

@@ -1,0 +1,106 @@
+#include "base/file.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <system_error>
+
+#include "base/fd.hpp"
+
+namespace sm {
+
+namespace {
+[[noreturn]] void throw_errno(const std::string& what, const std::filesystem::path& path) {
+  throw std::system_error(errno, std::generic_category(), what + " " + path.string());
+}
+
+void fsync_directory_of(const std::filesystem::path& path) {
+  std::filesystem::path dir = path.parent_path();
+  if (dir.empty()) dir = ".";
+  unique_fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) throw_errno("open directory", dir);
+  if (::fsync(fd.get()) != 0) throw_errno("fsync directory", dir);
+}
+}  // namespace
+
+std::optional<std::string> read_file(const std::filesystem::path& path) {
+  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT) return std::nullopt;
+    throw_errno("open", path);
+  }
+  std::string content;
+  char buffer[16384];
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("read", path);
+    }
+    if (n == 0) break;
+    content.append(buffer, static_cast<std::size_t>(n));
+  }
+  return content;
+}
+
+void write_file_atomically(const std::filesystem::path& path, std::string_view content,
+                           mode_t mode) {
+  std::filesystem::path temporary = path;
+  temporary += ".tmp";
+  unique_fd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  if (!fd) throw_errno("create", temporary);
+  try {
+    // O_CREAT's mode is filtered by the umask, and an older temporary may have another mode.
+    if (::fchmod(fd.get(), mode) != 0) throw_errno("chmod", temporary);
+    std::string_view rest = content;
+    while (!rest.empty()) {
+      const ssize_t n = ::write(fd.get(), rest.data(), rest.size());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("write", temporary);
+      }
+      rest.remove_prefix(static_cast<std::size_t>(n));
+    }
+    if (::fsync(fd.get()) != 0) throw_errno("fsync", temporary);
+    if (::close(fd.release()) != 0) throw_errno("close", temporary);
+    if (::rename(temporary.c_str(), path.c_str()) != 0) throw_errno("rename to", path);
+  } catch (...) {
+    ::unlink(temporary.c_str());
+    throw;
+  }
+  fsync_directory_of(path);
+}
+
+std::filesystem::path set_file_aside(const std::filesystem::path& path, std::string_view suffix) {
+  std::filesystem::path target = path;
+  target += std::string(suffix);
+  for (int n = 1; n < 10000; ++n) {
+    // RENAME_NOREPLACE makes "is it free?" and "take it" one atomic step.
+    if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, target.c_str(), RENAME_NOREPLACE) == 0) {
+      return target;
+    }
+    if (errno != EEXIST) throw_errno("rename aside", path);
+    target = path;
+    target += std::string(suffix) + "." + std::to_string(n);
+  }
+  throw std::system_error(EEXIST, std::generic_category(), "no free name to set aside " +
+                                                               path.string());
+}
+
+void ensure_directory(const std::filesystem::path& dir, mode_t mode) {
+  std::filesystem::path partial;
+  for (const auto& part : dir) {
+    partial /= part;
+    if (::mkdir(partial.c_str(), mode) == 0 || errno == EEXIST) continue;
+    throw_errno("create directory", partial);
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) throw_errno("stat", dir);
+  if (!S_ISDIR(st.st_mode)) {
+    throw std::system_error(ENOTDIR, std::generic_category(), "not a directory: " + dir.string());
+  }
+}
+
+}  // namespace sm

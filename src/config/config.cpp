@@ -1,0 +1,448 @@
+#include "config/config.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+namespace sm::config {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr std::string_view secret_mask = "***";
+
+// Collects problems while walking a document; paths are built as we descend.
+class checker {
+ public:
+  explicit checker(const environment_lookup& env) : env_(env) {}
+
+  void add(std::string path, std::string message) {
+    problems.push_back({std::move(path), std::move(message)});
+  }
+
+  // Rejects members not in `known`, so that a typo ("buckt") is an error, not a silent default.
+  void only_known(const json& object, const std::string& path,
+                  std::initializer_list<std::string_view> known) {
+    for (const auto& [key, value] : object.items()) {
+      if (std::find(known.begin(), known.end(), key) == known.end()) {
+        add(join(path, key), "unknown field");
+      }
+    }
+  }
+
+  // A string, or {"$env": "NAME"} read from the environment. nullopt (with a problem) otherwise.
+  std::optional<std::string> string_value(const json& value, const std::string& path) {
+    if (value.is_string()) return value.get<std::string>();
+    if (value.is_object() && value.contains("$env")) {
+      const json& name = value["$env"];
+      if (value.size() != 1 || !name.is_string() || name.get_ref<const std::string&>().empty()) {
+        add(path, R"(an environment reference must be {"$env": "NAME"})");
+        return std::nullopt;
+      }
+      const std::string& variable = name.get_ref<const std::string&>();
+      std::optional<std::string> resolved = env_(variable);
+      if (!resolved) {
+        add(path, "environment variable " + variable + " is not set");
+        return std::nullopt;
+      }
+      return resolved;
+    }
+    add(path, R"(must be a string or {"$env": "NAME"})");
+    return std::nullopt;
+  }
+
+  std::optional<std::vector<std::string>> string_list(const json& value, const std::string& path) {
+    if (!value.is_array()) {
+      add(path, "must be an array of strings");
+      return std::nullopt;
+    }
+    std::vector<std::string> out;
+    bool ok = true;
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      if (!value[i].is_string()) {
+        add(index(path, i), "must be a string");
+        ok = false;
+      } else {
+        out.push_back(value[i].get<std::string>());
+      }
+    }
+    if (!ok) return std::nullopt;
+    return out;
+  }
+
+  std::optional<duration> duration_value(const json& value, const std::string& path) {
+    if (!value.is_string()) {
+      add(path, "must be a duration string such as \"250ms\", \"1s\" or \"2m\"");
+      return std::nullopt;
+    }
+    std::optional<duration> d = parse_duration(value.get_ref<const std::string&>());
+    if (!d) add(path, "invalid duration \"" + value.get<std::string>() +
+                          "\": use a non-negative number with a unit (ms, s, m, h)");
+    return d;
+  }
+
+  static std::string join(const std::string& path, std::string_view key) {
+    return path.empty() ? std::string(key) : path + "." + std::string(key);
+  }
+  static std::string index(const std::string& path, std::size_t i) {
+    return path + "[" + std::to_string(i) + "]";
+  }
+
+  std::vector<problem> problems;
+
+ private:
+  const environment_lookup& env_;
+};
+
+// S3's bucket naming rules (the strict, virtual-host-safe ones), so that a name the store will
+// reject is reported here, with its reason, rather than as an opaque S3 error later.
+std::optional<std::string> bucket_problem(std::string_view name) {
+  if (name.size() < 3 || name.size() > 63) return "must be 3 to 63 characters long";
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-')) {
+      return "may contain only lower-case letters, digits, '.' and '-'";
+    }
+  }
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!alnum(name.front()) || !alnum(name.back())) {
+    return "must begin and end with a letter or digit";
+  }
+  if (name.find("..") != std::string_view::npos) return "must not contain \"..\"";
+  int dots = 0;
+  bool digits_and_dots = true;
+  for (char c : name) {
+    dots += c == '.';
+    digits_and_dots = digits_and_dots && ((c >= '0' && c <= '9') || c == '.');
+  }
+  if (digits_and_dots && dots == 3) return "must not look like an IP address";
+  return std::nullopt;
+}
+
+std::optional<std::string> endpoint_problem(std::string_view endpoint) {
+  if (endpoint.rfind("file://", 0) == 0) {
+    const std::string_view path = endpoint.substr(7);
+    if (path.empty() || path.front() != '/') {
+      return "a file endpoint needs an absolute path: file:///var/lib/objects";
+    }
+    return std::nullopt;
+  }
+  std::string_view rest;
+  if (endpoint.rfind("http://", 0) == 0) {
+    rest = endpoint.substr(7);
+  } else if (endpoint.rfind("https://", 0) == 0) {
+    rest = endpoint.substr(8);
+  } else {
+    return "must start with http://, https:// or file:///";
+  }
+  const std::string_view host = rest.substr(0, rest.find('/'));
+  if (host.empty()) return "has no host";
+  for (char c : endpoint) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return "must not contain spaces";
+  }
+  if (rest.find('?') != std::string_view::npos || rest.find('#') != std::string_view::npos) {
+    return "must not contain a query or fragment";
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> key_prefix_problem(std::string_view prefix) {
+  if (prefix.empty()) return std::nullopt;
+  if (prefix.front() == '/') return "must not start with '/'";
+  if (prefix.size() > 512) return "must be at most 512 characters";
+  std::string_view rest = prefix;
+  while (!rest.empty()) {
+    const std::size_t slash = rest.find('/');
+    const std::string_view segment = rest.substr(0, slash);
+    if (slash != std::string_view::npos && segment.empty()) return "must not contain \"//\"";
+    if (segment == "." || segment == "..") return "must not contain \".\" or \"..\" segments";
+    if (slash == std::string_view::npos) break;
+    rest.remove_prefix(slash + 1);
+  }
+  for (char c : prefix) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return "must not contain control characters";
+    }
+  }
+  return std::nullopt;
+}
+
+bool valid_component_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    if (!alnum && (i == 0 || (c != '-' && c != '_' && c != '.'))) return false;
+  }
+  return true;
+}
+
+void parse_storage(checker& check, const json& doc, storage_config& out) {
+  if (!doc.contains("storage")) {
+    check.add("storage", "required");
+    return;
+  }
+  const json& storage = doc["storage"];
+  if (!storage.is_object()) {
+    check.add("storage", "must be an object");
+    return;
+  }
+  check.only_known(storage, "storage",
+                   {"bucket", "endpoint", "access_key", "secret_key", "region", "key_prefix",
+                    "env_dir"});
+
+  auto field = [&](const char* key, bool required) -> std::optional<std::string> {
+    const std::string path = std::string("storage.") + key;
+    if (!storage.contains(key)) {
+      if (required) check.add(path, "required");
+      return std::nullopt;
+    }
+    return check.string_value(storage[key], path);
+  };
+
+  if (auto bucket = field("bucket", true)) {
+    if (auto why = bucket_problem(*bucket)) check.add("storage.bucket", *why);
+    out.bucket = *bucket;
+  }
+  std::optional<std::string> endpoint = field("endpoint", true);
+  if (endpoint) {
+    if (auto why = endpoint_problem(*endpoint)) check.add("storage.endpoint", *why);
+    out.endpoint = *endpoint;
+  }
+  const bool needs_keys = endpoint && !out.is_file_store();
+  for (const char* key : {"access_key", "secret_key"}) {
+    if (auto value = field(key, needs_keys)) {
+      if (needs_keys && value->empty()) {
+        check.add(std::string("storage.") + key, "must not be empty");
+      }
+      (key[0] == 'a' ? out.access_key : out.secret_key) = *value;
+    }
+  }
+  if (auto region = field("region", false)) {
+    if (region->empty()) check.add("storage.region", "must not be empty");
+    out.region = *region;
+  }
+  if (auto prefix = field("key_prefix", false)) {
+    if (auto why = key_prefix_problem(*prefix)) check.add("storage.key_prefix", *why);
+    out.key_prefix = *prefix;
+    // Keys are <key_prefix><name>: "envs/42" is taken to mean the folder "envs/42/".
+    if (!out.key_prefix.empty() && out.key_prefix.back() != '/') out.key_prefix += '/';
+  }
+  if (auto env_dir = field("env_dir", false)) {
+    if (env_dir->empty()) check.add("storage.env_dir", "must not be empty");
+    if (env_dir->find('\0') != std::string::npos) check.add("storage.env_dir", "contains NUL");
+    out.env_dir = *env_dir;
+  }
+}
+
+void parse_components(checker& check, const json& doc, configuration& out) {
+  if (!doc.contains("components")) return;
+  const json& components = doc["components"];
+  if (!components.is_object()) {
+    check.add("components", "must be an object of named components");
+    return;
+  }
+  for (const auto& [name, spec] : components.items()) {
+    const std::string path = checker::join("components", name);
+    if (!valid_component_name(name)) {
+      check.add(path, "a component name is 1-64 letters, digits, '-', '_' or '.', "
+                      "starting with a letter or digit");
+    } else if (!builtin_stack(name).empty()) {
+      check.add(path, "\"" + name + "\" is a built-in component's name");
+    }
+    if (!spec.is_object()) {
+      check.add(path, "must be an object");
+      continue;
+    }
+    check.only_known(spec, path,
+                     {"command", "ready_command", "restart_delay", "timeout_stop", "env",
+                      "depends_on"});
+    component_config component;
+    if (!spec.contains("command")) {
+      check.add(path + ".command", "required");
+    } else if (auto command = check.string_list(spec["command"], path + ".command")) {
+      if (command->empty() || command->front().empty()) {
+        check.add(path + ".command", "must name a program");
+      }
+      component.command = std::move(*command);
+    }
+    if (spec.contains("ready_command")) {
+      if (auto ready = check.string_list(spec["ready_command"], path + ".ready_command")) {
+        if (ready->empty() || ready->front().empty()) {
+          check.add(path + ".ready_command", "must name a program");
+        }
+        component.ready_command = std::move(*ready);
+      }
+    }
+    if (spec.contains("restart_delay")) {
+      component.restart_delay = check.duration_value(spec["restart_delay"], path + ".restart_delay");
+    }
+    if (spec.contains("timeout_stop")) {
+      component.timeout_stop = check.duration_value(spec["timeout_stop"], path + ".timeout_stop");
+    }
+    if (spec.contains("env")) {
+      const json& env = spec["env"];
+      if (!env.is_object()) {
+        check.add(path + ".env", "must be an object of strings");
+      } else {
+        for (const auto& [variable, value] : env.items()) {
+          const std::string env_path = path + ".env." + variable;
+          if (variable.empty() || variable.find('=') != std::string::npos) {
+            check.add(env_path, "invalid environment variable name");
+          }
+          if (auto v = check.string_value(value, env_path)) component.env[variable] = *v;
+        }
+      }
+    }
+    if (spec.contains("depends_on")) {
+      if (auto deps = check.string_list(spec["depends_on"], path + ".depends_on")) {
+        component.depends_on = std::move(*deps);
+      }
+    }
+    out.components.emplace(name, std::move(component));
+  }
+
+  // Dependencies must name declared components, and must not loop.
+  for (const auto& [name, component] : out.components) {
+    for (std::size_t i = 0; i < component.depends_on.size(); ++i) {
+      const std::string& dep = component.depends_on[i];
+      if (dep == name) {
+        check.add(checker::index("components." + name + ".depends_on", i),
+                  "a component cannot depend on itself");
+      } else if (!out.components.count(dep)) {
+        check.add(checker::index("components." + name + ".depends_on", i),
+                  "unknown component \"" + dep + "\"");
+      }
+    }
+  }
+  // Depth-first search with colours; report each cycle once, at the component closing it.
+  std::map<std::string, int> colour;  // 0 white, 1 on the stack, 2 done
+  std::function<void(const std::string&)> visit = [&](const std::string& name) {
+    colour[name] = 1;
+    const auto& deps = out.components.at(name).depends_on;
+    for (std::size_t i = 0; i < deps.size(); ++i) {
+      const std::string& dep = deps[i];
+      if (dep == name || !out.components.count(dep)) continue;
+      if (colour[dep] == 1) {
+        check.add(checker::index("components." + name + ".depends_on", i),
+                  "dependency cycle through \"" + dep + "\"");
+      } else if (colour[dep] == 0) {
+        visit(dep);
+      }
+    }
+    colour[name] = 2;
+  };
+  for (const auto& [name, component] : out.components) {
+    if (colour[name] == 0) visit(name);
+  }
+}
+
+void parse_stacks(checker& check, const json& doc, configuration& out) {
+  if (!doc.contains("stacks")) {
+    check.add("stacks", "required (a list of component names, may be empty)");
+    return;
+  }
+  const json& stacks = doc["stacks"];
+  if (!stacks.is_array()) {
+    check.add("stacks", "must be an array of component names");
+    return;
+  }
+  std::set<std::string> seen;
+  for (std::size_t i = 0; i < stacks.size(); ++i) {
+    const std::string path = checker::index("stacks", i);
+    if (!stacks[i].is_string()) {
+      check.add(path, "must be a string");
+      continue;
+    }
+    const std::string& name = stacks[i].get_ref<const std::string&>();
+    std::string canonical(builtin_stack(name));
+    if (canonical.empty()) {
+      if (!out.components.count(name)) {
+        check.add(path, "unknown component \"" + name +
+                            "\": built in are database (sqlite, litestream) and filesystem "
+                            "(juicefs); others must be declared under \"components\"");
+        continue;
+      }
+      canonical = name;
+    }
+    if (!seen.insert(canonical).second) {
+      check.add(path, "\"" + name + "\" is listed twice");
+      continue;
+    }
+    out.stacks.push_back(canonical);
+  }
+}
+
+}  // namespace
+
+std::string_view builtin_stack(std::string_view name) {
+  if (name == "database" || name == "sqlite" || name == "litestream") return database_stack;
+  if (name == "filesystem" || name == "juicefs") return filesystem_stack;
+  return {};
+}
+
+std::optional<std::string> process_environment(const std::string& name) {
+  const char* value = std::getenv(name.c_str());
+  if (!value) return std::nullopt;
+  return std::string(value);
+}
+
+parse_result parse(const json& document, const environment_lookup& env) {
+  parse_result result;
+  checker check(env);
+  if (!document.is_object()) {
+    check.add("", "the configuration must be a JSON object");
+    result.problems = std::move(check.problems);
+    return result;
+  }
+  configuration config;
+  check.only_known(document, "", {"storage", "stacks", "components"});
+  parse_storage(check, document, config.storage);
+  parse_components(check, document, config);
+  parse_stacks(check, document, config);
+  result.problems = std::move(check.problems);
+  if (result.problems.empty()) result.config = std::move(config);
+  return result;
+}
+
+json to_redacted_json(const configuration& config) {
+  auto secret = [](const std::string& value) {
+    return value.empty() ? json("") : json(secret_mask);
+  };
+  json storage = {
+      {"bucket", config.storage.bucket},
+      {"endpoint", config.storage.endpoint},
+      {"access_key", secret(config.storage.access_key)},
+      {"secret_key", secret(config.storage.secret_key)},
+      {"region", config.storage.region},
+      {"key_prefix", config.storage.key_prefix},
+      {"env_dir", config.storage.env_dir},
+  };
+  json components = json::object();
+  for (const auto& [name, c] : config.components) {
+    json spec = {{"command", c.command}};
+    if (!c.ready_command.empty()) spec["ready_command"] = c.ready_command;
+    if (c.restart_delay) spec["restart_delay"] = format_duration(*c.restart_delay);
+    if (c.timeout_stop) spec["timeout_stop"] = format_duration(*c.timeout_stop);
+    if (!c.env.empty()) {
+      json env = json::object();
+      for (const auto& [variable, value] : c.env) env[variable] = secret(value);
+      spec["env"] = std::move(env);
+    }
+    if (!c.depends_on.empty()) spec["depends_on"] = c.depends_on;
+    components[name] = std::move(spec);
+  }
+  return {{"storage", std::move(storage)},
+          {"stacks", config.stacks},
+          {"components", std::move(components)}};
+}
+
+json problems_to_json(const std::vector<problem>& problems) {
+  json details = json::array();
+  for (const problem& p : problems) details.push_back({{"path", p.path}, {"message", p.message}});
+  return {{"error", "invalid configuration"}, {"details", std::move(details)}};
+}
+
+}  // namespace sm::config

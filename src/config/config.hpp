@@ -1,0 +1,82 @@
+// The environment's configuration (DESIGN.md 2.3): its types, its validation and its JSON
+// forms. Pure data: no I/O; the environment is read through a lookup function.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "base/duration.hpp"
+
+namespace sm::config {
+
+// One thing wrong with a submitted configuration, at a JSON path like "storage.bucket",
+// "stacks[2]" or "components.web.command".
+struct problem {
+  std::string path;
+  std::string message;
+};
+
+struct storage_config {
+  std::string bucket;
+  std::string endpoint;    // http://..., https://... or file:///absolute/path
+  std::string access_key;  // required for http(s), resolved from {"$env": ...}
+  std::string secret_key;
+  std::string region = "us-east-1";
+  std::string key_prefix;  // "" or ending in '/' (one is appended when missing)
+  std::string env_dir = "data/env";
+
+  bool is_file_store() const { return endpoint.rfind("file://", 0) == 0; }
+};
+
+// A supervised process declared under "components" and named in "stacks".
+struct component_config {
+  std::vector<std::string> command;        // non-empty
+  std::vector<std::string> ready_command;  // empty: ready once started
+  std::optional<duration> restart_delay;   // unset: the command line's --restart-delay
+  std::optional<duration> timeout_stop;    // unset: the command line's --timeout-stop
+  std::map<std::string, std::string> env;  // added to the inherited environment
+  std::vector<std::string> depends_on;     // other components, started first
+};
+
+struct configuration {
+  storage_config storage;
+  std::vector<std::string> stacks;  // canonical names, in the order given: "database", "web"
+  std::map<std::string, component_config> components;
+};
+
+// The built-in components and their aliases.
+inline constexpr std::string_view database_stack = "database";      // aliases sqlite, litestream
+inline constexpr std::string_view filesystem_stack = "filesystem";  // alias juicefs
+
+// "sqlite" -> "database", "juicefs" -> "filesystem", "database" -> "database"; "" otherwise.
+std::string_view builtin_stack(std::string_view name);
+
+using environment_lookup = std::function<std::optional<std::string>(const std::string& name)>;
+// Looks names up in the process's environment (getenv).
+std::optional<std::string> process_environment(const std::string& name);
+
+struct parse_result {
+  std::optional<configuration> config;  // set iff problems is empty
+  std::vector<problem> problems;        // every problem found, in document order
+};
+
+// Validates a submitted document and resolves {"$env": "VAR"} strings. Unknown fields, unknown
+// stack names, wrong types, missing required fields, duplicate stacks, bad durations, unknown
+// or cyclic depends_on: each is a problem with its path. Never throws on bad input.
+parse_result parse(const nlohmann::json& document, const environment_lookup& env);
+
+// The effective configuration, defaults filled in, secrets ("access_key", "secret_key", and the
+// values of component "env") replaced by "***": what GET /config shows.
+nlohmann::json to_redacted_json(const configuration& config);
+
+// {"error": "invalid configuration", "details": [{"path": ..., "message": ...}, ...]}
+nlohmann::json problems_to_json(const std::vector<problem>& problems);
+
+}  // namespace sm::config

@@ -1,0 +1,29 @@
+// An HTTP/1.1 request as the parser delivers it. Plain data, no I/O.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace sm::http {
+
+struct request {
+  std::string method;  // case-sensitive token, as sent ("GET")
+  std::string target;  // as sent: "/checkpoints/a%20b?x=1"
+  std::string path;    // the target's path, still percent-encoded: "/checkpoints/a%20b"
+  std::string query;   // after '?', without it; empty if none
+  int version_minor = 1;  // HTTP/1.<minor>; only 0 and 1 are accepted
+  std::vector<std::pair<std::string, std::string>> headers;  // names as sent, values trimmed
+  std::string body;    // decoded (chunked framing removed)
+  bool keep_alive = true;
+
+  // First value of a header, by case-insensitive name.
+  std::optional<std::string_view> header(std::string_view name) const;
+};
+
+// ASCII case-insensitive equality, for header names and tokens.
+bool iequals(std::string_view a, std::string_view b);
+
+}  // namespace sm::http

@@ -1,0 +1,35 @@
+// An HTTP response and its serialisation. Plain data, no I/O.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace sm::http {
+
+struct response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;  // extra headers
+  std::string body;
+  bool close = false;  // send "Connection: close" and close after writing
+
+  response& with_header(std::string name, std::string value) {
+    headers.emplace_back(std::move(name), std::move(value));
+    return *this;
+  }
+};
+
+std::string_view reason_phrase(int status);
+
+// A JSON error body: {"error": "<message>"}; `extra` is a JSON object text whose members are
+// appended (e.g. R"("details": [...])"), or empty.
+response error_response(int status, std::string_view message, std::string_view extra = {});
+
+// Writes the status line and headers (Content-Type, Content-Length, Date, Connection and the
+// extra ones) into `out`; the body is not included, so it can be sent from its own buffer.
+// `head_only` is for HEAD: Content-Length still describes the body that GET would send.
+void serialize_head(const response& r, bool keep_alive, std::string_view date, std::string& out);
+
+}  // namespace sm::http

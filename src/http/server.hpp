@@ -1,0 +1,72 @@
+// A generic HTTP/1.1 server on the executor: one coroutine per connection, keep-alive,
+// pipelining, 100-continue, limits and timeouts. It knows no route of the product.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <list>
+#include <memory>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/steady_timer.hpp>
+
+#include "http/request.hpp"
+#include "http/request_parser.hpp"
+#include "http/response.hpp"
+#include "http/router.hpp"
+
+namespace sm::http {
+
+struct server_limits {
+  parser_limits parser;
+  // From the first byte of a request to its last, and for writing a response: a client slower
+  // than this gets 408 and is disconnected.
+  std::chrono::milliseconds header_timeout = std::chrono::seconds(10);
+  // Between requests on a kept-alive connection.
+  std::chrono::milliseconds idle_timeout = std::chrono::seconds(60);
+  // Connections beyond this are answered 503 and closed at once.
+  std::size_t max_connections = 1024;
+};
+
+using request_handler = std::function<asio::awaitable<response>(const request&)>;
+
+// Routes a request: the handler's answer, or 404, 405 (with Allow) or 400 for a bad path.
+asio::awaitable<response> dispatch(const router& routes, const request& req);
+
+class server {
+ public:
+  server(asio::any_io_executor executor, server_limits limits, request_handler handler);
+  ~server();
+
+  // Binds and listens (SO_REUSEADDR); throws std::system_error. Returns the bound endpoint,
+  // whose port the kernel chose if `at` asked for port 0.
+  asio::ip::tcp::endpoint listen(const asio::ip::tcp::endpoint& at);
+
+  // Accepts until stop(). Run it with co_spawn.
+  asio::awaitable<void> run();
+
+  // Stops accepting, closes idle connections, lets requests in flight finish for up to `grace`
+  // (their responses carry "Connection: close"), then closes whatever remains.
+  asio::awaitable<void> stop(std::chrono::milliseconds grace);
+
+  std::size_t connection_count() const { return connections_.size(); }
+
+ private:
+  struct connection;
+  asio::awaitable<void> serve(std::shared_ptr<connection> c);
+  asio::awaitable<void> watchdog(std::shared_ptr<connection> c);
+  void reject(asio::ip::tcp::socket& socket);
+
+  asio::any_io_executor executor_;
+  server_limits limits_;
+  request_handler handler_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::list<connection*> connections_;  // live connections, for stop(); each erases itself
+  asio::steady_timer drained_;          // cancelled when the last connection ends in stop()
+  bool stopping_ = false;
+};
+
+}  // namespace sm::http

@@ -1,0 +1,38 @@
+// state-manager: the init process of a stateful sandbox. See README.md and `--help`.
+#include <cstdio>
+#include <iostream>
+
+#include "app.hpp"
+#include "config/config.hpp"
+#include "options.hpp"
+#include "version.h"
+
+int main(int argc, char** argv) {
+  // Read the command line and the environment (pure; errors are exit status 2).
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  const sm::command_line cli = sm::parse_command_line(args, sm::config::process_environment);
+  switch (cli.what) {
+    case sm::command_line::action::help:
+      std::cout << sm::usage_text();
+      return 0;
+    case sm::command_line::action::version:
+      std::cout << "state-manager " << STATE_MANAGER_VERSION << "\n";
+      return 0;
+    case sm::command_line::action::error:
+      std::cerr << "state-manager: " << cli.error << "\n";
+      return 2;
+    case sm::command_line::action::run:
+      break;
+  }
+
+  // Supervising a COMMAND is the next piece of work; until it exists, say so instead of
+  // starting without the process the caller expects to be running.
+  if (!cli.opts.command.empty()) {
+    std::cerr << "state-manager: supervising a COMMAND is not built yet in this version; "
+                 "start state-manager without one\n";
+    return 2;
+  }
+
+  // Run until SIGTERM or SIGINT.
+  return sm::run_app(cli.opts);
+}
