@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstring>
+#include <map>
 
 namespace sm {
 
@@ -161,21 +162,12 @@ command_line parse_command_line(const std::vector<std::string>& args, const env_
     return out;
   };
 
-  // Environment first, then flags over it.
-  for (const flag& f : flags) {
-    const std::string variable = environment_name(f.name);
-    if (std::optional<std::string> value = env(variable)) {
-      if (std::string why = f.apply(out.opts, *value); !why.empty()) {
-        return error(variable + ": " + why);
-      }
-    }
-  }
-  if (!out.opts.token_file) out.opts.token = env("STATE_MANAGER_TOKEN");
-
-  bool token_file_flag = false;
+  // First the words: which flags were given (the last of a repeated flag wins), and the command.
+  std::map<std::string, std::string> given;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg == "--") {
+      if (i + 1 == args.size()) return error("\"--\" must be followed by a command");
       out.opts.command.assign(args.begin() + std::ptrdiff_t(i) + 1, args.end());
       break;
     }
@@ -194,30 +186,40 @@ command_line parse_command_line(const std::vector<std::string>& args, const env_
       break;
     }
     const std::size_t equals = arg.find('=');
-    const std::string name = arg.substr(2, equals == std::string::npos ? std::string::npos
-                                                                       : equals - 2);
+    const std::string name =
+        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
     const flag* f = find_flag(name);
     if (!f) return error("unknown option --" + name + " (see --help)");
-    std::string value;
     if (equals != std::string::npos) {
-      value = arg.substr(equals + 1);
+      given[name] = arg.substr(equals + 1);
     } else if (!f->takes_value) {
-      value = "true";
+      given[name] = "true";
     } else if (i + 1 < args.size()) {
-      value = args[++i];
+      given[name] = args[++i];
     } else {
       return error("option --" + name + " needs a value");
     }
-    if (std::string why = f->apply(out.opts, value); !why.empty()) {
-      return error("--" + name + ": " + why);
+  }
+
+  // Then each setting from its flag, or else from its variable: a flag replaces its variable
+  // entirely, so a bad value in the environment does not matter once the flag is given.
+  for (const flag& f : flags) {
+    const auto flag_value = given.find(f.name);
+    if (flag_value != given.end()) {
+      if (std::string why = f.apply(out.opts, flag_value->second); !why.empty()) {
+        return error(std::string("--") + f.name + ": " + why);
+      }
+      continue;
     }
-    token_file_flag = token_file_flag || name == "token-file";
+    const std::string variable = environment_name(f.name);
+    if (std::optional<std::string> value = env(variable)) {
+      if (std::string why = f.apply(out.opts, *value); !why.empty()) {
+        return error(variable + ": " + why);
+      }
+    }
   }
-  // A token file named on the command line wins over a token in the environment.
-  if (token_file_flag) out.opts.token.reset();
-  if (out.opts.command.empty() && !args.empty() && args.back() == "--") {
-    return error("\"--\" must be followed by a command");
-  }
+  // STATE_MANAGER_TOKEN holds the token itself; a token file, from a flag or its variable, wins.
+  if (!out.opts.token_file) out.opts.token = env("STATE_MANAGER_TOKEN");
   return out;
 }
 

@@ -23,7 +23,8 @@ namespace {
 response json_response(int status, const json& body) {
   response r;
   r.status = status;
-  r.body = body.dump();
+  // Replace, never throw, should a non-UTF-8 byte ever reach an answer.
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
   r.body += '\n';
   return r;
 }

@@ -14,6 +14,40 @@ namespace {
 
 constexpr std::string_view secret_mask = "***";
 
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t extra;
+    char32_t code;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      extra = 1, code = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      extra = 2, code = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      extra = 3, code = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= s.size()) return false;  // truncated sequence
+    for (std::size_t k = 1; k <= extra; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      code = (code << 6) | (d & 0x3f);
+    }
+    // Overlong forms, surrogates and values past Unicode's end are not UTF-8.
+    static constexpr char32_t smallest[] = {0, 0x80, 0x800, 0x10000};
+    if (code < smallest[extra] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
 // Collects problems while walking a document; paths are built as we descend.
 class checker {
  public:
@@ -46,6 +80,12 @@ class checker {
       std::optional<std::string> resolved = env_(variable);
       if (!resolved) {
         add(path, "environment variable " + variable + " is not set");
+        return std::nullopt;
+      }
+      // The document's own strings are UTF-8 (the JSON parser checks); the environment's
+      // are bytes, and everything downstream (JSON answers, S3 keys) needs UTF-8.
+      if (!valid_utf8(*resolved)) {
+        add(path, "environment variable " + variable + " is not valid UTF-8");
         return std::nullopt;
       }
       return resolved;

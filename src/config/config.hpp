@@ -64,12 +64,13 @@ std::optional<std::string> process_environment(const std::string& name);
 
 struct parse_result {
   std::optional<configuration> config;  // set iff problems is empty
-  std::vector<problem> problems;        // every problem found, in document order
+  std::vector<problem> problems;        // every problem found (unknown fields first)
 };
 
 // Validates a submitted document and resolves {"$env": "VAR"} strings. Unknown fields, unknown
 // stack names, wrong types, missing required fields, duplicate stacks, bad durations, unknown
-// or cyclic depends_on: each is a problem with its path. Never throws on bad input.
+// or cyclic depends_on, a value from the environment that is not UTF-8: each is a problem with
+// its path. Never throws on bad input.
 parse_result parse(const nlohmann::json& document, const environment_lookup& env);
 
 // The effective configuration, defaults filled in, secrets ("access_key", "secret_key", and the

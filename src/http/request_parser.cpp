@@ -98,8 +98,12 @@ request_parser::result request_parser::feed(std::string_view input) {
         if (pos == input.size()) return {status::need_more, pos};
         const std::size_t before = pos;
         bool too_long = false;
-        const std::size_t head_left =
-            limits_.max_header_bytes > head_bytes_ ? limits_.max_header_bytes - head_bytes_ : 0;
+        // take_line's limit covers the whole line, part of which may be in line_ (and counted
+        // in head_bytes_) from earlier feeds: measure from where the line began.
+        const std::size_t before_line = head_bytes_ - line_.size();
+        const std::size_t head_left = limits_.max_header_bytes > before_line
+                                          ? limits_.max_header_bytes - before_line
+                                          : 0;
         const std::size_t limit =
             request_line_done_ ? head_left : std::min(limits_.max_request_line_bytes, head_left);
         const bool whole = take_line(input, pos, limit, too_long);
@@ -194,8 +198,9 @@ request_parser::result request_parser::feed(std::string_view input) {
         if (pos == input.size()) return {status::need_more, pos};
         const std::size_t before = pos;
         bool too_long = false;
-        const std::size_t left = limits_.max_header_bytes > trailer_bytes_
-                                     ? limits_.max_header_bytes - trailer_bytes_
+        const std::size_t before_line = trailer_bytes_ - line_.size();
+        const std::size_t left = limits_.max_header_bytes > before_line
+                                     ? limits_.max_header_bytes - before_line
                                      : 0;
         const bool whole = take_line(input, pos, left, too_long);
         trailer_bytes_ += pos - before;
@@ -271,7 +276,8 @@ bool request_parser::parse_request_line(std::string_view line) {
   const std::size_t question = origin.find('?');
   request_.path.assign(origin.substr(0, question));
   if (question != std::string_view::npos) request_.query.assign(origin.substr(question + 1));
-  request_.version_minor = version[7] - '0';
+  // A higher minor version is compatible (RFC 9110 2.5): answer it as HTTP/1.1.
+  request_.version_minor = std::min(version[7] - '0', 1);
   return true;
 }
 
@@ -345,7 +351,8 @@ bool request_parser::finish_head() {
         if (iequals(option, "keep-alive")) keep_alive = true;
       });
     } else if (iequals(name, "expect")) {
-      if (iequals(value, "100-continue")) expects_continue_ = true;
+      // RFC 9110 10.1.1: an HTTP/1.0 client cannot mean it; ignore it there.
+      if (http11 && iequals(value, "100-continue")) expects_continue_ = true;
     }
   }
   if (http11 && hosts != 1) {

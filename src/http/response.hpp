@@ -28,8 +28,8 @@ std::string_view reason_phrase(int status);
 response error_response(int status, std::string_view message, std::string_view extra = {});
 
 // Writes the status line and headers (Content-Type, Content-Length, Date, Connection and the
-// extra ones) into `out`; the body is not included, so it can be sent from its own buffer.
-// `head_only` is for HEAD: Content-Length still describes the body that GET would send.
+// extra ones) into `out`; the body is not included, so it can be sent from its own buffer
+// (or, for HEAD, not at all: Content-Length still describes the body GET would send).
 void serialize_head(const response& r, bool keep_alive, std::string_view date, std::string& out);
 
 }  // namespace sm::http

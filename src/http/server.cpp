@@ -187,6 +187,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
 
   bool open = true;
   std::size_t partial_bytes = 0;  // bytes of the current request received so far
+  bool request_deadline_set = false;  // the current request's header_timeout is armed
   while (open) {
     // Parse everything already buffered: one read may hold several pipelined requests.
     while (open && begin < end) {
@@ -197,6 +198,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
         const request req = parser.take_request();
         parser.reset();
         partial_bytes = 0;
+        request_deadline_set = false;
         continue_sent = false;
         c->set_deadline(never);  // the handler is ours; it is not the client being slow
         response res;
@@ -228,7 +230,15 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
 
     c->idle = partial_bytes == 0;
     if (c->idle && c->closing) break;
-    c->set_deadline(clock::now() + (c->idle ? limits_.idle_timeout : limits_.header_timeout));
+    if (c->idle) {
+      c->set_deadline(clock::now() + limits_.idle_timeout);
+      request_deadline_set = false;
+    } else if (!request_deadline_set) {
+      // Armed once, at the request's first byte: a client trickling a byte at a time must not
+      // push its deadline on with every read (slowloris).
+      c->set_deadline(clock::now() + limits_.header_timeout);
+      request_deadline_set = true;
+    }
     const std::size_t n = co_await c->socket.async_read_some(
         asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
     c->idle = false;

@@ -1,0 +1,192 @@
+# Shared by every integration test: `source "$(dirname "$0")/harness.sh"`.
+#
+# Each test runs in its own temporary directory (the working directory of every state-manager it
+# starts), and on exit, pass or fail, kills by PID whatever it started, prints the state-manager
+# logs if it failed, and removes the directory. Waits poll with generous deadlines: a loaded
+# machine makes a test slower, never red.
+#
+#   sm_start [ARGS...]   start "$STATE_MANAGER_BIN" --listen "$SM_LISTEN" ARGS... in the current
+#                        directory; sets SM_PID, SM_PORT, SM_URL, SM_LOG
+#   sm_stop [PID]        SIGTERM and wait; sets SM_EXIT
+#   req METHOD PATH [CURL ARGS...]   sets STATUS, BODY, BODY_FILE, HEADERS (a file)
+#   expect_status CODE, expect_json PY_EXPR, expect_header NAME VALUE_REGEX, fail MESSAGE
+#   run_cli [ARGS...]    run the binary to completion; sets CLI_EXIT, CLI_OUT, CLI_ERR (files)
+set -euo pipefail
+
+: "${STATE_MANAGER_BIN:?STATE_MANAGER_BIN must name the state-manager binary}"
+[[ -x $STATE_MANAGER_BIN ]] || { echo "FAIL: $STATE_MANAGER_BIN is not executable" >&2; exit 1; }
+
+# Settings of the calling environment must not leak into the instances under test.
+while read -r name; do
+  [[ $name == STATE_MANAGER_BIN ]] || unset "$name"
+done < <(compgen -e | grep '^STATE_MANAGER_' || true)
+
+HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TEST_NAME=$(basename "$0" .sh)
+TEST_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sm-${TEST_NAME}.XXXXXX")
+LOG_DIR=$TEST_DIR/logs
+mkdir "$LOG_DIR"
+cd "$TEST_DIR"
+
+DEADLINE=20            # seconds: start-up, shut-down, any single wait
+SM_LISTEN=127.0.0.1:0  # "" passes no --listen (to test STATE_MANAGER_LISTEN)
+STARTED_PIDS=()
+SM_INSTANCES=0
+
+log() { printf '[%s] %s\n' "$TEST_NAME" "$*" >&2; }
+
+fail() {
+  printf 'FAIL [%s]: %s\n' "$TEST_NAME" "$*" >&2
+  exit 1
+}
+
+# True while PID exists and is not a zombie (a zombie still answers kill -0).
+pid_running() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# Waits up to $2 seconds (default $DEADLINE) for PID $1 to exit; false if it is still running.
+wait_exit() {
+  local pid=$1 end=$((SECONDS + ${2:-$DEADLINE}))
+  while pid_running "$pid"; do
+    ((SECONDS < end)) || return 1
+    sleep 0.05
+  done
+}
+
+harness_cleanup() {
+  local status=$1 pid
+  set +e
+  for pid in "${STARTED_PIDS[@]}"; do
+    pid_running "$pid" && kill -TERM "$pid" 2>/dev/null
+  done
+  for pid in "${STARTED_PIDS[@]}"; do
+    if ! wait_exit "$pid" 10; then
+      log "pid $pid ignored SIGTERM for 10 s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+  done
+  if ((status != 0)); then
+    local f
+    for f in "$LOG_DIR"/*; do
+      [[ -f $f ]] || continue
+      printf '\n----- %s -----\n' "$(basename "$f")" >&2
+      cat "$f" >&2
+    done
+    printf -- '----- end of logs (test dir %s) -----\n' "$TEST_DIR" >&2
+  fi
+  cd /
+  rm -rf "$TEST_DIR"
+  exit "$status"
+}
+trap 'harness_cleanup $?' EXIT
+
+# Starts an instance in the current directory and waits for its "listening address=HOST:PORT"
+# line (text or JSON log). SIGINT is reset to its default, as a container runtime would leave it
+# (bash makes background jobs ignore it).
+sm_start() {
+  SM_INSTANCES=$((SM_INSTANCES + 1))
+  SM_LOG=$LOG_DIR/sm-$SM_INSTANCES.log
+  local listen=()
+  [[ -z $SM_LISTEN ]] || listen=(--listen "$SM_LISTEN")
+  env --default-signal=INT,QUIT "$STATE_MANAGER_BIN" "${listen[@]}" "$@" >"$SM_LOG" 2>&1 &
+  SM_PID=$!
+  STARTED_PIDS+=("$SM_PID")
+  local end=$((SECONDS + DEADLINE)) port=""
+  while :; do
+    port=$(grep -m1 'listening' "$SM_LOG" 2>/dev/null |
+      sed -nE 's/.*address"?[=:] ?"?[^ "]*:([0-9]+).*/\1/p') || true
+    [[ -z $port ]] || break
+    if ! pid_running "$SM_PID"; then
+      local code=0
+      wait "$SM_PID" || code=$?
+      cat "$SM_LOG" >&2
+      fail "state-manager $* exited ($code) before listening"
+    fi
+    ((SECONDS < end)) || fail "no 'listening address=' line within ${DEADLINE}s: $SM_LOG"
+    sleep 0.05
+  done
+  SM_PORT=$port
+  SM_URL=http://127.0.0.1:$port
+}
+
+# Sends SIGTERM (or the signal in $2) to $1 (default SM_PID) and waits; SM_EXIT is its status.
+sm_stop() {
+  local pid=${1:-$SM_PID} sig=${2:-TERM}
+  kill "-$sig" "$pid"
+  if ! wait_exit "$pid"; then
+    kill -KILL "$pid"
+    fail "state-manager (pid $pid) did not exit within ${DEADLINE}s of SIG$sig"
+  fi
+  SM_EXIT=0
+  wait "$pid" || SM_EXIT=$?
+}
+
+# req METHOD PATH [CURL ARGS...]: one request to SM_URL. STATUS is 000 if curl failed.
+req() {
+  local method=$1 path=$2
+  shift 2
+  BODY_FILE=$TEST_DIR/last-body
+  HEADERS=$TEST_DIR/last-headers
+  # curl --head writes the headers as the "body": HEAD leaves BODY_FILE empty (see
+  # endpoints_test.sh for a check that no body follows on the wire).
+  local how=(-X "$method" -o "$BODY_FILE")
+  [[ $method != HEAD ]] || how=(--head -o /dev/null)
+  : >"$BODY_FILE"
+  : >"$HEADERS"
+  STATUS=$(curl -s --max-time "$DEADLINE" "${how[@]}" -D "$HEADERS" \
+    -w '%{http_code}' "$@" "$SM_URL$path") || true
+  BODY=$(cat "$BODY_FILE")
+  LAST_REQ="$method $path"
+}
+
+expect_status() {
+  [[ $STATUS == "$1" ]] || fail "$LAST_REQ: expected status $1, got $STATUS; body: $BODY"
+}
+
+# expect_json PY_EXPR: the Python expression, with `j` the parsed body, must be true.
+expect_json() {
+  python3 - "$1" "$BODY_FILE" <<'EOF' || fail "$LAST_REQ: expected JSON where $1; body: $BODY"
+import json, sys
+j = json.load(open(sys.argv[2]))
+sys.exit(0 if eval(sys.argv[1]) else 1)
+EOF
+}
+
+# expect_header NAME VALUE_REGEX: the (last) header NAME's whole value matches the ERE.
+expect_header() {
+  local value
+  value=$(tr -d '\r' <"$HEADERS" | grep -i "^$1:" | tail -n1 | sed -E 's/^[^:]*:[[:space:]]*//;s/[[:space:]]*$//')
+  [[ $value =~ ^($2)$ ]] || fail "$LAST_REQ: header $1 is '$value', expected /$2/; headers: $(cat "$HEADERS")"
+}
+
+# Every answer of the API: JSON, the right Content-Length, a body ending in a newline.
+expect_json_response() {
+  expect_header Content-Type 'application/json.*'
+  expect_header Content-Length "$(stat -c %s "$BODY_FILE")"
+  [[ $(tail -c1 "$BODY_FILE" | od -An -c | tr -d ' ') == '\n' ]] ||
+    fail "$LAST_REQ: body does not end with a newline: $BODY"
+  expect_json 'isinstance(j, dict)'
+}
+
+# Runs the binary to completion (deadline $DEADLINE); CLI_OUT and CLI_ERR are files.
+run_cli() {
+  CLI_OUT=$TEST_DIR/cli-out
+  CLI_ERR=$TEST_DIR/cli-err
+  CLI_EXIT=0
+  timeout -k 5 "$DEADLINE" "$STATE_MANAGER_BIN" "$@" >"$CLI_OUT" 2>"$CLI_ERR" </dev/null || CLI_EXIT=$?
+  ((CLI_EXIT != 124)) || fail "state-manager $* still running after ${DEADLINE}s"
+}
+
+# A minimal valid configuration using the embedded file store under the test directory.
+file_config() {
+  printf '{"storage": {"bucket": "env-bucket", "endpoint": "file://%s/objects"}, "stacks": []}\n' "$TEST_DIR"
+}
+
+# sm_python [ARGS...] <<'EOF' ... : a Python snippet that can `import rawhttp` (port: SM_PORT).
+sm_python() {
+  SM_PORT=$SM_PORT PYTHONPATH=$HARNESS_DIR PYTHONDONTWRITEBYTECODE=1 python3 - "$@"
+}

@@ -1,0 +1,794 @@
+#define BOOST_TEST_MODULE config
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <iterator>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "config/config.hpp"
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+namespace cfg = sm::config;
+
+namespace {
+
+// A fixed environment for {"$env": ...} lookups.
+struct fake_env {
+  std::map<std::string, std::string> vars;
+  std::vector<std::string> asked;
+  cfg::environment_lookup lookup() {
+    return [this](const std::string& name) -> std::optional<std::string> {
+      asked.push_back(name);
+      auto it = vars.find(name);
+      if (it == vars.end()) return std::nullopt;
+      return it->second;
+    };
+  }
+};
+
+cfg::environment_lookup no_env() {
+  return [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+}
+
+json minimal_file_store() {
+  return json::parse(R"({
+    "storage": {"bucket": "env-bucket", "endpoint": "file:///var/lib/objects"},
+    "stacks": []
+  })");
+}
+
+json minimal_http_store() {
+  return json::parse(R"({
+    "storage": {"bucket": "env-bucket", "endpoint": "http://127.0.0.1:9000",
+                "access_key": "AKIA", "secret_key": "SECRET"},
+    "stacks": ["database"]
+  })");
+}
+
+cfg::parse_result parse(const json& doc) { return cfg::parse(doc, no_env()); }
+
+// The problem at `path`, if any.
+const cfg::problem* at(const cfg::parse_result& r, const std::string& path) {
+  for (const auto& p : r.problems) {
+    if (p.path == path) return &p;
+  }
+  return nullptr;
+}
+
+std::string all_paths(const cfg::parse_result& r) {
+  std::string out;
+  for (const auto& p : r.problems) out += "[" + p.path + ": " + p.message + "] ";
+  return out;
+}
+
+// Parses `doc`, requires it to fail, and requires a problem at `path`.
+void expect_problem(const json& doc, const std::string& path,
+                    const cfg::environment_lookup& env = no_env()) {
+  cfg::parse_result r;
+  BOOST_REQUIRE_NO_THROW(r = cfg::parse(doc, env));
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(at(r, path) != nullptr, "no problem at \"" << path << "\"; got " << all_paths(r));
+  if (const auto* p = at(r, path)) BOOST_TEST(!p->message.empty());
+}
+
+void expect_valid(const json& doc, const cfg::environment_lookup& env = no_env()) {
+  cfg::parse_result r;
+  BOOST_REQUIRE_NO_THROW(r = cfg::parse(doc, env));
+  BOOST_TEST(r.problems.empty(), "unexpected problems: " << all_paths(r));
+  BOOST_TEST(r.config.has_value());
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(valid)
+
+BOOST_AUTO_TEST_CASE(full_document) {
+  fake_env env;
+  env.vars = {{"S3_ACCESS", "AKIAEXAMPLE"}, {"S3_SECRET", "wJalrXUtnFEMI"}};
+  const json doc = json::parse(R"({
+    "storage": {
+      "bucket": "env-bucket",
+      "endpoint": "http://127.0.0.1:9000",
+      "access_key": {"$env": "S3_ACCESS"},
+      "secret_key": {"$env": "S3_SECRET"},
+      "region": "eu-west-1",
+      "key_prefix": "envs/42/",
+      "env_dir": "/workspace"
+    },
+    "components": {
+      "web": {
+        "command": ["python3", "-m", "http.server"],
+        "ready_command": ["curl", "-f", "http://localhost:8000"],
+        "restart_delay": "250ms",
+        "timeout_stop": "30s",
+        "env": {"PORT": "8000"},
+        "depends_on": ["worker"]
+      },
+      "worker": {"command": ["worker"]}
+    },
+    "stacks": ["sqlite", "web", "worker"]
+  })");
+  const cfg::parse_result r = cfg::parse(doc, env.lookup());
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  BOOST_REQUIRE(r.config.has_value());
+  const cfg::configuration& c = *r.config;
+  BOOST_TEST(c.storage.bucket == "env-bucket");
+  BOOST_TEST(c.storage.endpoint == "http://127.0.0.1:9000");
+  BOOST_TEST(c.storage.access_key == "AKIAEXAMPLE");
+  BOOST_TEST(c.storage.secret_key == "wJalrXUtnFEMI");
+  BOOST_TEST(c.storage.region == "eu-west-1");
+  BOOST_TEST(c.storage.key_prefix == "envs/42/");
+  BOOST_TEST(c.storage.env_dir == "/workspace");
+  BOOST_TEST(!c.storage.is_file_store());
+  BOOST_TEST((c.stacks == std::vector<std::string>{"database", "web", "worker"}));
+  BOOST_REQUIRE_EQUAL(c.components.size(), 2u);
+  const cfg::component_config& web = c.components.at("web");
+  BOOST_TEST((web.command == std::vector<std::string>{"python3", "-m", "http.server"}));
+  BOOST_TEST((web.ready_command == std::vector<std::string>{"curl", "-f", "http://localhost:8000"}));
+  BOOST_REQUIRE(web.restart_delay.has_value());
+  BOOST_TEST(web.restart_delay->count() == 250);
+  BOOST_REQUIRE(web.timeout_stop.has_value());
+  BOOST_TEST(web.timeout_stop->count() == 30'000);
+  BOOST_TEST(web.env.at("PORT") == "8000");
+  BOOST_TEST((web.depends_on == std::vector<std::string>{"worker"}));
+  const cfg::component_config& worker = c.components.at("worker");
+  BOOST_TEST(!worker.restart_delay.has_value());
+  BOOST_TEST(!worker.timeout_stop.has_value());
+  BOOST_TEST(worker.ready_command.empty());
+  BOOST_TEST(worker.depends_on.empty());
+}
+
+BOOST_AUTO_TEST_CASE(defaults_filled) {
+  const cfg::parse_result r = parse(minimal_file_store());
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  BOOST_REQUIRE(r.config.has_value());
+  BOOST_TEST(r.config->storage.region == "us-east-1");
+  BOOST_TEST(r.config->storage.env_dir == "data/env");
+  BOOST_TEST(r.config->storage.key_prefix == "");
+  BOOST_TEST(r.config->storage.access_key.empty());
+  BOOST_TEST(r.config->stacks.empty());
+  BOOST_TEST(r.config->components.empty());
+  BOOST_TEST(r.config->storage.is_file_store());
+}
+
+BOOST_AUTO_TEST_CASE(key_prefix_gets_trailing_slash) {
+  json doc = minimal_file_store();
+  doc["storage"]["key_prefix"] = "envs/42";
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE(r.config.has_value());
+  BOOST_TEST(r.config->storage.key_prefix == "envs/42/");
+
+  doc["storage"]["key_prefix"] = "envs/42/";
+  BOOST_TEST(parse(doc).config->storage.key_prefix == "envs/42/");  // not doubled
+
+  doc["storage"]["key_prefix"] = "";
+  BOOST_TEST(parse(doc).config->storage.key_prefix == "");  // empty stays empty
+}
+
+BOOST_AUTO_TEST_CASE(file_endpoint_needs_no_keys) {
+  expect_valid(minimal_file_store());
+}
+
+BOOST_AUTO_TEST_CASE(https_endpoint_ok) {
+  json doc = minimal_http_store();
+  doc["storage"]["endpoint"] = "https://s3.example.com";
+  expect_valid(doc);
+}
+
+BOOST_AUTO_TEST_CASE(aliases_are_canonicalised) {
+  json doc = minimal_file_store();
+  doc["stacks"] = {"sqlite", "juicefs"};
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  BOOST_TEST((r.config->stacks == std::vector<std::string>{"database", "filesystem"}));
+
+  doc["stacks"] = {"litestream"};
+  BOOST_TEST((parse(doc).config->stacks == std::vector<std::string>{"database"}));
+}
+
+BOOST_AUTO_TEST_CASE(builtin_stack_names) {
+  BOOST_TEST(cfg::builtin_stack("database") == "database");
+  BOOST_TEST(cfg::builtin_stack("sqlite") == "database");
+  BOOST_TEST(cfg::builtin_stack("litestream") == "database");
+  BOOST_TEST(cfg::builtin_stack("filesystem") == "filesystem");
+  BOOST_TEST(cfg::builtin_stack("juicefs") == "filesystem");
+  BOOST_TEST(cfg::builtin_stack("web").empty());
+  BOOST_TEST(cfg::builtin_stack("").empty());
+  BOOST_TEST(cfg::builtin_stack("Database").empty());
+}
+
+BOOST_AUTO_TEST_CASE(env_reference_resolved) {
+  fake_env env;
+  env.vars = {{"BUCKET", "from-env"}, {"ENDPOINT", "file:///srv/objects"}};
+  const json doc = json::parse(R"({
+    "storage": {"bucket": {"$env": "BUCKET"}, "endpoint": {"$env": "ENDPOINT"}},
+    "stacks": []
+  })");
+  const cfg::parse_result r = cfg::parse(doc, env.lookup());
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  BOOST_TEST(r.config->storage.bucket == "from-env");
+  BOOST_TEST(r.config->storage.endpoint == "file:///srv/objects");
+  BOOST_TEST((std::find(env.asked.begin(), env.asked.end(), "BUCKET") != env.asked.end()));
+}
+
+BOOST_AUTO_TEST_CASE(env_reference_value_is_validated) {
+  fake_env env;
+  env.vars = {{"BUCKET", "Not_Valid"}};
+  json doc = minimal_file_store();
+  doc["storage"]["bucket"] = {{"$env", "BUCKET"}};
+  expect_problem(doc, "storage.bucket", env.lookup());
+}
+
+BOOST_AUTO_TEST_CASE(component_env_values_from_env) {
+  fake_env env;
+  env.vars = {{"DB_PASSWORD", "hunter2"}};
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"app": {"command": ["app"],
+                                               "env": {"PASSWORD": {"$env": "DB_PASSWORD"}}}})");
+  doc["stacks"] = {"app"};
+  const cfg::parse_result r = cfg::parse(doc, env.lookup());
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  BOOST_TEST(r.config->components.at("app").env.at("PASSWORD") == "hunter2");
+}
+
+BOOST_AUTO_TEST_CASE(zero_durations_ok) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"app": {"command": ["app"], "restart_delay": "0",
+                                               "timeout_stop": "1m30s"}})");
+  doc["stacks"] = {"app"};
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  BOOST_TEST(r.config->components.at("app").restart_delay->count() == 0);
+  BOOST_TEST(r.config->components.at("app").timeout_stop->count() == 90'000);
+}
+
+BOOST_AUTO_TEST_CASE(declared_but_unlisted_component_ok) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"spare": {"command": ["spare"]}})");
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  BOOST_TEST(r.config->stacks.empty());
+  BOOST_TEST(r.config->components.count("spare") == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(dependency_chain_without_cycle_ok) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({
+    "a": {"command": ["a"], "depends_on": ["b", "c"]},
+    "b": {"command": ["b"], "depends_on": ["c"]},
+    "c": {"command": ["c"]}
+  })");
+  doc["stacks"] = {"a", "b", "c"};
+  expect_valid(doc);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(problems)
+
+BOOST_AUTO_TEST_CASE(invalid_true_reports_several) {
+  const cfg::parse_result r = parse(json::parse(R"({"invalid": true})"));
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(r.problems.size() >= 3u, all_paths(r));
+  BOOST_TEST(at(r, "storage") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "stacks") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "invalid") != nullptr, all_paths(r));
+}
+
+BOOST_AUTO_TEST_CASE(every_problem_found_at_once) {
+  // Several independent mistakes: all are reported, not just the first.
+  const json doc = json::parse(R"({
+    "storage": {"bucket": "AB", "endpoint": "ftp://x", "buckt": "typo"},
+    "stacks": ["database", "nosuch"]
+  })");
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(at(r, "storage.bucket") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "storage.endpoint") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "storage.buckt") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "stacks[1]") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "stacks[0]") == nullptr, all_paths(r));
+}
+
+BOOST_AUTO_TEST_CASE(missing_bucket_and_endpoint) {
+  const cfg::parse_result r = parse(json::parse(R"({"storage": {}, "stacks": []})"));
+  BOOST_TEST(!r.config.has_value());
+  BOOST_REQUIRE(at(r, "storage.bucket") != nullptr);
+  BOOST_TEST(at(r, "storage.bucket")->message == "required");
+  BOOST_TEST(at(r, "storage.endpoint") != nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(http_endpoint_needs_keys) {
+  json doc = minimal_http_store();
+  doc["storage"].erase("access_key");
+  doc["storage"].erase("secret_key");
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(at(r, "storage.access_key") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "storage.secret_key") != nullptr, all_paths(r));
+
+  json one = minimal_http_store();
+  one["storage"].erase("secret_key");
+  const cfg::parse_result r1 = parse(one);
+  BOOST_TEST(at(r1, "storage.secret_key") != nullptr, all_paths(r1));
+  BOOST_TEST(at(r1, "storage.access_key") == nullptr, all_paths(r1));
+}
+
+BOOST_AUTO_TEST_CASE(http_endpoint_empty_keys) {
+  json doc = minimal_http_store();
+  doc["storage"]["access_key"] = "";
+  expect_problem(doc, "storage.access_key");
+}
+
+BOOST_AUTO_TEST_CASE(bad_endpoints) {
+  for (const char* endpoint : {"ftp://x", "s3://bucket", "127.0.0.1:9000", "", "http://",
+                               "file://relative/path", "file://", "HTTP//x", "http:/x"}) {
+    json doc = minimal_http_store();
+    doc["storage"]["endpoint"] = endpoint;
+    BOOST_TEST_CONTEXT("endpoint \"" << endpoint << "\"") { expect_problem(doc, "storage.endpoint"); }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bucket_name_rules) {
+  for (const char* bucket : {"ab", "", "Env-Bucket", "ENVBUCKET", "env_bucket", "env bucket",
+                             "-bucket", "bucket-", "a..b", "192.168.1.1",
+                             "a123456789012345678901234567890123456789012345678901234567890123"}) {
+    json doc = minimal_file_store();
+    doc["storage"]["bucket"] = bucket;
+    BOOST_TEST_CONTEXT("bucket \"" << bucket << "\"") { expect_problem(doc, "storage.bucket"); }
+  }
+  for (const char* bucket : {"abc", "env-bucket", "my.bucket.1", "0bucket",
+                             "a12345678901234567890123456789012345678901234567890123456789012"}) {
+    json doc = minimal_file_store();
+    doc["storage"]["bucket"] = bucket;
+    BOOST_TEST_CONTEXT("bucket \"" << bucket << "\"") { expect_valid(doc); }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_key_prefixes) {
+  for (const char* prefix : {"/abs", "a//b", "../up", "a/../b", "./x"}) {
+    json doc = minimal_file_store();
+    doc["storage"]["key_prefix"] = prefix;
+    BOOST_TEST_CONTEXT("key_prefix \"" << prefix << "\"") {
+      expect_problem(doc, "storage.key_prefix");
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(empty_region_and_env_dir) {
+  json doc = minimal_file_store();
+  doc["storage"]["region"] = "";
+  doc["storage"]["env_dir"] = "";
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(at(r, "storage.region") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "storage.env_dir") != nullptr, all_paths(r));
+}
+
+BOOST_AUTO_TEST_CASE(unknown_stack_name) {
+  json doc = minimal_file_store();
+  doc["stacks"] = {"database", "mysql"};
+  expect_problem(doc, "stacks[1]");
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(at(r, "stacks[0]") == nullptr);
+  BOOST_TEST(at(r, "stacks[1]")->message.find("mysql") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(duplicate_stacks) {
+  json doc = minimal_file_store();
+  doc["stacks"] = {"database", "database"};
+  expect_problem(doc, "stacks[1]");
+  // An alias and its canonical name are the same component.
+  doc["stacks"] = {"database", "sqlite"};
+  expect_problem(doc, "stacks[1]");
+  doc["stacks"] = {"juicefs", "database", "filesystem"};
+  expect_problem(doc, "stacks[2]");
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(at(r, "stacks[0]") == nullptr);
+  BOOST_TEST(at(r, "stacks[1]") == nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(duplicate_declared_component) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"app": {"command": ["app"]}})");
+  doc["stacks"] = {"app", "app"};
+  expect_problem(doc, "stacks[1]");
+}
+
+BOOST_AUTO_TEST_CASE(missing_env_variable_named) {
+  json doc = minimal_http_store();
+  doc["storage"]["secret_key"] = {{"$env", "NO_SUCH_SECRET_VARIABLE"}};
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(!r.config.has_value());
+  const cfg::problem* p = at(r, "storage.secret_key");
+  BOOST_REQUIRE_MESSAGE(p != nullptr, all_paths(r));
+  BOOST_TEST(p->message.find("NO_SUCH_SECRET_VARIABLE") != std::string::npos, p->message);
+}
+
+BOOST_AUTO_TEST_CASE(malformed_env_references) {
+  for (const char* ref : {R"({"$env": 5})", R"({"$env": ""})", R"({"$env": "A", "x": 1})",
+                          R"({"$env": null})", R"({"env": "A"})", R"({})"}) {
+    json doc = minimal_file_store();
+    doc["storage"]["bucket"] = json::parse(ref);
+    BOOST_TEST_CONTEXT("reference " << ref) { expect_problem(doc, "storage.bucket"); }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(component_problems) {
+  auto with_component = [](const char* spec) {
+    json doc = minimal_file_store();
+    doc["components"] = {{"web", json::parse(spec)}};
+    doc["stacks"] = {"web"};
+    return doc;
+  };
+  expect_problem(with_component(R"({"command": []})"), "components.web.command");
+  expect_problem(with_component(R"({"command": [""]})"), "components.web.command");
+  expect_problem(with_component(R"({})"), "components.web.command");
+  expect_problem(with_component(R"({"command": "echo hi"})"), "components.web.command");
+  expect_problem(with_component(R"({"command": ["echo", 5]})"), "components.web.command[1]");
+  expect_problem(with_component(R"({"command": ["x"], "restart_delay": "5"})"),
+                 "components.web.restart_delay");
+  expect_problem(with_component(R"({"command": ["x"], "restart_delay": "-1s"})"),
+                 "components.web.restart_delay");
+  expect_problem(with_component(R"({"command": ["x"], "timeout_stop": 30})"),
+                 "components.web.timeout_stop");
+  expect_problem(with_component(R"({"command": ["x"], "timeout_stop": "1.5s"})"),
+                 "components.web.timeout_stop");
+  expect_problem(with_component(R"({"command": ["x"], "env": ["A=1"]})"), "components.web.env");
+  expect_problem(with_component(R"({"command": ["x"], "env": {"A": 1}})"),
+                 "components.web.env.A");
+  expect_problem(with_component(R"({"command": ["x"], "colour": "blue"})"),
+                 "components.web.colour");
+  expect_problem(with_component(R"({"command": ["x"], "ready_command": []})"),
+                 "components.web.ready_command");
+  expect_problem(with_component(R"({"command": ["x"], "depends_on": "db"})"),
+                 "components.web.depends_on");
+  expect_problem(with_component(R"("not an object")"), "components.web");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_depends_on) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"web": {"command": ["x"], "depends_on": ["db", "nosuch"]},
+                                      "db": {"command": ["db"]}})");
+  doc["stacks"] = {"web", "db"};
+  expect_problem(doc, "components.web.depends_on[1]");
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(at(r, "components.web.depends_on[0]") == nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(self_dependency) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"web": {"command": ["x"], "depends_on": ["web"]}})");
+  doc["stacks"] = {"web"};
+  expect_problem(doc, "components.web.depends_on[0]");
+}
+
+BOOST_AUTO_TEST_CASE(dependency_cycle) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({
+    "a": {"command": ["a"], "depends_on": ["b"]},
+    "b": {"command": ["b"], "depends_on": ["c"]},
+    "c": {"command": ["c"], "depends_on": ["a"]}
+  })");
+  doc["stacks"] = {"a"};
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(!r.config.has_value());
+  bool cycle_reported = false;
+  for (const auto& p : r.problems) {
+    if (p.path.rfind("components.", 0) == 0 && p.path.find(".depends_on[0]") != std::string::npos) {
+      cycle_reported = true;
+    }
+  }
+  BOOST_TEST(cycle_reported, all_paths(r));
+}
+
+BOOST_AUTO_TEST_CASE(two_node_cycle) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"a": {"command": ["a"], "depends_on": ["b"]},
+                                      "b": {"command": ["b"], "depends_on": ["a"]}})");
+  doc["stacks"] = json::array();
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST((at(r, "components.a.depends_on[0]") || at(r, "components.b.depends_on[0]")),
+             all_paths(r));
+}
+
+BOOST_AUTO_TEST_CASE(component_named_like_builtin) {
+  json doc = minimal_file_store();
+  doc["components"] = json::parse(R"({"sqlite": {"command": ["x"]}})");
+  doc["stacks"] = json::array();
+  expect_problem(doc, "components.sqlite");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_top_level_and_storage_fields) {
+  json doc = minimal_file_store();
+  doc["stackz"] = json::array();
+  doc["storage"]["colour"] = "blue";
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(at(r, "stackz") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "storage.colour") != nullptr, all_paths(r));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(wrong_types)
+
+BOOST_AUTO_TEST_CASE(non_object_documents) {
+  for (const char* text : {"null", "[]", "[1,2]", "\"string\"", "42", "true", "1.5"}) {
+    cfg::parse_result r;
+    BOOST_TEST_CONTEXT("document " << text) {
+      BOOST_REQUIRE_NO_THROW(r = parse(json::parse(text)));
+      BOOST_TEST(!r.config.has_value());
+      BOOST_TEST(!r.problems.empty());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(discarded_and_default_json) {
+  cfg::parse_result r;
+  BOOST_REQUIRE_NO_THROW(r = parse(json()));
+  BOOST_TEST(!r.problems.empty());
+  BOOST_REQUIRE_NO_THROW(r = parse(json::parse("{invalid", nullptr, false)));
+  BOOST_TEST(!r.problems.empty());
+}
+
+BOOST_AUTO_TEST_CASE(wrong_types_everywhere) {
+  const char* documents[] = {
+      R"({"storage": [], "stacks": {}})",
+      R"({"storage": "bucket", "stacks": "database"})",
+      R"({"storage": null, "stacks": null, "components": null})",
+      R"({"storage": {"bucket": 5, "endpoint": true, "access_key": [], "secret_key": {},
+                      "region": 1.5, "key_prefix": null, "env_dir": ["x"]}, "stacks": [1, null, {}]})",
+      R"({"storage": {"bucket": {"$env": ["A"]}, "endpoint": {"$env": {}}}, "stacks": [[]]})",
+      R"({"storage": {}, "stacks": [], "components": []})",
+      R"({"storage": {}, "stacks": [], "components": "web"})",
+      R"({"storage": {}, "stacks": [], "components": {"web": null}})",
+      R"({"storage": {}, "stacks": [], "components": {"web": []}})",
+      R"({"storage": {}, "stacks": [], "components": {"web": {"command": null, "ready_command": 5,
+          "restart_delay": [], "timeout_stop": {}, "env": "A=1", "depends_on": [1, [], {}]}}})",
+      R"({"storage": {}, "stacks": [], "components": {"web": {"command": [null, {}, []],
+          "env": {"A": null, "B": [], "C": {"$env": 1}}, "depends_on": null}}})",
+      R"({"storage": {}, "stacks": ["web"], "components": {"": {"command": ["x"]},
+          "bad name!": {"command": ["x"]}}})",
+      R"({"storage": {"bucket": "b", "endpoint": "http://x"}, "stacks": [],
+          "components": {"a": {"command": ["a"], "depends_on": ["a", "a", "b"]},
+                         "b": {"command": ["b"], "depends_on": ["a"]}}})",
+  };
+  for (const char* text : documents) {
+    cfg::parse_result r;
+    BOOST_TEST_CONTEXT("document " << text) {
+      BOOST_REQUIRE_NO_THROW(r = parse(json::parse(text)));
+      BOOST_TEST(!r.config.has_value());
+      BOOST_TEST(!r.problems.empty());
+      for (const auto& p : r.problems) BOOST_TEST(!p.message.empty());
+      // The problems themselves can always be shown.
+      BOOST_REQUIRE_NO_THROW(cfg::problems_to_json(r.problems).dump());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(wrong_type_paths) {
+  const cfg::parse_result r = parse(json::parse(
+      R"({"storage": {"bucket": 5, "endpoint": "file:///x"}, "stacks": ["database", 7]})"));
+  BOOST_TEST(at(r, "storage.bucket") != nullptr, all_paths(r));
+  BOOST_TEST(at(r, "stacks[1]") != nullptr, all_paths(r));
+  const cfg::parse_result r2 = parse(json::parse(R"({"storage": [], "stacks": {}})"));
+  BOOST_TEST(at(r2, "storage") != nullptr, all_paths(r2));
+  BOOST_TEST(at(r2, "stacks") != nullptr, all_paths(r2));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(json_forms)
+
+BOOST_AUTO_TEST_CASE(redacted_hides_secrets) {
+  json doc = minimal_http_store();
+  doc["components"] = json::parse(R"({"app": {"command": ["app", "--flag"],
+                                               "env": {"PASSWORD": "hunter2"},
+                                               "restart_delay": "1500ms"}})");
+  doc["stacks"] = {"database", "app"};
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+  const json j = cfg::to_redacted_json(*r.config);
+  BOOST_TEST(j.at("storage").at("access_key") == "***");
+  BOOST_TEST(j.at("storage").at("secret_key") == "***");
+  BOOST_TEST(j.at("storage").at("bucket") == "env-bucket");
+  BOOST_TEST(j.at("storage").at("endpoint") == "http://127.0.0.1:9000");
+  BOOST_TEST(j.at("storage").at("region") == "us-east-1");
+  BOOST_TEST(j.at("storage").at("env_dir") == "data/env");
+  BOOST_TEST(j.at("stacks") == json({"database", "app"}));
+  BOOST_TEST(j.at("components").at("app").at("env").at("PASSWORD") == "***");
+  BOOST_TEST(j.at("components").at("app").at("command") == json({"app", "--flag"}));
+  const std::string text = j.dump();
+  BOOST_TEST(text.find("SECRET") == std::string::npos);
+  BOOST_TEST(text.find("AKIA") == std::string::npos);
+  BOOST_TEST(text.find("hunter2") == std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(redacted_round_trips_through_parse) {
+  // The effective configuration, re-submitted (with the secrets put back), means the same.
+  json doc = minimal_http_store();
+  doc["storage"]["key_prefix"] = "envs/7";
+  doc["components"] = json::parse(R"({"app": {"command": ["app"], "restart_delay": "1500ms",
+                                               "timeout_stop": "2m", "depends_on": ["db"]},
+                                      "db": {"command": ["db"]}})");
+  doc["stacks"] = {"sqlite", "app", "db"};
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+  json again = cfg::to_redacted_json(*r.config);
+  again["storage"]["access_key"] = "AKIA";
+  again["storage"]["secret_key"] = "SECRET";
+  const cfg::parse_result r2 = parse(again);
+  BOOST_REQUIRE_MESSAGE(r2.config.has_value(), all_paths(r2));
+  BOOST_TEST(r2.config->storage.key_prefix == "envs/7/");
+  BOOST_TEST(r2.config->stacks == r.config->stacks);
+  BOOST_TEST(r2.config->components.at("app").restart_delay->count() == 1500);
+  BOOST_TEST(r2.config->components.at("app").timeout_stop->count() == 120'000);
+  BOOST_TEST(r2.config->components.at("app").depends_on == r.config->components.at("app").depends_on);
+}
+
+BOOST_AUTO_TEST_CASE(redacted_file_store_without_keys) {
+  const cfg::parse_result r = parse(minimal_file_store());
+  BOOST_REQUIRE(r.config.has_value());
+  const json j = cfg::to_redacted_json(*r.config);
+  BOOST_TEST(j.at("storage").at("endpoint") == "file:///var/lib/objects");
+  // No key was given: nothing to hide, and "***" would suggest there was one.
+  BOOST_TEST(j.at("storage").at("access_key") != "***");
+}
+
+BOOST_AUTO_TEST_CASE(redacted_json_always_serialisable) {
+  // Values read from the environment are arbitrary bytes, not necessarily UTF-8; GET /config
+  // must still be able to show the configuration (dump() throws on invalid UTF-8).
+  fake_env env;
+  env.vars = {{"REGION", "r\xe9gion"}, {"DIR", "/work/\xff"}, {"PREFIX", "p\xc3("}};
+  json doc = minimal_file_store();
+  doc["storage"]["region"] = {{"$env", "REGION"}};
+  doc["storage"]["env_dir"] = {{"$env", "DIR"}};
+  doc["storage"]["key_prefix"] = {{"$env", "PREFIX"}};
+  cfg::parse_result r;
+  BOOST_REQUIRE_NO_THROW(r = cfg::parse(doc, env.lookup()));
+  if (r.config) {
+    BOOST_CHECK_NO_THROW(cfg::to_redacted_json(*r.config).dump());
+  } else {
+    BOOST_TEST(!r.problems.empty());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(problems_json_shape) {
+  const std::vector<cfg::problem> problems = {{"storage.bucket", "required"},
+                                              {"stacks[1]", "unknown component \"x\""}};
+  const json j = cfg::problems_to_json(problems);
+  BOOST_TEST(j.at("error") == "invalid configuration");
+  BOOST_REQUIRE(j.at("details").is_array());
+  BOOST_REQUIRE_EQUAL(j.at("details").size(), 2u);
+  BOOST_TEST(j.at("details")[0].at("path") == "storage.bucket");
+  BOOST_TEST(j.at("details")[0].at("message") == "required");
+  BOOST_TEST(j.at("details")[1].at("path") == "stacks[1]");
+  BOOST_TEST(j.at("details")[1].at("message") == "unknown component \"x\"");
+  BOOST_TEST(j.size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(problems_json_empty) {
+  const json j = cfg::problems_to_json({});
+  BOOST_TEST(j.at("details").is_array());
+  BOOST_TEST(j.at("details").empty());
+}
+
+BOOST_AUTO_TEST_CASE(problems_json_from_parse) {
+  const cfg::parse_result r = parse(json::parse(R"({"invalid": true})"));
+  const json j = cfg::problems_to_json(r.problems);
+  BOOST_TEST(j.at("details").size() == r.problems.size());
+  for (const auto& d : j.at("details")) {
+    BOOST_TEST(d.at("path").is_string());
+    BOOST_TEST(d.at("message").is_string());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(process_environment_reads_getenv) {
+  ::setenv("SM_CONFIG_TEST_VARIABLE", "value-1", 1);
+  BOOST_TEST(cfg::process_environment("SM_CONFIG_TEST_VARIABLE").value() == "value-1");
+  ::unsetenv("SM_CONFIG_TEST_VARIABLE");
+  BOOST_TEST(!cfg::process_environment("SM_CONFIG_TEST_VARIABLE").has_value());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(fuzz)
+
+namespace {
+struct lcg {
+  std::uint64_t state;
+  std::uint32_t next() {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<std::uint32_t>(state >> 33);
+  }
+  std::size_t below(std::size_t n) { return n == 0 ? 0 : next() % n; }
+};
+
+const char* const vocabulary[] = {
+    "storage", "stacks", "components", "bucket", "endpoint", "access_key", "secret_key",
+    "region", "key_prefix", "env_dir", "command", "ready_command", "restart_delay",
+    "timeout_stop", "env", "depends_on", "$env", "database", "sqlite", "juicefs", "web", "a",
+    "file:///x", "http://h", "1s", "0", "-1s", "env-bucket", "VAR", "", "x/y", "..",
+};
+
+json random_value(lcg& rng, int depth) {
+  const std::size_t pick = rng.below(depth > 3 ? 6 : 9);
+  switch (pick) {
+    case 0: return nullptr;
+    case 1: return rng.below(2) == 0;
+    case 2: return static_cast<int>(rng.below(100)) - 50;
+    case 3: return 1.5;
+    case 4:
+    case 5: return vocabulary[rng.below(std::size(vocabulary))];
+    case 6: {
+      json a = json::array();
+      for (std::size_t i = rng.below(4); i > 0; --i) a.push_back(random_value(rng, depth + 1));
+      return a;
+    }
+    default: {
+      json o = json::object();
+      for (std::size_t i = rng.below(5); i > 0; --i) {
+        o[vocabulary[rng.below(std::size(vocabulary))]] = random_value(rng, depth + 1);
+      }
+      return o;
+    }
+  }
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(random_documents_never_throw) {
+  fake_env env;
+  env.vars = {{"VAR", "value"}, {"a", "file:///srv"}};
+  const auto lookup = env.lookup();
+  lcg rng{42};
+  int valid = 0;
+  for (int i = 0; i < 3000; ++i) {
+    json doc = random_value(rng, 0);
+    // Start most documents from a valid one, so that deep paths are reached.
+    if (i % 2 == 0) {
+      doc = minimal_http_store();
+      doc["components"] = json::parse(R"({"web": {"command": ["w"], "depends_on": []}})");
+      for (int m = 1 + static_cast<int>(rng.below(3)); m > 0; --m) {
+        json* target = &doc;
+        for (int d = static_cast<int>(rng.below(3)); d > 0 && target->is_object() && !target->empty(); --d) {
+          auto it = target->begin();
+          std::advance(it, static_cast<std::ptrdiff_t>(rng.below(target->size())));
+          target = &it.value();
+        }
+        if (target->is_object()) {
+          (*target)[vocabulary[rng.below(std::size(vocabulary))]] = random_value(rng, 2);
+        } else {
+          *target = random_value(rng, 2);
+        }
+      }
+    }
+    cfg::parse_result r;
+    BOOST_REQUIRE_NO_THROW(r = cfg::parse(doc, lookup));
+    if (r.config.has_value() == !r.problems.empty()) {
+      BOOST_ERROR("config set iff no problems, broken for " << doc.dump());
+    }
+    if (r.config) {
+      ++valid;
+      BOOST_REQUIRE_NO_THROW(cfg::to_redacted_json(*r.config).dump());
+    } else {
+      BOOST_REQUIRE_NO_THROW(cfg::problems_to_json(r.problems).dump());
+    }
+  }
+  BOOST_TEST(valid > 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
