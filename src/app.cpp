@@ -109,11 +109,14 @@ int run_app(const options& opts) {
       // The token comes from its file (or the environment) once, before anything is served.
       step("read API token",
            [&] {
-             if (opts.token_file) api_opts.token = read_token(*opts.token_file);
-             else if (opts.token && !opts.token->empty()) api_opts.token = opts.token;
+             if (opts.token_file)
+               api_opts.token = read_token(*opts.token_file);
+             else if (opts.token && !opts.token->empty())
+               api_opts.token = opts.token;
            }) &&
       // A saved configuration is applied before the first request can see the state.
-      step("load configuration", [&] { log_config_load(env.load_saved(), env.paths().config_file()); }) &&
+      step("load configuration",
+           [&] { log_config_load(env.load_saved(), env.paths().config_file()); }) &&
       // Bind last, so that a client never reaches a half-started server.
       step("listen", [&] {
         http::server_limits limits;
@@ -121,8 +124,8 @@ int run_app(const options& opts) {
         limits.idle_timeout = opts.idle_timeout;
         limits.max_connections = opts.max_connections;
         server.emplace(io.get_executor(), limits, api::make_handler(env, api_opts));
-        const auto bound = server->listen(
-            {asio::ip::make_address(opts.address.host), opts.address.port});
+        const auto bound =
+            server->listen({asio::ip::make_address(opts.address.host), opts.address.port});
         log::info("listening", {{"address", format_endpoint(bound)},
                                 {"version", STATE_MANAGER_VERSION},
                                 {"auth", api_opts.token ? "bearer token" : "none"}});
@@ -138,7 +141,8 @@ int run_app(const options& opts) {
       io,
       [&]() -> asio::awaitable<void> {
         std::error_code ec;
-        const int signal = co_await signals.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        const int signal =
+            co_await signals.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         if (ec) co_return;
         log::info("shutting down", {{"signal", strsignal(signal)}});
         signals.async_wait([](std::error_code e, int again) {

@@ -36,7 +36,8 @@ const flag flags[] = {
     {"listen", true,
      [](options& o, const std::string& v) -> std::string {
        std::optional<listen_address> a = parse_listen_address(v);
-       if (!a) return "invalid address \"" + v + "\" (use ADDR:PORT, e.g. 0.0.0.0:8080 or [::1]:8080)";
+       if (!a)
+         return "invalid address \"" + v + "\" (use ADDR:PORT, e.g. 0.0.0.0:8080 or [::1]:8080)";
        o.listen = v;
        o.address = *a;
        return {};

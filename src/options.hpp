@@ -15,7 +15,7 @@
 namespace sm {
 
 struct listen_address {
-  std::string host;  // numeric IPv4 or IPv6 (without brackets)
+  std::string host;         // numeric IPv4 or IPv6 (without brackets)
   unsigned short port = 0;  // 0: the kernel picks one (it is logged)
 };
 

@@ -6,8 +6,8 @@
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
-#include <asio/thread_pool.hpp>
 #include <asio/this_coro.hpp>
+#include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
 
 namespace sm {

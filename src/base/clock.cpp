@@ -18,8 +18,8 @@ std::string format_rfc3339(wall_time t, bool with_millis) {
   char buf[40];
   std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
   if (with_millis) {
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        t.time_since_epoch()).count() % 1000;
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count() % 1000;
     buf[n++] = '.';
     buf[n++] = char('0' + ms / 100);
     buf[n++] = char('0' + ms / 10 % 10);

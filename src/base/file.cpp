@@ -85,8 +85,8 @@ std::filesystem::path set_file_aside(const std::filesystem::path& path, std::str
     target = path;
     target += std::string(suffix) + "." + std::to_string(n);
   }
-  throw std::system_error(EEXIST, std::generic_category(), "no free name to set aside " +
-                                                               path.string());
+  throw std::system_error(EEXIST, std::generic_category(),
+                          "no free name to set aside " + path.string());
 }
 
 void ensure_directory(const std::filesystem::path& dir, mode_t mode) {

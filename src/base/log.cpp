@@ -15,7 +15,9 @@ format format_ = format::text;
 
 constexpr std::string_view level_names[] = {"debug", "info", "warn", "error"};
 
-std::string_view name_of(level l) { return level_names[static_cast<int>(l)]; }
+std::string_view name_of(level l) {
+  return level_names[static_cast<int>(l)];
+}
 
 bool needs_quotes(std::string_view v) {
   if (v.empty()) return true;
@@ -54,18 +56,30 @@ void configure(level min_level, format fmt) {
   format_ = fmt;
 }
 
-bool enabled(level l) { return l >= min_level_; }
+bool enabled(level l) {
+  return l >= min_level_;
+}
 
 void append_json_escaped(std::string& out, std::string_view text) {
   static constexpr char hex[] = "0123456789abcdef";
   for (char c : text) {
     const auto u = static_cast<unsigned char>(c);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (u < 0x20) {
           out += "\\u00";

@@ -27,10 +27,18 @@ struct field {
 // Each line goes out in a single write(2), so it never interleaves with a child's output.
 void write(level l, std::string_view message, std::initializer_list<field> fields = {});
 
-inline void debug(std::string_view m, std::initializer_list<field> f = {}) { write(level::debug, m, f); }
-inline void info(std::string_view m, std::initializer_list<field> f = {}) { write(level::info, m, f); }
-inline void warn(std::string_view m, std::initializer_list<field> f = {}) { write(level::warn, m, f); }
-inline void error(std::string_view m, std::initializer_list<field> f = {}) { write(level::error, m, f); }
+inline void debug(std::string_view m, std::initializer_list<field> f = {}) {
+  write(level::debug, m, f);
+}
+inline void info(std::string_view m, std::initializer_list<field> f = {}) {
+  write(level::info, m, f);
+}
+inline void warn(std::string_view m, std::initializer_list<field> f = {}) {
+  write(level::warn, m, f);
+}
+inline void error(std::string_view m, std::initializer_list<field> f = {}) {
+  write(level::error, m, f);
+}
 
 // Appends `text` to `out` as the inside of a JSON string (quotes not included).
 void append_json_escaped(std::string& out, std::string_view text);

@@ -119,8 +119,9 @@ class checker {
       return std::nullopt;
     }
     std::optional<duration> d = parse_duration(value.get_ref<const std::string&>());
-    if (!d) add(path, "invalid duration \"" + value.get<std::string>() +
-                          "\": use a non-negative number with a unit (ms, s, m, h)");
+    if (!d)
+      add(path, "invalid duration \"" + value.get<std::string>() +
+                    "\": use a non-negative number with a unit (ms, s, m, h)");
     return d;
   }
 
@@ -229,9 +230,9 @@ void parse_storage(checker& check, const json& doc, storage_config& out) {
     check.add("storage", "must be an object");
     return;
   }
-  check.only_known(storage, "storage",
-                   {"bucket", "endpoint", "access_key", "secret_key", "region", "key_prefix",
-                    "env_dir"});
+  check.only_known(
+      storage, "storage",
+      {"bucket", "endpoint", "access_key", "secret_key", "region", "key_prefix", "env_dir"});
 
   auto field = [&](const char* key, bool required) -> std::optional<std::string> {
     const std::string path = std::string("storage.") + key;
@@ -287,8 +288,9 @@ void parse_components(checker& check, const json& doc, configuration& out) {
   for (const auto& [name, spec] : components.items()) {
     const std::string path = checker::join("components", name);
     if (!valid_component_name(name)) {
-      check.add(path, "a component name is 1-64 letters, digits, '-', '_' or '.', "
-                      "starting with a letter or digit");
+      check.add(path,
+                "a component name is 1-64 letters, digits, '-', '_' or '.', "
+                "starting with a letter or digit");
     } else if (!builtin_stack(name).empty()) {
       check.add(path, "\"" + name + "\" is a built-in component's name");
     }
@@ -296,9 +298,9 @@ void parse_components(checker& check, const json& doc, configuration& out) {
       check.add(path, "must be an object");
       continue;
     }
-    check.only_known(spec, path,
-                     {"command", "ready_command", "restart_delay", "timeout_stop", "env",
-                      "depends_on"});
+    check.only_known(
+        spec, path,
+        {"command", "ready_command", "restart_delay", "timeout_stop", "env", "depends_on"});
     component_config component;
     if (!spec.contains("command")) {
       check.add(path + ".command", "required");
@@ -317,7 +319,8 @@ void parse_components(checker& check, const json& doc, configuration& out) {
       }
     }
     if (spec.contains("restart_delay")) {
-      component.restart_delay = check.duration_value(spec["restart_delay"], path + ".restart_delay");
+      component.restart_delay =
+          check.duration_value(spec["restart_delay"], path + ".restart_delay");
     }
     if (spec.contains("timeout_stop")) {
       component.timeout_stop = check.duration_value(spec["timeout_stop"], path + ".timeout_stop");

@@ -10,13 +10,13 @@
 namespace sm::http {
 
 struct request {
-  std::string method;  // case-sensitive token, as sent ("GET")
-  std::string target;  // as sent: "/checkpoints/a%20b?x=1"
-  std::string path;    // the target's path, still percent-encoded: "/checkpoints/a%20b"
-  std::string query;   // after '?', without it; empty if none
+  std::string method;     // case-sensitive token, as sent ("GET")
+  std::string target;     // as sent: "/checkpoints/a%20b?x=1"
+  std::string path;       // the target's path, still percent-encoded: "/checkpoints/a%20b"
+  std::string query;      // after '?', without it; empty if none
   int version_minor = 1;  // 0 or 1: HTTP/1.0, or HTTP/1.1 (also for HTTP/1.2 and up)
   std::vector<std::pair<std::string, std::string>> headers;  // names as sent, values trimmed
-  std::string body;    // decoded (chunked framing removed)
+  std::string body;                                          // decoded (chunked framing removed)
   bool keep_alive = true;
 
   // First value of a header, by case-insensitive name.

@@ -11,8 +11,21 @@ namespace {
 bool is_tchar(char c) {
   if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
   switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-':
-    case '.': case '^': case '_': case '`': case '|': case '~':
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
       return true;
     default:
       return false;
@@ -67,8 +80,7 @@ void request_parser::reset() {
   error_message_.clear();
 }
 
-request_parser::result request_parser::fail(int status, std::string message,
-                                            std::size_t consumed) {
+request_parser::result request_parser::fail(int status, std::string message, std::size_t consumed) {
   phase_ = phase::failed;
   error_status_ = status;
   error_message_ = std::move(message);
@@ -101,9 +113,8 @@ request_parser::result request_parser::feed(std::string_view input) {
         // take_line's limit covers the whole line, part of which may be in line_ (and counted
         // in head_bytes_) from earlier feeds: measure from where the line began.
         const std::size_t before_line = head_bytes_ - line_.size();
-        const std::size_t head_left = limits_.max_header_bytes > before_line
-                                          ? limits_.max_header_bytes - before_line
-                                          : 0;
+        const std::size_t head_left =
+            limits_.max_header_bytes > before_line ? limits_.max_header_bytes - before_line : 0;
         const std::size_t limit =
             request_line_done_ ? head_left : std::min(limits_.max_request_line_bytes, head_left);
         const bool whole = take_line(input, pos, limit, too_long);
@@ -199,9 +210,8 @@ request_parser::result request_parser::feed(std::string_view input) {
         const std::size_t before = pos;
         bool too_long = false;
         const std::size_t before_line = trailer_bytes_ - line_.size();
-        const std::size_t left = limits_.max_header_bytes > before_line
-                                     ? limits_.max_header_bytes - before_line
-                                     : 0;
+        const std::size_t left =
+            limits_.max_header_bytes > before_line ? limits_.max_header_bytes - before_line : 0;
         const bool whole = take_line(input, pos, left, too_long);
         trailer_bytes_ += pos - before;
         if (too_long) return fail(431, "trailer fields too large", pos);
@@ -242,8 +252,8 @@ bool request_parser::parse_request_line(std::string_view line) {
     fail(400, "malformed method", 0);
     return false;
   }
-  if (target.empty() || !std::all_of(target.begin(), target.end(),
-                                     [](char c) { return c > 0x20 && c < 0x7f; })) {
+  if (target.empty() ||
+      !std::all_of(target.begin(), target.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
     fail(400, "malformed request target", 0);
     return false;
   }

@@ -16,10 +16,10 @@
 namespace sm::http {
 
 struct parser_limits {
-  std::size_t max_header_bytes = 16 * 1024;  // request line + headers + blank line -> 431
-  std::size_t max_body_bytes = 1024 * 1024;  // decoded body -> 413
+  std::size_t max_header_bytes = 16 * 1024;       // request line + headers + blank line -> 431
+  std::size_t max_body_bytes = 1024 * 1024;       // decoded body -> 413
   std::size_t max_request_line_bytes = 8 * 1024;  // -> 414
-  std::size_t max_headers = 100;  // -> 431
+  std::size_t max_headers = 100;                  // -> 431
 };
 
 class request_parser {
@@ -68,13 +68,13 @@ class request_parser {
   parser_limits limits_;
   phase phase_ = phase::head;
   request request_;
-  std::string line_;              // the line being assembled across feeds
-  std::size_t head_bytes_ = 0;    // bytes of the head so far
+  std::string line_;            // the line being assembled across feeds
+  std::size_t head_bytes_ = 0;  // bytes of the head so far
   bool request_line_done_ = false;
   bool expects_continue_ = false;
   bool chunked_ = false;
   bool has_content_length_ = false;
-  std::size_t remaining_ = 0;     // body bytes left (fixed) or chunk bytes left
+  std::size_t remaining_ = 0;  // body bytes left (fixed) or chunk bytes left
   std::size_t trailer_bytes_ = 0;
   int error_status_ = 0;
   std::string error_message_;

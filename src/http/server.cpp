@@ -65,8 +65,7 @@ asio::awaitable<response> dispatch(const router& routes, const request& req) {
     case router::match::kind::found:
       co_return co_await (*m.target)(req, m.params);
     case router::match::kind::method_not_allowed: {
-      response r = error_response(405, "method not allowed",
-                                  "\"allow\":\"" + m.allow + "\"");
+      response r = error_response(405, "method not allowed", "\"allow\":\"" + m.allow + "\"");
       r.with_header("Allow", m.allow);
       co_return r;
     }
@@ -186,7 +185,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
   };
 
   bool open = true;
-  std::size_t partial_bytes = 0;  // bytes of the current request received so far
+  std::size_t partial_bytes = 0;      // bytes of the current request received so far
   bool request_deadline_set = false;  // the current request's header_timeout is armed
   while (open) {
     // Parse everything already buffered: one read may hold several pipelined requests.

@@ -18,10 +18,14 @@ using args = std::vector<std::string>;
 namespace sm {
 std::ostream& operator<<(std::ostream& os, command_line::action a) {
   switch (a) {
-    case command_line::action::run: return os << "run";
-    case command_line::action::help: return os << "help";
-    case command_line::action::version: return os << "version";
-    case command_line::action::error: return os << "error";
+    case command_line::action::run:
+      return os << "run";
+    case command_line::action::help:
+      return os << "help";
+    case command_line::action::version:
+      return os << "version";
+    case command_line::action::error:
+      return os << "error";
   }
   return os << "action(" << static_cast<int>(a) << ")";
 }
@@ -53,7 +57,8 @@ void expect_error(const args& a, const std::string& what,
   const command_line c = parse(a, std::move(env));
   BOOST_TEST(c.what == action::error);
   BOOST_TEST(!c.error.empty());
-  BOOST_TEST(c.error.find(what) != std::string::npos, "\"" << c.error << "\" does not name " << what);
+  BOOST_TEST(c.error.find(what) != std::string::npos,
+             "\"" << c.error << "\" does not name " << what);
   BOOST_TEST(c.error.find('\n') == std::string::npos, "error is not one line: " << c.error);
 }
 
@@ -130,9 +135,8 @@ BOOST_AUTO_TEST_CASE(wait_for_config_is_a_switch) {
 }
 
 BOOST_AUTO_TEST_CASE(several_flags_together) {
-  const command_line c =
-      parse_ok({"--listen", "[::1]:80", "--data-dir=/d", "--log-level", "warn", "--wait-for-config",
-                "--", "sleep", "1000"});
+  const command_line c = parse_ok({"--listen", "[::1]:80", "--data-dir=/d", "--log-level", "warn",
+                                   "--wait-for-config", "--", "sleep", "1000"});
   BOOST_TEST(c.opts.address.host == "::1");
   BOOST_TEST(c.opts.address.port == 80);
   BOOST_TEST(c.opts.data_dir == "/d");
@@ -264,14 +268,13 @@ BOOST_AUTO_TEST_CASE(variables_are_used) {
 }
 
 BOOST_AUTO_TEST_CASE(flags_win_over_variables) {
-  const command_line c = parse_ok(
-      {"--listen", "127.0.0.1:1", "--data-dir=/flag", "--restart-delay", "0", "--log-level",
-       "error"},
-      {{"STATE_MANAGER_LISTEN", "127.0.0.1:7000"},
-       {"STATE_MANAGER_DATA_DIR", "/env/data"},
-       {"STATE_MANAGER_RESTART_DELAY", "3s"},
-       {"STATE_MANAGER_LOG_LEVEL", "debug"},
-       {"STATE_MANAGER_TMP_DIR", "/env/tmp"}});
+  const command_line c = parse_ok({"--listen", "127.0.0.1:1", "--data-dir=/flag", "--restart-delay",
+                                   "0", "--log-level", "error"},
+                                  {{"STATE_MANAGER_LISTEN", "127.0.0.1:7000"},
+                                   {"STATE_MANAGER_DATA_DIR", "/env/data"},
+                                   {"STATE_MANAGER_RESTART_DELAY", "3s"},
+                                   {"STATE_MANAGER_LOG_LEVEL", "debug"},
+                                   {"STATE_MANAGER_TMP_DIR", "/env/tmp"}});
   BOOST_TEST(c.opts.address.port == 1);
   BOOST_TEST(c.opts.listen == "127.0.0.1:1");
   BOOST_TEST(c.opts.data_dir == "/flag");
@@ -295,9 +298,9 @@ BOOST_AUTO_TEST_CASE(bad_variable_named_in_error) {
 
 BOOST_AUTO_TEST_CASE(flag_replaces_a_bad_variable) {
   // The variable is never consulted once its flag is given, so its bad value is no error.
-  const command_line c = parse_ok({"--listen", "127.0.0.1:80", "--restart-delay=2s"},
-                                  {{"STATE_MANAGER_LISTEN", "garbage"},
-                                   {"STATE_MANAGER_RESTART_DELAY", "5"}});
+  const command_line c =
+      parse_ok({"--listen", "127.0.0.1:80", "--restart-delay=2s"},
+               {{"STATE_MANAGER_LISTEN", "garbage"}, {"STATE_MANAGER_RESTART_DELAY", "5"}});
   BOOST_TEST(c.opts.address.port == 80);
   BOOST_TEST(c.opts.restart_delay.count() == 2000);
 }
@@ -309,8 +312,7 @@ BOOST_AUTO_TEST_CASE(token_from_environment) {
 }
 
 BOOST_AUTO_TEST_CASE(token_file_flag_wins_over_token_variable) {
-  const command_line c =
-      parse_ok({"--token-file", "/run/t"}, {{"STATE_MANAGER_TOKEN", "s3cret"}});
+  const command_line c = parse_ok({"--token-file", "/run/t"}, {{"STATE_MANAGER_TOKEN", "s3cret"}});
   BOOST_TEST(c.opts.token_file.value() == "/run/t");
   BOOST_TEST(!c.opts.token.has_value());
 }
@@ -331,10 +333,14 @@ BOOST_AUTO_TEST_CASE(valid_addresses) {
     const char* host;
     unsigned short port;
   } cases[] = {
-      {"0.0.0.0:8080", "0.0.0.0", 8080},   {"[::1]:80", "::1", 80},
-      {":8080", "0.0.0.0", 8080},          {"127.0.0.1:0", "127.0.0.1", 0},
-      {"localhost:8080", "127.0.0.1", 8080}, {"[::]:8080", "::", 8080},
-      {"10.1.2.3:65535", "10.1.2.3", 65535}, {"[fe80::1]:1", "fe80::1", 1},
+      {"0.0.0.0:8080", "0.0.0.0", 8080},
+      {"[::1]:80", "::1", 80},
+      {":8080", "0.0.0.0", 8080},
+      {"127.0.0.1:0", "127.0.0.1", 0},
+      {"localhost:8080", "127.0.0.1", 8080},
+      {"[::]:8080", "::", 8080},
+      {"10.1.2.3:65535", "10.1.2.3", 65535},
+      {"[fe80::1]:1", "fe80::1", 1},
   };
   for (const auto& c : cases) {
     BOOST_TEST_CONTEXT("address " << c.text) {
@@ -347,11 +353,28 @@ BOOST_AUTO_TEST_CASE(valid_addresses) {
 }
 
 BOOST_AUTO_TEST_CASE(invalid_addresses) {
-  for (const char* text :
-       {"", "127.0.0.1", "127.0.0.1:", ":", "1.2.3.4:70000", "1.2.3.4:65536", "host:80",
-        "example.com:80", "::1:80", "[::1]", "[::1]80", "[::1]:", "[1.2.3.4]:80", "[]:80",
-        "1.2.3.4:-1", "1.2.3.4:80x", "1.2.3.4: 80", "1.2.3.4:0x50", "256.0.0.1:80",
-        "1.2.3:80", "[::1:80", "1.2.3.4:99999999999999999999"}) {
+  for (const char* text : {"",
+                           "127.0.0.1",
+                           "127.0.0.1:",
+                           ":",
+                           "1.2.3.4:70000",
+                           "1.2.3.4:65536",
+                           "host:80",
+                           "example.com:80",
+                           "::1:80",
+                           "[::1]",
+                           "[::1]80",
+                           "[::1]:",
+                           "[1.2.3.4]:80",
+                           "[]:80",
+                           "1.2.3.4:-1",
+                           "1.2.3.4:80x",
+                           "1.2.3.4: 80",
+                           "1.2.3.4:0x50",
+                           "256.0.0.1:80",
+                           "1.2.3:80",
+                           "[::1:80",
+                           "1.2.3.4:99999999999999999999"}) {
     BOOST_TEST_INFO("address \"" << text << "\"");
     BOOST_TEST(!parse_listen_address(text).has_value());
   }

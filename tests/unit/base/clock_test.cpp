@@ -12,7 +12,9 @@ using sm::wall_time;
 
 namespace {
 // 2026-11-22T13:00:00Z, a Sunday.
-wall_time sample() { return wall_time(sys_days(year(2026) / November / 22) + 13h); }
+wall_time sample() {
+  return wall_time(sys_days(year(2026) / November / 22) + 13h);
+}
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(rfc3339_whole_seconds) {
@@ -34,6 +36,6 @@ BOOST_AUTO_TEST_CASE(rfc3339_with_millis) {
 BOOST_AUTO_TEST_CASE(http_date) {
   BOOST_TEST(format_http_date(sample()) == "Sun, 22 Nov 2026 13:00:00 GMT");
   BOOST_TEST(format_http_date(wall_time{}) == "Thu, 01 Jan 1970 00:00:00 GMT");
-  BOOST_TEST(format_http_date(wall_time(sys_days(year(2024) / February / 29) + 23h + 59min + 59s)) ==
-             "Thu, 29 Feb 2024 23:59:59 GMT");
+  BOOST_TEST(format_http_date(wall_time(sys_days(year(2024) / February / 29) + 23h + 59min +
+                                        59s)) == "Thu, 29 Feb 2024 23:59:59 GMT");
 }

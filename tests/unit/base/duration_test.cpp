@@ -40,8 +40,9 @@ BOOST_AUTO_TEST_CASE(ms_is_not_minutes_then_s) {
 }
 
 BOOST_AUTO_TEST_CASE(rejects_malformed) {
-  for (const char* bad : {"", "5", "-1s", "1x", "s", "ms", "1.5s", " 1s", "1s ", "1 s", "+1s",
-                          "1S", "1sec", "0x10s", "1s5", "h1", "00", "1d", "\t", "1s\n"}) {
+  for (const char* bad :
+       {"",    "5",  "-1s",  "1x",    "s",   "ms", "1.5s", " 1s", "1s ", "1 s",
+        "+1s", "1S", "1sec", "0x10s", "1s5", "h1", "00",   "1d",  "\t",  "1s\n"}) {
     BOOST_TEST_INFO("input: \"" << bad << "\"");
     BOOST_TEST(!parse_duration(bad).has_value());
   }

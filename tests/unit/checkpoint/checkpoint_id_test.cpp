@@ -10,9 +10,9 @@ using sm::checkpoint::valid_checkpoint_id;
 using namespace std::string_view_literals;
 
 BOOST_AUTO_TEST_CASE(valid_ids) {
-  for (std::string_view id : {"test1"sv, "a"sv, "Z"sv, "0"sv, "v1.2.3"sv, "my_checkpoint-2"sv,
-                              "a.."sv, "_hidden-not"sv, "-leading-dash"sv, "x.partial"sv,
-                              "ABCxyz019._-"sv}) {
+  for (std::string_view id :
+       {"test1"sv, "a"sv, "Z"sv, "0"sv, "v1.2.3"sv, "my_checkpoint-2"sv, "a.."sv, "_hidden-not"sv,
+        "-leading-dash"sv, "x.partial"sv, "ABCxyz019._-"sv}) {
     BOOST_TEST_INFO("id: " << id);
     BOOST_TEST(valid_checkpoint_id(id));
   }
@@ -47,8 +47,8 @@ BOOST_AUTO_TEST_CASE(length_limits) {
 }
 
 BOOST_AUTO_TEST_CASE(spaces_and_controls_rejected) {
-  for (std::string_view id : {" "sv, "a b"sv, " a"sv, "a "sv, "a\tb"sv, "a\nb"sv, "a\rb"sv,
-                              "a\x7f"sv, "a\x01"sv}) {
+  for (std::string_view id :
+       {" "sv, "a b"sv, " a"sv, "a "sv, "a\tb"sv, "a\nb"sv, "a\rb"sv, "a\x7f"sv, "a\x01"sv}) {
     BOOST_TEST_INFO("id with control/space, size " << id.size());
     BOOST_TEST(!valid_checkpoint_id(id));
   }
@@ -65,9 +65,13 @@ BOOST_AUTO_TEST_CASE(other_punctuation_rejected) {
 }
 
 BOOST_AUTO_TEST_CASE(unicode_rejected) {
-  BOOST_TEST(!valid_checkpoint_id("caf\xc3\xa9"));        // "café"
-  BOOST_TEST(!valid_checkpoint_id("\xe2\x80\xae" "abc"));  // right-to-left override
-  BOOST_TEST(!valid_checkpoint_id("a\xef\xbc\x8f" "b"));  // fullwidth solidus
+  BOOST_TEST(!valid_checkpoint_id("caf\xc3\xa9"));  // "café"
+  BOOST_TEST(
+      !valid_checkpoint_id("\xe2\x80\xae"
+                           "abc"));  // right-to-left override
+  BOOST_TEST(
+      !valid_checkpoint_id("a\xef\xbc\x8f"
+                           "b"));  // fullwidth solidus
   BOOST_TEST(!valid_checkpoint_id("\xff"));
 }
 

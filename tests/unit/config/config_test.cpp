@@ -53,7 +53,9 @@ json minimal_http_store() {
   })");
 }
 
-cfg::parse_result parse(const json& doc) { return cfg::parse(doc, no_env()); }
+cfg::parse_result parse(const json& doc) {
+  return cfg::parse(doc, no_env());
+}
 
 // The problem at `path`, if any.
 const cfg::problem* at(const cfg::parse_result& r, const std::string& path) {
@@ -133,7 +135,8 @@ BOOST_AUTO_TEST_CASE(full_document) {
   BOOST_REQUIRE_EQUAL(c.components.size(), 2u);
   const cfg::component_config& web = c.components.at("web");
   BOOST_TEST((web.command == std::vector<std::string>{"python3", "-m", "http.server"}));
-  BOOST_TEST((web.ready_command == std::vector<std::string>{"curl", "-f", "http://localhost:8000"}));
+  BOOST_TEST(
+      (web.ready_command == std::vector<std::string>{"curl", "-f", "http://localhost:8000"}));
   BOOST_REQUIRE(web.restart_delay.has_value());
   BOOST_TEST(web.restart_delay->count() == 250);
   BOOST_REQUIRE(web.timeout_stop.has_value());
@@ -335,7 +338,9 @@ BOOST_AUTO_TEST_CASE(bad_endpoints) {
                                "file://relative/path", "file://", "HTTP//x", "http:/x"}) {
     json doc = minimal_http_store();
     doc["storage"]["endpoint"] = endpoint;
-    BOOST_TEST_CONTEXT("endpoint \"" << endpoint << "\"") { expect_problem(doc, "storage.endpoint"); }
+    BOOST_TEST_CONTEXT("endpoint \"" << endpoint << "\"") {
+      expect_problem(doc, "storage.endpoint");
+    }
   }
 }
 
@@ -345,13 +350,17 @@ BOOST_AUTO_TEST_CASE(bucket_name_rules) {
                              "a123456789012345678901234567890123456789012345678901234567890123"}) {
     json doc = minimal_file_store();
     doc["storage"]["bucket"] = bucket;
-    BOOST_TEST_CONTEXT("bucket \"" << bucket << "\"") { expect_problem(doc, "storage.bucket"); }
+    BOOST_TEST_CONTEXT("bucket \"" << bucket << "\"") {
+      expect_problem(doc, "storage.bucket");
+    }
   }
   for (const char* bucket : {"abc", "env-bucket", "my.bucket.1", "0bucket",
                              "a12345678901234567890123456789012345678901234567890123456789012"}) {
     json doc = minimal_file_store();
     doc["storage"]["bucket"] = bucket;
-    BOOST_TEST_CONTEXT("bucket \"" << bucket << "\"") { expect_valid(doc); }
+    BOOST_TEST_CONTEXT("bucket \"" << bucket << "\"") {
+      expect_valid(doc);
+    }
   }
 }
 
@@ -419,7 +428,9 @@ BOOST_AUTO_TEST_CASE(malformed_env_references) {
                           R"({"$env": null})", R"({"env": "A"})", R"({})"}) {
     json doc = minimal_file_store();
     doc["storage"]["bucket"] = json::parse(ref);
-    BOOST_TEST_CONTEXT("reference " << ref) { expect_problem(doc, "storage.bucket"); }
+    BOOST_TEST_CONTEXT("reference " << ref) {
+      expect_problem(doc, "storage.bucket");
+    }
   }
 }
 
@@ -444,8 +455,7 @@ BOOST_AUTO_TEST_CASE(component_problems) {
   expect_problem(with_component(R"({"command": ["x"], "timeout_stop": "1.5s"})"),
                  "components.web.timeout_stop");
   expect_problem(with_component(R"({"command": ["x"], "env": ["A=1"]})"), "components.web.env");
-  expect_problem(with_component(R"({"command": ["x"], "env": {"A": 1}})"),
-                 "components.web.env.A");
+  expect_problem(with_component(R"({"command": ["x"], "env": {"A": 1}})"), "components.web.env.A");
   expect_problem(with_component(R"({"command": ["x"], "colour": "blue"})"),
                  "components.web.colour");
   expect_problem(with_component(R"({"command": ["x"], "ready_command": []})"),
@@ -636,7 +646,8 @@ BOOST_AUTO_TEST_CASE(redacted_round_trips_through_parse) {
   BOOST_TEST(r2.config->stacks == r.config->stacks);
   BOOST_TEST(r2.config->components.at("app").restart_delay->count() == 1500);
   BOOST_TEST(r2.config->components.at("app").timeout_stop->count() == 120'000);
-  BOOST_TEST(r2.config->components.at("app").depends_on == r.config->components.at("app").depends_on);
+  BOOST_TEST(r2.config->components.at("app").depends_on ==
+             r.config->components.at("app").depends_on);
 }
 
 BOOST_AUTO_TEST_CASE(redacted_file_store_without_keys) {
@@ -719,21 +730,54 @@ struct lcg {
 };
 
 const char* const vocabulary[] = {
-    "storage", "stacks", "components", "bucket", "endpoint", "access_key", "secret_key",
-    "region", "key_prefix", "env_dir", "command", "ready_command", "restart_delay",
-    "timeout_stop", "env", "depends_on", "$env", "database", "sqlite", "juicefs", "web", "a",
-    "file:///x", "http://h", "1s", "0", "-1s", "env-bucket", "VAR", "", "x/y", "..",
+    "storage",
+    "stacks",
+    "components",
+    "bucket",
+    "endpoint",
+    "access_key",
+    "secret_key",
+    "region",
+    "key_prefix",
+    "env_dir",
+    "command",
+    "ready_command",
+    "restart_delay",
+    "timeout_stop",
+    "env",
+    "depends_on",
+    "$env",
+    "database",
+    "sqlite",
+    "juicefs",
+    "web",
+    "a",
+    "file:///x",
+    "http://h",
+    "1s",
+    "0",
+    "-1s",
+    "env-bucket",
+    "VAR",
+    "",
+    "x/y",
+    "..",
 };
 
 json random_value(lcg& rng, int depth) {
   const std::size_t pick = rng.below(depth > 3 ? 6 : 9);
   switch (pick) {
-    case 0: return nullptr;
-    case 1: return rng.below(2) == 0;
-    case 2: return static_cast<int>(rng.below(100)) - 50;
-    case 3: return 1.5;
+    case 0:
+      return nullptr;
+    case 1:
+      return rng.below(2) == 0;
+    case 2:
+      return static_cast<int>(rng.below(100)) - 50;
+    case 3:
+      return 1.5;
     case 4:
-    case 5: return vocabulary[rng.below(std::size(vocabulary))];
+    case 5:
+      return vocabulary[rng.below(std::size(vocabulary))];
     case 6: {
       json a = json::array();
       for (std::size_t i = rng.below(4); i > 0; --i) a.push_back(random_value(rng, depth + 1));
@@ -764,7 +808,8 @@ BOOST_AUTO_TEST_CASE(random_documents_never_throw) {
       doc["components"] = json::parse(R"({"web": {"command": ["w"], "depends_on": []}})");
       for (int m = 1 + static_cast<int>(rng.below(3)); m > 0; --m) {
         json* target = &doc;
-        for (int d = static_cast<int>(rng.below(3)); d > 0 && target->is_object() && !target->empty(); --d) {
+        for (int d = static_cast<int>(rng.below(3));
+             d > 0 && target->is_object() && !target->empty(); --d) {
           auto it = target->begin();
           std::advance(it, static_cast<std::ptrdiff_t>(rng.below(target->size())));
           target = &it.value();

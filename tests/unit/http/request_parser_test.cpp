@@ -20,9 +20,12 @@ using namespace std::string_view_literals;
 namespace sm::http {
 std::ostream& operator<<(std::ostream& os, request_parser::status s) {
   switch (s) {
-    case request_parser::status::need_more: return os << "need_more";
-    case request_parser::status::complete: return os << "complete";
-    case request_parser::status::error: return os << "error";
+    case request_parser::status::need_more:
+      return os << "need_more";
+    case request_parser::status::complete:
+      return os << "complete";
+    case request_parser::status::error:
+      return os << "error";
   }
   return os << "status(" << static_cast<int>(s) << ")";
 }
@@ -128,7 +131,9 @@ void check_same(const outcome& a, const outcome& b) {
 // and one byte at a time.
 void check_every_split(std::string_view input, const outcome& expected, bool pairs = false) {
   for (std::size_t i = 0; i <= input.size(); ++i) {
-    BOOST_TEST_CONTEXT("split at " << i) { check_same(drive(input, {i}), expected); }
+    BOOST_TEST_CONTEXT("split at " << i) {
+      check_same(drive(input, {i}), expected);
+    }
   }
   if (pairs) {
     for (std::size_t i = 1; i < input.size(); ++i) {
@@ -142,7 +147,9 @@ void check_every_split(std::string_view input, const outcome& expected, bool pai
                  got.requests[k].target == expected.requests[k].target;
         }
         if (!same) {
-          BOOST_TEST_CONTEXT("splits at " << i << " and " << j) { check_same(got, expected); }
+          BOOST_TEST_CONTEXT("splits at " << i << " and " << j) {
+            check_same(got, expected);
+          }
           return;
         }
       }
@@ -150,7 +157,9 @@ void check_every_split(std::string_view input, const outcome& expected, bool pai
   }
   std::vector<std::size_t> bytes;
   for (std::size_t i = 1; i < input.size(); ++i) bytes.push_back(i);
-  BOOST_TEST_CONTEXT("one byte at a time") { check_same(drive(input, bytes), expected); }
+  BOOST_TEST_CONTEXT("one byte at a time") {
+    check_same(drive(input, bytes), expected);
+  }
 }
 
 const std::string simple_get =
@@ -288,7 +297,8 @@ BOOST_AUTO_TEST_CASE(iequals_ascii_only) {
 }
 
 BOOST_AUTO_TEST_CASE(absolute_form_target) {
-  const request r = parse_one("GET http://example.com/a/b?c=d HTTP/1.1\r\nHost: example.com\r\n\r\n");
+  const request r =
+      parse_one("GET http://example.com/a/b?c=d HTTP/1.1\r\nHost: example.com\r\n\r\n");
   BOOST_TEST(r.target == "http://example.com/a/b?c=d");
   BOOST_TEST(r.path == "/a/b");
   BOOST_TEST(r.query == "c=d");
@@ -335,8 +345,8 @@ BOOST_AUTO_TEST_CASE(bare_lf_line_endings) {
 }
 
 BOOST_AUTO_TEST_CASE(bare_lf_in_chunked_framing) {
-  const request r = parse_one(
-      "POST /x HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n");
+  const request r =
+      parse_one("POST /x HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n");
   BOOST_TEST(r.body == "abc");
 }
 
@@ -375,14 +385,13 @@ BOOST_AUTO_TEST_CASE(body_waits_for_all_bytes) {
 
 BOOST_AUTO_TEST_CASE(body_with_nul_and_binary_bytes) {
   const std::string body("a\0b\r\n\xff", 6);
-  const request r =
-      parse_one("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\n" + body);
+  const request r = parse_one("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\n" + body);
   BOOST_TEST(r.body == body);
 }
 
 BOOST_AUTO_TEST_CASE(identical_duplicate_content_length_ok) {
-  const request r = parse_one(
-      "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc");
+  const request r =
+      parse_one("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc");
   BOOST_TEST(r.body == "abc");
 }
 
@@ -438,7 +447,8 @@ BOOST_AUTO_TEST_CASE(expect_100_continue) {
 
 BOOST_AUTO_TEST_CASE(expect_is_case_insensitive_and_reset_clears_it) {
   request_parser p;
-  auto r = p.feed("POST /x HTTP/1.1\r\nHost: h\r\nexpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+  auto r =
+      p.feed("POST /x HTTP/1.1\r\nHost: h\r\nexpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
   BOOST_TEST(r.state == status::need_more);
   BOOST_TEST(p.expects_continue());
   r = p.feed("x");
@@ -670,30 +680,40 @@ BOOST_AUTO_TEST_CASE(error_found_whatever_the_split) {
 BOOST_AUTO_TEST_CASE(large_header_line_split) {
   // A 12 KB header line is within the 16 KiB head limit however it arrives: the bytes of a
   // line that spans several reads must be counted once.
-  const std::string input = "GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + std::string(12000, 'v') +
-                            "\r\nX-After: 1\r\n\r\n";
+  const std::string input =
+      "GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + std::string(12000, 'v') + "\r\nX-After: 1\r\n\r\n";
   const outcome whole = parse_whole(input);
   BOOST_REQUIRE(whole.last == status::complete);
   BOOST_REQUIRE_EQUAL(whole.requests.size(), 1u);
   for (std::size_t i = 0; i <= input.size(); i += 499) {
-    BOOST_TEST_CONTEXT("split at " << i) { check_same(drive(input, {i}), whole); }
+    BOOST_TEST_CONTEXT("split at " << i) {
+      check_same(drive(input, {i}), whole);
+    }
   }
   std::vector<std::size_t> kilobytes;
   for (std::size_t i = 1024; i < input.size(); i += 1024) kilobytes.push_back(i);
-  BOOST_TEST_CONTEXT("1 KiB reads") { check_same(drive(input, kilobytes), whole); }
+  BOOST_TEST_CONTEXT("1 KiB reads") {
+    check_same(drive(input, kilobytes), whole);
+  }
   std::vector<std::size_t> bytes;
   for (std::size_t i = 1; i < input.size(); ++i) bytes.push_back(i);
-  BOOST_TEST_CONTEXT("one byte at a time") { check_same(drive(input, bytes), whole); }
+  BOOST_TEST_CONTEXT("one byte at a time") {
+    check_same(drive(input, bytes), whole);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(large_trailer_split) {
-  const std::string input = "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            "1\r\na\r\n0\r\nX-Trailer: " + std::string(12000, 't') + "\r\n\r\n";
+  const std::string input =
+      "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "1\r\na\r\n0\r\nX-Trailer: " +
+      std::string(12000, 't') + "\r\n\r\n";
   const outcome whole = parse_whole(input);
   BOOST_REQUIRE(whole.last == status::complete);
   std::vector<std::size_t> kilobytes;
   for (std::size_t i = 1024; i < input.size(); i += 1024) kilobytes.push_back(i);
-  BOOST_TEST_CONTEXT("1 KiB reads") { check_same(drive(input, kilobytes), whole); }
+  BOOST_TEST_CONTEXT("1 KiB reads") {
+    check_same(drive(input, kilobytes), whole);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(long_request_line_split) {
@@ -702,7 +722,9 @@ BOOST_AUTO_TEST_CASE(long_request_line_split) {
   BOOST_REQUIRE(whole.last == status::complete);
   std::vector<std::size_t> bytes;
   for (std::size_t i = 1; i < input.size(); ++i) bytes.push_back(i);
-  BOOST_TEST_CONTEXT("one byte at a time") { check_same(drive(input, bytes), whole); }
+  BOOST_TEST_CONTEXT("one byte at a time") {
+    check_same(drive(input, bytes), whole);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(crlf_split_between_cr_and_lf) {
@@ -727,12 +749,11 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(malformed)
 
 BOOST_AUTO_TEST_CASE(bad_request_lines) {
-  for (std::string_view line : {"GARBAGE\r\n\r\n"sv, "GET\r\n\r\n"sv, "GET /\r\n\r\n"sv,
-                                "GET / \r\n\r\n"sv, "GET  / HTTP/1.1\r\nHost: h\r\n\r\n"sv,
-                                "GET / HTTP/1.1 extra\r\nHost: h\r\n\r\n"sv,
-                                " GET / HTTP/1.1\r\nHost: h\r\n\r\n"sv,
-                                "G(T / HTTP/1.1\r\nHost: h\r\n\r\n"sv,
-                                "/ HTTP/1.1\r\nHost: h\r\n\r\n"sv}) {
+  for (std::string_view line :
+       {"GARBAGE\r\n\r\n"sv, "GET\r\n\r\n"sv, "GET /\r\n\r\n"sv, "GET / \r\n\r\n"sv,
+        "GET  / HTTP/1.1\r\nHost: h\r\n\r\n"sv, "GET / HTTP/1.1 extra\r\nHost: h\r\n\r\n"sv,
+        " GET / HTTP/1.1\r\nHost: h\r\n\r\n"sv, "G(T / HTTP/1.1\r\nHost: h\r\n\r\n"sv,
+        "/ HTTP/1.1\r\nHost: h\r\n\r\n"sv}) {
     BOOST_TEST_INFO("input: " << line);
     BOOST_TEST(error_of(line) == 400);
   }
@@ -785,7 +806,8 @@ BOOST_AUTO_TEST_CASE(empty_or_bad_header_name) {
 }
 
 BOOST_AUTO_TEST_CASE(control_chars_in_header_value) {
-  BOOST_TEST(error_of("GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x01" "b\r\n\r\n") == 400);
+  BOOST_TEST(error_of("GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x01"
+                      "b\r\n\r\n") == 400);
   BOOST_TEST(error_of("GET / HTTP/1.1\r\nHost: h\r\nX-A: a\0b\r\n\r\n"s) == 400);
 }
 
@@ -819,9 +841,9 @@ BOOST_AUTO_TEST_CASE(unsupported_transfer_encoding_501) {
 
 BOOST_AUTO_TEST_CASE(bad_chunk_size) {
   const std::string head = "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
-  for (std::string_view chunk : {"zz\r\nab\r\n0\r\n\r\n"sv, "\r\nab\r\n0\r\n\r\n"sv,
-                                 "-1\r\nab\r\n0\r\n\r\n"sv, "0x2\r\nab\r\n0\r\n\r\n"sv,
-                                 " 2\r\nab\r\n0\r\n\r\n"sv}) {
+  for (std::string_view chunk :
+       {"zz\r\nab\r\n0\r\n\r\n"sv, "\r\nab\r\n0\r\n\r\n"sv, "-1\r\nab\r\n0\r\n\r\n"sv,
+        "0x2\r\nab\r\n0\r\n\r\n"sv, " 2\r\nab\r\n0\r\n\r\n"sv}) {
     BOOST_TEST_INFO("chunk: " << chunk);
     BOOST_TEST(error_of(head + std::string(chunk)) == 400);
   }
@@ -844,8 +866,9 @@ BOOST_AUTO_TEST_CASE(missing_crlf_after_chunk_data) {
 }
 
 BOOST_AUTO_TEST_CASE(bad_targets) {
-  for (std::string_view target : {"/a\x01" "b"sv, "/a\x7f"sv, "/a\tb"sv, "relative"sv,
-                                  "/a\xff"sv}) {
+  for (std::string_view target : {"/a\x01"
+                                  "b"sv,
+                                  "/a\x7f"sv, "/a\tb"sv, "relative"sv, "/a\xff"sv}) {
     const std::string input = "GET "s + std::string(target) + " HTTP/1.1\r\nHost: h\r\n\r\n";
     BOOST_TEST_INFO("target bytes: " << target.size());
     BOOST_TEST(error_of(input) == 400);
@@ -939,8 +962,7 @@ BOOST_AUTO_TEST_CASE(max_headers_exactly_ok) {
 }
 
 BOOST_AUTO_TEST_CASE(request_line_too_long_414) {
-  const std::string input =
-      "GET /" + std::string(9 * 1024, 'a') + " HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string input = "GET /" + std::string(9 * 1024, 'a') + " HTTP/1.1\r\nHost: h\r\n\r\n";
   BOOST_TEST(error_of(input) == 414);
 }
 
@@ -968,8 +990,8 @@ BOOST_AUTO_TEST_CASE(content_length_over_max_413_at_headers) {
 BOOST_AUTO_TEST_CASE(content_length_at_max_ok) {
   parser_limits small;
   small.max_body_bytes = 10;
-  const request r = parse_one("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789",
-                              small);
+  const request r =
+      parse_one("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789", small);
   BOOST_TEST(r.body == "0123456789");
   BOOST_TEST(error_of("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n", small) == 413);
 }
@@ -1039,7 +1061,10 @@ struct lcg {
 
 BOOST_AUTO_TEST_CASE(mutated_inputs_never_misbehave) {
   const std::vector<std::string> seeds = {
-      simple_get, post_with_body, chunked_with_trailers, pipelined_pair,
+      simple_get,
+      post_with_body,
+      chunked_with_trailers,
+      pipelined_pair,
       "GET / HTTP/1.0\r\n\r\n",
       "POST /x HTTP/1.1\nHost: h\nContent-Length: 2\n\nok",
       "PUT /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",

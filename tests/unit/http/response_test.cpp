@@ -69,9 +69,12 @@ BOOST_AUTO_TEST_CASE(status_lines_with_reasons) {
   struct {
     int status;
     const char* line;
-  } cases[] = {{201, "HTTP/1.1 201 Created\r\n"},   {204, "HTTP/1.1 204 No Content\r\n"},
-               {400, "HTTP/1.1 400 Bad Request\r\n"}, {404, "HTTP/1.1 404 Not Found\r\n"},
-               {405, "HTTP/1.1 405 Method Not Allowed\r\n"}, {409, "HTTP/1.1 409 Conflict\r\n"},
+  } cases[] = {{201, "HTTP/1.1 201 Created\r\n"},
+               {204, "HTTP/1.1 204 No Content\r\n"},
+               {400, "HTTP/1.1 400 Bad Request\r\n"},
+               {404, "HTTP/1.1 404 Not Found\r\n"},
+               {405, "HTTP/1.1 405 Method Not Allowed\r\n"},
+               {409, "HTTP/1.1 409 Conflict\r\n"},
                {413, "HTTP/1.1 413 Content Too Large\r\n"},
                {414, "HTTP/1.1 414 URI Too Long\r\n"},
                {431, "HTTP/1.1 431 Request Header Fields Too Large\r\n"},
@@ -162,8 +165,9 @@ BOOST_AUTO_TEST_CASE(error_response_escapes_message) {
 }
 
 BOOST_AUTO_TEST_CASE(error_response_with_extra_members) {
-  const response r = error_response(
-      400, "invalid configuration", R"("details": [{"path": "storage.bucket", "message": "required"}])");
+  const response r =
+      error_response(400, "invalid configuration",
+                     R"("details": [{"path": "storage.bucket", "message": "required"}])");
   const auto j = nlohmann::json::parse(r.body);
   BOOST_TEST(j.at("error") == "invalid configuration");
   BOOST_REQUIRE(j.at("details").is_array());

@@ -19,10 +19,14 @@ using namespace std::string_view_literals;
 namespace sm::http {
 std::ostream& operator<<(std::ostream& os, router::match::kind k) {
   switch (k) {
-    case router::match::kind::found: return os << "found";
-    case router::match::kind::not_found: return os << "not_found";
-    case router::match::kind::method_not_allowed: return os << "method_not_allowed";
-    case router::match::kind::bad_path: return os << "bad_path";
+    case router::match::kind::found:
+      return os << "found";
+    case router::match::kind::not_found:
+      return os << "not_found";
+    case router::match::kind::method_not_allowed:
+      return os << "method_not_allowed";
+    case router::match::kind::bad_path:
+      return os << "bad_path";
   }
   return os << "kind(" << static_cast<int>(k) << ")";
 }
@@ -196,8 +200,7 @@ BOOST_AUTO_TEST_CASE(explicit_head_route_is_used) {
 
 BOOST_AUTO_TEST_CASE(bad_path_malformed_escapes) {
   for (std::string_view path : {"/checkpoints/%"sv, "/checkpoints/%2"sv, "/checkpoints/%zz"sv,
-                                "/checkpoints/%g0"sv, "/checkpoints/a%0"sv, "/%"sv,
-                                "/config%"sv}) {
+                                "/checkpoints/%g0"sv, "/checkpoints/a%0"sv, "/%"sv, "/config%"sv}) {
     BOOST_TEST_INFO("path " << path);
     const auto m = r.find("GET", path);
     BOOST_TEST(m.outcome == kind::bad_path);
@@ -286,8 +289,8 @@ BOOST_AUTO_TEST_CASE(output_replaced_not_appended) {
 
 BOOST_AUTO_TEST_CASE(malformed) {
   std::string out;
-  for (std::string_view in : {"%"sv, "%4"sv, "a%"sv, "a%4"sv, "%zz"sv, "%4g"sv, "%g4"sv,
-                              "% 1"sv, "%-1"sv, "%+1"sv, "%%"sv, "%%41"sv}) {
+  for (std::string_view in : {"%"sv, "%4"sv, "a%"sv, "a%4"sv, "%zz"sv, "%4g"sv, "%g4"sv, "% 1"sv,
+                              "%-1"sv, "%+1"sv, "%%"sv, "%%41"sv}) {
     BOOST_TEST_INFO("input " << in);
     BOOST_TEST(!percent_decode(in, out));
   }
