@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "http/ascii.hpp"
+
 namespace sm::http {
 
 struct request {
@@ -22,8 +24,5 @@ struct request {
   // First value of a header, by case-insensitive name.
   std::optional<std::string_view> header(std::string_view name) const;
 };
-
-// ASCII case-insensitive equality, for header names and tokens.
-bool iequals(std::string_view a, std::string_view b);
 
 }  // namespace sm::http

@@ -1,5 +1,7 @@
 #include "http/request_parser.hpp"
 
+#include "http/ascii.hpp"
+
 #include <algorithm>
 #include <limits>
 
@@ -52,13 +54,6 @@ void for_each_list_element(std::string_view value, F&& f) {
     if (comma == std::string_view::npos) break;
     value.remove_prefix(comma + 1);
   }
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 }  // namespace

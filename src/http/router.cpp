@@ -1,17 +1,12 @@
 #include "http/router.hpp"
 
+#include "http/ascii.hpp"
+
 #include <algorithm>
 
 namespace sm::http {
 
 namespace {
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 // "/a/b/" -> {"a", "b", ""}; "/" -> {""}. The trailing empty segment makes "/x/" differ from
 // "/x": we do not guess that they mean the same resource.

@@ -1,6 +1,8 @@
 #define BOOST_TEST_MODULE config
 #include <boost/test/unit_test.hpp>
 
+#include "support/seeded_random.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -720,14 +722,7 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(fuzz)
 
 namespace {
-struct lcg {
-  std::uint64_t state;
-  std::uint32_t next() {
-    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return static_cast<std::uint32_t>(state >> 33);
-  }
-  std::size_t below(std::size_t n) { return n == 0 ? 0 : next() % n; }
-};
+using lcg = sm::test::seeded_random;
 
 const char* const vocabulary[] = {
     "storage",
