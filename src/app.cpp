@@ -1,6 +1,11 @@
 #include "app.hpp"
 
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cctype>
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
 #include <optional>
 
@@ -45,13 +50,31 @@ bool step(std::string_view name, F&& f) {
 }
 
 std::string read_token(const std::filesystem::path& file) {
-  std::optional<std::string> text = read_file(file);
+  std::optional<std::string> text = read_file(file, 64 * 1024, /*allow_pipes=*/true);
   if (!text) throw std::runtime_error("token file " + file.string() + " does not exist");
-  while (!text->empty() && std::isspace(static_cast<unsigned char>(text->back()))) {
-    text->pop_back();
-  }
+  // Editors add a final newline, and copy-paste adds spaces: the token is what lies between.
+  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  while (!text->empty() && space(text->back())) text->pop_back();
+  const auto first = std::find_if_not(text->begin(), text->end(), space);
+  text->erase(text->begin(), first);
   if (text->empty()) throw std::runtime_error("token file " + file.string() + " is empty");
   return *text;
+}
+
+// Raises the soft descriptor limit to the hard one and returns how many connections fit in it,
+// leaving room for the files, pipes and child processes the rest of the program needs.
+std::size_t connection_capacity() {
+  constexpr rlim_t reserve = 64;
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return SIZE_MAX;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur == RLIM_INFINITY) return SIZE_MAX;
+  return limit.rlim_cur > 2 * reserve ? std::size_t(limit.rlim_cur - reserve)
+                                      : std::size_t(limit.rlim_cur / 2);
 }
 
 std::string format_endpoint(const asio::ip::tcp::endpoint& e) {
@@ -122,7 +145,14 @@ int run_app(const options& opts) {
         http::server_limits limits;
         limits.header_timeout = opts.header_timeout;
         limits.idle_timeout = opts.idle_timeout;
-        limits.max_connections = opts.max_connections;
+        // Past the descriptor limit, accept() fails and clients hang unanswered; below it,
+        // the extra ones get a clear 503.
+        limits.max_connections = std::min(opts.max_connections, connection_capacity());
+        if (limits.max_connections < opts.max_connections) {
+          log::warn("--max-connections lowered to fit the open-file limit",
+                    {{"requested", std::to_string(opts.max_connections)},
+                     {"max_connections", std::to_string(limits.max_connections)}});
+        }
         server.emplace(io.get_executor(), limits, api::make_handler(env, api_opts));
         const auto bound =
             server->listen({asio::ip::make_address(opts.address.host), opts.address.port});

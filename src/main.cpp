@@ -1,5 +1,6 @@
 // state-manager: the init process of a stateful sandbox. See README.md and `--help`.
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "app.hpp"
@@ -24,6 +25,10 @@ int main(int argc, char** argv) {
     case sm::command_line::action::run:
       break;
   }
+
+  // The token has been read; keep it out of /proc/1/environ and out of every child's
+  // environment.
+  ::unsetenv("STATE_MANAGER_TOKEN");
 
   // Supervising a COMMAND is the next piece of work; until it exists, say so instead of
   // starting without the process the caller expects to be running.

@@ -1,5 +1,7 @@
 #include "api/environment.hpp"
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
@@ -37,10 +39,17 @@ environment::environment(environment_paths paths, config::environment_lookup env
 environment::load_report environment::load_saved() {
   load_report report;
   const std::filesystem::path file = paths_.config_file();
+  // Whatever is wrong with the file, start-up goes on unconfigured: PID 1 must come up and
+  // serve, so that the operator can see why. The file is moved aside if it can be; if not
+  // (a read-only tmp/, say), it stays where it is and the report says so.
   auto set_aside = [&](std::string reason) {
     report.outcome = load_report::kind::set_aside;
     report.reason = std::move(reason);
-    report.aside = set_file_aside(file, ".invalid");
+    try {
+      report.aside = set_file_aside(file, ".invalid");
+    } catch (const std::system_error& e) {
+      report.reason += std::string("; could not be moved aside, left in place: ") + e.what();
+    }
     return report;
   };
 
@@ -81,18 +90,25 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   // What is saved is the document as submitted: {"$env": ...} references stay references, so
   // secrets taken from the environment never reach the disk.
   applying_ = true;
-  const std::string text = document.dump(2) + "\n";
   const std::filesystem::path file = paths_.config_file();
   std::string failure;
   try {
+    const std::string text = document.dump(2) + "\n";
     co_await offload([&] { write_file_atomically(file, text, 0600); });
   } catch (const std::exception& e) {
     failure = e.what();
   }
-  applying_ = false;
   if (!failure.empty()) {
+    // The write may have failed after its rename (fsync of the directory): take the file
+    // back out, so that the next start does not apply what this one refused.
+    try {
+      co_await offload([&] { ::unlink(file.c_str()); });
+    } catch (const std::exception&) {
+    }
+    applying_ = false;
     co_return apply_result(kind::failed, "could not save the configuration: " + failure);
   }
+  applying_ = false;
   config_ = std::move(parsed.config);
   co_return apply_result(kind::applied);
 }

@@ -115,7 +115,8 @@ class api {
   }
 
   asio::awaitable<response> handle(const request& req) {
-    if (options_.token && !(req.method == "GET" && req.path == "/healthz") && !authorized(req)) {
+    const bool health = req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD");
+    if (options_.token && !health && !authorized(req)) {
       response r = json_error(401, "unauthorized: send \"Authorization: Bearer <token>\"");
       r.with_header("WWW-Authenticate", "Bearer realm=\"state-manager\"");
       co_return r;
@@ -216,7 +217,12 @@ class api {
     co_return not_built("the lease is");
   }
 
-  asio::awaitable<response> checkpoints_not_built(const request&, const params&) {
+  asio::awaitable<response> checkpoints_not_built(const request&, const params& ids) {
+    // An id in the path obeys the same rule as one in a body, built or not.
+    if (!ids.empty() && !checkpoint::valid_checkpoint_id(ids.front())) {
+      co_return json_error(400, "invalid checkpoint id",
+                           {{"id", ids.front()}, {"rule", checkpoint::checkpoint_id_rule}});
+    }
     co_return not_built("checkpoints are");
   }
   asio::awaitable<response> events_not_built(const request&, const params&) {

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <string>
 #include <system_error>
 
 #include "base/fd.hpp"
@@ -25,13 +27,32 @@ void fsync_directory_of(const std::filesystem::path& path) {
 }
 }  // namespace
 
-std::optional<std::string> read_file(const std::filesystem::path& path) {
-  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+std::optional<std::string> read_file(const std::filesystem::path& path, std::size_t max_bytes,
+                                     bool allow_pipes) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd) {
     if (errno == ENOENT) return std::nullopt;
     throw_errno("open", path);
   }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path);
+  if (allow_pipes && S_ISFIFO(st.st_mode)) {
+    const int flags = ::fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+      throw_errno("fcntl", path);
+    }
+  } else if (!S_ISREG(st.st_mode)) {
+    throw std::system_error(EINVAL, std::generic_category(),
+                            "not a regular file: " + path.string());
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+    throw std::system_error(
+        EFBIG, std::generic_category(),
+        "larger than " + std::to_string(max_bytes) + " bytes: " + path.string());
+  }
   std::string content;
+  content.reserve(static_cast<std::size_t>(st.st_size));
   char buffer[16384];
   for (;;) {
     const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
@@ -41,6 +62,9 @@ std::optional<std::string> read_file(const std::filesystem::path& path) {
     }
     if (n == 0) break;
     content.append(buffer, static_cast<std::size_t>(n));
+    if (content.size() > max_bytes) {  // it grew while we read
+      throw std::system_error(EFBIG, std::generic_category(), "file too large: " + path.string());
+    }
   }
   return content;
 }
@@ -49,7 +73,11 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
                            mode_t mode) {
   std::filesystem::path temporary = path;
   temporary += ".tmp";
-  unique_fd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  // A temporary left by a crash is stale: replace it. O_EXCL|O_NOFOLLOW then guarantee that
+  // we write a file we created, never through a link someone put in its place.
+  if (::unlink(temporary.c_str()) != 0 && errno != ENOENT) throw_errno("remove", temporary);
+  unique_fd fd(
+      ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
   if (!fd) throw_errno("create", temporary);
   try {
     // O_CREAT's mode is filtered by the umask, and an older temporary may have another mode.
@@ -79,6 +107,7 @@ std::filesystem::path set_file_aside(const std::filesystem::path& path, std::str
   for (int n = 1; n < 10000; ++n) {
     // RENAME_NOREPLACE makes "is it free?" and "take it" one atomic step.
     if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, target.c_str(), RENAME_NOREPLACE) == 0) {
+      fsync_directory_of(target);
       return target;
     }
     if (errno != EEXIST) throw_errno("rename aside", path);

@@ -11,17 +11,25 @@
 
 namespace sm {
 
-// Reads a whole file. nullopt when it does not exist; std::system_error for any other failure.
-std::optional<std::string> read_file(const std::filesystem::path& path);
+// Reads a whole regular file of at most `max_bytes`. nullopt when it does not exist;
+// std::system_error for any other failure, including a FIFO, device or directory in its place
+// (opened without blocking and refused, so that start-up can never hang on one) and a file
+// larger than `max_bytes` (EFBIG).
+// With `allow_pipes`, a FIFO or pipe (`--token-file <(...)`) is read too, waiting for its
+// writer: only for start-up, before anything is served.
+std::optional<std::string> read_file(const std::filesystem::path& path,
+                                     std::size_t max_bytes = 16 * 1024 * 1024,
+                                     bool allow_pipes = false);
 
 // Replaces `path` with `content` so that a crash at any point leaves either the old file or the
-// new one: write a temporary file beside it, fsync it, rename it over `path`, fsync the
-// directory. Throws std::system_error naming the step that failed; the temporary is removed.
+// new one: write a temporary file `<path>.tmp` beside it (a leftover one is replaced, a symlink
+// there is refused), fsync it, rename it over `path`, fsync the directory. Throws
+// std::system_error naming the step that failed; the temporary is removed.
 void write_file_atomically(const std::filesystem::path& path, std::string_view content,
                            mode_t mode);
 
 // Renames `path` to `<path><suffix>`, or `<path><suffix>.N` with the first free N, so that an
-// earlier file set aside is never overwritten. Returns the new name.
+// earlier file set aside is never overwritten; then fsyncs the directory. Returns the new name.
 std::filesystem::path set_file_aside(const std::filesystem::path& path, std::string_view suffix);
 
 // Creates `dir` and its parents if missing; throws if it exists and is not a directory.

@@ -180,6 +180,10 @@ std::optional<std::string> endpoint_problem(std::string_view endpoint) {
   }
   const std::string_view host = rest.substr(0, rest.find('/'));
   if (host.empty()) return "has no host";
+  // user:password@ in the URL would bypass redaction and end up in logs and GET /config.
+  if (host.find('@') != std::string_view::npos) {
+    return "must not contain credentials: use access_key and secret_key";
+  }
   for (char c : endpoint) {
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return "must not contain spaces";
   }

@@ -380,6 +380,9 @@ bool request_parser::finish_head() {
       fail(400, "invalid Transfer-Encoding", 0);
       return false;
     }
+    // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding cannot be trusted to frame the
+    // next one; answer it, then close.
+    if (!http11) request_.keep_alive = false;
     chunked_ = true;
     phase_ = phase::chunk_size;
     return true;

@@ -35,6 +35,11 @@ class request_parser {
 
   result feed(std::string_view input);
 
+  // True once a byte of a request has arrived, not counting the empty lines that RFC 9112 2.2
+  // lets a client send between requests: "is the client in the middle of a request?"
+  bool request_started() const {
+    return phase_ != phase::head || request_line_done_ || (!line_.empty() && line_ != "\r");
+  }
   // True once the request line and headers are in (and valid): the body, if any, is next.
   bool headers_complete() const { return phase_ >= phase::body_fixed; }
   // The client sent "Expect: 100-continue" and waits for a 100 before sending its body.

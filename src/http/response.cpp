@@ -74,7 +74,8 @@ response error_response(int status, std::string_view message, std::string_view e
   return r;
 }
 
-void serialize_head(const response& r, bool keep_alive, std::string_view date, std::string& out) {
+void serialize_head(const response& r, bool keep_alive, std::string_view date, std::string& out,
+                    int version_minor) {
   char number[24];
   out += "HTTP/1.1 ";
   out.append(number, std::to_chars(number, number + sizeof number, r.status).ptr);
@@ -94,7 +95,13 @@ void serialize_head(const response& r, bool keep_alive, std::string_view date, s
     out += ": ";
     out += value;
   }
-  out += (keep_alive && !r.close) ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
+  if (!keep_alive || r.close) {
+    out += "\r\nConnection: close\r\n\r\n";
+  } else if (version_minor == 0) {
+    out += "\r\nConnection: keep-alive\r\n\r\n";
+  } else {
+    out += "\r\n\r\n";
+  }
 }
 
 }  // namespace sm::http

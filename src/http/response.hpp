@@ -30,6 +30,9 @@ response error_response(int status, std::string_view message, std::string_view e
 // Writes the status line and headers (Content-Type, Content-Length, Date, Connection and the
 // extra ones) into `out`; the body is not included, so it can be sent from its own buffer
 // (or, for HEAD, not at all: Content-Length still describes the body GET would send).
-void serialize_head(const response& r, bool keep_alive, std::string_view date, std::string& out);
+// `version_minor` is the request's: an HTTP/1.0 client is told "Connection: keep-alive"
+// explicitly, since closing is its default.
+void serialize_head(const response& r, bool keep_alive, std::string_view date, std::string& out,
+                    int version_minor = 1);
 
 }  // namespace sm::http

@@ -115,8 +115,13 @@ asio::awaitable<void> server::run() {
     if (stopping_) break;
     if (ec) {
       if (ec == asio::error::operation_aborted) break;
-      // Out of descriptors or memory: pause instead of spinning on the same error.
-      log::warn("accept failed", {{"error", ec.message()}});
+      // Out of descriptors or memory: pause instead of spinning on the same error, and say
+      // so once every ten seconds rather than ten times a second.
+      const auto now = clock::now();
+      if (now - last_accept_warning_ >= std::chrono::seconds(10)) {
+        log::warn("accept failed; pausing new connections", {{"error", ec.message()}});
+        last_accept_warning_ = now;
+      }
       asio::steady_timer pause(executor_, std::chrono::milliseconds(100));
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
@@ -130,7 +135,15 @@ asio::awaitable<void> server::run() {
     connections_.push_front(c.get());
     c->position = connections_.begin();
     asio::co_spawn(executor_, watchdog(c), asio::detached);
-    asio::co_spawn(executor_, serve(c), asio::detached);
+    asio::co_spawn(executor_, serve(c), [](std::exception_ptr failure) {
+      // serve() handles every expected error itself; anything else is a bug worth a line.
+      if (!failure) return;
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::exception& e) {
+        log::error("connection failed", {{"error", e.what()}});
+      }
+    });
   }
 }
 
@@ -164,19 +177,36 @@ asio::awaitable<void> server::watchdog(std::shared_ptr<connection> c) {
 }
 
 asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
+  // However serve() ends, the connection leaves the server's list, its watchdog stops, and a
+  // stop() waiting for the last connection is told.
+  struct cleanup {
+    server& owner;
+    connection& conn;
+    ~cleanup() {
+      conn.finished = true;
+      conn.timer.cancel();
+      std::error_code ignored;
+      conn.socket.close(ignored);
+      owner.connections_.erase(conn.position);
+      if (owner.stopping_ && owner.connections_.empty()) owner.drained_.cancel();
+    }
+  } guard{*this, *c};
+
   request_parser parser(limits_.parser);
   std::array<char, read_buffer_size> buffer;
   std::size_t begin = 0, end = 0;
   std::string head;
   head.reserve(256);
   bool continue_sent = false;
+  bool request_deadline_set = false;  // the current request's header_timeout is armed
   std::error_code ec;
 
   // Sends a response; false when the connection must end (error or close).
-  auto send = [&](const response& r, bool keep_alive, bool head_only) -> asio::awaitable<bool> {
+  auto send = [&](const response& r, bool keep_alive, bool head_only,
+                  int version_minor) -> asio::awaitable<bool> {
     keep_alive = keep_alive && !c->closing && !r.close;
     head.clear();
-    serialize_head(r, keep_alive, http_date_now(), head);
+    serialize_head(r, keep_alive, http_date_now(), head, version_minor);
     c->set_deadline(clock::now() + limits_.header_timeout);
     const std::array<asio::const_buffer, 2> parts{
         asio::buffer(head), head_only ? asio::const_buffer() : asio::buffer(r.body)};
@@ -184,19 +214,33 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
     co_return !ec && keep_alive;
   };
 
-  bool open = true;
-  std::size_t partial_bytes = 0;      // bytes of the current request received so far
-  bool request_deadline_set = false;  // the current request's header_timeout is armed
-  while (open) {
+  // An error answer, then a lingering close: stop sending, and read and drop what the client
+  // still sends for a moment, because closing with unread input makes the kernel send a reset
+  // that can destroy the answer before the client reads it.
+  auto fail_and_close = [&](int status, std::string_view message) -> asio::awaitable<void> {
+    response res = error_response(status, message);
+    res.close = true;
+    if (!co_await send(res, false, false, 1) && ec) co_return;
+    c->socket.shutdown(asio::socket_base::shutdown_send, ec);
+    c->set_deadline(clock::now() + std::chrono::seconds(2));
+    std::size_t drained = 0;
+    while (drained < 256 * 1024) {
+      const std::size_t n = co_await c->socket.async_read_some(
+          asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) break;
+      drained += n;
+    }
+  };
+
+  for (;;) {
     // Parse everything already buffered: one read may hold several pipelined requests.
+    bool open = true;
     while (open && begin < end) {
       const auto result = parser.feed({buffer.data() + begin, end - begin});
       begin += result.consumed;
-      partial_bytes += result.consumed;
       if (result.state == request_parser::status::complete) {
         const request req = parser.take_request();
         parser.reset();
-        partial_bytes = 0;
         request_deadline_set = false;
         continue_sent = false;
         c->set_deadline(never);  // the handler is ours; it is not the client being slow
@@ -208,27 +252,25 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
                      {{"method", req.method}, {"path", req.path}, {"error", e.what()}});
           res = error_response(500, "internal error");
         }
-        open = co_await send(res, req.keep_alive, req.method == "HEAD");
+        open = co_await send(res, req.keep_alive, req.method == "HEAD", req.version_minor);
       } else if (result.state == request_parser::status::error) {
-        response res = error_response(parser.error_status(), parser.error_message());
-        res.close = true;
-        co_await send(res, false, false);
-        open = false;
+        co_await fail_and_close(parser.error_status(), parser.error_message());
+        co_return;
       }
     }
-    if (!open) break;
+    if (!open) co_return;
     begin = end = 0;  // the parser copies what it keeps: the buffer is free again
 
     if (!continue_sent && parser.headers_complete() && parser.expects_continue()) {
       static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
       co_await asio::async_write(c->socket, asio::buffer(go_on),
                                  asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) break;
+      if (ec) co_return;
       continue_sent = true;
     }
 
-    c->idle = partial_bytes == 0;
-    if (c->idle && c->closing) break;
+    c->idle = !parser.request_started();
+    if (c->idle && c->closing) co_return;
     if (c->idle) {
       c->set_deadline(clock::now() + limits_.idle_timeout);
       request_deadline_set = false;
@@ -240,26 +282,18 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
     }
     const std::size_t n = co_await c->socket.async_read_some(
         asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
+    const bool was_idle = c->idle;
     c->idle = false;
-    if (ec) {
-      if (c->timed_out && partial_bytes > 0) {
-        c->timed_out = false;
-        response res = error_response(408, "request timed out");
-        res.close = true;
-        co_await send(res, false, false);
-      }
-      break;
+    // The watchdog may have fired while this read's completion was already queued: its
+    // cancel then changed nothing, so the flag, not the error code, is what says "too late".
+    if (c->timed_out) {
+      c->timed_out = false;
+      if (!was_idle) co_await fail_and_close(408, "request timed out");
+      co_return;
     }
+    if (ec) co_return;
     end = n;
   }
-
-  c->finished = true;
-  c->timer.cancel();
-  std::error_code ignored;
-  c->socket.shutdown(asio::socket_base::shutdown_send, ignored);
-  c->socket.close(ignored);
-  connections_.erase(c->position);
-  if (stopping_ && connections_.empty()) drained_.cancel();
 }
 
 }  // namespace sm::http

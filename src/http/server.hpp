@@ -67,6 +67,7 @@ class server {
   std::list<connection*> connections_;  // live connections, for stop(); each erases itself
   asio::steady_timer drained_;          // cancelled when the last connection ends in stop()
   bool stopping_ = false;
+  std::chrono::steady_clock::time_point last_accept_warning_{};
 };
 
 }  // namespace sm::http

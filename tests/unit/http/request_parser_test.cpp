@@ -526,6 +526,44 @@ BOOST_AUTO_TEST_CASE(connection_close_on_10) {
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(request_started)
+
+BOOST_AUTO_TEST_CASE(empty_lines_between_requests_do_not_start_one) {
+  // RFC 9112 2.2 lets a client send a CRLF after a body; the server must not take the
+  // connection for one in the middle of a request (and time it out).
+  request_parser p;
+  BOOST_TEST(!p.request_started());
+  BOOST_TEST(p.feed("\r\n\r\n").state == status::need_more);
+  BOOST_TEST(!p.request_started());
+  BOOST_TEST(p.feed("\r").state == status::need_more);
+  BOOST_TEST(!p.request_started());
+  BOOST_TEST(p.feed("\nG").state == status::need_more);
+  BOOST_TEST(p.request_started());
+}
+
+BOOST_AUTO_TEST_CASE(started_through_headers_and_body) {
+  request_parser p;
+  p.feed("GET / HTTP/1.1\r\n");
+  BOOST_TEST(p.request_started());
+  p.feed("Host: h\r\nContent-Length: 3\r\n\r\na");
+  BOOST_TEST(p.request_started());
+  BOOST_TEST(p.feed("bc").state == status::complete);
+  p.take_request();
+  p.reset();
+  BOOST_TEST(!p.request_started());
+}
+
+BOOST_AUTO_TEST_CASE(http10_with_transfer_encoding_closes) {
+  // RFC 9112 6.1: answer, then close, even if the client asked to keep the connection.
+  const request r = parse_one(
+      "POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "1\r\na\r\n0\r\n\r\n");
+  BOOST_TEST(r.body == "a");
+  BOOST_TEST(!r.keep_alive);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
 BOOST_AUTO_TEST_SUITE(pipelining)
 
 BOOST_AUTO_TEST_CASE(three_requests_in_one_buffer) {

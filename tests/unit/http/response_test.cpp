@@ -49,6 +49,21 @@ BOOST_AUTO_TEST_CASE(status_line_and_basic_headers) {
   BOOST_TEST(head.find("Connection: close") == std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(http10_keep_alive_is_acknowledged) {
+  // Closing is HTTP/1.0's default: a kept connection must be announced, or the client waits.
+  response r;
+  r.body = "{}";
+  std::string out;
+  serialize_head(r, true, "date", out, 0);
+  BOOST_TEST(out.find("Connection: keep-alive\r\n") != std::string::npos);
+  out.clear();
+  serialize_head(r, false, "date", out, 0);
+  BOOST_TEST(out.find("Connection: close\r\n") != std::string::npos);
+  out.clear();
+  serialize_head(r, true, "date", out, 1);
+  BOOST_TEST(out.find("Connection:") == std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(appends_to_out) {
   response r;
   std::string out = "previous";
