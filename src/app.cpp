@@ -15,6 +15,7 @@
 #include <asio/redirect_error.hpp>
 #include <asio/signal_set.hpp>
 #include <asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
 
 #include "api/environment.hpp"
 #include "api/routes.hpp"
@@ -22,6 +23,8 @@
 #include "base/file.hpp"
 #include "base/log.hpp"
 #include "http/server.hpp"
+#include "proc/child.hpp"
+#include "supervisor/supervised_process.hpp"
 #include "version.h"
 
 namespace sm {
@@ -109,16 +112,55 @@ void log_config_load(const api::environment::load_report& report,
   }
 }
 
+// One line per state change of COMMAND, with what explains it.
+void log_process_state(const supervisor::supervised_process& process,
+                       supervisor::supervised_process::state to) {
+  using state = supervisor::supervised_process::state;
+  const nlohmann::json s = process.status();
+  const std::string name(supervisor::supervised_process::name_of(to));
+  auto exit_text = [&] {
+    const auto& last = s["last_exit"];
+    if (last.is_null()) return std::string();
+    return last["signal"].is_null() ? "exit code " + last["code"].dump()
+                                    : "killed by " + last["signal"].get<std::string>();
+  };
+  switch (to) {
+    case state::running:
+      log::info("COMMAND running", {{"pid", s["pid"].dump()}});
+      break;
+    case state::restarting:
+    case state::failed:
+    case state::stopped:
+      if (!s["last_error"].is_null()) {
+        log::error("COMMAND cannot start", {{"state", name},
+                                            {"error", s["last_error"].get<std::string>()},
+                                            {"status", s["last_exit"]["status"].dump()}});
+      } else {
+        log::write(to == state::failed ? log::level::warn : log::level::info, "COMMAND exited",
+                   {{"state", name}, {"how", exit_text()}});
+      }
+      break;
+    case state::stopping:
+      log::info("stopping COMMAND", {{"pid", s["pid"].dump()}});
+      break;
+    default:
+      break;
+  }
+}
+
 }  // namespace
 
 int run_app(const options& opts) {
   log::configure(opts.log_level, opts.log_format);
-  // A peer that closes early must cost an EPIPE, not the process (PID 1 least of all).
+  // A peer that closes early must cost an EPIPE, not the process (PID 1 least of all). Children
+  // get every signal back at its default (proc::spawn).
   std::signal(SIGPIPE, SIG_IGN);
 
   asio::io_context io(1);
   api::environment env({opts.data_dir, opts.tmp_dir});
   api::api_options api_opts;
+  proc::reaper reaper(io.get_executor());
+  std::optional<supervisor::supervised_process> process;
   std::optional<http::server> server;
 
   // Start-up, in order. Shut-down below undoes it in reverse.
@@ -137,9 +179,29 @@ int run_app(const options& opts) {
              else if (opts.token && !opts.token->empty())
                api_opts.token = opts.token;
            }) &&
+      // Orphans of the sandbox become ours to reap (we are PID 1, or become a subreaper).
+      step("adopt orphans",
+           [&] {
+             if (!reaper.adopt_orphans()) {
+               log::warn("cannot become a child subreaper; orphans go to the real init");
+             }
+           }) &&
       // A saved configuration is applied before the first request can see the state.
       step("load configuration",
            [&] { log_config_load(env.load_saved(), env.paths().config_file()); }) &&
+      // The supervised process, declared (it starts below, once serving).
+      step("prepare COMMAND",
+           [&] {
+             if (opts.command.empty()) return;
+             supervisor::process_settings settings;
+             settings.command = opts.command;
+             settings.restart = *supervisor::parse_restart_policy(opts.restart);
+             settings.restart_delay = opts.restart_delay;
+             settings.timeout_stop = opts.timeout_stop;
+             process.emplace(io.get_executor(), reaper, std::move(settings));
+             env.process_view = [&] { return process->status(); };
+             process->on_transition = [&](auto, auto to) { log_process_state(*process, to); };
+           }) &&
       // Bind last, so that a client never reaches a half-started server.
       step("listen", [&] {
         http::server_limits limits;
@@ -162,34 +224,109 @@ int run_app(const options& opts) {
       });
   if (!started) return 1;
 
+  asio::co_spawn(io, reaper.run(), asio::detached);
   asio::co_spawn(io, server->run(), asio::detached);
 
-  // SIGTERM and SIGINT start the orderly shut-down; a second one while it runs exits at once,
-  // for the operator who really means it.
-  asio::signal_set signals(io, SIGTERM, SIGINT);
+  // Shut-down is requested once, by a signal or by COMMAND ending for good; the exit status is
+  // fixed when it is requested.
+  int exit_status = 0;
+  bool shutting_down = false;
+  asio::steady_timer shutdown_requested(io, std::chrono::steady_clock::time_point::max());
+  auto request_shutdown = [&](std::string_view reason, int status) {
+    if (shutting_down) return;
+    shutting_down = true;
+    exit_status = status;
+    log::info("shutting down", {{"reason", std::string(reason)}});
+    shutdown_requested.cancel();
+  };
+
+  // COMMAND runs from now on, or from the first applied configuration with --wait-for-config.
+  bool process_started = false;
+  auto start_process = [&] {
+    if (!process || process_started || shutting_down) return;
+    process_started = true;
+    log::info("starting COMMAND", {{"command", opts.command.front()}});
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          co_await process->run();
+          // Ended for good (--restart never, or on-failure after a clean exit): so do we, with
+          // its status, as a drop-in container init.
+          if (const auto& status = process->final_status()) {
+            request_shutdown("COMMAND ended", status->shell_status());
+          }
+        },
+        asio::detached);
+  };
+  if (!opts.wait_for_config || env.configured()) start_process();
+  env.on_applied = start_process;
+
+  bool signals_closed = false;  // set at the end of shut-down: no handler may wait again
+  // Signals. TERM and INT shut down (a second one exits at once, for the operator who really
+  // means it); the other catchable ones are forwarded to COMMAND's process group.
+  asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+  asio::signal_set forwarded(io);
+  for (int signal :
+       {SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU,
+        SIGURG, SIGIO, SIGPWR, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ}) {
+    forwarded.add(signal);
+  }
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        // Until shut-down has stopped COMMAND: checked after each wake, since a signal already
+        // delivered when forwarded.cancel() runs escapes the cancel.
+        while (!signals_closed) {
+          std::error_code ec;
+          const int signal =
+              co_await forwarded.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+          if (ec || signals_closed) co_return;
+          if (!process || !process->forward_signal(signal)) {
+            log::debug("signal not forwarded: no COMMAND running", {{"signal", strsignal(signal)}});
+          }
+        }
+      },
+      asio::detached);
+  stop_signals.async_wait([&](std::error_code ec, int signal) {
+    if (ec || signals_closed) return;
+    // With --restart never, the exit status is COMMAND's, as with tini; it is filled in once
+    // COMMAND has stopped.
+    request_shutdown(strsignal(signal), -1);
+    stop_signals.async_wait([&](std::error_code e, int again) {
+      if (e || signals_closed) return;
+      log::warn("second signal during shut-down; exiting now", {{"signal", strsignal(again)}});
+      std::_Exit(128 + again);
+    });
+  });
+
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
         std::error_code ec;
-        const int signal =
-            co_await signals.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) co_return;
-        log::info("shutting down", {{"signal", strsignal(signal)}});
-        signals.async_wait([](std::error_code e, int again) {
-          if (e) return;
-          log::warn("second signal during shut-down; exiting now", {{"signal", strsignal(again)}});
-          std::_Exit(128 + again);
-        });
-        // Shut-down, the reverse of start-up: stop serving (in-flight requests finish).
+        // The flag first: a timer keeps no memory of a cancel() that came before the wait
+        // (COMMAND may have failed to start before this coroutine first ran).
+        if (!shutting_down) {
+          co_await shutdown_requested.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
+        // Shut-down, the reverse of start-up: COMMAND first (SIGTERM, SIGKILL after
+        // --timeout-stop), then the server (in-flight requests finish), then the watchers.
+        if (process) co_await process->stop();
+        if (exit_status < 0) {
+          const auto& last = process ? process->last_exit() : std::nullopt;
+          exit_status = opts.restart == "never" && last ? last->shell_status() : 0;
+        }
         co_await server->stop(drain_grace);
-        signals.cancel();
-        log::info("stopped");
+        signals_closed = true;
+        stop_signals.cancel();
+        forwarded.cancel();
+        reaper.stop();
+        log::info("stopped", {{"exit_status", std::to_string(exit_status)}});
       },
       asio::detached);
 
   io.run();
   stop_offload_worker();
-  return 0;
+  return exit_status;
 }
 
 }  // namespace sm

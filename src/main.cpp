@@ -30,14 +30,6 @@ int main(int argc, char** argv) {
   // environment.
   ::unsetenv("STATE_MANAGER_TOKEN");
 
-  // Supervising a COMMAND is the next piece of work; until it exists, say so instead of
-  // starting without the process the caller expects to be running.
-  if (!cli.opts.command.empty()) {
-    std::cerr << "state-manager: supervising a COMMAND is not built yet in this version; "
-                 "start state-manager without one\n";
-    return 2;
-  }
-
-  // Run until SIGTERM or SIGINT.
+  // Run until SIGTERM or SIGINT, or until COMMAND ends for good.
   return sm::run_app(cli.opts);
 }

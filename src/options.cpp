@@ -58,6 +58,14 @@ const flag flags[] = {
      [](options& o, const std::string& v) { return set_duration(o.restart_delay, v); }},
     {"timeout-stop", true,
      [](options& o, const std::string& v) { return set_duration(o.timeout_stop, v); }},
+    {"restart", true,
+     [](options& o, const std::string& v) -> std::string {
+       if (v != "always" && v != "on-failure" && v != "never") {
+         return "expected always, on-failure or never, got \"" + v + "\"";
+       }
+       o.restart = v;
+       return {};
+     }},
     {"wait-for-config", false,
      [](options& o, const std::string& v) -> std::string {
        std::optional<bool> b = parse_bool(v);
@@ -227,9 +235,10 @@ command_line parse_command_line(const std::vector<std::string>& args, const env_
 std::string usage_text() {
   return R"(Usage: state-manager [OPTIONS] [-- COMMAND [ARG...]]
 
-The init process of a stateful sandbox: serves an HTTP control API, keeps the sandbox's
-configuration, and (as later versions add) supervises COMMAND, replicates its database to S3
-and checkpoints and restores its state.
+The init process of a stateful sandbox: supervises COMMAND (restarting it by policy, reaping
+orphans, forwarding signals to its process group), serves an HTTP control API, and keeps the
+sandbox's configuration; later versions replicate its database to S3 and checkpoint and
+restore its state.
 
 Options (each also read from the environment variable shown; a flag wins over its variable):
   --listen ADDR:PORT      where the HTTP API listens; port 0 picks a free port, which is
@@ -242,6 +251,11 @@ Options (each also read from the environment variable shown; a flag wins over it
                           (STATE_MANAGER_RESTART_DELAY, default 1s)
   --timeout-stop DUR      grace period between SIGTERM and SIGKILL when stopping COMMAND
                           (STATE_MANAGER_TIMEOUT_STOP, default 90s)
+  --restart POLICY        when COMMAND exits on its own: always restart it, on-failure
+                          (non-zero exit or signal) only, or never; with never (or once
+                          COMMAND ends for good), state-manager exits with COMMAND's status:
+                          its exit code, or 128+N after signal N (STATE_MANAGER_RESTART,
+                          default always)
   --wait-for-config       start COMMAND only once a configuration is applied
                           (STATE_MANAGER_WAIT_FOR_CONFIG=true)
   --token-file FILE       require "Authorization: Bearer <token>" on every endpoint except
@@ -265,8 +279,12 @@ POST /restore, POST /release-lease. Example:
   curl -X POST http://localhost:8080/config -d '{"storage": {"bucket": "env-bucket",
        "endpoint": "file:///var/lib/objects"}, "stacks": []}'
 
-Exit status: 0 after an orderly shut-down (SIGTERM, SIGINT), 1 when start-up fails, 2 for a
-bad command line.
+Signals: SIGTERM and SIGINT shut down in order (COMMAND first: SIGTERM to its process group,
+SIGKILL after --timeout-stop); HUP, QUIT, USR1, USR2, WINCH and the other catchable signals are
+forwarded to COMMAND's process group.
+
+Exit status: 0 after an orderly shut-down (SIGTERM, SIGINT); COMMAND's status with
+--restart never or when COMMAND ended for good; 1 when start-up fails; 2 for a bad command line.
 )";
 }
 

@@ -30,6 +30,9 @@ struct options {
   std::filesystem::path tmp_dir = "tmp";
   duration restart_delay = std::chrono::seconds(1);
   duration timeout_stop = std::chrono::seconds(90);
+  // What to do when COMMAND exits on its own: "always" restart it, restart it "on-failure"
+  // only, or "never" (state-manager then exits with its status, like tini).
+  std::string restart = "always";
   bool wait_for_config = false;
   std::optional<std::filesystem::path> token_file;
   std::optional<std::string> token;  // STATE_MANAGER_TOKEN, when no token file is named

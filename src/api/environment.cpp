@@ -110,6 +110,7 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   }
   applying_ = false;
   config_ = std::move(parsed.config);
+  if (on_applied) on_applied();
   co_return apply_result(kind::applied);
 }
 
@@ -117,7 +118,7 @@ json environment::status() const {
   return {
       {"configured", configured()},
       {"state", configured() ? "running" : "unconfigured"},
-      {"process", nullptr},
+      {"process", process_view ? process_view() : json(nullptr)},
       {"components", json::object()},
       {"lease", nullptr},
       {"operation", nullptr},

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,6 +59,11 @@ class environment {
 
   // GET / (DESIGN.md 2.4).
   nlohmann::json status() const;
+
+  // Set by the orchestrator: what GET / shows as "process" (null when unset), and what to do
+  // once a POST /config has been applied (start a process that waited for a configuration).
+  std::function<nlohmann::json()> process_view;
+  std::function<void()> on_applied;
 
  private:
   environment_paths paths_;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The command line (DESIGN.md 2.1): --help, --version, bad arguments, environment variables,
-# a port already in use, a COMMAND (not built in this stage).
+# a port already in use.
 source "$(dirname "$0")/harness.sh"
 
 # --help: exit 0, usage on stdout naming every flag.
@@ -41,11 +41,10 @@ expect_usage_error --data-dir   # a flag that needs a value, at the end
 STATE_MANAGER_RESTART_DELAY=soon run_cli
 ((CLI_EXIT == 2)) || fail "STATE_MANAGER_RESTART_DELAY=soon: expected exit 2, got $CLI_EXIT"
 
-# A COMMAND is not supervised yet in this stage: exit 2, saying so (a later issue changes this).
-run_cli --listen 127.0.0.1:0 -- sleep 100
-((CLI_EXIT == 2)) || fail "-- sleep 100: expected exit 2, got $CLI_EXIT; stderr: $(cat "$CLI_ERR")"
-grep -qiE 'supervis|not (yet )?built|not implemented' "$CLI_ERR" ||
-  fail "-- sleep 100: the message does not say supervision is not built: $(cat "$CLI_ERR")"
+# --restart takes one of three policies.
+run_cli --restart sometimes -- true
+((CLI_EXIT == 2)) || fail "--restart sometimes: expected exit 2, got $CLI_EXIT"
+grep -q -- '--restart' "$CLI_ERR" || fail "the error does not name --restart: $(cat "$CLI_ERR")"
 
 # Port already in use: exit 1 with a clear error.
 mkdir first second

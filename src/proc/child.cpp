@@ -1,0 +1,162 @@
+#include "proc/child.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+
+extern char** environ;
+
+namespace sm::proc {
+
+namespace {
+
+// glibc 2.36 has no pidfd_open wrapper that C++ can include cleanly (DESIGN.md section 4).
+int pidfd_open(pid_t pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
+
+exit_status status_of(const siginfo_t& info) {
+  exit_status s;
+  if (info.si_code == CLD_EXITED) {
+    s.code = info.si_status;
+  } else {
+    s.signal = info.si_status;
+    s.core_dumped = info.si_code == CLD_DUMPED;
+  }
+  return s;
+}
+
+// The environment the child gets: ours, with the request's additions and removals.
+std::vector<std::string> child_environment(const spawn_request& request) {
+  std::vector<std::string> out;
+  for (char** entry = environ; *entry; ++entry) {
+    const std::string_view text(*entry);
+    const std::string_view name = text.substr(0, text.find('='));
+    bool drop = request.extra_env.count(std::string(name)) > 0;
+    for (const std::string& unset : request.unset_env) drop = drop || name == unset;
+    if (!drop) out.emplace_back(text);
+  }
+  for (const auto& [name, value] : request.extra_env) out.push_back(name + "=" + value);
+  return out;
+}
+
+struct spawn_attributes {
+  posix_spawnattr_t attr;
+  spawn_attributes() {
+    posix_spawnattr_init(&attr);
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    // POSIX_SPAWN_SETSIGDEF resets every signal we catch or ignore (SIGPIPE, SIGTERM...) to its
+    // default in the child; SETSIGMASK unblocks everything; SETPGROUP with 0 makes a new group.
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(
+        &attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+  }
+  ~spawn_attributes() { posix_spawnattr_destroy(&attr); }
+};
+
+}  // namespace
+
+int exec_failure_status(int error) {
+  return error == ENOENT || error == ENOTDIR ? 127 : 126;
+}
+
+child spawn(asio::any_io_executor executor, const spawn_request& request) {
+  if (request.argv.empty() || request.argv.front().empty()) {
+    throw std::system_error(ENOENT, std::generic_category(), "no command");
+  }
+  std::vector<char*> argv;
+  for (const std::string& arg : request.argv) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  const std::vector<std::string> env_strings = child_environment(request);
+  std::vector<char*> envp;
+  for (const std::string& entry : env_strings) envp.push_back(const_cast<char*>(entry.c_str()));
+  envp.push_back(nullptr);
+
+  static const spawn_attributes attributes;
+  pid_t pid = 0;
+  // glibc's posix_spawnp uses clone(CLONE_VM|CLONE_VFORK): no page-table copy, whatever our
+  // size, and a failed exec comes back here as the error code.
+  const int error =
+      ::posix_spawnp(&pid, argv[0], nullptr, &attributes.attr, argv.data(), envp.data());
+  if (error != 0) {
+    throw std::system_error(error, std::generic_category(), "cannot execute " + request.argv[0]);
+  }
+  // The child cannot have been reaped yet: only this thread reaps, and it is here.
+  const int fd = pidfd_open(pid);
+  if (fd < 0) {
+    const int e = errno;
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    throw std::system_error(e, std::generic_category(), "pidfd_open");
+  }
+  return child(pid, asio::posix::stream_descriptor(executor, fd));
+}
+
+reaper::reaper(asio::any_io_executor executor) : sigchld_(executor, SIGCHLD) {}
+
+bool reaper::adopt_orphans() {
+  if (::getpid() == 1) return true;
+  return ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
+}
+
+asio::awaitable<void> reaper::run() {
+  while (!stopped_) {
+    std::error_code ec;
+    co_await sigchld_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || stopped_) co_return;
+    reap_orphans();
+  }
+}
+
+void reaper::reap_orphans() {
+  for (;;) {
+    siginfo_t info{};
+    // Peek first: a supervised child's status is its owner's, collected through its pidfd.
+    if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) return;
+    // Stop at an awaited child: its owner reaps it in this same turn of the loop (its pidfd is
+    // readable now) and calls us again for whatever exited behind it.
+    if (awaited_.count(info.si_pid)) return;
+    siginfo_t reaped{};
+    ::waitid(P_PID, static_cast<id_t>(info.si_pid), &reaped, WEXITED | WNOHANG);
+    ++orphans_reaped_;
+  }
+}
+
+asio::awaitable<exit_status> reaper::wait(child& c) {
+  awaited_.insert(c.pid_);
+  siginfo_t info{};
+  for (;;) {
+    std::error_code ec;
+    co_await c.pidfd_.async_wait(asio::posix::stream_descriptor::wait_read,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    if (ec && ec != asio::error::operation_aborted) break;
+    info = siginfo_t{};
+    if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(c.pidfd_.native_handle()), &info,
+                 WEXITED | WNOHANG) == 0 &&
+        info.si_pid != 0) {
+      break;
+    }
+  }
+  awaited_.erase(c.pid_);
+  std::error_code ignored;
+  c.pidfd_.close(ignored);
+  reap_orphans();  // anything that exited behind it
+  co_return status_of(info);
+}
+
+}  // namespace sm::proc

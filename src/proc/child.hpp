@@ -1,0 +1,94 @@
+// Child processes as mechanism: start one, await its exit on the executor, collect orphans.
+// Policy (when to restart, how long to wait) lives in src/supervisor.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/signal_set.hpp>
+
+namespace sm::proc {
+
+// How a process ended: by exit(code) or by a signal.
+struct exit_status {
+  int code = 0;    // when signal == 0
+  int signal = 0;  // the signal that killed it, or 0
+  bool core_dumped = false;
+
+  bool success() const { return signal == 0 && code == 0; }
+  // The shell's convention (and tini's): the code, or 128 + the signal.
+  int shell_status() const { return signal ? 128 + signal : code; }
+};
+
+struct spawn_request {
+  std::vector<std::string> argv;                 // argv[0] is searched in PATH
+  std::map<std::string, std::string> extra_env;  // added to (or replacing in) our environment
+  std::vector<std::string> unset_env;            // removed from the child's environment
+};
+
+// A started child, until its exit has been collected.
+class child {
+ public:
+  child(pid_t pid, asio::posix::stream_descriptor pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
+  pid_t pid() const { return pid_; }
+
+ private:
+  friend class reaper;
+  pid_t pid_;
+  asio::posix::stream_descriptor pidfd_;
+};
+
+// Starts a child in its own process group (so that signals reach its whole tree), with every
+// signal at its default disposition and none blocked, whatever state-manager itself does with
+// them. stdin, stdout and stderr are state-manager's own. Throws std::system_error carrying the
+// errno of the failed exec: ENOENT for a missing program, EACCES/ENOEXEC for one that cannot run.
+child spawn(asio::any_io_executor executor, const spawn_request& request);
+
+// The exit status a shell reports for a program that could not be started: 127 when it was not
+// found, 126 when it was found but could not be executed.
+int exec_failure_status(int error);
+
+// Collects every child's exit. Supervised children are awaited through their pidfd; everything
+// else that exits (orphans re-parented to us as PID 1 or subreaper) is reaped on SIGCHLD. The
+// reaper peeks before it reaps (WNOWAIT), so it never takes a supervised child's status.
+class reaper {
+ public:
+  explicit reaper(asio::any_io_executor executor);
+
+  // Makes orphans of our descendants ours to reap when we are not PID 1 (PR_SET_CHILD_SUBREAPER).
+  // Returns false if neither applies (the kernel refused).
+  bool adopt_orphans();
+
+  // Waits for SIGCHLD and reaps orphans until the executor stops. Run it with co_spawn.
+  asio::awaitable<void> run();
+
+  // Awaits `c`'s exit and collects its status. Never blocks the executor.
+  asio::awaitable<exit_status> wait(child& c);
+
+  // Ends run(). The flag matters as much as the cancel: a SIGCHLD completion already queued is
+  // beyond cancel's reach, and run() must not wait again after it.
+  void stop() {
+    stopped_ = true;
+    sigchld_.cancel();
+  }
+
+  // Reaps every exited child that is not awaited through wait(), without blocking.
+  void reap_orphans();
+
+  std::size_t orphans_reaped() const { return orphans_reaped_; }
+
+ private:
+  asio::signal_set sigchld_;
+  std::unordered_set<pid_t> awaited_;  // children whose status belongs to a wait()
+  std::size_t orphans_reaped_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace sm::proc

@@ -1,0 +1,160 @@
+#include "supervisor/supervised_process.hpp"
+
+#include <signal.h>
+
+#include <cstring>
+
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+namespace sm::supervisor {
+
+using json = nlohmann::json;
+using clock = std::chrono::steady_clock;
+
+std::optional<restart_policy> parse_restart_policy(std::string_view text) {
+  if (text == "always") return restart_policy::always;
+  if (text == "on-failure") return restart_policy::on_failure;
+  if (text == "never") return restart_policy::never;
+  return std::nullopt;
+}
+
+std::string_view supervised_process::name_of(state s) {
+  switch (s) {
+    case state::pending:
+      return "pending";
+    case state::starting:
+      return "starting";
+    case state::running:
+      return "running";
+    case state::restarting:
+      return "restarting";
+    case state::stopping:
+      return "stopping";
+    case state::stopped:
+      return "stopped";
+    case state::failed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+supervised_process::supervised_process(asio::any_io_executor executor, proc::reaper& reaper,
+                                       process_settings settings)
+    : executor_(executor),
+      reaper_(reaper),
+      settings_(std::move(settings)),
+      delay_(executor),
+      exited_(executor, clock::time_point::max()) {}
+
+void supervised_process::notify_exit() {
+  exited_.cancel();
+  exited_.expires_at(clock::time_point::max());
+}
+
+asio::awaitable<void> supervised_process::run() {
+  running_loop_ = true;
+  while (!stop_requested_) {
+    set_state(state::starting);
+    proc::exit_status status;
+    try {
+      proc::child child = proc::spawn(executor_, {settings_.command, {}, settings_.unset_env});
+      pid_ = child.pid();
+      started_at_ = std::chrono::system_clock::now();
+      last_error_.clear();
+      set_state(state::running);
+      status = co_await reaper_.wait(child);
+    } catch (const std::system_error& e) {
+      // Could not start it at all: count it as the exit a shell would report (127 or 126).
+      last_error_ = e.what();
+      status.code = proc::exec_failure_status(e.code().value());
+    }
+    pid_ = 0;
+    last_exit_ = status;
+    last_exit_at_ = std::chrono::system_clock::now();
+    notify_exit();
+    if (stop_requested_) break;
+
+    const bool restart = settings_.restart == restart_policy::always ||
+                         (settings_.restart == restart_policy::on_failure && !status.success());
+    if (!restart) {
+      final_status_ = status;
+      set_state(status.success() ? state::stopped : state::failed);
+      running_loop_ = false;
+      notify_exit();
+      co_return;
+    }
+    ++restarts_;
+    set_state(state::restarting);
+    if (settings_.restart_delay.count() > 0) {
+      delay_.expires_after(settings_.restart_delay);
+      std::error_code ec;
+      co_await delay_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+  set_state(state::stopped);
+  running_loop_ = false;
+  notify_exit();
+}
+
+bool supervised_process::forward_signal(int signal) {
+  if (pid_ == 0) return false;
+  // The child leads its own group (spawn made it so): the signal reaches its whole tree.
+  return ::kill(-pid_, signal) == 0 || ::kill(pid_, signal) == 0;
+}
+
+asio::awaitable<void> supervised_process::stop() {
+  stop_requested_ = true;
+  delay_.cancel();  // a pending restart will not happen
+  if (!running_loop_) {
+    if (state_ == state::pending) set_state(state::stopped);
+    co_return;
+  }
+  set_state(state::stopping);
+  std::error_code ec;
+  if (pid_ != 0) {
+    forward_signal(SIGTERM);
+    // Wait for the exit or the deadline, whichever comes first.
+    exited_.expires_after(settings_.timeout_stop);
+    co_await exited_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (pid_ != 0 && !ec) {
+      // The grace period is over; SIGKILL cannot be caught or ignored.
+      forward_signal(SIGKILL);
+    }
+  }
+  // Until run() has returned: the exit is collected and the state settled.
+  while (running_loop_) {
+    exited_.expires_at(clock::time_point::max());
+    co_await exited_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+namespace {
+std::string signal_name(int signal) {
+  const char* abbreviation = sigabbrev_np(signal);
+  return abbreviation ? std::string("SIG") + abbreviation : std::to_string(signal);
+}
+}  // namespace
+
+json supervised_process::status() const {
+  json last_exit = nullptr;
+  if (last_exit_) {
+    last_exit = {
+        {"code", last_exit_->signal ? json(nullptr) : json(last_exit_->code)},
+        {"signal", last_exit_->signal ? json(signal_name(last_exit_->signal)) : json(nullptr)},
+        {"status", last_exit_->shell_status()},
+        {"at", format_rfc3339(*last_exit_at_)}};
+  }
+  return {
+      {"command", settings_.command},
+      {"pid", pid_ ? json(pid_) : json(nullptr)},
+      {"state", name_of(state_)},
+      {"restarts", restarts_},
+      {"started_at", started_at_ ? json(format_rfc3339(*started_at_)) : json(nullptr)},
+      {"last_exit", std::move(last_exit)},
+      {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)},
+  };
+}
+
+}  // namespace sm::supervisor

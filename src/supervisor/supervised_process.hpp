@@ -1,0 +1,95 @@
+// One supervised process: started, watched, restarted by policy, stopped on purpose with
+// SIGTERM then SIGKILL. The policy half of supervision; src/proc is the mechanism.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/steady_timer.hpp>
+#include <nlohmann/json_fwd.hpp>
+
+#include "base/clock.hpp"
+#include "base/duration.hpp"
+#include "proc/child.hpp"
+
+namespace sm::supervisor {
+
+enum class restart_policy { always, on_failure, never };
+std::optional<restart_policy> parse_restart_policy(std::string_view text);
+
+struct process_settings {
+  std::vector<std::string> command;
+  restart_policy restart = restart_policy::always;
+  duration restart_delay = std::chrono::seconds(1);
+  duration timeout_stop = std::chrono::seconds(90);
+  std::vector<std::string> unset_env;  // removed from the child's environment (secrets)
+};
+
+class supervised_process {
+ public:
+  // States, in the order a life goes through them:
+  //   pending -> starting -> running -> (exited: restarting -> starting ...) -> stopping -> stopped
+  // plus `failed` (it ended and, by policy, stays ended with a failure).
+  enum class state { pending, starting, running, restarting, stopping, stopped, failed };
+  static std::string_view name_of(state s);
+
+  supervised_process(asio::any_io_executor executor, proc::reaper& reaper,
+                     process_settings settings);
+
+  // Starts the process and keeps it running by policy. Returns when it was stopped on purpose,
+  // or when it ended and the policy says not to restart it (see final_status()).
+  asio::awaitable<void> run();
+
+  // Stops it on purpose: SIGTERM to its process group, SIGKILL to the group after
+  // timeout_stop, then waits for the exit to be collected. It is not restarted. Safe to call
+  // in any state, and more than once.
+  asio::awaitable<void> stop();
+
+  // Sends `signal` to the process group; false when no process runs.
+  bool forward_signal(int signal);
+
+  state current() const { return state_; }
+  // Set once run() has returned because the process ended for good (not after stop()).
+  const std::optional<proc::exit_status>& final_status() const { return final_status_; }
+  // The last exit, whatever its cause.
+  const std::optional<proc::exit_status>& last_exit() const { return last_exit_; }
+
+  // GET / "process": command, pid, state, restarts, started_at, last_exit, last_error.
+  nlohmann::json status() const;
+
+  // Called on every change of state, after it happened (status() already shows it): the
+  // orchestrator logs it, and the event stream will publish it.
+  std::function<void(state from, state to)> on_transition;
+
+ private:
+  void set_state(state s) {
+    const state from = std::exchange(state_, s);
+    if (from != s && on_transition) on_transition(from, s);
+  }
+  void notify_exit();
+
+  asio::any_io_executor executor_;
+  proc::reaper& reaper_;
+  process_settings settings_;
+  state state_ = state::pending;
+  pid_t pid_ = 0;  // 0 when no process runs
+  unsigned restarts_ = 0;
+  bool stop_requested_ = false;
+  bool running_loop_ = false;
+  std::optional<wall_time> started_at_;
+  std::optional<proc::exit_status> last_exit_;
+  std::optional<wall_time> last_exit_at_;
+  std::optional<proc::exit_status> final_status_;
+  std::string last_error_;
+  asio::steady_timer delay_;   // the restart delay; cancelled by stop()
+  asio::steady_timer exited_;  // cancelled each time the process exits or run() ends
+};
+
+}  // namespace sm::supervisor

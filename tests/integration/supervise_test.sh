@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The supervised COMMAND: exit-status passthrough, exec failures, restarts, stop escalation,
+# signal forwarding, orphan reaping, --wait-for-config, and what GET / shows.
+source "$(dirname "$0")/harness.sh"
+
+# pid_of_process: COMMAND's pid as GET / shows it ("" when none).
+pid_of_process() {
+  curl -s --max-time 5 "$SM_URL/" | python3 -c \
+    'import json,sys; p=json.load(sys.stdin)["process"]; print(p["pid"] if p and p["pid"] else "")'
+}
+# wait_for PY_EXPR: polls GET / until the expression (j = the body) holds.
+wait_for() {
+  local end=$((SECONDS + DEADLINE))
+  until req GET / && python3 -c "import json,sys; j=json.load(open('$BODY_FILE')); sys.exit(0 if ($1) else 1)" 2>/dev/null; do
+    ((SECONDS < end)) || fail "GET / never showed $1; last: $BODY"
+    sleep 0.05
+  done
+}
+
+# --- Exit status: every code 0-255 passes through, as with tini. --------------------------------
+for code in $(seq 0 255); do
+  run_cli --listen 127.0.0.1:0 --restart never -- sh -c "exit $code"
+  ((CLI_EXIT == code)) || fail "exit $code came out as $CLI_EXIT: $(cat "$CLI_ERR")"
+done
+# Death by signal n is 128+n.
+for sig in TERM KILL USR1 SEGV INT HUP; do
+  run_cli --listen 127.0.0.1:0 --restart never -- sh -c "kill -$sig \$\$"
+  expected=$((128 + $(kill -l "$sig")))
+  ((CLI_EXIT == expected)) || fail "death by SIG$sig came out as $CLI_EXIT, expected $expected"
+done
+
+# --- Exec failures: 127 missing, 126 not executable, with a message. -------------------------
+run_cli --listen 127.0.0.1:0 --restart never -- ./no-such-program
+((CLI_EXIT == 127)) || fail "missing program: exit $CLI_EXIT"
+grep -q 'no-such-program' "$CLI_ERR" || fail "no message naming the program: $(cat "$CLI_ERR")"
+printf 'not a program\n' >not-executable && chmod 644 not-executable
+run_cli --listen 127.0.0.1:0 --restart never -- ./not-executable
+((CLI_EXIT == 126)) || fail "non-executable program: exit $CLI_EXIT"
+grep -qi 'permission denied' "$CLI_ERR" || fail "no errno in the message: $(cat "$CLI_ERR")"
+
+# --- stdout and stderr reach ours unchanged and separate; arguments arrive as given. ----------
+run_cli --listen 127.0.0.1:0 --restart never -- sh -c 'printf "%s|" "$@"; echo to-stderr >&2' sh 'a b' '' 'c*'
+[[ $(cat "$CLI_OUT") == 'a b||c*|' ]] || fail "stdout or argv altered: '$(cat "$CLI_OUT")'"
+grep -qx 'to-stderr' "$CLI_ERR" || fail "child stderr not on stderr: $(cat "$CLI_ERR")"
+grep -q 'to-stderr' "$CLI_OUT" && fail "child stderr leaked into stdout"
+
+# --- on-failure: a clean exit ends it (and us, with 0); a failure restarts. ------------------
+run_cli --listen 127.0.0.1:0 --restart on-failure -- true
+((CLI_EXIT == 0)) || fail "on-failure with a clean exit: exit $CLI_EXIT"
+mkdir onfail && cd onfail
+sm_start --restart on-failure --restart-delay 0 -- sh -c 'exit 3'
+wait_for 'j["process"]["restarts"] >= 3 and j["process"]["last_exit"]["code"] == 3'
+sm_stop
+((SM_EXIT == 0)) || fail "on-failure, stopped by SIGTERM: exit $SM_EXIT"
+cd ..
+
+# --- Restart after an unexpected exit, with a new PID; GET / tells the story. ------------------
+mkdir restart && cd restart
+sm_start --restart-delay 0 -- sleep 1000
+wait_for 'j["process"]["state"] == "running" and j["process"]["pid"]'
+expect_json 'j["process"]["command"] == ["sleep", "1000"] and j["process"]["restarts"] == 0'
+first=$(pid_of_process)
+kill -TERM "$first"
+wait_for "j['process']['restarts'] == 1 and j['process']['pid'] not in (None, $first)"
+expect_json 'j["process"]["last_exit"]["signal"] == "SIGTERM" and j["process"]["last_exit"]["status"] == 143'
+second=$(pid_of_process)
+[[ -d /proc/$second ]] || fail "the new pid $second does not exist"
+# An intentional stop is not followed by a restart, and we exit 0 (--restart always).
+sm_stop
+((SM_EXIT == 0)) || fail "exit $SM_EXIT after SIGTERM"
+wait_exit "$second" 5 || fail "COMMAND (pid $second) outlived state-manager"
+grep -q 'restarts' "$SM_LOG" || true
+cd ..
+
+# --- --restart never and SIGTERM: our status is COMMAND's (143 for sleep). --------------------
+mkdir never && cd never
+sm_start --restart never -- sleep 1000
+wait_for 'j["process"]["state"] == "running"'
+sm_stop
+((SM_EXIT == 143)) || fail "--restart never, SIGTERM: expected 143, got $SM_EXIT"
+cd ..
+
+# --- A COMMAND that ignores SIGTERM is killed after --timeout-stop. -------------------------
+mkdir stubborn && cd stubborn
+sm_start --restart never --timeout-stop 1s -- sh -c 'trap "" TERM; while :; do sleep 0.1; done'
+wait_for 'j["process"]["state"] == "running"'
+stubborn=$(pid_of_process)
+sm_stop
+((SM_EXIT == 137)) || fail "a TERM-ignoring COMMAND should end by SIGKILL (137), got $SM_EXIT"
+[[ ! -d /proc/$stubborn ]] || fail "pid $stubborn survived"
+cd ..
+
+# --- Signals other than TERM/INT reach COMMAND. ------------------------------------------
+mkdir forward && cd forward
+signals="HUP QUIT USR1 USR2 WINCH ALRM URG IO PWR VTALRM PROF XCPU XFSZ TSTP TTIN TTOU CONT"
+# One process that handles every one of them (a shell's children would be stopped by TSTP).
+sm_start -- python3 -c '
+import signal, sys
+def note(number, frame):
+    with open("got", "a") as f:
+        f.write(signal.Signals(number).name[3:] + "\n")
+for name in sys.argv[1:]:
+    signal.signal(getattr(signal, "SIG" + name), note)
+with open("got", "a") as f:
+    f.write("ready\n")
+while True:
+    signal.pause()
+' $signals
+end=$((SECONDS + DEADLINE))
+until [[ -s got ]]; do ((SECONDS < end)) || fail "COMMAND never started"; sleep 0.05; done
+for s in $signals; do
+  kill "-$s" "$SM_PID"
+  end=$((SECONDS + DEADLINE))
+  until grep -qx "$s" got; do
+    ((SECONDS < end)) || fail "SIG$s did not reach COMMAND; got: $(tr '\n' ' ' <got)"
+    sleep 0.02
+  done
+done
+req GET /
+expect_json 'j["process"]["restarts"] == 0'  # nothing above may have killed it
+sm_stop
+cd ..
+
+# --- Orphans re-parented to us are reaped: no zombie is left. -----------------------------
+mkdir orphans && cd orphans
+sm_start -- sh -c 'for i in 1 2 3 4 5; do (sleep 0.2 &); done; exec sleep 1000'
+end=$((SECONDS + DEADLINE))
+while :; do
+  zombies=$(ps --ppid "$SM_PID" -o stat= | grep -c '^Z' || true)
+  children=$(ps --ppid "$SM_PID" -o pid= | wc -l)
+  # The orphans (sleep 0.2) were ours while they ran; once gone, only COMMAND is left.
+  ((zombies == 0 && children == 1)) && break
+  ((SECONDS < end)) || fail "zombies: $zombies, children: $children; $(ps --ppid "$SM_PID" -o pid,stat,cmd)"
+  sleep 0.05
+done
+sm_stop
+cd ..
+
+# --- --wait-for-config: COMMAND starts with the first configuration. ----------------------
+mkdir waits && cd waits
+sm_start --wait-for-config -- sleep 1000
+req GET /
+expect_json 'j["process"]["state"] == "pending" and j["process"]["pid"] is None'
+req POST /config -d "$(file_config)"
+expect_status 200
+wait_for 'j["process"]["state"] == "running" and j["process"]["pid"]'
+sm_stop
+cd ..
+
+# Started with a saved configuration, it does not wait.
+cd waits
+sm_start --wait-for-config -- sleep 1000
+wait_for 'j["process"]["state"] == "running"'
+sm_stop
