@@ -135,9 +135,17 @@ void log_process_state(const supervisor::supervised_process& process,
         log::error("COMMAND cannot start", {{"state", name},
                                             {"error", s["last_error"].get<std::string>()},
                                             {"status", s["last_exit"]["status"].dump()}});
+      } else if (to == state::restarting) {
+        log::info("COMMAND exited", {{"how", exit_text()},
+                                     {"restart_in", s["restart_in"].get<std::string>()},
+                                     {"restarts", s["restarts"].dump()}});
       } else {
         log::write(to == state::failed ? log::level::warn : log::level::info, "COMMAND exited",
                    {{"state", name}, {"how", exit_text()}});
+      }
+      if (s["gave_up"].get<bool>()) {
+        log::error("COMMAND failed too often; not restarting it (--restart-max)",
+                   {{"restarts", s["restarts"].dump()}});
       }
       break;
     case state::stopping:
@@ -198,6 +206,9 @@ int run_app(const options& opts) {
              settings.restart = *supervisor::parse_restart_policy(opts.restart);
              settings.restart_delay = opts.restart_delay;
              settings.timeout_stop = opts.timeout_stop;
+             settings.backoff_max = opts.restart_backoff_max;
+             settings.restart_max = opts.restart_max;
+             settings.restart_window = opts.restart_window;
              process.emplace(io.get_executor(), reaper, std::move(settings));
              env.process_view = [&] { return process->status(); };
              process->on_transition = [&](auto, auto to) { log_process_state(*process, to); };

@@ -66,6 +66,24 @@ const flag flags[] = {
        o.restart = v;
        return {};
      }},
+    {"restart-backoff-max", true,
+     [](options& o, const std::string& v) { return set_duration(o.restart_backoff_max, v); }},
+    {"restart-max", true,
+     [](options& o, const std::string& v) -> std::string {
+       unsigned n = 0;
+       auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+       if (ec != std::errc() || end != v.data() + v.size() || v.empty()) {
+         return "expected a whole number (0: no limit), got \"" + v + "\"";
+       }
+       o.restart_max = n;
+       return {};
+     }},
+    {"restart-window", true,
+     [](options& o, const std::string& v) -> std::string {
+       std::string e = set_duration(o.restart_window, v);
+       if (e.empty() && o.restart_window.count() == 0) return "must be more than 0";
+       return e;
+     }},
     {"wait-for-config", false,
      [](options& o, const std::string& v) -> std::string {
        std::optional<bool> b = parse_bool(v);
@@ -256,6 +274,14 @@ Options (each also read from the environment variable shown; a flag wins over it
                           COMMAND ends for good), state-manager exits with COMMAND's status:
                           its exit code, or 128+N after signal N (STATE_MANAGER_RESTART,
                           default always)
+  --restart-backoff-max DUR
+                          double the restart delay after each failure in a row, up to DUR
+                          (from --restart-delay, or 100ms if that is 0); a run of at least DUR
+                          starts over (STATE_MANAGER_RESTART_BACKOFF_MAX, default: no backoff)
+  --restart-max N         give up after N unexpected exits within --restart-window: COMMAND
+                          is then "failed" and state-manager exits with its status
+                          (STATE_MANAGER_RESTART_MAX, default 0: never give up)
+  --restart-window DUR    the circuit breaker's window (STATE_MANAGER_RESTART_WINDOW, default 1m)
   --wait-for-config       start COMMAND only once a configuration is applied
                           (STATE_MANAGER_WAIT_FOR_CONFIG=true)
   --token-file FILE       require "Authorization: Bearer <token>" on every endpoint except

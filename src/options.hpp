@@ -33,6 +33,9 @@ struct options {
   // What to do when COMMAND exits on its own: "always" restart it, restart it "on-failure"
   // only, or "never" (state-manager then exits with its status, like tini).
   std::string restart = "always";
+  duration restart_backoff_max{0};  // 0: no backoff
+  unsigned restart_max = 0;         // 0: no circuit breaker
+  duration restart_window = std::chrono::seconds(60);
   bool wait_for_config = false;
   std::optional<std::filesystem::path> token_file;
   std::optional<std::string> token;  // STATE_MANAGER_TOKEN, when no token file is named

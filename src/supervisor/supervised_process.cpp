@@ -40,11 +40,30 @@ std::string_view supervised_process::name_of(state s) {
   return "unknown";
 }
 
+std::optional<duration> restart_schedule::after_exit(std::chrono::steady_clock::time_point now,
+                                                     duration ran) {
+  if (settings_.restart_max > 0) {
+    // Forget exits that left the window, then count this one.
+    std::erase_if(recent_, [&](auto t) { return now - t >= settings_.restart_window; });
+    recent_.push_back(now);
+    if (recent_.size() >= settings_.restart_max) return std::nullopt;
+  }
+  if (settings_.backoff_max.count() == 0) return settings_.restart_delay;
+  if (ran >= settings_.backoff_max) consecutive_ = 0;  // it ran well: start over
+  const duration base = settings_.restart_delay.count() > 0 ? settings_.restart_delay
+                                                            : std::chrono::milliseconds(100);
+  duration delay = base;
+  for (unsigned i = 0; i < consecutive_ && delay < settings_.backoff_max; ++i) delay *= 2;
+  ++consecutive_;
+  return std::min(delay, std::max(settings_.backoff_max, base));
+}
+
 supervised_process::supervised_process(asio::any_io_executor executor, proc::reaper& reaper,
                                        process_settings settings)
     : executor_(executor),
       reaper_(reaper),
       settings_(std::move(settings)),
+      schedule_(settings_),
       delay_(executor),
       exited_(executor, clock::time_point::max()) {}
 
@@ -57,6 +76,7 @@ asio::awaitable<void> supervised_process::run() {
   running_loop_ = true;
   while (!stop_requested_) {
     set_state(state::starting);
+    const auto run_began = clock::now();
     proc::exit_status status;
     try {
       proc::child child = proc::spawn(executor_, {settings_.command, {}, settings_.unset_env});
@@ -78,20 +98,29 @@ asio::awaitable<void> supervised_process::run() {
 
     const bool restart = settings_.restart == restart_policy::always ||
                          (settings_.restart == restart_policy::on_failure && !status.success());
-    if (!restart) {
+    std::optional<duration> delay;
+    if (restart) {
+      const auto now = clock::now();
+      delay = schedule_.after_exit(now, std::chrono::duration_cast<duration>(now - run_began));
+      breaker_open_ = !delay;
+    }
+    if (!delay) {
+      // Ended for good: by policy, or the circuit breaker gave up on it.
       final_status_ = status;
-      set_state(status.success() ? state::stopped : state::failed);
+      set_state(status.success() && !breaker_open_ ? state::stopped : state::failed);
       running_loop_ = false;
       notify_exit();
       co_return;
     }
     ++restarts_;
+    next_delay_ = delay;
     set_state(state::restarting);
-    if (settings_.restart_delay.count() > 0) {
-      delay_.expires_after(settings_.restart_delay);
+    if (delay->count() > 0) {
+      delay_.expires_after(*delay);
       std::error_code ec;
       co_await delay_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
+    next_delay_.reset();
   }
   set_state(state::stopped);
   running_loop_ = false;
@@ -154,6 +183,8 @@ json supervised_process::status() const {
       {"started_at", started_at_ ? json(format_rfc3339(*started_at_)) : json(nullptr)},
       {"last_exit", std::move(last_exit)},
       {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)},
+      {"restart_in", next_delay_ ? json(format_duration(*next_delay_)) : json(nullptr)},
+      {"gave_up", breaker_open_},
   };
 }
 

@@ -29,7 +29,30 @@ struct process_settings {
   restart_policy restart = restart_policy::always;
   duration restart_delay = std::chrono::seconds(1);
   duration timeout_stop = std::chrono::seconds(90);
+  // Exponential backoff: each restart after an unbroken run of failures doubles the delay (from
+  // restart_delay, or 100ms when that is 0) up to this; a run at least this long resets it.
+  // Zero: no backoff, always restart_delay.
+  duration backoff_max{0};
+  // Circuit breaker: after restart_max unexpected exits within restart_window, give up (the
+  // process is `failed`). Zero: never give up.
+  unsigned restart_max = 0;
+  duration restart_window = std::chrono::seconds(60);
   std::vector<std::string> unset_env;  // removed from the child's environment (secrets)
+};
+
+// The restart policy's arithmetic, pure so that it can be tested without processes.
+class restart_schedule {
+ public:
+  explicit restart_schedule(const process_settings& settings) : settings_(settings) {}
+
+  // Records an unexpected exit at `now` of a run that lasted `ran`. Returns the delay before
+  // the next start, or nullopt when the circuit breaker opens (no more restarts).
+  std::optional<duration> after_exit(std::chrono::steady_clock::time_point now, duration ran);
+
+ private:
+  const process_settings& settings_;
+  unsigned consecutive_ = 0;  // failures since the last long-enough run
+  std::vector<std::chrono::steady_clock::time_point> recent_;  // exits within the window
 };
 
 class supervised_process {
@@ -42,6 +65,9 @@ class supervised_process {
 
   supervised_process(asio::any_io_executor executor, proc::reaper& reaper,
                      process_settings settings);
+  // schedule_ refers to settings_: the object stays where it was made.
+  supervised_process(const supervised_process&) = delete;
+  supervised_process& operator=(const supervised_process&) = delete;
 
   // Starts the process and keeps it running by policy. Returns when it was stopped on purpose,
   // or when it ended and the policy says not to restart it (see final_status()).
@@ -88,8 +114,11 @@ class supervised_process {
   std::optional<wall_time> last_exit_at_;
   std::optional<proc::exit_status> final_status_;
   std::string last_error_;
-  asio::steady_timer delay_;   // the restart delay; cancelled by stop()
-  asio::steady_timer exited_;  // cancelled each time the process exits or run() ends
+  restart_schedule schedule_;
+  std::optional<duration> next_delay_;  // while restarting: the delay being waited
+  bool breaker_open_ = false;           // the circuit breaker gave up
+  asio::steady_timer delay_;            // the restart delay; cancelled by stop()
+  asio::steady_timer exited_;           // cancelled each time the process exits or run() ends
 };
 
 }  // namespace sm::supervisor

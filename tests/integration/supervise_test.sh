@@ -54,6 +54,14 @@ sm_stop
 ((SM_EXIT == 0)) || fail "on-failure, stopped by SIGTERM: exit $SM_EXIT"
 cd ..
 
+# --- Backoff doubles the delay; the circuit breaker gives up and we exit with its status. ----
+run_cli --listen 127.0.0.1:0 --restart-delay 100ms --restart-backoff-max 800ms --restart-max 6 \
+  -- sh -c 'exit 4'
+((CLI_EXIT == 4)) || fail "circuit breaker: expected exit 4, got $CLI_EXIT"
+delays=$(grep -o 'restart_in=[0-9a-z]*' "$CLI_ERR" | cut -d= -f2 | tr '\n' ' ')
+[[ $delays == '100ms 200ms 400ms 800ms 800ms ' ]] || fail "backoff delays: '$delays'"
+grep -q 'failed too often' "$CLI_ERR" || fail "no log line saying it gave up: $(cat "$CLI_ERR")"
+
 # --- Restart after an unexpected exit, with a new PID; GET / tells the story. ------------------
 mkdir restart && cd restart
 sm_start --restart-delay 0 -- sleep 1000

@@ -305,6 +305,20 @@ BOOST_AUTO_TEST_CASE(flag_replaces_a_bad_variable) {
   BOOST_TEST(c.opts.restart_delay.count() == 2000);
 }
 
+BOOST_AUTO_TEST_CASE(restart_policy_and_breaker_flags) {
+  const command_line c = parse_ok({"--restart", "on-failure", "--restart-backoff-max=1m",
+                                   "--restart-max", "5", "--restart-window", "30s", "--", "true"});
+  BOOST_TEST(c.opts.restart == "on-failure");
+  BOOST_TEST(c.opts.restart_backoff_max.count() == 60000);
+  BOOST_TEST(c.opts.restart_max == 5u);
+  BOOST_TEST(c.opts.restart_window.count() == 30000);
+  BOOST_TEST(parse_ok({}).opts.restart == "always");
+  BOOST_TEST(parse_ok({}, {{"STATE_MANAGER_RESTART", "never"}}).opts.restart == "never");
+  expect_error({"--restart", "sometimes"}, "--restart");
+  expect_error({"--restart-max", "-1"}, "--restart-max");
+  expect_error({"--restart-window", "0"}, "--restart-window");
+}
+
 BOOST_AUTO_TEST_CASE(token_from_environment) {
   const command_line c = parse_ok({}, {{"STATE_MANAGER_TOKEN", "s3cret"}});
   BOOST_TEST(c.opts.token.value() == "s3cret");
