@@ -269,6 +269,27 @@ int run_app(const options& opts) {
         },
         asio::detached);
   };
+  const auto boot = std::chrono::steady_clock::now();
+  env.metrics_view = [&] {
+    std::string out =
+        "# HELP state_manager_uptime_seconds Time since state-manager started.\n"
+        "# TYPE state_manager_uptime_seconds gauge\n"
+        "state_manager_uptime_seconds " +
+        std::to_string(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - boot).count()) +
+        "\n"
+        "# HELP state_manager_orphans_reaped_total Orphaned processes reaped.\n"
+        "# TYPE state_manager_orphans_reaped_total counter\n"
+        "state_manager_orphans_reaped_total " +
+        std::to_string(reaper.orphans_reaped()) +
+        "\n"
+        "# HELP state_manager_http_connections Open connections to the API.\n"
+        "# TYPE state_manager_http_connections gauge\n"
+        "state_manager_http_connections " +
+        std::to_string(server->connection_count()) + "\n";
+    if (process) process->append_metrics(out);
+    return out;
+  };
   if (!opts.wait_for_config || env.configured()) start_process();
   env.on_applied = start_process;
 

@@ -63,6 +63,8 @@ class environment {
   // Set by the orchestrator: what GET / shows as "process" (null when unset), and what to do
   // once a POST /config has been applied (start a process that waited for a configuration).
   std::function<nlohmann::json()> process_view;
+  // GET /metrics: Prometheus text lines of everything the orchestrator runs.
+  std::function<std::string()> metrics_view;
   std::function<void()> on_applied;
 
  private:

@@ -111,7 +111,7 @@ class api {
     route("GET", "/checkpoints/{id}", &api::checkpoints_not_built);
     route("DELETE", "/checkpoints/{id}", &api::checkpoints_not_built);
     route("GET", "/events", &api::events_not_built);
-    route("GET", "/metrics", &api::metrics_not_built);
+    route("GET", "/metrics", &api::get_metrics);
   }
 
   asio::awaitable<response> handle(const request& req) {
@@ -228,8 +228,16 @@ class api {
   asio::awaitable<response> events_not_built(const request&, const params&) {
     co_return not_built("the event stream is");
   }
-  asio::awaitable<response> metrics_not_built(const request&, const params&) {
-    co_return not_built("metrics are");
+  asio::awaitable<response> get_metrics(const request&, const params&) {
+    response r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body =
+        "# HELP state_manager_configured 1 once a configuration is applied.\n"
+        "# TYPE state_manager_configured gauge\n"
+        "state_manager_configured ";
+    r.body += env_.configured() ? "1\n" : "0\n";
+    if (env_.metrics_view) r.body += env_.metrics_view();
+    co_return r;
   }
 
   environment& env_;

@@ -82,6 +82,7 @@ asio::awaitable<void> supervised_process::run() {
       proc::child child = proc::spawn(executor_, {settings_.command, {}, settings_.unset_env});
       pid_ = child.pid();
       started_at_ = std::chrono::system_clock::now();
+      started_steady_ = clock::now();
       last_error_.clear();
       set_state(state::running);
       status = co_await reaper_.wait(child);
@@ -186,6 +187,42 @@ json supervised_process::status() const {
       {"restart_in", next_delay_ ? json(format_duration(*next_delay_)) : json(nullptr)},
       {"gave_up", breaker_open_},
   };
+}
+
+void supervised_process::append_metrics(std::string& out) const {
+  const double uptime =
+      pid_ ? std::chrono::duration<double>(clock::now() - started_steady_).count() : 0.0;
+  out +=
+      "# HELP state_manager_process_restarts_total Restarts of COMMAND after it exited.\n"
+      "# TYPE state_manager_process_restarts_total counter\n"
+      "state_manager_process_restarts_total " +
+      std::to_string(restarts_) +
+      "\n"
+      "# HELP state_manager_process_up 1 while COMMAND runs.\n"
+      "# TYPE state_manager_process_up gauge\n"
+      "state_manager_process_up " +
+      std::string(pid_ ? "1" : "0") +
+      "\n"
+      "# HELP state_manager_process_uptime_seconds How long the current COMMAND has run.\n"
+      "# TYPE state_manager_process_uptime_seconds gauge\n"
+      "state_manager_process_uptime_seconds " +
+      std::to_string(uptime) +
+      "\n"
+      "# HELP state_manager_process_state 1 for COMMAND's current state.\n"
+      "# TYPE state_manager_process_state gauge\n";
+  for (state s : {state::pending, state::starting, state::running, state::restarting,
+                  state::stopping, state::stopped, state::failed}) {
+    out += "state_manager_process_state{state=\"";
+    out += name_of(s);
+    out += s == state_ ? "\"} 1\n" : "\"} 0\n";
+  }
+  if (last_exit_) {
+    out +=
+        "# HELP state_manager_process_last_exit_status The last exit's status (128+n: signal n).\n"
+        "# TYPE state_manager_process_last_exit_status gauge\n"
+        "state_manager_process_last_exit_status " +
+        std::to_string(last_exit_->shell_status()) + "\n";
+  }
 }
 
 }  // namespace sm::supervisor

@@ -90,6 +90,9 @@ class supervised_process {
   // GET / "process": command, pid, state, restarts, started_at, last_exit, last_error.
   nlohmann::json status() const;
 
+  // Appends its Prometheus metrics (restarts, state, uptime) to `out`.
+  void append_metrics(std::string& out) const;
+
   // Called on every change of state, after it happened (status() already shows it): the
   // orchestrator logs it, and the event stream will publish it.
   std::function<void(state from, state to)> on_transition;
@@ -110,6 +113,7 @@ class supervised_process {
   bool stop_requested_ = false;
   bool running_loop_ = false;
   std::optional<wall_time> started_at_;
+  std::chrono::steady_clock::time_point started_steady_{};
   std::optional<proc::exit_status> last_exit_;
   std::optional<wall_time> last_exit_at_;
   std::optional<proc::exit_status> final_status_;

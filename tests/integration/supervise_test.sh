@@ -73,6 +73,22 @@ wait_for "j['process']['restarts'] == 1 and j['process']['pid'] not in (None, $f
 expect_json 'j["process"]["last_exit"]["signal"] == "SIGTERM" and j["process"]["last_exit"]["status"] == 143'
 second=$(pid_of_process)
 [[ -d /proc/$second ]] || fail "the new pid $second does not exist"
+# /metrics says the same, in Prometheus' text format.
+req GET /metrics
+expect_status 200
+expect_header Content-Type 'text/plain; version=0\.0\.4.*'
+python3 - "$BODY_FILE" <<'PY' || fail "metrics: $BODY"
+import re, sys
+lines = open(sys.argv[1]).read().splitlines()
+sample = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"\})? -?[0-9.e+]+$')
+bad = [l for l in lines if not l.startswith("#") and not sample.match(l)]
+assert not bad, bad
+values = dict(l.rsplit(" ", 1) for l in lines if not l.startswith("#"))
+assert values["state_manager_process_restarts_total"] == "1", values
+assert values['state_manager_process_state{state="running"}'] == "1", values
+assert values["state_manager_process_up"] == "1", values
+assert values["state_manager_process_last_exit_status"] == "143", values
+PY
 # An intentional stop is not followed by a restart, and we exit 0 (--restart always).
 sm_stop
 ((SM_EXIT == 0)) || fail "exit $SM_EXIT after SIGTERM"
@@ -141,6 +157,9 @@ while :; do
   ((SECONDS < end)) || fail "zombies: $zombies, children: $children; $(ps --ppid "$SM_PID" -o pid,stat,cmd)"
   sleep 0.05
 done
+req GET /metrics
+grep -qE '^state_manager_orphans_reaped_total [1-9]' "$BODY_FILE" ||
+  fail "orphans reaped but not counted: $(grep orphans "$BODY_FILE")"
 sm_stop
 cd ..
 
