@@ -19,7 +19,9 @@
 
 #include "api/environment.hpp"
 #include "api/routes.hpp"
+#include "async/event_bus.hpp"
 #include "async/offload.hpp"
+#include "base/clock.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
 #include "http/server.hpp"
@@ -167,6 +169,8 @@ int run_app(const options& opts) {
   asio::io_context io(1);
   api::environment env({opts.data_dir, opts.tmp_dir});
   api::api_options api_opts;
+  event_bus events(io.get_executor());
+  api_opts.events = &events;
   proc::reaper reaper(io.get_executor());
   std::optional<supervisor::supervised_process> process;
   std::optional<http::server> server;
@@ -211,7 +215,6 @@ int run_app(const options& opts) {
              settings.restart_window = opts.restart_window;
              process.emplace(io.get_executor(), reaper, std::move(settings));
              env.process_view = [&] { return process->status(); };
-             process->on_transition = [&](auto, auto to) { log_process_state(*process, to); };
            }) &&
       // Bind last, so that a client never reaches a half-started server.
       step("listen", [&] {
@@ -242,12 +245,67 @@ int run_app(const options& opts) {
   // fixed when it is requested.
   int exit_status = 0;
   bool shutting_down = false;
+  bool shut_down = false;
+
+  // The system's state, derived from what runs (GET / "state"), and the event stream: every
+  // change of COMMAND's state and of the system's goes out on GET /events.
+  auto system_state = [&]() -> std::string {
+    using state = supervisor::supervised_process::state;
+    if (shut_down) return "stopped";
+    if (shutting_down) return "stopping";
+    if (!env.configured()) return "unconfigured";
+    if (!process) return "running";
+    switch (process->current()) {
+      case state::pending:
+      case state::starting:
+      case state::restarting:
+        return "starting";
+      case state::failed:
+        return "error";
+      case state::stopping:
+        return "stopping";
+      case state::stopped:
+        return "stopped";
+      case state::running:
+        break;
+    }
+    return "running";
+  };
+  env.state_view = system_state;
+  std::uint64_t event_id = 0;
+  auto publish = [&](std::string_view type, nlohmann::json data) {
+    data["at"] = format_rfc3339(std::chrono::system_clock::now(), true);
+    events.publish(
+        "id: " + std::to_string(++event_id) + "\nevent: " + std::string(type) +
+        "\ndata: " + data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n");
+  };
+  std::string last_system_state = system_state();
+  auto publish_system_state = [&] {
+    std::string now = system_state();
+    if (now == last_system_state) return;
+    publish("system", {{"old", last_system_state}, {"new", now}});
+    last_system_state = std::move(now);
+  };
+  if (process) {
+    process->on_transition = [&](auto from, auto to) {
+      log_process_state(*process, to);
+      const nlohmann::json s = process->status();
+      publish("process", {{"old", supervisor::supervised_process::name_of(from)},
+                          {"new", supervisor::supervised_process::name_of(to)},
+                          {"pid", s["pid"]},
+                          {"restarts", s["restarts"]},
+                          {"last_exit", s["last_exit"]}});
+      publish_system_state();
+    };
+  }
+
   asio::steady_timer shutdown_requested(io, std::chrono::steady_clock::time_point::max());
   auto request_shutdown = [&](std::string_view reason, int status) {
     if (shutting_down) return;
     shutting_down = true;
     exit_status = status;
     log::info("shutting down", {{"reason", std::string(reason)}});
+    publish_system_state();
     shutdown_requested.cancel();
   };
 
@@ -291,7 +349,10 @@ int run_app(const options& opts) {
     return out;
   };
   if (!opts.wait_for_config || env.configured()) start_process();
-  env.on_applied = start_process;
+  env.on_applied = [&] {
+    start_process();
+    publish_system_state();
+  };
 
   bool signals_closed = false;  // set at the end of shut-down: no handler may wait again
   // Signals. TERM and INT shut down (a second one exits at once, for the operator who really
@@ -347,6 +408,10 @@ int run_app(const options& opts) {
           const auto& last = process ? process->last_exit() : std::nullopt;
           exit_status = opts.restart == "never" && last ? last->shell_status() : 0;
         }
+        // The event streams end with the news that everything stopped, then the server.
+        shut_down = true;
+        publish_system_state();
+        events.close();
         co_await server->stop(drain_grace);
         signals_closed = true;
         stop_signals.cancel();

@@ -117,7 +117,9 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
 json environment::status() const {
   return {
       {"configured", configured()},
-      {"state", configured() ? "running" : "unconfigured"},
+      {"state", state_view     ? state_view()
+                : configured() ? "running"
+                               : "unconfigured"},
       {"process", process_view ? process_view() : json(nullptr)},
       {"components", json::object()},
       {"lease", nullptr},

@@ -63,6 +63,9 @@ class environment {
   // Set by the orchestrator: what GET / shows as "process" (null when unset), and what to do
   // once a POST /config has been applied (start a process that waited for a configuration).
   std::function<nlohmann::json()> process_view;
+  // GET / "state": the system's state, derived by the orchestrator from what it runs; unset:
+  // "running" once configured, "unconfigured" before.
+  std::function<std::string()> state_view;
   // GET /metrics: Prometheus text lines of everything the orchestrator runs.
   std::function<std::string()> metrics_view;
   std::function<void()> on_applied;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/environment.hpp"
+#include "async/event_bus.hpp"
 #include "async/offload.hpp"
 #include "base/secret.hpp"
 #include "checkpoint/checkpoint_id.hpp"
@@ -110,7 +111,7 @@ class api {
     route("GET", "/checkpoints", &api::checkpoints_not_built);
     route("GET", "/checkpoints/{id}", &api::checkpoints_not_built);
     route("DELETE", "/checkpoints/{id}", &api::checkpoints_not_built);
-    route("GET", "/events", &api::events_not_built);
+    route("GET", "/events", &api::get_events);
     route("GET", "/metrics", &api::get_metrics);
   }
 
@@ -225,8 +226,28 @@ class api {
     }
     co_return not_built("checkpoints are");
   }
-  asio::awaitable<response> events_not_built(const request&, const params&) {
-    co_return not_built("the event stream is");
+  // Server-Sent Events: every state change, as it happens, until the client leaves or
+  // state-manager stops.
+  asio::awaitable<response> get_events(const request&, const params&) {
+    if (!options_.events) co_return not_built("the event stream is");
+    response r;
+    r.content_type = "text/event-stream";
+    r.with_header("Cache-Control", "no-cache");
+    auto subscription = options_.events->subscribe();
+    const auto heartbeat = options_.events_heartbeat;
+    r.stream = [subscription, heartbeat](http::stream_writer& out) -> asio::awaitable<void> {
+      // A first line at once, so that the client knows the stream is open.
+      if (!co_await out.write(": state-manager events\n\n")) co_return;
+      for (;;) {
+        const auto item = co_await subscription->next(heartbeat);
+        using kind = event_bus::subscription::item::kind;
+        if (item.what == kind::closed) co_return;
+        const std::string_view text =
+            item.what == kind::event ? std::string_view(item.text) : ": keep-alive\n\n";
+        if (!co_await out.write(text)) co_return;
+      }
+    };
+    co_return r;
   }
   asio::awaitable<response> get_metrics(const request&, const params&) {
     response r;

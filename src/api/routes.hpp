@@ -1,10 +1,15 @@
 // The product's HTTP API (DESIGN.md 2.4): routes, authentication, JSON bodies.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 
 #include "http/server.hpp"
+
+namespace sm {
+class event_bus;
+}
 
 namespace sm::api {
 
@@ -13,6 +18,11 @@ class environment;
 struct api_options {
   // When set, every endpoint but GET /healthz needs "Authorization: Bearer <token>".
   std::optional<std::string> token;
+  // What GET /events streams (Server-Sent Event frames); null: 501.
+  event_bus* events = nullptr;
+  // How often GET /events sends a comment when nothing happens, so that dead clients and
+  // proxies' idle timeouts are found out.
+  std::chrono::milliseconds events_heartbeat = std::chrono::seconds(15);
 };
 
 // The request handler for http::server. `env` must outlive it.

@@ -87,15 +87,17 @@ void serialize_head(const response& r, bool keep_alive, std::string_view date, s
     out += "\r\nContent-Type: ";
     out += r.content_type;
   }
-  out += "\r\nContent-Length: ";
-  out.append(number, std::to_chars(number, number + sizeof number, r.body.size()).ptr);
+  if (!r.stream) {
+    out += "\r\nContent-Length: ";
+    out.append(number, std::to_chars(number, number + sizeof number, r.body.size()).ptr);
+  }
   for (const auto& [name, value] : r.headers) {
     out += "\r\n";
     out += name;
     out += ": ";
     out += value;
   }
-  if (!keep_alive || r.close) {
+  if (!keep_alive || r.close || r.stream) {
     out += "\r\nConnection: close\r\n\r\n";
   } else if (version_minor == 0) {
     out += "\r\nConnection: keep-alive\r\n\r\n";

@@ -1,12 +1,23 @@
 // An HTTP response and its serialisation. Plain data, no I/O.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include <asio/awaitable.hpp>
+
 namespace sm::http {
+
+// Where a streamed response writes its body, piece by piece, as it is produced.
+class stream_writer {
+ public:
+  virtual ~stream_writer() = default;
+  // False once the client is gone (or too slow to read): the stream should end.
+  virtual asio::awaitable<bool> write(std::string_view data) = 0;
+};
 
 struct response {
   int status = 200;
@@ -14,6 +25,10 @@ struct response {
   std::vector<std::pair<std::string, std::string>> headers;  // extra headers
   std::string body;
   bool close = false;  // send "Connection: close" and close after writing
+  // A streamed body (Server-Sent Events): when set, `body` is ignored, the head goes out without
+  // Content-Length and with "Connection: close", then the stream runs until it returns, and the
+  // connection closes.
+  std::function<asio::awaitable<void>(stream_writer&)> stream;
 
   response& with_header(std::string name, std::string value) {
     headers.emplace_back(std::move(name), std::move(value));

@@ -176,6 +176,31 @@ asio::awaitable<void> server::watchdog(std::shared_ptr<connection> c) {
   }
 }
 
+// Writes a streamed response: the head, then whatever the stream produces. Each write has the
+// header timeout to complete, so a client that stops reading is cut off; between writes the
+// stream may wait as long as it likes.
+asio::awaitable<void> server::stream_response(connection& c, const response& res,
+                                              std::string& head) {
+  struct socket_writer final : stream_writer {
+    connection& conn;
+    std::chrono::milliseconds timeout;
+    socket_writer(connection& cn, std::chrono::milliseconds t) : conn(cn), timeout(t) {}
+    // Not cut short by stop(): the stream's own source ends it (so that its last words, such
+    // as "stopped", still go out), and stop()'s grace period bounds it.
+    asio::awaitable<bool> write(std::string_view data) override {
+      conn.set_deadline(clock::now() + timeout);
+      std::error_code ec;
+      co_await asio::async_write(conn.socket, asio::buffer(data),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      conn.set_deadline(never);
+      co_return !ec && !conn.timed_out;
+    }
+  } writer(c, limits_.header_timeout);
+  head.clear();
+  serialize_head(res, false, http_date_now(), head);
+  if (co_await writer.write(head)) co_await res.stream(writer);
+}
+
 asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
   // However serve() ends, the connection leaves the server's list, its watchdog stops, and a
   // stop() waiting for the last connection is told.
@@ -251,6 +276,10 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
           log::error("request handler failed",
                      {{"method", req.method}, {"path", req.path}, {"error", e.what()}});
           res = error_response(500, "internal error");
+        }
+        if (res.stream && req.method != "HEAD") {
+          co_await stream_response(*c, res, head);
+          co_return;
         }
         open = co_await send(res, req.keep_alive, req.method == "HEAD", req.version_minor);
       } else if (result.state == request_parser::status::error) {

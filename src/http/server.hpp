@@ -58,6 +58,7 @@ class server {
   struct connection;
   asio::awaitable<void> serve(std::shared_ptr<connection> c);
   asio::awaitable<void> watchdog(std::shared_ptr<connection> c);
+  asio::awaitable<void> stream_response(connection& c, const response& res, std::string& head);
   void reject(asio::ip::tcp::socket& socket);
 
   asio::any_io_executor executor_;
