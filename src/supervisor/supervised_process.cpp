@@ -67,6 +67,18 @@ supervised_process::supervised_process(asio::any_io_executor executor, proc::rea
       delay_(executor),
       exited_(executor, clock::time_point::max()) {}
 
+void supervised_process::set_state(state s) {
+  if (s == state_) return;
+  if (!allowed(state_, s)) {
+    ++refused_transitions_;
+    last_error_ = std::string("refused transition ") + std::string(name_of(state_)) + " -> " +
+                  std::string(name_of(s));
+    return;
+  }
+  const state from = std::exchange(state_, s);
+  if (on_transition) on_transition(from, s);
+}
+
 void supervised_process::notify_exit() {
   exited_.cancel();
   exited_.expires_at(clock::time_point::max());
@@ -186,6 +198,7 @@ json supervised_process::status() const {
       {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)},
       {"restart_in", next_delay_ ? json(format_duration(*next_delay_)) : json(nullptr)},
       {"gave_up", breaker_open_},
+      {"refused_transitions", refused_transitions_},
   };
 }
 

@@ -63,6 +63,28 @@ class supervised_process {
   enum class state { pending, starting, running, restarting, stopping, stopped, failed };
   static std::string_view name_of(state s);
 
+  // The transition table: every change of state the supervisor may make. Anything else is a
+  // bug, refused (the state stays) rather than applied.
+  static constexpr bool allowed(state from, state to) {
+    using enum state;
+    switch (from) {
+      case pending:
+        return to == starting || to == stopped;
+      case starting:
+        return to == running || to == restarting || to == stopped || to == failed;
+      case running:
+        return to == restarting || to == stopping || to == stopped || to == failed;
+      case restarting:
+        return to == starting || to == stopping;
+      case stopping:
+        return to == stopped;
+      case stopped:
+      case failed:
+        return false;  // final
+    }
+    return false;
+  }
+
   supervised_process(asio::any_io_executor executor, proc::reaper& reaper,
                      process_settings settings);
   // schedule_ refers to settings_: the object stays where it was made.
@@ -98,10 +120,7 @@ class supervised_process {
   std::function<void(state from, state to)> on_transition;
 
  private:
-  void set_state(state s) {
-    const state from = std::exchange(state_, s);
-    if (from != s && on_transition) on_transition(from, s);
-  }
+  void set_state(state s);
   void notify_exit();
 
   asio::any_io_executor executor_;
@@ -118,6 +137,7 @@ class supervised_process {
   std::optional<wall_time> last_exit_at_;
   std::optional<proc::exit_status> final_status_;
   std::string last_error_;
+  unsigned refused_transitions_ = 0;  // bugs caught by the table (shown in status())
   restart_schedule schedule_;
   std::optional<duration> next_delay_;  // while restarting: the delay being waited
   bool breaker_open_ = false;           // the circuit breaker gave up

@@ -71,6 +71,7 @@ first=$(pid_of_process)
 kill -TERM "$first"
 wait_for "j['process']['restarts'] == 1 and j['process']['pid'] not in (None, $first)"
 expect_json 'j["process"]["last_exit"]["signal"] == "SIGTERM" and j["process"]["last_exit"]["status"] == 143'
+expect_json 'j["process"]["refused_transitions"] == 0'
 second=$(pid_of_process)
 [[ -d /proc/$second ]] || fail "the new pid $second does not exist"
 # /metrics says the same, in Prometheus' text format.
@@ -142,6 +143,7 @@ for s in $signals; do
 done
 req GET /
 expect_json 'j["process"]["restarts"] == 0'  # nothing above may have killed it
+expect_json 'j["process"]["refused_transitions"] == 0'
 sm_stop
 cd ..
 

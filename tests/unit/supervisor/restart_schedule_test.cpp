@@ -82,3 +82,29 @@ BOOST_AUTO_TEST_CASE(no_breaker_when_max_is_zero) {
   restart_schedule r(s);
   for (int i = 0; i < 1000; ++i) BOOST_TEST_REQUIRE(r.after_exit(t0, 0ms).has_value());
 }
+
+// The state machine's table: the lives a process can have, and nothing else.
+BOOST_AUTO_TEST_CASE(transition_table) {
+  using p = sm::supervisor::supervised_process;
+  using enum p::state;
+  // A normal life, a restart, a stop during the restart delay, a failure.
+  BOOST_TEST(p::allowed(pending, starting));
+  BOOST_TEST(p::allowed(starting, running));
+  BOOST_TEST(p::allowed(running, restarting));
+  BOOST_TEST(p::allowed(restarting, starting));
+  BOOST_TEST(p::allowed(restarting, stopping));
+  BOOST_TEST(p::allowed(running, stopping));
+  BOOST_TEST(p::allowed(stopping, stopped));
+  BOOST_TEST(p::allowed(starting, restarting));  // exec failed, will retry
+  BOOST_TEST(p::allowed(running, failed));
+  BOOST_TEST(p::allowed(pending, stopped));  // stopped before it ever started
+  // Final states stay final; no skipping the start; no running without starting.
+  for (auto to : {pending, starting, running, restarting, stopping, stopped, failed}) {
+    BOOST_TEST(!p::allowed(stopped, to));
+    BOOST_TEST(!p::allowed(failed, to));
+  }
+  BOOST_TEST(!p::allowed(pending, running));
+  BOOST_TEST(!p::allowed(restarting, running));
+  BOOST_TEST(!p::allowed(stopping, running));
+  BOOST_TEST(!p::allowed(stopping, restarting));
+}
