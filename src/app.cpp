@@ -26,6 +26,7 @@
 #include "base/log.hpp"
 #include "http/server.hpp"
 #include "proc/child.hpp"
+#include "supervisor/component_group.hpp"
 #include "supervisor/supervised_process.hpp"
 #include "version.h"
 
@@ -115,8 +116,9 @@ void log_config_load(const api::environment::load_report& report,
 }
 
 // One line per state change of COMMAND, with what explains it.
-void log_process_state(const supervisor::supervised_process& process,
+void log_process_state(std::string_view who_name, const supervisor::supervised_process& process,
                        supervisor::supervised_process::state to) {
+  const std::string who(who_name);
   using state = supervisor::supervised_process::state;
   const nlohmann::json s = process.status();
   const std::string name(supervisor::supervised_process::name_of(to));
@@ -128,30 +130,32 @@ void log_process_state(const supervisor::supervised_process& process,
   };
   switch (to) {
     case state::running:
-      log::info("COMMAND running", {{"pid", s["pid"].dump()}});
+      log::info(who + " running", {{"pid", s["pid"].dump()}});
       break;
     case state::restarting:
     case state::failed:
     case state::stopped:
       if (!s["last_error"].is_null()) {
-        log::error("COMMAND cannot start", {{"state", name},
-                                            {"error", s["last_error"].get<std::string>()},
-                                            {"status", s["last_exit"]["status"].dump()}});
+        log::error(
+            who + " cannot start",
+            {{"state", name},
+             {"error", s["last_error"].get<std::string>()},
+             {"status", s["last_exit"].is_null() ? "none" : s["last_exit"]["status"].dump()}});
       } else if (to == state::restarting) {
-        log::info("COMMAND exited", {{"how", exit_text()},
-                                     {"restart_in", s["restart_in"].get<std::string>()},
-                                     {"restarts", s["restarts"].dump()}});
+        log::info(who + " exited", {{"how", exit_text()},
+                                    {"restart_in", s["restart_in"].get<std::string>()},
+                                    {"restarts", s["restarts"].dump()}});
       } else {
-        log::write(to == state::failed ? log::level::warn : log::level::info, "COMMAND exited",
+        log::write(to == state::failed ? log::level::warn : log::level::info, who + " exited",
                    {{"state", name}, {"how", exit_text()}});
       }
       if (s["gave_up"].get<bool>()) {
-        log::error("COMMAND failed too often; not restarting it (--restart-max)",
+        log::error(who + " failed too often; not restarting it (--restart-max)",
                    {{"restarts", s["restarts"].dump()}});
       }
       break;
     case state::stopping:
-      log::info("stopping COMMAND", {{"pid", s["pid"].dump()}});
+      log::info("stopping " + who, {{"pid", s["pid"].dump()}});
       break;
     default:
       break;
@@ -173,6 +177,7 @@ int run_app(const options& opts) {
   api_opts.events = &events;
   proc::reaper reaper(io.get_executor());
   std::optional<supervisor::supervised_process> process;
+  std::unique_ptr<supervisor::component_group> components;  // once configured
   std::optional<http::server> server;
 
   // Start-up, in order. Shut-down below undoes it in reverse.
@@ -254,22 +259,11 @@ int run_app(const options& opts) {
     if (shut_down) return "stopped";
     if (shutting_down) return "stopping";
     if (!env.configured()) return "unconfigured";
-    if (!process) return "running";
-    switch (process->current()) {
-      case state::pending:
-      case state::starting:
-      case state::restarting:
-        return "starting";
-      case state::failed:
-        return "error";
-      case state::stopping:
-        return "stopping";
-      case state::stopped:
-        return "stopped";
-      case state::running:
-        break;
-    }
-    return "running";
+    // COMMAND and the components, cascaded (a COMMAND held back by --wait-for-config is
+    // about to start).
+    std::vector<state> parts = components ? components->states() : std::vector<state>{};
+    if (process) parts.push_back(process->current());
+    return std::string(supervisor::cascade(parts));
   };
   env.state_view = system_state;
   std::uint64_t event_id = 0;
@@ -286,9 +280,33 @@ int run_app(const options& opts) {
     publish("system", {{"old", last_system_state}, {"new", now}});
     last_system_state = std::move(now);
   };
+  auto on_component = [&](const std::string& name, auto from, auto to) {
+    log_process_state("component " + name, *components->find_process(name), to);
+    const nlohmann::json s = components->find_process(name)->status();
+    publish("component", {{"name", name},
+                          {"old", supervisor::supervised_process::name_of(from)},
+                          {"new", supervisor::supervised_process::name_of(to)},
+                          {"pid", s["pid"]},
+                          {"restarts", s["restarts"]},
+                          {"last_exit", s["last_exit"]},
+                          {"last_error", s["last_error"]}});
+    publish_system_state();
+  };
+  env.components_view = [&] {
+    return components ? components->status() : nlohmann::json::object();
+  };
+  // Configured (at boot or by POST /config): the components start, in dependency order.
+  env.initialise_components = [&](const config::configuration& c) -> asio::awaitable<void> {
+    components = std::make_unique<supervisor::component_group>(
+        io.get_executor(), reaper, c,
+        supervisor::component_group::defaults{opts.restart_delay, opts.timeout_stop}, on_component);
+    publish_system_state();
+    co_await components->start();
+    publish_system_state();
+  };
   if (process) {
     process->on_transition = [&](auto from, auto to) {
-      log_process_state(*process, to);
+      log_process_state("COMMAND", *process, to);
       const nlohmann::json s = process->status();
       publish("process", {{"old", supervisor::supervised_process::name_of(from)},
                           {"new", supervisor::supervised_process::name_of(to)},
@@ -348,7 +366,18 @@ int run_app(const options& opts) {
     if (process) process->append_metrics(out);
     return out;
   };
-  if (!opts.wait_for_config || env.configured()) start_process();
+  if (env.configured()) {
+    // Booted with a saved configuration: components first, then COMMAND (DESIGN.md 2.1a).
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          co_await env.initialise_components(*env.current());
+          start_process();
+        },
+        asio::detached);
+  } else if (!opts.wait_for_config) {
+    start_process();
+  }
   env.on_applied = [&] {
     start_process();
     publish_system_state();
@@ -404,6 +433,7 @@ int run_app(const options& opts) {
         // Shut-down, the reverse of start-up: COMMAND first (SIGTERM, SIGKILL after
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();
+        if (components) co_await components->stop();  // in reverse dependency order
         if (exit_status < 0) {
           const auto& last = process ? process->last_exit() : std::nullopt;
           exit_status = opts.restart == "never" && last ? last->shell_status() : 0;

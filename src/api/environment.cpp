@@ -24,7 +24,7 @@ std::optional<environment::apply_result> not_built_yet(const config::configurati
     } else if (stack == config::filesystem_stack) {
       message = "the filesystem component (FUSE over object storage) is not built yet";
     } else {
-      message = "supervised components (\"components\") are not built yet";
+      continue;  // a component declared under "components": supervised
     }
     return environment::apply_result(environment::apply_result::kind::not_built, message, stack);
   }
@@ -108,8 +108,16 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
     applying_ = false;
     co_return apply_result(kind::failed, "could not save the configuration: " + failure);
   }
-  applying_ = false;
   config_ = std::move(parsed.config);
+  // Configured from here on (a second POST is refused), but the answer waits for the
+  // components to be started.
+  try {
+    if (initialise_components) co_await initialise_components(*config_);
+  } catch (...) {
+    applying_ = false;  // never leave later requests answered 409 forever
+    throw;
+  }
+  applying_ = false;
   if (on_applied) on_applied();
   co_return apply_result(kind::applied);
 }
@@ -121,7 +129,7 @@ json environment::status() const {
                 : configured() ? "running"
                                : "unconfigured"},
       {"process", process_view ? process_view() : json(nullptr)},
-      {"components", json::object()},
+      {"components", components_view ? components_view() : json::object()},
       {"lease", nullptr},
       {"operation", nullptr},
       {"checkpoints", {{"count", 0}, {"latest", nullptr}}},

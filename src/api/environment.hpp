@@ -69,6 +69,10 @@ class environment {
   // GET /metrics: Prometheus text lines of everything the orchestrator runs.
   std::function<std::string()> metrics_view;
   std::function<void()> on_applied;
+  // Starts the configured components (after the configuration is saved, before POST /config
+  // answers); what GET / shows as "components".
+  std::function<asio::awaitable<void>(const config::configuration&)> initialise_components;
+  std::function<nlohmann::json()> components_view;
 
  private:
   environment_paths paths_;

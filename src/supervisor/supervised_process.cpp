@@ -4,6 +4,8 @@
 
 #include <cstring>
 
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
@@ -76,7 +78,66 @@ void supervised_process::set_state(state s) {
     return;
   }
   const state from = std::exchange(state_, s);
-  if (on_transition) on_transition(from, s);
+  for (asio::steady_timer* waiter : waiters_) waiter->cancel();
+  // The hook only observes (logs, events); its failure must not stop the supervision.
+  if (on_transition) {
+    try {
+      on_transition(from, s);
+    } catch (const std::exception&) {
+    }
+  }
+}
+
+asio::awaitable<bool> supervised_process::wait_running(duration timeout) {
+  // A timer of its own: waiters sharing one would cancel each other's waits when re-arming.
+  asio::steady_timer wake(executor_, clock::now() + timeout);
+  waiters_.push_back(&wake);
+  // Check, then wait, in one turn: a change cannot slip in between.
+  while (state_ != state::running && state_ != state::failed && state_ != state::stopped) {
+    std::error_code ec;
+    co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) break;  // the deadline, not a change
+  }
+  std::erase(waiters_, &wake);
+  co_return state_ == state::running;
+}
+
+void supervised_process::fail_before_start(std::string why) {
+  last_error_ = std::move(why);
+  set_state(state::failed);
+}
+
+asio::awaitable<void> supervised_process::await_readiness(unsigned generation) {
+  const auto deadline = clock::now() + settings_.ready_timeout;
+  asio::steady_timer pause(executor_);
+  // Each check stops being ours as soon as the process it checks is gone.
+  auto current = [&] { return generation == generation_ && state_ == state::starting; };
+  while (current()) {
+    std::string failure;
+    try {
+      proc::child check = proc::spawn(
+          executor_, {settings_.ready_command, settings_.extra_env, settings_.unset_env});
+      const proc::exit_status status = co_await reaper_.wait(check);
+      if (status.success()) {
+        if (current()) set_state(state::running);
+        co_return;
+      }
+      failure =
+          "ready_command " + (status.signal ? std::string("killed by a signal")
+                                            : "exited with code " + std::to_string(status.code));
+    } catch (const std::system_error& e) {
+      failure = std::string("ready_command: ") + e.what();
+    }
+    if (!current()) co_return;
+    if (clock::now() >= deadline) {
+      last_error_ = "not ready after " + format_duration(settings_.ready_timeout) + ": " + failure;
+      forward_signal(SIGKILL);  // a failed start: the policy decides what comes next
+      co_return;
+    }
+    pause.expires_after(std::chrono::milliseconds(200));
+    std::error_code ec;
+    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 void supervised_process::notify_exit() {
@@ -90,18 +151,27 @@ asio::awaitable<void> supervised_process::run() {
     set_state(state::starting);
     const auto run_began = clock::now();
     proc::exit_status status;
+    bool exec_failed = false;
     try {
-      proc::child child = proc::spawn(executor_, {settings_.command, {}, settings_.unset_env});
+      proc::child child =
+          proc::spawn(executor_, {settings_.command, settings_.extra_env, settings_.unset_env});
       pid_ = child.pid();
+      ++generation_;
       started_at_ = std::chrono::system_clock::now();
       started_steady_ = clock::now();
       last_error_.clear();
-      set_state(state::running);
+      if (settings_.ready_command.empty()) {
+        set_state(state::running);
+      } else {
+        asio::co_spawn(executor_, await_readiness(generation_), asio::detached);
+      }
       status = co_await reaper_.wait(child);
     } catch (const std::system_error& e) {
-      // Could not start it at all: count it as the exit a shell would report (127 or 126).
+      // Could not start it at all (missing, not executable): retrying the same exec cannot
+      // help, so it ends for good with the status a shell would report (127 or 126).
       last_error_ = e.what();
       status.code = proc::exec_failure_status(e.code().value());
+      exec_failed = true;
     }
     pid_ = 0;
     last_exit_ = status;
@@ -112,7 +182,7 @@ asio::awaitable<void> supervised_process::run() {
     const bool restart = settings_.restart == restart_policy::always ||
                          (settings_.restart == restart_policy::on_failure && !status.success());
     std::optional<duration> delay;
-    if (restart) {
+    if (restart && !exec_failed) {
       const auto now = clock::now();
       delay = schedule_.after_exit(now, std::chrono::duration_cast<duration>(now - run_began));
       breaker_open_ = !delay;

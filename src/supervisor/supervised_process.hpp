@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,7 +26,13 @@ enum class restart_policy { always, on_failure, never };
 std::optional<restart_policy> parse_restart_policy(std::string_view text);
 
 struct process_settings {
+  std::string name = "COMMAND";  // for messages
   std::vector<std::string> command;
+  std::map<std::string, std::string> extra_env;  // added to the inherited environment
+  // Run until it succeeds (every 200ms) after each start; the process counts as running only
+  // then. Not ready within ready_timeout: it is stopped and counts as a failed start.
+  std::vector<std::string> ready_command;
+  duration ready_timeout = std::chrono::seconds(30);
   restart_policy restart = restart_policy::always;
   duration restart_delay = std::chrono::seconds(1);
   duration timeout_stop = std::chrono::seconds(90);
@@ -69,9 +76,9 @@ class supervised_process {
     using enum state;
     switch (from) {
       case pending:
-        return to == starting || to == stopped;
-      case starting:
-        return to == running || to == restarting || to == stopped || to == failed;
+        return to == starting || to == stopped || to == failed;
+      case starting:  // includes waiting for the ready_command
+        return to == running || to == restarting || to == stopping || to == stopped || to == failed;
       case running:
         return to == restarting || to == stopping || to == stopped || to == failed;
       case restarting:
@@ -100,6 +107,14 @@ class supervised_process {
   // in any state, and more than once.
   asio::awaitable<void> stop();
 
+  // Waits until the process is running (true: started and ready), or has ended for good, or
+  // `timeout` passed (false). For dependencies: a component starts once what it depends on is
+  // running.
+  asio::awaitable<bool> wait_running(duration timeout);
+
+  // Marks a process that will never start (a dependency failed) as failed, with `why`.
+  void fail_before_start(std::string why);
+
   // Sends `signal` to the process group; false when no process runs.
   bool forward_signal(int signal);
 
@@ -121,6 +136,7 @@ class supervised_process {
 
  private:
   void set_state(state s);
+  asio::awaitable<void> await_readiness(unsigned generation);
   void notify_exit();
 
   asio::any_io_executor executor_;
@@ -139,10 +155,12 @@ class supervised_process {
   std::string last_error_;
   unsigned refused_transitions_ = 0;  // bugs caught by the table (shown in status())
   restart_schedule schedule_;
-  std::optional<duration> next_delay_;  // while restarting: the delay being waited
-  bool breaker_open_ = false;           // the circuit breaker gave up
-  asio::steady_timer delay_;            // the restart delay; cancelled by stop()
-  asio::steady_timer exited_;           // cancelled each time the process exits or run() ends
+  std::optional<duration> next_delay_;        // while restarting: the delay being waited
+  bool breaker_open_ = false;                 // the circuit breaker gave up
+  asio::steady_timer delay_;                  // the restart delay; cancelled by stop()
+  asio::steady_timer exited_;                 // cancelled each time the process exits or run() ends
+  std::vector<asio::steady_timer*> waiters_;  // wait_running()s, woken on every change
+  unsigned generation_ = 0;  // counts starts, so a readiness check knows its process
 };
 
 }  // namespace sm::supervisor

@@ -72,11 +72,12 @@ for stacks in '["database"]' '["sqlite"]' '["litestream"]' '["filesystem"]' '["j
   expect_json 'isinstance(j["error"], str) and j["error"]'
   expect_unconfigured "stacks $stacks"
 done
-req POST /config -d "{\"storage\": $dir_json, \"stacks\": [\"web\"],
+# A declared component and a component not built yet: still 501, nothing started or saved.
+req POST /config -d "{\"storage\": $dir_json, \"stacks\": [\"web\", \"database\"],
   \"components\": {\"web\": {\"command\": [\"sleep\", \"100\"]}}}"
 expect_status 501
 expect_json_response
-expect_unconfigured "declared component"
+expect_unconfigured "declared component with the database"
 
 # A valid configuration with an http endpoint and a secret from the environment, sent the way
 # the seed does it (curl -d: form content type).
