@@ -165,6 +165,45 @@ grep -qE '^state_manager_orphans_reaped_total [1-9]' "$BODY_FILE" ||
 sm_stop
 cd ..
 
+# --- As PID 1 of a PID namespace: 200 orphans reaped, no zombie left, status passed through. --
+mkdir pid1 && cd pid1
+if unshare --pid --fork --mount-proc true 2>/dev/null; then
+  run_cli_in_namespace() {
+    timeout -k 5 "$DEADLINE" unshare --pid --fork --mount-proc "$STATE_MANAGER_BIN" \
+      --listen 127.0.0.1:0 --restart never -- sh -c "$1" >/dev/null 2>stderr.txt
+  }
+  # COMMAND makes 200 orphans, waits until they are all gone (each reaped as it exits), then
+  # counts zombies in the namespace; it must see state-manager as PID 1.
+  status=0
+  run_cli_in_namespace 'for i in $(seq 1 200); do (sleep 0.2 &); done
+    end=$(($(date +%s) + 15))
+    while [ "$(ps -eo comm= | grep -c "^sleep")" -gt 0 ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.05; done
+    ps -eo stat= | grep -c "^Z" >zombies.txt
+    ps -o comm= -p 1 >init.txt
+    exit 9' || status=$?
+  ((status == 9)) || fail "as PID 1: exit $status, expected 9: $(cat stderr.txt)"
+  [[ $(cat init.txt) == state-manager ]] || fail "PID 1 is $(cat init.txt)"
+  [[ $(cat zombies.txt) == 0 ]] || fail "$(cat zombies.txt) zombies left in the namespace"
+  # SIGTERM to PID 1 is handled (a PID 1 without a handler would ignore it).
+  unshare --pid --fork --mount-proc --kill-child=KILL \
+    "$STATE_MANAGER_BIN" --listen 127.0.0.1:0 --restart never -- sleep 1000 2>stderr.txt &
+  unshare_pid=$!
+  STARTED_PIDS+=("$unshare_pid")
+  end=$((SECONDS + DEADLINE))
+  until grep -q 'COMMAND running' stderr.txt; do
+    ((SECONDS < end)) || fail "COMMAND never ran under PID 1: $(cat stderr.txt)"
+    sleep 0.05
+  done
+  init=$(pgrep -P "$unshare_pid" -x state-manager) || fail "no state-manager under unshare"
+  kill -TERM "$init"
+  status=0
+  wait "$unshare_pid" || status=$?
+  ((status == 143)) || fail "PID 1 after SIGTERM: exit $status, expected 143: $(cat stderr.txt)"
+else
+  log "unshare --pid is not permitted here; skipping the PID 1 case"
+fi
+cd ..
+
 # --- --wait-for-config: COMMAND starts with the first configuration. ----------------------
 mkdir waits && cd waits
 sm_start --wait-for-config -- sleep 1000
