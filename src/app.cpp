@@ -218,6 +218,13 @@ int run_app(const options& opts) {
              settings.backoff_max = opts.restart_backoff_max;
              settings.restart_max = opts.restart_max;
              settings.restart_window = opts.restart_window;
+             if (opts.log_prefix) {
+               // Appended piecewise: GCC 12 warns falsely (-Wrestrict) on "[" + string.
+               settings.output_prefix = "[";
+               settings.output_prefix +=
+                   std::filesystem::path(opts.command.front()).filename().string();
+               settings.output_prefix += "] ";
+             }
              process.emplace(io.get_executor(), reaper, std::move(settings));
              env.process_view = [&] { return process->status(); };
            }) &&
@@ -299,7 +306,9 @@ int run_app(const options& opts) {
   env.initialise_components = [&](const config::configuration& c) -> asio::awaitable<void> {
     components = std::make_unique<supervisor::component_group>(
         io.get_executor(), reaper, c,
-        supervisor::component_group::defaults{opts.restart_delay, opts.timeout_stop}, on_component);
+        supervisor::component_group::defaults{opts.restart_delay, opts.timeout_stop,
+                                              opts.log_prefix},
+        on_component);
     publish_system_state();
     co_await components->start();
     publish_system_state();
@@ -434,6 +443,9 @@ int run_app(const options& opts) {
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();
         if (components) co_await components->stop();  // in reverse dependency order
+        // What they wrote last still reaches our output (--log-prefix), within a bound.
+        if (process) co_await process->drain_output(std::chrono::seconds(1));
+        if (components) co_await components->drain_output(std::chrono::seconds(1));
         if (exit_status < 0) {
           const auto& last = process ? process->last_exit() : std::nullopt;
           exit_status = opts.restart == "never" && last ? last->shell_status() : 0;

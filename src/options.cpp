@@ -91,6 +91,13 @@ const flag flags[] = {
        o.wait_for_config = *b;
        return {};
      }},
+    {"log-prefix", false,
+     [](options& o, const std::string& v) -> std::string {
+       std::optional<bool> b = parse_bool(v);
+       if (!b) return "expected true or false, got \"" + v + "\"";
+       o.log_prefix = *b;
+       return {};
+     }},
     {"token-file", true,
      [](options& o, const std::string& v) -> std::string {
        if (v.empty()) return "must not be empty";
@@ -284,6 +291,9 @@ Options (each also read from the environment variable shown; a flag wins over it
   --restart-window DUR    the circuit breaker's window (STATE_MANAGER_RESTART_WINDOW, default 1m)
   --wait-for-config       start COMMAND only once a configuration is applied
                           (STATE_MANAGER_WAIT_FOR_CONFIG=true)
+  --log-prefix            prefix each line COMMAND and the components write with its name,
+                          "[web] ...", for when several share the container's output
+                          (STATE_MANAGER_LOG_PREFIX=true; default: output passes unchanged)
   --token-file FILE       require "Authorization: Bearer <token>" on every endpoint except
                           GET /healthz; the file holds the token (STATE_MANAGER_TOKEN_FILE;
                           or give the token itself in STATE_MANAGER_TOKEN)

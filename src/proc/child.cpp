@@ -88,11 +88,36 @@ child spawn(asio::any_io_executor executor, const spawn_request& request) {
   envp.push_back(nullptr);
 
   static const spawn_attributes attributes;
+  // Pipes for a captured stdout and stderr: the child's ends become its fds 1 and 2 (dup2
+  // clears O_CLOEXEC there); every pipe fd itself is O_CLOEXEC, so nothing else inherits them.
+  int pipes[2][2] = {{-1, -1}, {-1, -1}};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  struct cleanup {
+    posix_spawn_file_actions_t& actions;
+    int (&pipes)[2][2];
+    ~cleanup() {
+      posix_spawn_file_actions_destroy(&actions);
+      for (auto& p : pipes) {
+        for (int fd : p) {
+          if (fd >= 0) ::close(fd);
+        }
+      }
+    }
+  } guard{actions, pipes};
+  if (request.capture_output) {
+    for (int i = 0; i < 2; ++i) {
+      if (::pipe2(pipes[i], O_CLOEXEC) != 0) {
+        throw std::system_error(errno, std::generic_category(), "pipe");
+      }
+      posix_spawn_file_actions_adddup2(&actions, pipes[i][1], i + 1);
+    }
+  }
   pid_t pid = 0;
   // glibc's posix_spawnp uses clone(CLONE_VM|CLONE_VFORK): no page-table copy, whatever our
   // size, and a failed exec comes back here as the error code.
   const int error =
-      ::posix_spawnp(&pid, argv[0], nullptr, &attributes.attr, argv.data(), envp.data());
+      ::posix_spawnp(&pid, argv[0], &actions, &attributes.attr, argv.data(), envp.data());
   if (error != 0) {
     throw std::system_error(error, std::generic_category(), "cannot execute " + request.argv[0]);
   }
@@ -104,7 +129,16 @@ child spawn(asio::any_io_executor executor, const spawn_request& request) {
     ::waitpid(pid, nullptr, 0);
     throw std::system_error(e, std::generic_category(), "pidfd_open");
   }
-  return child(pid, asio::posix::stream_descriptor(executor, fd));
+  child started(pid, asio::posix::stream_descriptor(executor, fd));
+  if (request.capture_output) {
+    for (int i = 0; i < 2; ++i) {
+      ::close(pipes[i][1]);  // the child's end: ours would keep the pipe open after it exits
+      pipes[i][1] = -1;
+      started.output[i].emplace(executor, pipes[i][0]);
+      pipes[i][0] = -1;  // owned by the descriptor now
+    }
+  }
+  return started;
 }
 
 reaper::reaper(asio::any_io_executor executor) : sigchld_(executor, SIGCHLD) {}

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -31,6 +32,9 @@ struct spawn_request {
   std::vector<std::string> argv;                 // argv[0] is searched in PATH
   std::map<std::string, std::string> extra_env;  // added to (or replacing in) our environment
   std::vector<std::string> unset_env;            // removed from the child's environment
+  // Give the child pipes for stdout and stderr (read them from child::output()) instead of
+  // state-manager's own.
+  bool capture_output = false;
 };
 
 // A started child, until its exit has been collected.
@@ -38,6 +42,10 @@ class child {
  public:
   child(pid_t pid, asio::posix::stream_descriptor pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
   pid_t pid() const { return pid_; }
+
+  // With capture_output: the read ends of the child's stdout (index 0) and stderr (index 1),
+  // to be taken (moved out) by whoever forwards them.
+  std::optional<asio::posix::stream_descriptor> output[2];
 
  private:
   friend class reaper;

@@ -64,6 +64,7 @@ component_group::component_group(asio::any_io_executor executor, proc::reaper& r
     settings.ready_command = c.ready_command;
     settings.restart_delay = c.restart_delay.value_or(d.restart_delay);
     settings.timeout_stop = c.timeout_stop.value_or(d.timeout_stop);
+    if (d.log_prefix) settings.output_prefix = "[" + name + "] ";
     // Time to start (and become ready, if it has a check), and fail and be restarted once.
     const duration patience =
         (settings.ready_command.empty() ? duration{0} : settings.ready_timeout) +
@@ -116,6 +117,10 @@ asio::awaitable<void> component_group::start() {
 
 asio::awaitable<void> component_group::stop() {
   for (auto it = members_.rbegin(); it != members_.rend(); ++it) co_await it->process->stop();
+}
+
+asio::awaitable<void> component_group::drain_output(duration grace) {
+  for (member& m : members_) co_await m.process->drain_output(grace);
 }
 
 std::vector<state> component_group::states() const {

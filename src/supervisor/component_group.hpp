@@ -33,6 +33,7 @@ class component_group {
   struct defaults {
     duration restart_delay = std::chrono::seconds(1);
     duration timeout_stop = std::chrono::seconds(90);
+    bool log_prefix = false;  // prefix each output line with "[name] "
   };
   using transition_hook = std::function<void(
       const std::string& name, supervised_process::state from, supervised_process::state to)>;
@@ -46,6 +47,8 @@ class component_group {
   asio::awaitable<void> start();
   // Stops them in the reverse order (each: SIGTERM, SIGKILL after its timeout_stop).
   asio::awaitable<void> stop();
+  // See supervised_process::drain_output.
+  asio::awaitable<void> drain_output(duration grace);
 
   std::vector<supervised_process::state> states() const;
   nlohmann::json status() const;  // {"name": {process status}, ...}

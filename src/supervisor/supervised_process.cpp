@@ -1,5 +1,7 @@
 #include "supervisor/supervised_process.hpp"
 
+#include "proc/output.hpp"
+
 #include <signal.h>
 
 #include <cstring>
@@ -154,7 +156,16 @@ asio::awaitable<void> supervised_process::run() {
     bool exec_failed = false;
     try {
       proc::child child =
-          proc::spawn(executor_, {settings_.command, settings_.extra_env, settings_.unset_env});
+          proc::spawn(executor_, {settings_.command, settings_.extra_env, settings_.unset_env,
+                                  !settings_.output_prefix.empty()});
+      std::erase_if(outputs_, [](const auto& w) { return w.expired(); });
+      for (int i = 0; i < 2; ++i) {
+        if (!child.output[i]) continue;
+        auto pipe = std::make_shared<asio::posix::stream_descriptor>(std::move(*child.output[i]));
+        outputs_.push_back(pipe);
+        asio::co_spawn(executor_, proc::forward_lines(pipe, i + 1, settings_.output_prefix),
+                       asio::detached);
+      }
       pid_ = child.pid();
       ++generation_;
       started_at_ = std::chrono::system_clock::now();
@@ -208,6 +219,26 @@ asio::awaitable<void> supervised_process::run() {
   set_state(state::stopped);
   running_loop_ = false;
   notify_exit();
+}
+
+asio::awaitable<void> supervised_process::drain_output(duration grace) {
+  const auto deadline = clock::now() + grace;
+  asio::steady_timer pause(executor_);
+  auto open = [&] {
+    std::erase_if(outputs_, [](const auto& w) { return w.expired(); });
+    return !outputs_.empty();
+  };
+  while (open() && clock::now() < deadline) {
+    pause.expires_after(std::chrono::milliseconds(10));
+    std::error_code ec;
+    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  for (const auto& weak : outputs_) {
+    if (const auto pipe = weak.lock()) {
+      std::error_code ignored;
+      pipe->close(ignored);
+    }
+  }
 }
 
 bool supervised_process::forward_signal(int signal) {

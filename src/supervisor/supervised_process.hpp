@@ -5,6 +5,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,6 +14,7 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/posix/stream_descriptor.hpp>
 #include <asio/steady_timer.hpp>
 #include <nlohmann/json_fwd.hpp>
 
@@ -29,6 +31,9 @@ struct process_settings {
   std::string name = "COMMAND";  // for messages
   std::vector<std::string> command;
   std::map<std::string, std::string> extra_env;  // added to the inherited environment
+  // Non-empty: stdout and stderr go through pipes and each line is written to ours with this
+  // prefix ("[web] "); empty: the process writes to ours directly (unchanged, fastest).
+  std::string output_prefix;
   // Run until it succeeds (every 200ms) after each start; the process counts as running only
   // then. Not ready within ready_timeout: it is stopped and counts as a failed start.
   std::vector<std::string> ready_command;
@@ -115,6 +120,10 @@ class supervised_process {
   // Marks a process that will never start (a dependency failed) as failed, with `why`.
   void fail_before_start(std::string why);
 
+  // Once stopped: lets the output forwarders (--log-prefix) finish for up to `grace`, then
+  // closes what a lingering grandchild still holds open.
+  asio::awaitable<void> drain_output(duration grace);
+
   // Sends `signal` to the process group; false when no process runs.
   bool forward_signal(int signal);
 
@@ -161,6 +170,7 @@ class supervised_process {
   asio::steady_timer exited_;                 // cancelled each time the process exits or run() ends
   std::vector<asio::steady_timer*> waiters_;  // wait_running()s, woken on every change
   unsigned generation_ = 0;  // counts starts, so a readiness check knows its process
+  std::vector<std::weak_ptr<asio::posix::stream_descriptor>> outputs_;  // being forwarded
 };
 
 }  // namespace sm::supervisor

@@ -44,6 +44,13 @@ run_cli --listen 127.0.0.1:0 --restart never -- sh -c 'printf "%s|" "$@"; echo t
 grep -qx 'to-stderr' "$CLI_ERR" || fail "child stderr not on stderr: $(cat "$CLI_ERR")"
 grep -q 'to-stderr' "$CLI_OUT" && fail "child stderr leaked into stdout"
 
+# --- --log-prefix: each line carries the program's name, on the stream it was written to; a
+# grandchild holding the pipe does not hold up the exit.
+run_cli --listen 127.0.0.1:0 --log-prefix --restart never -- sh -c 'echo one; printf "two\nthree"; echo err >&2; (sleep 30 &); exit 5'
+((CLI_EXIT == 5)) || fail "--log-prefix: exit $CLI_EXIT"
+[[ $(cat "$CLI_OUT") == $'[sh] one\n[sh] two\n[sh] three' ]] || fail "prefixed stdout: '$(cat "$CLI_OUT")'"
+grep -qx '\[sh\] err' "$CLI_ERR" || fail "prefixed stderr missing: $(cat "$CLI_ERR")"
+
 # --- on-failure: a clean exit ends it (and us, with 0); a failure restarts. ------------------
 run_cli --listen 127.0.0.1:0 --restart on-failure -- true
 ((CLI_EXIT == 0)) || fail "on-failure with a clean exit: exit $CLI_EXIT"
