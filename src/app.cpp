@@ -26,6 +26,7 @@
 #include "base/log.hpp"
 #include "http/server.hpp"
 #include "proc/child.hpp"
+#include "proc/signals.hpp"
 #include "supervisor/component_group.hpp"
 #include "supervisor/supervised_process.hpp"
 #include "version.h"
@@ -396,22 +397,18 @@ int run_app(const options& opts) {
   // Signals. TERM and INT shut down (a second one exits at once, for the operator who really
   // means it); the other catchable ones are forwarded to COMMAND's process group.
   asio::signal_set stop_signals(io, SIGTERM, SIGINT);
-  asio::signal_set forwarded(io);
-  for (int signal :
-       {SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU,
-        SIGURG, SIGIO, SIGPWR, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ}) {
-    forwarded.add(signal);
-  }
+  // Forwarded through a signalfd: one wake and one read per signal, tini's path in effect.
+  proc::signal_stream forwarded(
+      io.get_executor(),
+      {SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU,
+       SIGURG, SIGIO, SIGPWR, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ});
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
-        // Until shut-down has stopped COMMAND: checked after each wake, since a signal already
-        // delivered when forwarded.cancel() runs escapes the cancel.
+        // Until shut-down has stopped COMMAND (close() ends next()).
         while (!signals_closed) {
-          std::error_code ec;
-          const int signal =
-              co_await forwarded.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-          if (ec || signals_closed) co_return;
+          const int signal = co_await forwarded.next();
+          if (signal == 0 || signals_closed) co_return;
           if (!process || !process->forward_signal(signal)) {
             log::debug("signal not forwarded: no COMMAND running", {{"signal", strsignal(signal)}});
           }
@@ -457,7 +454,7 @@ int run_app(const options& opts) {
         co_await server->stop(drain_grace);
         signals_closed = true;
         stop_signals.cancel();
-        forwarded.cancel();
+        forwarded.close();
         reaper.stop();
         log::info("stopped", {{"exit_status", std::to_string(exit_status)}});
       },

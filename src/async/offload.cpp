@@ -1,5 +1,8 @@
 #include "async/offload.hpp"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -18,7 +21,16 @@ std::unique_ptr<asio::thread_pool> pool;  // guarded by pool_mutex; created on f
 
 asio::thread_pool& worker() {
   std::lock_guard lock(pool_mutex);
-  if (!pool) pool = std::make_unique<asio::thread_pool>(1);
+  if (!pool) {
+    // The worker blocks every signal (it inherits the mask it is created with): signals are
+    // the executor's to receive, through signalfd and signal_set, never a default action
+    // taken on this thread.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous);
+    pool = std::make_unique<asio::thread_pool>(1);
+    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  }
   return *pool;
 }
 }  // namespace

@@ -141,7 +141,7 @@ child spawn(asio::any_io_executor executor, const spawn_request& request) {
   return started;
 }
 
-reaper::reaper(asio::any_io_executor executor) : sigchld_(executor, SIGCHLD) {}
+reaper::reaper(asio::any_io_executor executor) : sigchld_(executor, {SIGCHLD}) {}
 
 bool reaper::adopt_orphans() {
   if (::getpid() == 1) return true;
@@ -150,9 +150,8 @@ bool reaper::adopt_orphans() {
 
 asio::awaitable<void> reaper::run() {
   while (!stopped_) {
-    std::error_code ec;
-    co_await sigchld_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    if (ec || stopped_) co_return;
+    const int signal = co_await sigchld_.next();
+    if (signal == 0 || stopped_) co_return;
     reap_orphans();
   }
 }
@@ -160,37 +159,47 @@ asio::awaitable<void> reaper::run() {
 void reaper::reap_orphans() {
   for (;;) {
     siginfo_t info{};
-    // Peek first: a supervised child's status is its owner's, collected through its pidfd.
-    if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) return;
-    // Stop at an awaited child: its owner reaps it in this same turn of the loop (its pidfd is
-    // readable now) and calls us again for whatever exited behind it.
-    if (awaited_.count(info.si_pid)) return;
-    siginfo_t reaped{};
-    ::waitid(P_PID, static_cast<id_t>(info.si_pid), &reaped, WEXITED | WNOHANG);
-    ++orphans_reaped_;
+    if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG) != 0 || info.si_pid == 0) return;
+    if (awaited_.count(info.si_pid)) {
+      // Its owner's: kept for wait(), which its pidfd (readable now) wakes.
+      handed_over_[info.si_pid] = status_of(info);
+    } else {
+      ++orphans_reaped_;
+    }
   }
 }
 
 asio::awaitable<exit_status> reaper::wait(child& c) {
   awaited_.insert(c.pid_);
-  siginfo_t info{};
+  exit_status status;
   for (;;) {
+    // Reaped already by reap_orphans() (SIGCHLD came first)?
+    if (const auto it = handed_over_.find(c.pid_); it != handed_over_.end()) {
+      status = it->second;
+      handed_over_.erase(it);
+      break;
+    }
     std::error_code ec;
     co_await c.pidfd_.async_wait(asio::posix::stream_descriptor::wait_read,
                                  asio::redirect_error(asio::use_awaitable, ec));
-    if (ec && ec != asio::error::operation_aborted) break;
-    info = siginfo_t{};
-    if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(c.pidfd_.native_handle()), &info,
-                 WEXITED | WNOHANG) == 0 &&
-        info.si_pid != 0) {
+    if (handed_over_.count(c.pid_)) continue;
+    siginfo_t info{};
+    const int r = ::waitid(static_cast<idtype_t>(P_PIDFD),
+                           static_cast<id_t>(c.pidfd_.native_handle()), &info, WEXITED | WNOHANG);
+    if (r == 0 && info.si_pid != 0) {
+      status = status_of(info);
+      break;
+    }
+    if (r != 0 && !handed_over_.count(c.pid_)) {
+      // Neither we nor the reaper have its status: it cannot be had (never expected).
+      status.code = 255;
       break;
     }
   }
   awaited_.erase(c.pid_);
   std::error_code ignored;
   c.pidfd_.close(ignored);
-  reap_orphans();  // anything that exited behind it
-  co_return status_of(info);
+  co_return status;
 }
 
 }  // namespace sm::proc

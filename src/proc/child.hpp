@@ -7,13 +7,15 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
 #include <asio/posix/stream_descriptor.hpp>
-#include <asio/signal_set.hpp>
+
+#include "proc/signals.hpp"
 
 namespace sm::proc {
 
@@ -63,9 +65,10 @@ child spawn(asio::any_io_executor executor, const spawn_request& request);
 // found, 126 when it was found but could not be executed.
 int exec_failure_status(int error);
 
-// Collects every child's exit. Supervised children are awaited through their pidfd; everything
-// else that exits (orphans re-parented to us as PID 1 or subreaper) is reaped on SIGCHLD. The
-// reaper peeks before it reaps (WNOWAIT), so it never takes a supervised child's status.
+// Collects every child's exit: one waitid(P_ALL) per exited child on SIGCHLD, whoever it is.
+// Orphans (re-parented to us as PID 1 or subreaper) are simply counted; a supervised child's
+// status is handed to its owner, who awaits it through the child's pidfd, so the one central
+// reaper never steals it.
 class reaper {
  public:
   explicit reaper(asio::any_io_executor executor);
@@ -84,7 +87,7 @@ class reaper {
   // beyond cancel's reach, and run() must not wait again after it.
   void stop() {
     stopped_ = true;
-    sigchld_.cancel();
+    sigchld_.close();
   }
 
   // Reaps every exited child that is not awaited through wait(), without blocking.
@@ -93,8 +96,9 @@ class reaper {
   std::size_t orphans_reaped() const { return orphans_reaped_; }
 
  private:
-  asio::signal_set sigchld_;
-  std::unordered_set<pid_t> awaited_;  // children whose status belongs to a wait()
+  signal_stream sigchld_;
+  std::unordered_set<pid_t> awaited_;                   // children whose status is a wait()'s
+  std::unordered_map<pid_t, exit_status> handed_over_;  // reaped here for a wait()
   std::size_t orphans_reaped_ = 0;
   bool stopped_ = false;
 };
