@@ -75,8 +75,8 @@ void supervised_process::set_state(state s) {
   if (s == state_) return;
   if (!allowed(state_, s)) {
     ++refused_transitions_;
-    last_error_ = std::string("refused transition ") + std::string(name_of(state_)) + " -> " +
-                  std::string(name_of(s));
+    record_error(std::string("refused transition ") + std::string(name_of(state_)) + " -> " +
+                 std::string(name_of(s)));
     return;
   }
   const state from = std::exchange(state_, s);
@@ -105,7 +105,7 @@ asio::awaitable<bool> supervised_process::wait_running(duration timeout) {
 }
 
 void supervised_process::fail_before_start(std::string why) {
-  last_error_ = std::move(why);
+  record_error(std::move(why));
   set_state(state::failed);
 }
 
@@ -132,7 +132,7 @@ asio::awaitable<void> supervised_process::await_readiness(unsigned generation) {
     }
     if (!current()) co_return;
     if (clock::now() >= deadline) {
-      last_error_ = "not ready after " + format_duration(settings_.ready_timeout) + ": " + failure;
+      record_error("not ready after " + format_duration(settings_.ready_timeout) + ": " + failure);
       forward_signal(SIGKILL);  // a failed start: the policy decides what comes next
       co_return;
     }
@@ -140,6 +140,12 @@ asio::awaitable<void> supervised_process::await_readiness(unsigned generation) {
     std::error_code ec;
     co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
+}
+
+void supervised_process::record_error(std::string message) {
+  last_error_ = message;
+  errors_.push_back({std::chrono::system_clock::now(), std::move(message)});
+  if (errors_.size() > max_errors) errors_.pop_front();
 }
 
 void supervised_process::notify_exit() {
@@ -180,7 +186,7 @@ asio::awaitable<void> supervised_process::run() {
     } catch (const std::system_error& e) {
       // Could not start it at all (missing, not executable): retrying the same exec cannot
       // help, so it ends for good with the status a shell would report (127 or 126).
-      last_error_ = e.what();
+      record_error(e.what());
       status.code = proc::exec_failure_status(e.code().value());
       exec_failed = true;
     }
@@ -289,6 +295,10 @@ json supervised_process::status() const {
         {"status", last_exit_->shell_status()},
         {"at", format_rfc3339(*last_exit_at_)}};
   }
+  json errors = json::array();
+  for (const auto& [at, message] : errors_) {
+    errors.push_back({{"at", format_rfc3339(at)}, {"message", message}});
+  }
   return {
       {"command", settings_.command},
       {"pid", pid_ ? json(pid_) : json(nullptr)},
@@ -299,6 +309,10 @@ json supervised_process::status() const {
       {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)},
       {"restart_in", next_delay_ ? json(format_duration(*next_delay_)) : json(nullptr)},
       {"gave_up", breaker_open_},
+      {"uptime_s", pid_
+                       ? json(std::chrono::duration<double>(clock::now() - started_steady_).count())
+                       : json(nullptr)},
+      {"errors", std::move(errors)},
       {"refused_transitions", refused_transitions_},
   };
 }

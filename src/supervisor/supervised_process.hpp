@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -145,6 +146,7 @@ class supervised_process {
 
  private:
   void set_state(state s);
+  void record_error(std::string message);  // last_error_, and the bounded history
   asio::awaitable<void> await_readiness(unsigned generation);
   void notify_exit();
 
@@ -162,6 +164,8 @@ class supervised_process {
   std::optional<wall_time> last_exit_at_;
   std::optional<proc::exit_status> final_status_;
   std::string last_error_;
+  static constexpr std::size_t max_errors = 10;
+  std::deque<std::pair<wall_time, std::string>> errors_;  // the last max_errors, oldest first
   unsigned refused_transitions_ = 0;  // bugs caught by the table (shown in status())
   restart_schedule schedule_;
   std::optional<duration> next_delay_;        // while restarting: the delay being waited

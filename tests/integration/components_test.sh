@@ -29,6 +29,8 @@ expect_json 'j["components"]["web"]["depends_on"] == ["db"]'
 # A program that cannot be executed: failed, with the errno; its dependent never starts.
 expect_json 'j["components"]["broken"]["state"] == "failed"'
 expect_json '"No such file or directory" in j["components"]["broken"]["last_error"]'
+expect_json 'len(j["components"]["broken"]["errors"]) == 1 and j["components"]["broken"]["errors"][0]["message"] == j["components"]["broken"]["last_error"]'
+expect_json 'j["components"]["db"]["uptime_s"] >= 0 and j["components"]["broken"]["uptime_s"] is None'
 expect_json 'j["components"]["after-broken"]["state"] == "failed" and "broken" in j["components"]["after-broken"]["last_error"]'
 # Some parts failed: the system is degraded (and state-manager keeps serving).
 expect_json 'j["state"] == "degraded"'
