@@ -373,7 +373,11 @@ int run_app(const options& opts) {
         "# TYPE state_manager_http_connections gauge\n"
         "state_manager_http_connections " +
         std::to_string(server->connection_count()) + "\n";
-    if (process) process->append_metrics(out);
+    if (process) {
+      supervisor::append_process_metrics(out, "state_manager_process", "COMMAND",
+                                         {{"", &*process}});
+    }
+    if (components) components->append_metrics(out);
     return out;
   };
   if (env.configured()) {

@@ -123,6 +123,14 @@ asio::awaitable<void> component_group::drain_output(duration grace) {
   for (member& m : members_) co_await m.process->drain_output(grace);
 }
 
+void component_group::append_metrics(std::string& out) const {
+  std::vector<labelled_process> members;
+  for (const member& m : members_) {
+    members.emplace_back("component=\"" + m.name + "\"", m.process.get());
+  }
+  append_process_metrics(out, "state_manager_component", "a component", members);
+}
+
 std::vector<state> component_group::states() const {
   std::vector<state> out;
   for (const member& m : members_) out.push_back(m.process->current());

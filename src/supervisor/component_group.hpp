@@ -52,6 +52,8 @@ class component_group {
 
   std::vector<supervised_process::state> states() const;
   nlohmann::json status() const;  // {"name": {process status}, ...}
+  // state_manager_component_* families, labelled component="name".
+  void append_metrics(std::string& out) const;
   bool empty() const { return members_.empty(); }
   // The named component's process, or null.
   const supervised_process* find_process(const std::string& name) const;

@@ -317,40 +317,74 @@ json supervised_process::status() const {
   };
 }
 
-void supervised_process::append_metrics(std::string& out) const {
-  const double uptime =
-      pid_ ? std::chrono::duration<double>(clock::now() - started_steady_).count() : 0.0;
-  out +=
-      "# HELP state_manager_process_restarts_total Restarts of COMMAND after it exited.\n"
-      "# TYPE state_manager_process_restarts_total counter\n"
-      "state_manager_process_restarts_total " +
-      std::to_string(restarts_) +
-      "\n"
-      "# HELP state_manager_process_up 1 while COMMAND runs.\n"
-      "# TYPE state_manager_process_up gauge\n"
-      "state_manager_process_up " +
-      std::string(pid_ ? "1" : "0") +
-      "\n"
-      "# HELP state_manager_process_uptime_seconds How long the current COMMAND has run.\n"
-      "# TYPE state_manager_process_uptime_seconds gauge\n"
-      "state_manager_process_uptime_seconds " +
-      std::to_string(uptime) +
-      "\n"
-      "# HELP state_manager_process_state 1 for COMMAND's current state.\n"
-      "# TYPE state_manager_process_state gauge\n";
-  for (state s : {state::pending, state::starting, state::running, state::restarting,
-                  state::stopping, state::stopped, state::failed}) {
-    out += "state_manager_process_state{state=\"";
-    out += name_of(s);
-    out += s == state_ ? "\"} 1\n" : "\"} 0\n";
+void append_process_metrics(std::string& out, std::string_view family, std::string_view what,
+                            const std::vector<labelled_process>& members) {
+  if (members.empty()) return;
+  // One family at a time (HELP and TYPE once, then a sample per member), as the text format
+  // wants.
+  auto family_head = [&](std::string_view suffix, std::string_view type, std::string_view help) {
+    out += "# HELP ";
+    out += family;
+    out += suffix;
+    out += ' ';
+    out += help;
+    out += "\n# TYPE ";
+    out += family;
+    out += suffix;
+    out += ' ';
+    out += type;
+    out += '\n';
+  };
+  auto sample = [&](std::string_view suffix, const std::string& labels, std::string_view extra,
+                    const std::string& value) {
+    out += family;
+    out += suffix;
+    if (!labels.empty() || !extra.empty()) {
+      out += '{';
+      out += labels;
+      if (!labels.empty() && !extra.empty()) out += ',';
+      out += extra;
+      out += '}';
+    }
+    out += ' ';
+    out += value;
+    out += '\n';
+  };
+  const std::string of = std::string(what);
+  family_head("_restarts_total", "counter", "Restarts of " + of + " after it exited.");
+  for (const auto& [labels, p] : members)
+    sample("_restarts_total", labels, "", std::to_string(p->restarts()));
+  family_head("_up", "gauge", "1 while " + of + " runs.");
+  for (const auto& [labels, p] : members) sample("_up", labels, "", p->pid() ? "1" : "0");
+  family_head("_uptime_seconds", "gauge", "How long the current " + of + " has run.");
+  for (const auto& [labels, p] : members) {
+    sample("_uptime_seconds", labels, "", std::to_string(p->uptime().count()));
   }
-  if (last_exit_) {
-    out +=
-        "# HELP state_manager_process_last_exit_status The last exit's status (128+n: signal n).\n"
-        "# TYPE state_manager_process_last_exit_status gauge\n"
-        "state_manager_process_last_exit_status " +
-        std::to_string(last_exit_->shell_status()) + "\n";
+  family_head("_state", "gauge", "1 for the current state of " + of + ".");
+  for (const auto& [labels, p] : members) {
+    for (auto s : {supervised_process::state::pending, supervised_process::state::starting,
+                   supervised_process::state::running, supervised_process::state::restarting,
+                   supervised_process::state::stopping, supervised_process::state::stopped,
+                   supervised_process::state::failed}) {
+      sample("_state", labels, "state=\"" + std::string(supervised_process::name_of(s)) + "\"",
+             s == p->current() ? "1" : "0");
+    }
   }
+  bool any_exit = false;
+  for (const auto& [labels, p] : members) any_exit = any_exit || p->last_exit().has_value();
+  if (any_exit) {
+    family_head("_last_exit_status", "gauge", "The last exit's status (128+n: signal n).");
+    for (const auto& [labels, p] : members) {
+      if (p->last_exit()) {
+        sample("_last_exit_status", labels, "", std::to_string(p->last_exit()->shell_status()));
+      }
+    }
+  }
+}
+
+std::chrono::duration<double> supervised_process::uptime() const {
+  if (!pid_) return std::chrono::duration<double>(0);
+  return clock::now() - started_steady_;
 }
 
 }  // namespace sm::supervisor

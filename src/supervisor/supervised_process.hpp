@@ -137,8 +137,9 @@ class supervised_process {
   // GET / "process": command, pid, state, restarts, started_at, last_exit, last_error.
   nlohmann::json status() const;
 
-  // Appends its Prometheus metrics (restarts, state, uptime) to `out`.
-  void append_metrics(std::string& out) const;
+  unsigned restarts() const { return restarts_; }
+  pid_t pid() const { return pid_; }             // 0 when none runs
+  std::chrono::duration<double> uptime() const;  // of the current process; 0 when none runs
 
   // Called on every change of state, after it happened (status() already shows it): the
   // orchestrator logs it, and the event stream will publish it.
@@ -176,5 +177,12 @@ class supervised_process {
   unsigned generation_ = 0;  // counts starts, so a readiness check knows its process
   std::vector<std::weak_ptr<asio::posix::stream_descriptor>> outputs_;  // being forwarded
 };
+
+// Prometheus text for processes: families <family>_restarts_total, _up, _uptime_seconds,
+// _state{state=...} and _last_exit_status, one sample per member with its labels
+// ("" or `component="web"`). `what` names them in the help text.
+using labelled_process = std::pair<std::string, const supervised_process*>;
+void append_process_metrics(std::string& out, std::string_view family, std::string_view what,
+                            const std::vector<labelled_process>& members);
 
 }  // namespace sm::supervisor

@@ -46,6 +46,17 @@ until req GET / && python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["
   sleep 0.1
 done
 
+# /metrics has every component, labelled.
+req GET /metrics
+expect_status 200
+grep -qx 'state_manager_component_restarts_total{component="web"} 1' "$BODY_FILE" ||
+  fail "web's restarts not in /metrics: $(grep component "$BODY_FILE" | head -20)"
+grep -qx 'state_manager_component_state{component="broken",state="failed"} 1' "$BODY_FILE" ||
+  fail "broken's state not in /metrics"
+grep -qx 'state_manager_component_up{component="db"} 1' "$BODY_FILE" || fail "db not up in /metrics"
+[[ $(grep -c '^# TYPE state_manager_component_state ' "$BODY_FILE") == 1 ]] ||
+  fail "a metric family's TYPE line must appear once"
+
 # Shut-down: COMMAND, then the components in reverse dependency order.
 : >order
 sm_stop
