@@ -1,5 +1,6 @@
 #include "http/server.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -86,8 +87,16 @@ server::server(asio::any_io_executor executor, server_limits limits, request_han
 
 server::~server() = default;
 
+namespace {
+// Asio 1.22 opens and accepts sockets without SOCK_CLOEXEC. Set it before anything else runs
+// on this thread, so no child ever inherits the API's sockets (a child holding the listener
+// keeps the port after we die, and could accept our clients).
+void close_on_exec(int fd) { ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC); }
+}  // namespace
+
 asio::ip::tcp::endpoint server::listen(const asio::ip::tcp::endpoint& at) {
   acceptor_.open(at.protocol());
+  close_on_exec(acceptor_.native_handle());
   acceptor_.set_option(asio::ip::tcp::acceptor::reuse_address(true));
   acceptor_.bind(at);
   acceptor_.listen(asio::socket_base::max_listen_connections);
@@ -130,6 +139,7 @@ asio::awaitable<void> server::run() {
       reject(socket);
       continue;
     }
+    close_on_exec(socket.native_handle());
     socket.set_option(asio::ip::tcp::no_delay(true), ec);
     auto c = std::make_shared<connection>(std::move(socket));
     connections_.push_front(c.get());

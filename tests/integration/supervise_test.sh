@@ -51,6 +51,17 @@ run_cli --listen 127.0.0.1:0 --log-prefix --restart never -- sh -c 'echo one; pr
 [[ $(cat "$CLI_OUT") == $'[sh] one\n[sh] two\n[sh] three' ]] || fail "prefixed stdout: '$(cat "$CLI_OUT")'"
 grep -qx '\[sh\] err' "$CLI_ERR" || fail "prefixed stderr missing: $(cat "$CLI_ERR")"
 
+# --- COMMAND inherits none of our own descriptors (API sockets, pidfds, signalfd, epoll,
+# pipes); what state-manager itself inherited passes through, as with any init. -------------
+mkdir fds && cd fds
+sm_start -- sh -c 'ls -l /proc/$$/fd >fds.txt; exec sleep 1000'
+end=$((SECONDS + DEADLINE))
+until [[ -s fds.txt ]]; do ((SECONDS < end)) || fail "COMMAND did not list its fds"; sleep 0.05; done
+extra=$(awk 'NR > 1 && $9 !~ /^[012]$/ && $11 ~ /^(socket|pipe|anon_inode):/' fds.txt)
+[[ -z $extra ]] || fail "COMMAND inherited descriptors of ours: $extra"
+sm_stop
+cd ..
+
 # --- on-failure: a clean exit ends it (and us, with 0); a failure restarts. ------------------
 run_cli --listen 127.0.0.1:0 --restart on-failure -- true
 ((CLI_EXIT == 0)) || fail "on-failure with a clean exit: exit $CLI_EXIT"
