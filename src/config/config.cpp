@@ -302,9 +302,9 @@ void parse_components(checker& check, const json& doc, configuration& out) {
       check.add(path, "must be an object");
       continue;
     }
-    check.only_known(
-        spec, path,
-        {"command", "ready_command", "restart_delay", "timeout_stop", "env", "depends_on"});
+    check.only_known(spec, path,
+                     {"command", "ready_command", "ready_timeout", "restart_delay", "timeout_stop",
+                      "env", "depends_on"});
     component_config component;
     if (!spec.contains("command")) {
       check.add(path + ".command", "required");
@@ -321,6 +321,10 @@ void parse_components(checker& check, const json& doc, configuration& out) {
         }
         component.ready_command = std::move(*ready);
       }
+    }
+    if (spec.contains("ready_timeout")) {
+      component.ready_timeout =
+          check.duration_value(spec["ready_timeout"], path + ".ready_timeout");
     }
     if (spec.contains("restart_delay")) {
       component.restart_delay =
@@ -471,6 +475,7 @@ json to_redacted_json(const configuration& config) {
   for (const auto& [name, c] : config.components) {
     json spec = {{"command", c.command}};
     if (!c.ready_command.empty()) spec["ready_command"] = c.ready_command;
+    if (c.ready_timeout) spec["ready_timeout"] = format_duration(*c.ready_timeout);
     if (c.restart_delay) spec["restart_delay"] = format_duration(*c.restart_delay);
     if (c.timeout_stop) spec["timeout_stop"] = format_duration(*c.timeout_stop);
     if (!c.env.empty()) {

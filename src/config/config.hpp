@@ -39,6 +39,7 @@ struct storage_config {
 struct component_config {
   std::vector<std::string> command;        // non-empty
   std::vector<std::string> ready_command;  // empty: ready once started
+  std::optional<duration> ready_timeout;   // unset: 30s
   std::optional<duration> restart_delay;   // unset: the command line's --restart-delay
   std::optional<duration> timeout_stop;    // unset: the command line's --timeout-stop
   std::map<std::string, std::string> env;  // added to the inherited environment

@@ -91,7 +91,9 @@ namespace {
 // Asio 1.22 opens and accepts sockets without SOCK_CLOEXEC. Set it before anything else runs
 // on this thread, so no child ever inherits the API's sockets (a child holding the listener
 // keeps the port after we die, and could accept our clients).
-void close_on_exec(int fd) { ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC); }
+void close_on_exec(int fd) {
+  ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC);
+}
 }  // namespace
 
 asio::ip::tcp::endpoint server::listen(const asio::ip::tcp::endpoint& at) {

@@ -64,6 +64,7 @@ component_group::component_group(asio::any_io_executor executor, proc::reaper& r
     settings.ready_command = c.ready_command;
     settings.restart_delay = c.restart_delay.value_or(d.restart_delay);
     settings.timeout_stop = c.timeout_stop.value_or(d.timeout_stop);
+    if (c.ready_timeout) settings.ready_timeout = *c.ready_timeout;
     if (d.log_prefix) settings.output_prefix = "[" + name + "] ";
     // Time to start (and become ready, if it has a check), and fail and be restarted once.
     const duration patience =
@@ -94,13 +95,18 @@ const supervised_process* component_group::find_process(const std::string& name)
   return nullptr;
 }
 
+duration component_group::remaining(const member& m) {
+  const auto left = m.running_by - std::chrono::steady_clock::now();
+  return std::max(duration{0}, std::chrono::duration_cast<duration>(left));
+}
+
 asio::awaitable<void> component_group::start() {
   for (member& m : members_) {
     if (m.process->current() != state::pending) continue;  // stopped before its turn
     std::string failed_dependency;
     for (const std::string& dep : m.depends_on) {
       member* d = find(dep);
-      if (!d || !co_await d->process->wait_running(d->patience)) {
+      if (!d || !co_await d->process->wait_running(remaining(*d))) {
         failed_dependency = dep;
         break;
       }
@@ -109,10 +115,12 @@ asio::awaitable<void> component_group::start() {
       m.process->fail_before_start("dependency \"" + failed_dependency + "\" is not running");
       continue;
     }
+    m.running_by = std::chrono::steady_clock::now() + m.patience;
     asio::co_spawn(executor_, m.process->run(), asio::detached);
   }
-  // Started: now until each is running, has failed for good, or ran out of patience.
-  for (member& m : members_) co_await m.process->wait_running(m.patience);
+  // Started: now until each is running, has failed for good, or ran out of patience. Each
+  // deadline is absolute, so a component already waited for costs nothing more here.
+  for (member& m : members_) co_await m.process->wait_running(remaining(m));
 }
 
 asio::awaitable<void> component_group::stop() {

@@ -63,9 +63,11 @@ class component_group {
     std::string name;
     std::vector<std::string> depends_on;
     std::unique_ptr<supervised_process> process;
-    duration patience;  // how long a dependent waits for it to be running
+    duration patience;  // how long it may take to be running, once started
+    std::chrono::steady_clock::time_point running_by{};  // its start + patience
   };
   member* find(const std::string& name);
+  static duration remaining(const member& m);
 
   asio::any_io_executor executor_;
   std::vector<member> members_;  // in start order

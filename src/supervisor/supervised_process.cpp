@@ -105,6 +105,7 @@ asio::awaitable<bool> supervised_process::wait_running(duration timeout) {
 }
 
 void supervised_process::fail_before_start(std::string why) {
+  if (state_ != state::pending) return;  // stopped meanwhile (shut-down): nothing to fail
   record_error(std::move(why));
   set_state(state::failed);
 }
@@ -119,7 +120,26 @@ asio::awaitable<void> supervised_process::await_readiness(unsigned generation) {
     try {
       proc::child check = proc::spawn(
           executor_, {settings_.ready_command, settings_.extra_env, settings_.unset_env});
+      // A check that hangs is killed (its whole group) at the deadline, or by stop().
+      struct limit {
+        asio::steady_timer timer;
+        bool done = false;  // set before the cancel: a kill already queued must not fire
+      };
+      auto bound = std::make_shared<limit>(limit{asio::steady_timer(executor_, deadline)});
+      const pid_t check_pid = check.pid();
+      asio::co_spawn(
+          executor_,
+          [bound, check_pid]() -> asio::awaitable<void> {
+            std::error_code ec;
+            co_await bound->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (!bound->done) ::kill(-check_pid, SIGKILL);
+          },
+          asio::detached);
+      check_pid_ = check_pid;
       const proc::exit_status status = co_await reaper_.wait(check);
+      check_pid_ = 0;
+      bound->done = true;
+      bound->timer.cancel();
       if (status.success()) {
         if (current()) set_state(state::running);
         co_return;
@@ -207,8 +227,8 @@ asio::awaitable<void> supervised_process::run() {
     if (!delay) {
       // Ended for good: by policy, or the circuit breaker gave up on it.
       final_status_ = status;
+      running_loop_ = false;  // before the state: wait_final() checks both when woken
       set_state(status.success() && !breaker_open_ ? state::stopped : state::failed);
-      running_loop_ = false;
       notify_exit();
       co_return;
     }
@@ -222,8 +242,8 @@ asio::awaitable<void> supervised_process::run() {
     }
     next_delay_.reset();
   }
-  set_state(state::stopped);
   running_loop_ = false;
+  set_state(state::stopped);
   notify_exit();
 }
 
@@ -256,27 +276,48 @@ bool supervised_process::forward_signal(int signal) {
 asio::awaitable<void> supervised_process::stop() {
   stop_requested_ = true;
   delay_.cancel();  // a pending restart will not happen
+  if (stop_started_) {
+    // Another stop() is at work (shut-down and an API call, say): wait for it to finish.
+    co_await wait_final();
+    co_return;
+  }
+  stop_started_ = true;
   if (!running_loop_) {
     if (state_ == state::pending) set_state(state::stopped);
     co_return;
   }
   set_state(state::stopping);
-  std::error_code ec;
-  if (pid_ != 0) {
-    forward_signal(SIGTERM);
-    // Wait for the exit or the deadline, whichever comes first.
-    exited_.expires_after(settings_.timeout_stop);
+  if (check_pid_ != 0) ::kill(-check_pid_, SIGKILL);  // a readiness check has no grace
+  const pid_t group = pid_;
+  if (group != 0) {
+    const auto deadline = clock::now() + settings_.timeout_stop;
+    ::kill(-group, SIGTERM);
+    // The leader's exit, or the deadline.
+    std::error_code ec;
+    exited_.expires_at(deadline);
     co_await exited_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    if (pid_ != 0 && !ec) {
-      // The grace period is over; SIGKILL cannot be caught or ignored.
-      forward_signal(SIGKILL);
+    // Others of its group may outlive the leader: they get the rest of the grace period (the
+    // group id stays theirs while any of them lives, so it cannot be reused meanwhile), then
+    // SIGKILL like the leader would have.
+    asio::steady_timer poll(executor_);
+    while (::kill(-group, 0) == 0 && clock::now() < deadline) {
+      poll.expires_after(std::chrono::milliseconds(5));
+      co_await poll.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
+    ::kill(-group, SIGKILL);  // the grace period is over; nothing of the group survives it
   }
   // Until run() has returned: the exit is collected and the state settled.
-  while (running_loop_) {
-    exited_.expires_at(clock::time_point::max());
-    co_await exited_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  co_await wait_final();
+}
+
+asio::awaitable<void> supervised_process::wait_final() {
+  asio::steady_timer wake(executor_, clock::time_point::max());
+  waiters_.push_back(&wake);
+  while (running_loop_ || (state_ != state::stopped && state_ != state::failed)) {
+    std::error_code ec;
+    co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
+  std::erase(waiters_, &wake);
 }
 
 namespace {

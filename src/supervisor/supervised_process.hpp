@@ -147,6 +147,7 @@ class supervised_process {
 
  private:
   void set_state(state s);
+  asio::awaitable<void> wait_final();      // until run() returned and the state is final
   void record_error(std::string message);  // last_error_, and the bounded history
   asio::awaitable<void> await_readiness(unsigned generation);
   void notify_exit();
@@ -159,6 +160,8 @@ class supervised_process {
   unsigned restarts_ = 0;
   bool stop_requested_ = false;
   bool running_loop_ = false;
+  bool stop_started_ = false;  // the first stop() does the work; later ones wait for it
+  pid_t check_pid_ = 0;        // a ready_command running now, or 0
   std::optional<wall_time> started_at_;
   std::chrono::steady_clock::time_point started_steady_{};
   std::optional<proc::exit_status> last_exit_;

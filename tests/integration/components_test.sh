@@ -74,6 +74,26 @@ done
 [[ $(head -n1 order) == db ]] || fail "start order after restart: $(cat order)"
 sm_stop
 
+# A ready_command that hangs is killed at ready_timeout, the component counts as failing to
+# start, and shut-down is not held up by a check (nothing of it is left behind).
+mkdir hang && cd hang
+sm_start --restart-delay 0
+req POST /config -d '{"storage": {"bucket": "bkt", "endpoint": "file:///x"}, "stacks": ["slow"],
+  "components": {"slow": {"command": ["sleep", "1000"], "ready_command": ["sleep", "987652"],
+                          "ready_timeout": "1s"}}}'
+expect_status 200
+end=$((SECONDS + DEADLINE))
+until req GET / && python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["components"]["slow"]; sys.exit(0 if any("not ready after 1s" in e["message"] for e in c["errors"]) else 1)' "$BODY_FILE"; do
+  ((SECONDS < end)) || fail "the hanging check was not cut off: $BODY"
+  sleep 0.1
+done
+# Restarted at once, it hangs in a new check right now; shut-down kills that at once.
+pgrep -f 'sleep 987652' >/dev/null || fail "expected a check to be running"
+sm_stop
+((SM_EXIT == 0)) || fail "exit $SM_EXIT"
+pgrep -f 'sleep 987652' >/dev/null && fail "a ready_command outlived state-manager: $(pgrep -af 'sleep 987652')"
+cd ..
+
 # Bad declarations are 400 with their paths, and nothing is started.
 mkdir bad && cd bad
 sm_start

@@ -133,6 +133,21 @@ sm_stop
 [[ ! -d /proc/$stubborn ]] || fail "pid $stubborn survived"
 cd ..
 
+# --- Stop reaches the whole group: one that ignores SIGTERM and outlives the leader is killed
+# at the deadline too, not left running. ------------------------------------------------------
+mkdir group && cd group
+sm_start --restart never --timeout-stop 1s -- sh -c '(trap "" TERM; exec sleep 987653) & exec sleep 1000'
+wait_for 'j["process"]["state"] == "running"'
+end=$((SECONDS + DEADLINE))
+until pgrep -f 'sleep 987653' >/dev/null; do ((SECONDS < end)) || fail "no group member"; sleep 0.05; done
+sm_stop
+end=$((SECONDS + DEADLINE))
+while pgrep -f 'sleep 987653' >/dev/null; do
+  ((SECONDS < end)) || fail "a member of COMMAND's group survived the stop: $(pgrep -af 'sleep 987653')"
+  sleep 0.05
+done
+cd ..
+
 # --- Signals other than TERM/INT reach COMMAND. ------------------------------------------
 mkdir forward && cd forward
 signals="HUP QUIT USR1 USR2 WINCH ALRM URG IO PWR VTALRM PROF XCPU XFSZ TSTP TTIN TTOU CONT"
