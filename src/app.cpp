@@ -172,6 +172,9 @@ int run_app(const options& opts) {
   std::signal(SIGPIPE, SIG_IGN);
 
   asio::io_context io(1);
+  // First of all: from here on SIGTERM and SIGINT are caught (and queued until the shut-down
+  // handler below waits for them), so a signal during start-up is not lost, even as PID 1.
+  asio::signal_set stop_signals(io, SIGTERM, SIGINT);
   api::environment env({opts.data_dir, opts.tmp_dir});
   api::api_options api_opts;
   event_bus events(io.get_executor());
@@ -400,7 +403,6 @@ int run_app(const options& opts) {
   bool signals_closed = false;  // set at the end of shut-down: no handler may wait again
   // Signals. TERM and INT shut down (a second one exits at once, for the operator who really
   // means it); the other catchable ones are forwarded to COMMAND's process group.
-  asio::signal_set stop_signals(io, SIGTERM, SIGINT);
   // Forwarded through a signalfd: one wake and one read per signal, tini's path in effect.
   proc::signal_stream forwarded(
       io.get_executor(),
