@@ -7,21 +7,13 @@ sm_start --restart-delay 0 -- sleep 1000
 curl -sN --max-time 60 "$SM_URL/events" >events.txt &
 curl_pid=$!
 STARTED_PIDS+=("$curl_pid")
-end=$((SECONDS + DEADLINE))
-until grep -q 'state-manager events' events.txt; do
-  ((SECONDS < end)) || fail "the stream did not open: $(cat events.txt)"
-  sleep 0.05
-done
+wait_until "the event stream to open" grep -q 'state-manager events' events.txt
 
 # A crash and a restart, a configuration, a shut-down.
 req GET /
 first=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["process"]["pid"])' "$BODY_FILE")
 kill -TERM "$first"
-end=$((SECONDS + DEADLINE))
-until grep -q '"old":"starting"' events.txt; do
-  ((SECONDS < end)) || fail "no restart events: $(cat events.txt)"
-  sleep 0.05
-done
+wait_until "the restart's events" grep -q '"old":"starting"' events.txt
 req POST /config -d "$(file_config)"
 expect_status 200
 sm_stop

@@ -11,6 +11,7 @@
 #   req METHOD PATH [CURL ARGS...]   sets STATUS, BODY, BODY_FILE, HEADERS (a file)
 #   expect_status CODE, expect_json PY_EXPR, expect_header NAME VALUE_REGEX, fail MESSAGE
 #   run_cli [ARGS...]    run the binary to completion; sets CLI_EXIT, CLI_OUT, CLI_ERR (files)
+#   wait_until WHAT COMMAND...   poll COMMAND until it succeeds, or fail after DEADLINE
 set -euo pipefail
 
 : "${STATE_MANAGER_BIN:?STATE_MANAGER_BIN must name the state-manager binary}"
@@ -111,6 +112,17 @@ sm_start() {
   done
   SM_PORT=$port
   SM_URL=http://127.0.0.1:$port
+}
+
+# wait_until WHAT COMMAND...: runs COMMAND every 50 ms until it succeeds; fails, naming WHAT,
+# once DEADLINE seconds have passed. Never a fixed sleep as an assertion.
+wait_until() {
+  local what=$1 end=$((SECONDS + DEADLINE))
+  shift
+  until "$@"; do
+    ((SECONDS < end)) || fail "waited ${DEADLINE}s for $what"
+    sleep 0.05
+  done
 }
 
 # Sends SIGTERM (or the signal in $2) to $1 (default SM_PID) and waits; SM_EXIT is its status.

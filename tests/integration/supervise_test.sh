@@ -55,8 +55,7 @@ grep -qx '\[sh\] err' "$CLI_ERR" || fail "prefixed stderr missing: $(cat "$CLI_E
 # pipes); what state-manager itself inherited passes through, as with any init. -------------
 mkdir fds && cd fds
 sm_start -- sh -c 'ls -l /proc/$$/fd >fds.txt; exec sleep 1000'
-end=$((SECONDS + DEADLINE))
-until [[ -s fds.txt ]]; do ((SECONDS < end)) || fail "COMMAND did not list its fds"; sleep 0.05; done
+wait_until "COMMAND to list its fds" test -s fds.txt
 extra=$(awk 'NR > 1 && $9 !~ /^[012]$/ && $11 ~ /^(socket|pipe|anon_inode):/' fds.txt)
 [[ -z $extra ]] || fail "COMMAND inherited descriptors of ours: $extra"
 sm_stop
@@ -138,8 +137,7 @@ cd ..
 mkdir group && cd group
 sm_start --restart never --timeout-stop 1s -- sh -c '(trap "" TERM; exec sleep 987653) & exec sleep 1000'
 wait_for 'j["process"]["state"] == "running"'
-end=$((SECONDS + DEADLINE))
-until pgrep -f 'sleep 987653' >/dev/null; do ((SECONDS < end)) || fail "no group member"; sleep 0.05; done
+wait_until "the group member to start" pgrep -f "sleep 987653"
 sm_stop
 end=$((SECONDS + DEADLINE))
 while pgrep -f 'sleep 987653' >/dev/null; do
@@ -164,8 +162,7 @@ with open("got", "a") as f:
 while True:
     signal.pause()
 ' $signals
-end=$((SECONDS + DEADLINE))
-until [[ -s got ]]; do ((SECONDS < end)) || fail "COMMAND never started"; sleep 0.05; done
+wait_until "COMMAND to start" test -s got
 for s in $signals; do
   kill "-$s" "$SM_PID"
   end=$((SECONDS + DEADLINE))
