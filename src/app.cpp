@@ -245,7 +245,8 @@ int run_app(const options& opts) {
                     {{"requested", std::to_string(opts.max_connections)},
                      {"max_connections", std::to_string(limits.max_connections)}});
         }
-        server.emplace(io.get_executor(), limits, api::make_handler(env, api_opts));
+        server.emplace(io.get_executor(), limits, api::make_handler(env, api_opts),
+                       api::make_head_check(api_opts));
         const auto bound =
             server->listen({asio::ip::make_address(opts.address.host), opts.address.port});
         log::info("listening", {{"address", format_endpoint(bound)},

@@ -92,6 +92,26 @@ std::optional<std::string> checkpoint_id_of(const json& body, bool required, res
   return text;
 }
 
+bool authorized(const request& req, const std::string& token) {
+  std::optional<std::string_view> header = req.header("authorization");
+  if (!header || header->size() < 7 || !http::iequals(header->substr(0, 7), "bearer ")) {
+    return false;
+  }
+  std::string_view given = header->substr(7);
+  while (!given.empty() && given.front() == ' ') given.remove_prefix(1);
+  return constant_time_equal(given, token);
+}
+
+// 401 for a request that needs the token and lacks it; nullopt otherwise. GET and HEAD
+// /healthz never need it.
+std::optional<response> refuse_unauthorized(const request& req, const api_options& options) {
+  const bool health = req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD");
+  if (!options.token || health || authorized(req, *options.token)) return std::nullopt;
+  response r = json_error(401, "unauthorized: send \"Authorization: Bearer <token>\"");
+  r.with_header("WWW-Authenticate", "Bearer realm=\"state-manager\"");
+  return r;
+}
+
 class api {
  public:
   api(environment& env, api_options options) : env_(env), options_(std::move(options)) {
@@ -116,27 +136,12 @@ class api {
   }
 
   asio::awaitable<response> handle(const request& req) {
-    const bool health = req.path == "/healthz" && (req.method == "GET" || req.method == "HEAD");
-    if (options_.token && !health && !authorized(req)) {
-      response r = json_error(401, "unauthorized: send \"Authorization: Bearer <token>\"");
-      r.with_header("WWW-Authenticate", "Bearer realm=\"state-manager\"");
-      co_return r;
-    }
+    if (std::optional<response> refusal = refuse_unauthorized(req, options_)) co_return *refusal;
     co_return co_await http::dispatch(routes_, req);
   }
 
  private:
   using params = http::path_params;
-
-  bool authorized(const request& req) const {
-    std::optional<std::string_view> header = req.header("authorization");
-    if (!header || header->size() < 7 || !http::iequals(header->substr(0, 7), "bearer ")) {
-      return false;
-    }
-    std::string_view given = header->substr(7);
-    while (!given.empty() && given.front() == ' ') given.remove_prefix(1);
-    return constant_time_equal(given, *options_.token);
-  }
 
   asio::awaitable<response> get_status(const request&, const params&) {
     co_return json_response(200, env_.status());
@@ -267,6 +272,12 @@ class api {
 };
 
 }  // namespace
+
+http::head_check make_head_check(api_options options) {
+  return [options = std::move(options)](const request& head) {
+    return refuse_unauthorized(head, options);
+  };
+}
 
 http::request_handler make_handler(environment& env, api_options options) {
   auto shared = std::make_shared<api>(env, std::move(options));

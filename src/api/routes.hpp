@@ -27,5 +27,7 @@ struct api_options {
 
 // The request handler for http::server. `env` must outlive it.
 http::request_handler make_handler(environment& env, api_options options);
+// The head check for http::server: refuses a request without the token before its body.
+http::head_check make_head_check(api_options options);
 
 }  // namespace sm::api

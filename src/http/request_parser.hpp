@@ -49,6 +49,8 @@ class request_parser {
   const std::string& error_message() const { return error_message_; }
 
   request take_request() { return std::move(request_); }
+  // Once headers_complete(): the request so far (method, target, headers; no body yet).
+  const request& head() const { return request_; }
   void reset();
 
  private:

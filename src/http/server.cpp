@@ -78,10 +78,12 @@ asio::awaitable<response> dispatch(const router& routes, const request& req) {
   co_return error_response(404, "not found");
 }
 
-server::server(asio::any_io_executor executor, server_limits limits, request_handler handler)
+server::server(asio::any_io_executor executor, server_limits limits, request_handler handler,
+               head_check check)
     : executor_(executor),
       limits_(limits),
       handler_(std::move(handler)),
+      check_(std::move(check)),
       acceptor_(executor),
       drained_(executor) {}
 
@@ -235,6 +237,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
   std::string head;
   head.reserve(256);
   bool continue_sent = false;
+  bool head_checked = false;          // check_ has seen the current request's head
   bool request_deadline_set = false;  // the current request's header_timeout is armed
   std::error_code ec;
 
@@ -254,8 +257,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
   // An error answer, then a lingering close: stop sending, and read and drop what the client
   // still sends for a moment, because closing with unread input makes the kernel send a reset
   // that can destroy the answer before the client reads it.
-  auto fail_and_close = [&](int status, std::string_view message) -> asio::awaitable<void> {
-    response res = error_response(status, message);
+  auto fail_and_close = [&](response res) -> asio::awaitable<void> {
     res.close = true;
     if (!co_await send(res, false, false, 1) && ec) co_return;
     c->socket.shutdown(asio::socket_base::shutdown_send, ec);
@@ -280,6 +282,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
         parser.reset();
         request_deadline_set = false;
         continue_sent = false;
+        head_checked = false;
         c->set_deadline(never);  // the handler is ours; it is not the client being slow
         response res;
         try {
@@ -295,13 +298,22 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
         }
         open = co_await send(res, req.keep_alive, req.method == "HEAD", req.version_minor);
       } else if (result.state == request_parser::status::error) {
-        co_await fail_and_close(parser.error_status(), parser.error_message());
+        co_await fail_and_close(error_response(parser.error_status(), parser.error_message()));
         co_return;
       }
     }
     if (!open) co_return;
     begin = end = 0;  // the parser copies what it keeps: the buffer is free again
 
+    // Headers in, body still to come: a request that will be refused anyway (no token, say)
+    // is answered now, before the client is invited to send, or sends, its body.
+    if (!head_checked && check_ && parser.headers_complete()) {
+      head_checked = true;
+      if (std::optional<response> refusal = check_(parser.head())) {
+        co_await fail_and_close(std::move(*refusal));
+        co_return;
+      }
+    }
     if (!continue_sent && parser.headers_complete() && parser.expects_continue()) {
       static constexpr std::string_view go_on = "HTTP/1.1 100 Continue\r\n\r\n";
       co_await asio::async_write(c->socket, asio::buffer(go_on),
@@ -329,7 +341,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
     // cancel then changed nothing, so the flag, not the error code, is what says "too late".
     if (c->timed_out) {
       c->timed_out = false;
-      if (!was_idle) co_await fail_and_close(408, "request timed out");
+      if (!was_idle) co_await fail_and_close(error_response(408, "request timed out"));
       co_return;
     }
     if (ec) co_return;

@@ -7,6 +7,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <optional>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
@@ -32,13 +33,17 @@ struct server_limits {
 };
 
 using request_handler = std::function<asio::awaitable<response>(const request&)>;
+// Looks at a request whose headers are in and whose body is not: an answer refuses it then and
+// there (before "100 Continue", before reading the body), nullopt lets it go on.
+using head_check = std::function<std::optional<response>(const request& head)>;
 
 // Routes a request: the handler's answer, or 404, 405 (with Allow) or 400 for a bad path.
 asio::awaitable<response> dispatch(const router& routes, const request& req);
 
 class server {
  public:
-  server(asio::any_io_executor executor, server_limits limits, request_handler handler);
+  server(asio::any_io_executor executor, server_limits limits, request_handler handler,
+         head_check check = {});
   ~server();
 
   // Binds and listens (SO_REUSEADDR); throws std::system_error. Returns the bound endpoint,
@@ -64,6 +69,7 @@ class server {
   asio::any_io_executor executor_;
   server_limits limits_;
   request_handler handler_;
+  head_check check_;
   asio::ip::tcp::acceptor acceptor_;
   std::list<connection*> connections_;  // live connections, for stop(); each erases itself
   asio::steady_timer drained_;          // cancelled when the last connection ends in stop()

@@ -62,6 +62,27 @@ expect_status 200
 sm_stop
 cd ..
 
+# Refused before the body: without the token, a client announcing a large body with
+# "Expect: 100-continue" gets its 401 at once, never an invitation to upload.
+mkdir early && cd early
+printf 'early-token\n' >token
+sm_start --token-file token
+sm_python <<'PY' || fail "401 before the body"
+import rawhttp
+s = rawhttp.connect()
+s.sendall(b"POST /config HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n"
+          b"Expect: 100-continue\r\n\r\n")
+status, headers, _ = rawhttp.Reader(s).response()
+assert status == 401, status
+assert headers.get("connection") == "close", headers
+s = rawhttp.connect()
+s.sendall(b"POST /config HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer early-token\r\n"
+          b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+assert s.recv(64).startswith(b"HTTP/1.1 100 Continue"), "no 100 Continue with the token"
+PY
+sm_stop
+cd ..
+
 # A missing or unreadable token file: exit 1 (or 2) with a message naming the problem.
 for token_file in missing-token "$TEST_DIR"; do
   run_cli --listen 127.0.0.1:0 --token-file "$token_file"
