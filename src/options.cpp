@@ -26,6 +26,13 @@ std::string set_duration(duration& target, const std::string& value) {
   return {};
 }
 
+// A duration that must be more than zero (a zero timeout or window would mean "never").
+std::string set_positive_duration(duration& target, const std::string& value) {
+  std::string e = set_duration(target, value);
+  if (e.empty() && target.count() == 0) return "must be more than 0";
+  return e;
+}
+
 std::optional<bool> parse_bool(const std::string& value) {
   if (value == "1" || value == "true" || value == "yes" || value == "on") return true;
   if (value == "0" || value == "false" || value == "no" || value == "off") return false;
@@ -79,11 +86,7 @@ const flag flags[] = {
        return {};
      }},
     {"restart-window", true,
-     [](options& o, const std::string& v) -> std::string {
-       std::string e = set_duration(o.restart_window, v);
-       if (e.empty() && o.restart_window.count() == 0) return "must be more than 0";
-       return e;
-     }},
+     [](options& o, const std::string& v) { return set_positive_duration(o.restart_window, v); }},
     {"wait-for-config", false,
      [](options& o, const std::string& v) -> std::string {
        std::optional<bool> b = parse_bool(v);
@@ -119,17 +122,9 @@ const flag flags[] = {
        return {};
      }},
     {"header-timeout", true,
-     [](options& o, const std::string& v) -> std::string {
-       std::string e = set_duration(o.header_timeout, v);
-       if (e.empty() && o.header_timeout.count() == 0) return "must be more than 0";
-       return e;
-     }},
+     [](options& o, const std::string& v) { return set_positive_duration(o.header_timeout, v); }},
     {"idle-timeout", true,
-     [](options& o, const std::string& v) -> std::string {
-       std::string e = set_duration(o.idle_timeout, v);
-       if (e.empty() && o.idle_timeout.count() == 0) return "must be more than 0";
-       return e;
-     }},
+     [](options& o, const std::string& v) { return set_positive_duration(o.idle_timeout, v); }},
     {"max-connections", true,
      [](options& o, const std::string& v) -> std::string {
        std::size_t n = 0;
