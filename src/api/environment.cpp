@@ -132,7 +132,8 @@ json environment::status() const {
       {"components", components_view ? components_view() : json::object()},
       {"lease", nullptr},
       {"operation", nullptr},
-      {"checkpoints", {{"count", 0}, {"latest", nullptr}}},
+      // null until checkpoints exist: a count nobody computed would answer as if they did.
+      {"checkpoints", nullptr},
       {"version", STATE_MANAGER_VERSION},
   };
 }
