@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <system_error>
 
+#include <asio/buffer.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -30,20 +32,22 @@ signal_stream::signal_stream(asio::any_io_executor executor, std::initializer_li
     : fd_(executor, open_signalfd(signals)) {}
 
 asio::awaitable<int> signal_stream::next() {
+  // async_read_some, not a readiness wait and our own read: the reactor reads as soon as
+  // epoll reports the fd, and re-arming costs no epoll_ctl (a wait re-registers every time).
+  // That keeps the path from a signal to its forwarding, and back to epoll_wait, at the
+  // syscalls tini makes.
+  static_assert(sizeof(signalfd_siginfo) == 128);
   while (pending_.empty() && !closed_) {
-    signalfd_siginfo records[16];
-    const ssize_t n = ::read(fd_.native_handle(), records, sizeof records);
-    if (n > 0) {
-      for (ssize_t i = 0; i < n / ssize_t(sizeof records[0]); ++i) {
-        pending_.push_back(int(records[i].ssi_signo));
-      }
-      break;
-    }
-    if (n < 0 && errno != EAGAIN && errno != EINTR) co_return 0;
     std::error_code ec;
-    co_await fd_.async_wait(asio::posix::stream_descriptor::wait_read,
-                            asio::redirect_error(asio::use_awaitable, ec));
-    if (ec && ec != asio::error::operation_aborted) co_return 0;
+    const std::size_t n = co_await fd_.async_read_some(
+        asio::buffer(records_), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::interrupted || ec == asio::error::would_block) continue;
+    if (ec) co_return 0;  // closed (operation_aborted) or a broken fd
+    for (std::size_t at = 0; at + sizeof(signalfd_siginfo) <= n; at += sizeof(signalfd_siginfo)) {
+      signalfd_siginfo record;
+      std::memcpy(&record, records_.data() + at, sizeof record);
+      pending_.push_back(int(record.ssi_signo));
+    }
   }
   if (closed_ || pending_.empty()) co_return 0;
   const int signal = pending_.front();

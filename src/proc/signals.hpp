@@ -3,6 +3,8 @@
 // read, with no signal handler and no self-pipe in between.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <deque>
 #include <initializer_list>
 
@@ -23,6 +25,8 @@ class signal_stream {
 
  private:
   asio::posix::stream_descriptor fd_;
+  // Room for 16 signalfd_siginfo records (128 bytes each), read in one go.
+  alignas(8) std::array<std::byte, 16 * 128> records_{};
   std::deque<int> pending_;  // read in a batch, handed out one by one
   bool closed_ = false;
 };
