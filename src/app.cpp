@@ -133,6 +133,12 @@ void log_process_state(std::string_view who_name, const supervisor::supervised_p
     case state::running:
       log::info(who + " running", {{"pid", s["pid"].dump()}});
       break;
+    case state::degraded:
+      log::warn(who + " degraded",
+                {{"pid", s["pid"].dump()},
+                 {"error",
+                  s["last_error"].is_null() ? std::string() : s["last_error"].get<std::string>()}});
+      break;
     case state::restarting:
     case state::failed:
     case state::stopped:
@@ -270,6 +276,8 @@ int run_app(const options& opts) {
     using state = supervisor::supervised_process::state;
     if (shut_down) return "stopped";
     if (shutting_down) return "stopping";
+    // Applying a configuration (COMMAND may be stopping for it): the system is starting.
+    if (env.applying()) return "starting";
     if (!env.configured()) return "unconfigured";
     // COMMAND and the components, cascaded (a COMMAND held back by --wait-for-config is
     // about to start).
@@ -308,7 +316,16 @@ int run_app(const options& opts) {
     return components ? components->status() : nlohmann::json::object();
   };
   // Configured (at boot or by POST /config): the components start, in dependency order.
+  bool process_started = false;  // COMMAND's run() was started (and has not been re-armed)
   env.initialise_components = [&](const config::configuration& c) -> asio::awaitable<void> {
+    // COMMAND ran before there was a configuration: it is stopped first, so that it never sees
+    // state from before the restore, and starts again once the components are up (DESIGN.md
+    // 2.1a). Its history (restarts, last exit) stays.
+    if (process && process_started && !shutting_down) {
+      log::info("stopping COMMAND to apply the configuration");
+      co_await process->stop();
+      if (!shutting_down && process->rearm()) process_started = false;
+    }
     components = std::make_unique<supervisor::component_group>(
         io.get_executor(), reaper, c,
         supervisor::component_group::defaults{opts.restart_delay, opts.timeout_stop,
@@ -342,7 +359,6 @@ int run_app(const options& opts) {
   };
 
   // COMMAND runs from now on, or from the first applied configuration with --wait-for-config.
-  bool process_started = false;
   auto start_process = [&] {
     if (!process || process_started || shutting_down) return;
     process_started = true;

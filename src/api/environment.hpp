@@ -54,6 +54,8 @@ class environment {
   asio::awaitable<apply_result> apply(const nlohmann::json& document);
 
   bool configured() const { return config_.has_value(); }
+  // A POST /config is at work (saving, restarting COMMAND, starting the components).
+  bool applying() const { return applying_; }
   const config::configuration* current() const { return config_ ? &*config_ : nullptr; }
   const environment_paths& paths() const { return paths_; }
 

@@ -303,8 +303,8 @@ void parse_components(checker& check, const json& doc, configuration& out) {
       continue;
     }
     check.only_known(spec, path,
-                     {"command", "ready_command", "ready_timeout", "restart_delay", "timeout_stop",
-                      "env", "depends_on"});
+                     {"command", "ready_command", "ready_timeout", "health_interval",
+                      "restart_delay", "timeout_stop", "env", "depends_on"});
     component_config component;
     if (!spec.contains("command")) {
       check.add(path + ".command", "required");
@@ -325,6 +325,16 @@ void parse_components(checker& check, const json& doc, configuration& out) {
     if (spec.contains("ready_timeout")) {
       component.ready_timeout =
           check.duration_value(spec["ready_timeout"], path + ".ready_timeout");
+    }
+    if (spec.contains("health_interval")) {
+      const std::string at = path + ".health_interval";
+      component.health_interval = check.duration_value(spec["health_interval"], at);
+      if (component.health_interval && component.health_interval->count() == 0) {
+        check.add(at, "must be more than 0 (leave it out for no health checks)");
+      }
+      if (!spec.contains("ready_command")) {
+        check.add(at, "the health check is the ready_command: declare one");
+      }
     }
     if (spec.contains("restart_delay")) {
       component.restart_delay =
@@ -476,6 +486,7 @@ json to_redacted_json(const configuration& config) {
     json spec = {{"command", c.command}};
     if (!c.ready_command.empty()) spec["ready_command"] = c.ready_command;
     if (c.ready_timeout) spec["ready_timeout"] = format_duration(*c.ready_timeout);
+    if (c.health_interval) spec["health_interval"] = format_duration(*c.health_interval);
     if (c.restart_delay) spec["restart_delay"] = format_duration(*c.restart_delay);
     if (c.timeout_stop) spec["timeout_stop"] = format_duration(*c.timeout_stop);
     if (!c.env.empty()) {

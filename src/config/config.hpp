@@ -37,13 +37,14 @@ struct storage_config {
 
 // A supervised process declared under "components" and named in "stacks".
 struct component_config {
-  std::vector<std::string> command;        // non-empty
-  std::vector<std::string> ready_command;  // empty: ready once started
-  std::optional<duration> ready_timeout;   // unset: 30s
-  std::optional<duration> restart_delay;   // unset: the command line's --restart-delay
-  std::optional<duration> timeout_stop;    // unset: the command line's --timeout-stop
-  std::map<std::string, std::string> env;  // added to the inherited environment
-  std::vector<std::string> depends_on;     // other components, started first
+  std::vector<std::string> command;         // non-empty
+  std::vector<std::string> ready_command;   // empty: ready once started
+  std::optional<duration> ready_timeout;    // unset: 30s
+  std::optional<duration> health_interval;  // unset: no health checks once running
+  std::optional<duration> restart_delay;    // unset: the command line's --restart-delay
+  std::optional<duration> timeout_stop;     // unset: the command line's --timeout-stop
+  std::map<std::string, std::string> env;   // added to the inherited environment
+  std::vector<std::string> depends_on;      // other components, started first
 };
 
 struct configuration {

@@ -65,6 +65,7 @@ component_group::component_group(asio::any_io_executor executor, proc::reaper& r
     settings.restart_delay = c.restart_delay.value_or(d.restart_delay);
     settings.timeout_stop = c.timeout_stop.value_or(d.timeout_stop);
     if (c.ready_timeout) settings.ready_timeout = *c.ready_timeout;
+    if (c.health_interval) settings.health_interval = *c.health_interval;
     if (d.log_prefix) settings.output_prefix = "[" + name + "] ";
     // Time to start (and become ready, if it has a check), and fail and be restarted once.
     const duration patience =

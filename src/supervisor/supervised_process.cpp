@@ -32,6 +32,8 @@ std::string_view supervised_process::name_of(state s) {
       return "starting";
     case state::running:
       return "running";
+    case state::degraded:
+      return "degraded";
     case state::restarting:
       return "restarting";
     case state::stopping:
@@ -95,13 +97,14 @@ asio::awaitable<bool> supervised_process::wait_running(duration timeout) {
   asio::steady_timer wake(executor_, clock::now() + timeout);
   waiters_.push_back(&wake);
   // Check, then wait, in one turn: a change cannot slip in between.
-  while (state_ != state::running && state_ != state::failed && state_ != state::stopped) {
+  auto up = [&] { return state_ == state::running || state_ == state::degraded; };
+  while (!up() && state_ != state::failed && state_ != state::stopped) {
     std::error_code ec;
     co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (!ec) break;  // the deadline, not a change
   }
   std::erase(waiters_, &wake);
-  co_return state_ == state::running;
+  co_return up();
 }
 
 void supervised_process::fail_before_start(std::string why) {
@@ -110,47 +113,54 @@ void supervised_process::fail_before_start(std::string why) {
   set_state(state::failed);
 }
 
+asio::awaitable<std::string> supervised_process::run_check(clock::time_point deadline) {
+  try {
+    proc::child check =
+        proc::spawn(executor_, {settings_.ready_command, settings_.extra_env, settings_.unset_env});
+    // A check that hangs is killed (its whole group) at the deadline, or by stop().
+    struct limit {
+      asio::steady_timer timer;
+      bool done = false;  // set before the cancel: a kill already queued must not fire
+    };
+    auto bound = std::make_shared<limit>(limit{asio::steady_timer(executor_, deadline)});
+    const pid_t check_pid = check.pid();
+    asio::co_spawn(
+        executor_,
+        [bound, check_pid]() -> asio::awaitable<void> {
+          std::error_code ec;
+          co_await bound->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+          if (!bound->done) ::kill(-check_pid, SIGKILL);
+        },
+        asio::detached);
+    check_pid_ = check_pid;
+    const proc::exit_status status = co_await reaper_.wait(check);
+    check_pid_ = 0;
+    bound->done = true;
+    bound->timer.cancel();
+    if (status.success()) co_return std::string();
+    co_return "ready_command " + (status.signal
+                                      ? std::string("killed by a signal")
+                                      : "exited with code " + std::to_string(status.code));
+  } catch (const std::system_error& e) {
+    co_return std::string("ready_command: ") + e.what();
+  }
+}
+
 asio::awaitable<void> supervised_process::await_readiness(unsigned generation) {
   const auto deadline = clock::now() + settings_.ready_timeout;
   asio::steady_timer pause(executor_);
   // Each check stops being ours as soon as the process it checks is gone.
   auto current = [&] { return generation == generation_ && state_ == state::starting; };
   while (current()) {
-    std::string failure;
-    try {
-      proc::child check = proc::spawn(
-          executor_, {settings_.ready_command, settings_.extra_env, settings_.unset_env});
-      // A check that hangs is killed (its whole group) at the deadline, or by stop().
-      struct limit {
-        asio::steady_timer timer;
-        bool done = false;  // set before the cancel: a kill already queued must not fire
-      };
-      auto bound = std::make_shared<limit>(limit{asio::steady_timer(executor_, deadline)});
-      const pid_t check_pid = check.pid();
-      asio::co_spawn(
-          executor_,
-          [bound, check_pid]() -> asio::awaitable<void> {
-            std::error_code ec;
-            co_await bound->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-            if (!bound->done) ::kill(-check_pid, SIGKILL);
-          },
-          asio::detached);
-      check_pid_ = check_pid;
-      const proc::exit_status status = co_await reaper_.wait(check);
-      check_pid_ = 0;
-      bound->done = true;
-      bound->timer.cancel();
-      if (status.success()) {
-        if (current()) set_state(state::running);
-        co_return;
-      }
-      failure =
-          "ready_command " + (status.signal ? std::string("killed by a signal")
-                                            : "exited with code " + std::to_string(status.code));
-    } catch (const std::system_error& e) {
-      failure = std::string("ready_command: ") + e.what();
-    }
+    const std::string failure = co_await run_check(deadline);
     if (!current()) co_return;
+    if (failure.empty()) {
+      set_state(state::running);
+      if (settings_.health_interval.count() > 0) {
+        asio::co_spawn(executor_, watch_health(generation), asio::detached);
+      }
+      co_return;
+    }
     if (clock::now() >= deadline) {
       record_error("not ready after " + format_duration(settings_.ready_timeout) + ": " + failure);
       forward_signal(SIGKILL);  // a failed start: the policy decides what comes next
@@ -159,6 +169,33 @@ asio::awaitable<void> supervised_process::await_readiness(unsigned generation) {
     pause.expires_after(std::chrono::milliseconds(200));
     std::error_code ec;
     co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+asio::awaitable<void> supervised_process::watch_health(unsigned generation) {
+  // Liveness, for as long as this start's process runs: the ready_command again every
+  // health_interval. A failure makes it `degraded` (it keeps running: its own exit is what
+  // restarts it); the next success makes it `running` again.
+  auto current = [&] {
+    return generation == generation_ && (state_ == state::running || state_ == state::degraded);
+  };
+  asio::steady_timer pause(executor_);
+  while (current()) {
+    pause.expires_after(settings_.health_interval);
+    std::error_code ec;
+    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (!current()) co_return;
+    // The check gets the smaller of the interval and ready_timeout: checks never pile up.
+    const std::string failure = co_await run_check(
+        clock::now() + std::min(settings_.health_interval, settings_.ready_timeout));
+    if (!current()) co_return;
+    if (!failure.empty() && state_ == state::running) {
+      record_error("health check failed: " + failure);
+      set_state(state::degraded);
+    } else if (failure.empty() && state_ == state::degraded) {
+      last_error_.clear();
+      set_state(state::running);
+    }
   }
 }
 
@@ -203,6 +240,9 @@ asio::awaitable<void> supervised_process::run() {
         asio::co_spawn(executor_, await_readiness(generation_), asio::detached);
       }
       status = co_await reaper_.wait(child);
+      // It had started: a failed health check is history now (kept in errors_), not the
+      // reason for this exit.
+      if (state_ == state::running || state_ == state::degraded) last_error_.clear();
     } catch (const std::system_error& e) {
       // Could not start it at all (missing, not executable): retrying the same exec cannot
       // help, so it ends for good with the status a shell would report (127 or 126).
@@ -310,6 +350,15 @@ asio::awaitable<void> supervised_process::stop() {
   co_await wait_final();
 }
 
+bool supervised_process::rearm() {
+  // Only what an intentional stop ended: a process that ended for good by policy stays ended.
+  if (state_ != state::stopped || running_loop_ || !stop_started_ || final_status_) return false;
+  stop_requested_ = false;
+  stop_started_ = false;
+  set_state(state::pending);
+  return true;
+}
+
 asio::awaitable<void> supervised_process::wait_final() {
   asio::steady_timer wake(executor_, clock::time_point::max());
   waiters_.push_back(&wake);
@@ -404,9 +453,9 @@ void append_process_metrics(std::string& out, std::string_view family, std::stri
   family_head("_state", "gauge", "1 for the current state of " + of + ".");
   for (const auto& [labels, p] : members) {
     for (auto s : {supervised_process::state::pending, supervised_process::state::starting,
-                   supervised_process::state::running, supervised_process::state::restarting,
-                   supervised_process::state::stopping, supervised_process::state::stopped,
-                   supervised_process::state::failed}) {
+                   supervised_process::state::running, supervised_process::state::degraded,
+                   supervised_process::state::restarting, supervised_process::state::stopping,
+                   supervised_process::state::stopped, supervised_process::state::failed}) {
       sample("_state", labels, "state=\"" + std::string(supervised_process::name_of(s)) + "\"",
              s == p->current() ? "1" : "0");
     }

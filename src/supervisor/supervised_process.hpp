@@ -39,6 +39,9 @@ struct process_settings {
   // then. Not ready within ready_timeout: it is stopped and counts as a failed start.
   std::vector<std::string> ready_command;
   duration ready_timeout = std::chrono::seconds(30);
+  // Non-zero (and a ready_command): once running, the ready_command runs again every
+  // health_interval; a failure makes the process `degraded` until a check succeeds again.
+  duration health_interval{0};
   restart_policy restart = restart_policy::always;
   duration restart_delay = std::chrono::seconds(1);
   duration timeout_stop = std::chrono::seconds(90);
@@ -71,9 +74,12 @@ class restart_schedule {
 class supervised_process {
  public:
   // States, in the order a life goes through them:
-  //   pending -> starting -> running -> (exited: restarting -> starting ...) -> stopping -> stopped
-  // plus `failed` (it ended and, by policy, stays ended with a failure).
-  enum class state { pending, starting, running, restarting, stopping, stopped, failed };
+  //   pending -> starting -> running <-> degraded -> (exited: restarting -> starting ...)
+  //   -> stopping -> stopped
+  // plus `failed` (it ended and, by policy, stays ended with a failure). `degraded`: running,
+  // but its health check (health_interval) fails. An intentional stop may be undone by
+  // rearm(): stopped -> pending.
+  enum class state { pending, starting, running, degraded, restarting, stopping, stopped, failed };
   static std::string_view name_of(state s);
 
   // The transition table: every change of state the supervisor may make. Anything else is a
@@ -86,12 +92,16 @@ class supervised_process {
       case starting:  // includes waiting for the ready_command
         return to == running || to == restarting || to == stopping || to == stopped || to == failed;
       case running:
-        return to == restarting || to == stopping || to == stopped || to == failed;
+        return to == degraded || to == restarting || to == stopping || to == stopped ||
+               to == failed;
+      case degraded:
+        return to == running || to == restarting || to == stopping || to == stopped || to == failed;
       case restarting:
         return to == starting || to == stopping;
       case stopping:
         return to == stopped;
       case stopped:
+        return to == pending;  // rearm(): started again after an intentional stop
       case failed:
         return false;  // final
     }
@@ -117,6 +127,11 @@ class supervised_process {
   // `timeout` passed (false). For dependencies: a component starts once what it depends on is
   // running.
   asio::awaitable<bool> wait_running(duration timeout);
+
+  // After stop() has finished (state `stopped`, run() returned): makes it startable again
+  // (state `pending`), for run() to start anew. History (restarts, last exit, errors) stays.
+  // False, and nothing changes, in any other state.
+  bool rearm();
 
   // Marks a process that will never start (a dependency failed) as failed, with `why`.
   void fail_before_start(std::string why);
@@ -150,6 +165,9 @@ class supervised_process {
   asio::awaitable<void> wait_final();      // until run() returned and the state is final
   void record_error(std::string message);  // last_error_, and the bounded history
   asio::awaitable<void> await_readiness(unsigned generation);
+  asio::awaitable<void> watch_health(unsigned generation);
+  // Runs the ready_command once, killed at `deadline`: "" when it succeeded, else why not.
+  asio::awaitable<std::string> run_check(std::chrono::steady_clock::time_point deadline);
   void notify_exit();
 
   asio::any_io_executor executor_;

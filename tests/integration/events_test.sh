@@ -9,7 +9,7 @@ curl_pid=$!
 STARTED_PIDS+=("$curl_pid")
 wait_until "the event stream to open" grep -q 'state-manager events' events.txt
 
-# A crash and a restart, a configuration, a shut-down.
+# A crash and a restart, a configuration (which restarts COMMAND), a shut-down.
 req GET /
 first=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["process"]["pid"])' "$BODY_FILE")
 kill -TERM "$first"
@@ -39,7 +39,15 @@ expected = [
     ("process", "running", "restarting"),
     ("process", "restarting", "starting"),
     ("process", "starting", "running"),
-    ("system", "unconfigured", "running"),
+    # POST /config: COMMAND is stopped, then started again once the components are up.
+    ("process", "running", "stopping"),
+    ("system", "unconfigured", "starting"),
+    ("process", "stopping", "stopped"),
+    ("process", "stopped", "pending"),
+    ("process", "pending", "starting"),
+    ("process", "starting", "running"),
+    ("system", "starting", "running"),
+    # Shut-down.
     ("system", "running", "stopping"),
     ("process", "running", "stopping"),
     ("process", "stopping", "stopped"),

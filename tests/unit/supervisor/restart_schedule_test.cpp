@@ -98,9 +98,17 @@ BOOST_AUTO_TEST_CASE(transition_table) {
   BOOST_TEST(p::allowed(starting, restarting));  // exec failed, will retry
   BOOST_TEST(p::allowed(running, failed));
   BOOST_TEST(p::allowed(pending, stopped));  // stopped before it ever started
-  // Final states stay final; no skipping the start; no running without starting.
-  for (auto to : {pending, starting, running, restarting, stopping, stopped, failed}) {
-    BOOST_TEST(!p::allowed(stopped, to));
+  // Health: running and degraded go both ways; a degraded process can exit or be stopped.
+  BOOST_TEST(p::allowed(running, degraded));
+  BOOST_TEST(p::allowed(degraded, running));
+  BOOST_TEST(p::allowed(degraded, restarting));
+  BOOST_TEST(p::allowed(degraded, stopping));
+  BOOST_TEST(!p::allowed(starting, degraded));  // not running yet: nothing to degrade
+  BOOST_TEST(!p::allowed(degraded, starting));
+  // Failed is final; stopped only goes back to pending (rearm after an intentional stop); no
+  // skipping the start; no running without starting.
+  for (auto to : {pending, starting, running, degraded, restarting, stopping, stopped, failed}) {
+    BOOST_TEST(p::allowed(stopped, to) == (to == pending));
     BOOST_TEST(!p::allowed(failed, to));
   }
   BOOST_TEST(!p::allowed(pending, running));
