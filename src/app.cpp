@@ -186,6 +186,14 @@ int run_app(const options& opts) {
   event_bus events(io.get_executor());
   api_opts.events = &events;
   proc::reaper reaper(io.get_executor());
+  // --log-prefix: children's lines reach our stdout and stderr through one writer each,
+  // which never blocks the executor.
+  std::shared_ptr<proc::line_output> prefixed_output[2];
+  if (opts.log_prefix) {
+    for (int i = 0; i < 2; ++i) {
+      prefixed_output[i] = std::make_shared<proc::line_output>(io.get_executor(), i + 1);
+    }
+  }
   std::optional<supervisor::supervised_process> process;
   std::unique_ptr<supervisor::component_group> components;  // once configured
   std::optional<http::server> server;
@@ -234,6 +242,8 @@ int run_app(const options& opts) {
                settings.output_prefix +=
                    std::filesystem::path(opts.command.front()).filename().string();
                settings.output_prefix += "] ";
+               settings.output_to[0] = prefixed_output[0];
+               settings.output_to[1] = prefixed_output[1];
              }
              process.emplace(io.get_executor(), reaper, std::move(settings));
              env.process_view = [&] { return process->status(); };
@@ -328,8 +338,10 @@ int run_app(const options& opts) {
     }
     components = std::make_unique<supervisor::component_group>(
         io.get_executor(), reaper, c,
-        supervisor::component_group::defaults{opts.restart_delay, opts.timeout_stop,
-                                              opts.log_prefix},
+        supervisor::component_group::defaults{opts.restart_delay,
+                                              opts.timeout_stop,
+                                              opts.log_prefix,
+                                              {prefixed_output[0], prefixed_output[1]}},
         on_component);
     publish_system_state();
     co_await components->start();
@@ -466,6 +478,9 @@ int run_app(const options& opts) {
         // What they wrote last still reaches our output (--log-prefix), within a bound.
         if (process) co_await process->drain_output(std::chrono::seconds(1));
         if (components) co_await components->drain_output(std::chrono::seconds(1));
+        for (const auto& output : prefixed_output) {
+          if (output) output->close();  // a reader that stalls does not hold up the exit
+        }
         if (exit_status < 0) {
           const auto& last = process ? process->last_exit() : std::nullopt;
           exit_status = opts.restart == "never" && last ? last->shell_status() : 0;

@@ -1,19 +1,21 @@
 #include "proc/output.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
 
 namespace sm::proc {
 
 namespace {
 constexpr std::size_t max_line = 64 * 1024;
 
-// Our stdout and stderr stay blocking (children share them), so this write can wait for a
-// slow reader of our output, as any logging does; lines are written whole.
+// For outputs that cannot be reopened without blocking (sockets) or never stall (files).
 void write_all(int fd, std::string_view data) {
   while (!data.empty()) {
     const ssize_t n = ::write(fd, data.data(), data.size());
@@ -22,7 +24,54 @@ void write_all(int fd, std::string_view data) {
     data.remove_prefix(static_cast<std::size_t>(n));
   }
 }
+int reopen_nonblocking(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) return -1;
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  // O_NOCTTY: as PID 1 without a controlling terminal, opening a tty must not acquire one.
+  return ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+}
 }  // namespace
+
+line_output::line_output(asio::any_io_executor executor, int fd) : executor_(executor), fd_(fd) {
+  const int own = reopen_nonblocking(fd);
+  if (own >= 0) reopened_.emplace(executor, own);
+}
+
+void line_output::close() {
+  closed_ = true;
+  if (reopened_) {
+    std::error_code ignored;
+    reopened_->close(ignored);  // the pending write ends (operation_aborted)
+  }
+  for (asio::steady_timer* turn : waiting_) turn->cancel();
+}
+
+asio::awaitable<void> line_output::write(std::string data) {
+  if (closed_) co_return;
+  if (!reopened_) {
+    write_all(fd_, data);
+    co_return;
+  }
+  // One writer at a time, in arrival order: a partial write must be finished before another
+  // begins, or lines would interleave.
+  if (busy_) {
+    asio::steady_timer turn(executor_, std::chrono::steady_clock::time_point::max());
+    waiting_.push_back(&turn);
+    std::error_code ec;
+    while (busy_ && !closed_) {
+      co_await turn.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    std::erase(waiting_, &turn);
+    if (closed_) co_return;
+  }
+  busy_ = true;
+  std::error_code ec;  // EPIPE: nobody reads our output any more; the data is dropped
+  co_await asio::async_write(*reopened_, asio::buffer(data),
+                             asio::redirect_error(asio::use_awaitable, ec));
+  busy_ = false;
+  if (!waiting_.empty()) waiting_.front()->cancel();
+}
 
 void take_lines(std::string& pending, std::string_view prefix, std::size_t limit,
                 std::string& out) {
@@ -43,8 +92,8 @@ void take_lines(std::string& pending, std::string_view prefix, std::size_t limit
   }
 }
 
-asio::awaitable<void> forward_lines(std::shared_ptr<asio::posix::stream_descriptor> from, int to_fd,
-                                    std::string prefix) {
+asio::awaitable<void> forward_lines(std::shared_ptr<asio::posix::stream_descriptor> from,
+                                    std::shared_ptr<line_output> to, std::string prefix) {
   std::string pending, out;
   char buffer[16384];
   for (;;) {
@@ -55,9 +104,9 @@ asio::awaitable<void> forward_lines(std::shared_ptr<asio::posix::stream_descript
     pending.append(buffer, n);
     out.clear();
     take_lines(pending, prefix, max_line, out);
-    write_all(to_fd, out);
+    if (!out.empty()) co_await to->write(std::move(out));
   }
-  if (!pending.empty()) write_all(to_fd, prefix + pending + "\n");
+  if (!pending.empty()) co_await to->write(prefix + pending + "\n");
 }
 
 }  // namespace sm::proc

@@ -1,23 +1,54 @@
 // Forwarding of a child's captured output to ours, a line at a time, with a prefix naming it.
 #pragma once
 
+#include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
 #include <asio/posix/stream_descriptor.hpp>
+#include <asio/steady_timer.hpp>
 
 namespace sm::proc {
 
-// Reads `from` until EOF and writes each line to `to_fd` as "<prefix><line>\n". A last line
+// One of our own outputs (stdout or stderr), written without blocking the executor, one
+// write at a time so that lines from several children never interleave mid-line.
+// A pipe, FIFO or terminal is reopened (/proc/self/fd/N) as a description of our own with
+// O_NONBLOCK: setting that flag on the inherited description would make the children that
+// share it see EAGAIN. A regular file does not stall; a socket or anything that cannot be
+// reopened is written as before, blocking.
+class line_output {
+ public:
+  line_output(asio::any_io_executor executor, int fd);
+  // Writes all of `data` (or drops it if the reader is gone); concurrent calls queue up.
+  asio::awaitable<void> write(std::string data);
+  bool nonblocking() const { return reopened_.has_value(); }
+  // At shut-down: a write stalled on a reader that stopped reading is abandoned, and later
+  // writes are dropped.
+  void close();
+
+ private:
+  asio::any_io_executor executor_;
+  int fd_;
+  std::optional<asio::posix::stream_descriptor> reopened_;
+  bool busy_ = false;
+  bool closed_ = false;
+  std::deque<asio::steady_timer*> waiting_;
+};
+
+// Reads `from` until EOF and writes each line to `to` as "<prefix><line>\n". A last line
 // without its newline gets one; a line longer than 64 KiB is cut there (each piece prefixed),
 // so one endless line cannot grow our memory. Whole lines go out in one write(2) each, so lines
 // from several children never interleave mid-line.
 // `from` is shared so that its owner can close it to end the forwarding early (a grandchild
 // may hold the pipe open long after the child is gone).
-asio::awaitable<void> forward_lines(std::shared_ptr<asio::posix::stream_descriptor> from, int to_fd,
-                                    std::string prefix);
+// While a write waits for a slow reader of our output, nothing more is read from `from`: the
+// child blocks on its full pipe, not us.
+asio::awaitable<void> forward_lines(std::shared_ptr<asio::posix::stream_descriptor> from,
+                                    std::shared_ptr<line_output> to, std::string prefix);
 
 // Splits `pending` into prefixed lines appended to `out`, leaving an unfinished line in
 // `pending` (unless it exceeds `max_line`). Pure; forward_lines' core.

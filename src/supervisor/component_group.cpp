@@ -66,7 +66,11 @@ component_group::component_group(asio::any_io_executor executor, proc::reaper& r
     settings.timeout_stop = c.timeout_stop.value_or(d.timeout_stop);
     if (c.ready_timeout) settings.ready_timeout = *c.ready_timeout;
     if (c.health_interval) settings.health_interval = *c.health_interval;
-    if (d.log_prefix) settings.output_prefix = "[" + name + "] ";
+    if (d.log_prefix) {
+      settings.output_prefix = "[" + name + "] ";
+      settings.output_to[0] = d.output_to[0];
+      settings.output_to[1] = d.output_to[1];
+    }
     // Time to start (and become ready, if it has a check), and fail and be restarted once.
     const duration patience =
         (settings.ready_command.empty() ? duration{0} : settings.ready_timeout) +

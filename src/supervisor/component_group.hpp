@@ -33,7 +33,8 @@ class component_group {
   struct defaults {
     duration restart_delay = std::chrono::seconds(1);
     duration timeout_stop = std::chrono::seconds(90);
-    bool log_prefix = false;  // prefix each output line with "[name] "
+    bool log_prefix = false;                          // prefix each output line with "[name] "
+    std::shared_ptr<proc::line_output> output_to[2];  // shared with COMMAND (see process_settings)
   };
   using transition_hook = std::function<void(
       const std::string& name, supervised_process::state from, supervised_process::state to)>;

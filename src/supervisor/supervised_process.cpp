@@ -1,7 +1,5 @@
 #include "supervisor/supervised_process.hpp"
 
-#include "proc/output.hpp"
-
 #include <signal.h>
 
 #include <cstring>
@@ -226,7 +224,11 @@ asio::awaitable<void> supervised_process::run() {
         if (!child.output[i]) continue;
         auto pipe = std::make_shared<asio::posix::stream_descriptor>(std::move(*child.output[i]));
         outputs_.push_back(pipe);
-        asio::co_spawn(executor_, proc::forward_lines(pipe, i + 1, settings_.output_prefix),
+        if (!settings_.output_to[i]) {
+          settings_.output_to[i] = std::make_shared<proc::line_output>(executor_, i + 1);
+        }
+        asio::co_spawn(executor_,
+                       proc::forward_lines(pipe, settings_.output_to[i], settings_.output_prefix),
                        asio::detached);
       }
       pid_ = child.pid();
@@ -288,23 +290,28 @@ asio::awaitable<void> supervised_process::run() {
 }
 
 asio::awaitable<void> supervised_process::drain_output(duration grace) {
-  const auto deadline = clock::now() + grace;
   asio::steady_timer pause(executor_);
   auto open = [&] {
     std::erase_if(outputs_, [](const auto& w) { return w.expired(); });
     return !outputs_.empty();
   };
-  while (open() && clock::now() < deadline) {
-    pause.expires_after(std::chrono::milliseconds(10));
-    std::error_code ec;
-    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-  }
+  auto wait_closed = [&](clock::time_point deadline) -> asio::awaitable<void> {
+    while (open() && clock::now() < deadline) {
+      pause.expires_after(std::chrono::milliseconds(10));
+      std::error_code ec;
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  };
+  co_await wait_closed(clock::now() + grace);
   for (const auto& weak : outputs_) {
     if (const auto pipe = weak.lock()) {
       std::error_code ignored;
       pipe->close(ignored);
     }
   }
+  // The forwarders write what they still hold (an unfinished last line); one stalled on a
+  // reader of our output that stopped reading is abandoned by the caller after this.
+  co_await wait_closed(clock::now() + std::chrono::milliseconds(500));
 }
 
 bool supervised_process::forward_signal(int signal) {

@@ -22,6 +22,7 @@
 #include "base/clock.hpp"
 #include "base/duration.hpp"
 #include "proc/child.hpp"
+#include "proc/output.hpp"
 
 namespace sm::supervisor {
 
@@ -35,6 +36,9 @@ struct process_settings {
   // Non-empty: stdout and stderr go through pipes and each line is written to ours with this
   // prefix ("[web] "); empty: the process writes to ours directly (unchanged, fastest).
   std::string output_prefix;
+  // Where prefixed lines go (our stdout, our stderr): shared by every process that prefixes,
+  // so that their lines queue for one writer. Unset: made for this process alone.
+  std::shared_ptr<proc::line_output> output_to[2];
   // Run until it succeeds (every 200ms) after each start; the process counts as running only
   // then. Not ready within ready_timeout: it is stopped and counts as a failed start.
   std::vector<std::string> ready_command;
@@ -137,7 +141,8 @@ class supervised_process {
   void fail_before_start(std::string why);
 
   // Once stopped: lets the output forwarders (--log-prefix) finish for up to `grace`, then
-  // closes what a lingering grandchild still holds open.
+  // closes what a lingering grandchild still holds open and gives the forwarders 500 ms to
+  // write what they still hold.
   asio::awaitable<void> drain_output(duration grace);
 
   // Sends `signal` to the process group; false when no process runs.

@@ -51,6 +51,27 @@ run_cli --listen 127.0.0.1:0 --log-prefix --restart never -- sh -c 'echo one; pr
 [[ $(cat "$CLI_OUT") == $'[sh] one\n[sh] two\n[sh] three' ]] || fail "prefixed stdout: '$(cat "$CLI_OUT")'"
 grep -qx '\[sh\] err' "$CLI_ERR" || fail "prefixed stderr missing: $(cat "$CLI_ERR")"
 
+# --- --log-prefix with a reader of our stdout that stalls (a full pipe): the child blocks on
+# its own pipe, and the API still answers. Without a non-blocking writer, state-manager itself
+# would hang in write(2).
+mkdir stalled && cd stalled
+mkfifo out
+exec {stall_fd}<>out  # held open, never read: the pipe fills and stays full
+"$STATE_MANAGER_BIN" --listen 127.0.0.1:0 --log-prefix -- sh -c 'while :; do echo spam spam spam spam spam; done' >out 2>log &
+STARTED_PIDS+=("$!")
+stalled_pid=$!
+wait_until "the stalled instance to listen" grep -q 'listening' log
+stalled_port=$(sed -nE 's/.*address=[^ ]*:([0-9]+).*/\1/p' log | head -n1)
+# The pipe fills up: at least 48 KiB of its 64 (our writes are whole chunks of up to 16 KiB).
+wait_until "the child to block on its output" python3 -c 'import fcntl,sys,termios,array; b=array.array("i",[0]); fcntl.ioctl(int(sys.argv[1]), termios.FIONREAD, b); sys.exit(0 if b[0] >= 48000 else 1)' "$stall_fd"
+for _ in 1 2 3; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://127.0.0.1:$stalled_port/healthz") || true
+  [[ $code == 200 ]] || fail "API stalled behind a full stdout: GET /healthz gave '$code'"
+done
+sm_stop "$stalled_pid"
+exec {stall_fd}>&-
+cd ..
+
 # --- COMMAND inherits none of our own descriptors (API sockets, pidfds, signalfd, epoll,
 # pipes); what state-manager itself inherited passes through, as with any init. -------------
 mkdir fds && cd fds
