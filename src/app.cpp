@@ -181,7 +181,8 @@ int run_app(const options& opts) {
   // First of all: from here on SIGTERM and SIGINT are caught (and queued until the shut-down
   // handler below waits for them), so a signal during start-up is not lost, even as PID 1.
   asio::signal_set stop_signals(io, SIGTERM, SIGINT);
-  api::environment env({opts.data_dir, opts.tmp_dir});
+  api::environment env({opts.data_dir, opts.tmp_dir},
+                       api::storage_settings{opts.lease_ttl, opts.wait_for_lease, {}});
   api::api_options api_opts;
   event_bus events(io.get_executor());
   api_opts.events = &events;
@@ -417,6 +418,8 @@ int run_app(const options& opts) {
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
+          // The store and the lease first, retried until had (GET / says why not yet).
+          if (!co_await env.claim_saved([&] { return shutting_down; })) co_return;
           co_await env.initialise_components(*env.current());
           start_process();
         },
@@ -424,6 +427,22 @@ int run_app(const options& opts) {
   } else if (!opts.wait_for_config) {
     start_process();
   }
+  // Fencing: once the lease is lost, what writes to the store must stop.
+  env.on_lease_lost = [&](std::string why) {
+    log::error("lease lost: stopping the components (fenced)", {{"why", why}});
+    if (components) {
+      asio::co_spawn(
+          io, [&]() -> asio::awaitable<void> { co_await components->stop(); }, asio::detached);
+    }
+  };
+  // POST /release-lease: COMMAND and the components stop as at shut-down (their state is in the
+  // store once they have), then the lease goes; state-manager keeps serving.
+  env.before_release = [&]() -> asio::awaitable<nlohmann::json> {
+    if (process && process_started) co_await process->stop();
+    if (components) co_await components->stop();
+    publish_system_state();
+    co_return nlohmann::json::array();  // no component holds unflushed state yet
+  };
   env.on_applied = [&] {
     start_process();
     publish_system_state();
@@ -475,6 +494,8 @@ int run_app(const options& opts) {
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();
         if (components) co_await components->stop();  // in reverse dependency order
+        // All state is in the store now: another machine may take over at once.
+        co_await env.release_lease();
         // What they wrote last still reaches our output (--log-prefix), within a bound.
         if (process) co_await process->drain_output(std::chrono::seconds(1));
         if (components) co_await components->drain_output(std::chrono::seconds(1));

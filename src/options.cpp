@@ -94,6 +94,19 @@ const flag flags[] = {
        o.wait_for_config = *b;
        return {};
      }},
+    {"lease-ttl", true,
+     [](options& o, const std::string& v) -> std::string {
+       if (std::string e = set_positive_duration(o.lease_ttl, v); !e.empty()) return e;
+       if (o.lease_ttl < std::chrono::seconds(1)) return "must be at least 1s";
+       return {};
+     }},
+    {"wait-for-lease", false,
+     [](options& o, const std::string& v) -> std::string {
+       std::optional<bool> b = parse_bool(v);
+       if (!b) return "expected true or false, got \"" + v + "\"";
+       o.wait_for_lease = *b;
+       return {};
+     }},
     {"log-prefix", false,
      [](options& o, const std::string& v) -> std::string {
        std::optional<bool> b = parse_bool(v);
@@ -286,6 +299,11 @@ Options (each also read from the environment variable shown; a flag wins over it
   --restart-window DUR    the circuit breaker's window (STATE_MANAGER_RESTART_WINDOW, default 1m)
   --wait-for-config       start COMMAND only once a configuration is applied
                           (STATE_MANAGER_WAIT_FOR_CONFIG=true)
+  --lease-ttl DUR         time to live of the lease on the environment's storage prefix,
+                          renewed every third of it; a machine that dies frees its environment
+                          within one TTL (STATE_MANAGER_LEASE_TTL, default 30s, at least 1s)
+  --wait-for-lease        when another live state-manager holds the lease, wait for it instead
+                          of refusing POST /config with 409 (STATE_MANAGER_WAIT_FOR_LEASE=true)
   --log-prefix            prefix each line COMMAND and the components write with its name,
                           "[web] ...", for when several share the container's output
                           (STATE_MANAGER_LOG_PREFIX=true; default: output passes unchanged)

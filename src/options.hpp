@@ -37,7 +37,9 @@ struct options {
   unsigned restart_max = 0;         // 0: no circuit breaker
   duration restart_window = std::chrono::seconds(60);
   bool wait_for_config = false;
-  bool log_prefix = false;  // prefix COMMAND's and components' output lines with their name
+  duration lease_ttl = std::chrono::seconds(30);  // the environment's lease, renewed every third
+  bool wait_for_lease = false;  // POST /config waits for another owner's lease instead of 409
+  bool log_prefix = false;      // prefix COMMAND's and components' output lines with their name
   std::optional<std::filesystem::path> token_file;
   std::optional<std::string> token;  // STATE_MANAGER_TOKEN, when no token file is named
   log::level log_level = log::level::info;

@@ -2,10 +2,19 @@
 
 #include <unistd.h>
 
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
 #include "base/file.hpp"
+#include "base/log.hpp"
+#include "lease/lease.hpp"
+#include "s3/object_store.hpp"
 #include "version.h"
 
 namespace sm::api {
@@ -33,8 +42,119 @@ std::optional<environment::apply_result> not_built_yet(const config::configurati
 
 }  // namespace
 
-environment::environment(environment_paths paths, config::environment_lookup env)
-    : paths_(std::move(paths)), env_(std::move(env)) {}
+environment::environment(environment_paths paths, storage_settings storage,
+                         config::environment_lookup env)
+    : paths_(std::move(paths)), env_(std::move(env)), storage_(std::move(storage)) {}
+
+environment::~environment() {
+  *alive_ = false;
+  lease_.reset();  // before the store it uses
+}
+
+bool environment::lease_held() const {
+  return lease_ && lease_->held();
+}
+
+asio::awaitable<std::optional<environment::apply_result>> environment::claim(
+    const config::configuration& config) {
+  using kind = apply_result::kind;
+  const auto executor = co_await asio::this_coro::executor;
+  s3::store_config sc;
+  sc.endpoint = config.storage.endpoint;
+  sc.bucket = config.storage.bucket;
+  sc.region = config.storage.region;
+  sc.access_key = config.storage.access_key;
+  sc.secret_key = config.storage.secret_key;
+  sc.key_prefix = config.storage.key_prefix;
+  std::unique_ptr<s3::object_store> store;
+  try {
+    store = s3::make_store(executor, sc);
+  } catch (const std::exception& e) {
+    apply_result failed(kind::storage_failed, e.what());
+    failed.status = 400;
+    failed.code = "InvalidEndpoint";
+    co_return failed;
+  }
+  if (storage_.owner.empty()) {
+    co_await offload([&] { storage_.owner = lease::owner_id(paths_.owner_file().string()); });
+  }
+  auto held = std::make_unique<lease::lease>(executor, *store, storage_.owner, storage_.lease_ttl);
+  asio::steady_timer pause(executor);
+  bool logged_wait = false;
+  for (;;) {
+    std::optional<apply_result> failure;
+    bool wait = false;
+    try {
+      co_await store->check();
+      co_await held->acquire();
+    } catch (const lease::held_elsewhere& h) {
+      if (storage_.wait_for_lease) {
+        wait = true;
+        if (!logged_wait) log::info("waiting for the lease", {{"held_by", h.holder().owner}});
+        logged_wait = true;
+      } else {
+        failure.emplace(kind::lease_held, h.what());
+        failure->holder = h.holder().owner;
+        failure->holder_until = format_rfc3339(h.holder().expires_at, true);
+      }
+    } catch (const s3::error& e) {
+      // No answer at all: 502 (the store is unreachable); an answer refusing us: 400.
+      failure.emplace(kind::storage_failed, e.message().empty() ? e.what() : e.message());
+      failure->status = e.status() == 0 ? 502 : 400;
+      failure->code = e.code();
+    } catch (const std::exception& e) {
+      failure.emplace(kind::storage_failed, e.what());
+      failure->status = 502;
+      failure->code = "InternalError";
+    }
+    if (failure) co_return failure;
+    if (!wait) break;
+    pause.expires_after(std::chrono::seconds(1));
+    std::error_code ec;
+    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  store_ = std::move(store);
+  lease_ = std::move(held);
+  const auto alive = alive_;
+  lease_->keep([this, alive](std::string why) {
+    if (*alive && on_lease_lost) on_lease_lost(std::move(why));
+  });
+  co_return std::nullopt;
+}
+
+asio::awaitable<void> environment::back_up_config(std::string document) {
+  // Retried with backoff for as long as it fails: the configuration is already applied, and
+  // GET / says how the copy in the store is doing.
+  const auto alive = alive_;
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  std::chrono::seconds backoff(1);
+  backup_.state = "pending";
+  while (*alive && store_) {
+    ++backup_.attempts;
+    std::string failure;
+    try {
+      s3::put_options options;
+      options.content_type = "application/json";
+      co_await store_->put("config.json", document, options);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    if (!*alive) co_return;
+    if (failure.empty()) {
+      backup_.state = "done";
+      backup_.last_error.clear();
+      co_return;
+    }
+    backup_.state = "failed";
+    backup_.last_error = failure;
+    log::warn("configuration backup to the store failed; retrying",
+              {{"error", failure}, {"retry_in", std::to_string(backoff.count()) + "s"}});
+    pause.expires_after(backoff);
+    std::error_code ec;
+    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    backoff = std::min(backoff * 2, std::chrono::seconds(60));
+  }
+}
 
 environment::load_report environment::load_saved() {
   load_report report;
@@ -87,6 +207,20 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   }
   if (auto missing = not_built_yet(*parsed.config)) co_return *missing;
 
+  // The store must answer and the lease be ours before anything is saved.
+  applying_ = true;
+  std::optional<apply_result> refused;
+  try {
+    refused = co_await claim(*parsed.config);
+  } catch (...) {
+    applying_ = false;
+    throw;
+  }
+  if (refused) {
+    applying_ = false;
+    co_return *refused;
+  }
+
   // What is saved is the document as submitted: {"$env": ...} references stay references, so
   // secrets taken from the environment never reach the disk.
   applying_ = true;
@@ -106,9 +240,15 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
     } catch (const std::exception&) {
     }
     applying_ = false;
+    co_await release_lease();  // not configured after all: the lease goes back
     co_return apply_result(kind::failed, "could not save the configuration: " + failure);
   }
   config_ = std::move(parsed.config);
+  {
+    const auto executor = co_await asio::this_coro::executor;
+    std::string backup = config::to_redacted_json(*config_).dump(2) + "\n";
+    asio::co_spawn(executor, back_up_config(std::move(backup)), asio::detached);
+  }
   // Configured from here on (a second POST is refused), but the answer waits for the
   // components to be started.
   try {
@@ -122,6 +262,51 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   co_return apply_result(kind::applied);
 }
 
+json environment::storage_status() const {
+  if (!configured()) return nullptr;
+  return {
+      {"claimed", store_ != nullptr},
+      {"error", claim_error_.empty() ? json(nullptr) : json(claim_error_)},
+      {"config_backup",
+       {{"state", backup_.state},
+        {"attempts", backup_.attempts},
+        {"last_error", backup_.last_error.empty() ? json(nullptr) : json(backup_.last_error)}}}};
+}
+
+asio::awaitable<bool> environment::claim_saved(std::function<bool()> stop) {
+  if (!config_ || store_) co_return store_ != nullptr;
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  std::chrono::seconds backoff(1);
+  while (!stop()) {
+    const std::optional<apply_result> refused = co_await claim(*config_);
+    if (!refused) {
+      claim_error_.clear();
+      if (backup_.state == "none") {
+        const auto executor = co_await asio::this_coro::executor;
+        std::string backup = config::to_redacted_json(*config_).dump(2) + "\n";
+        asio::co_spawn(executor, back_up_config(std::move(backup)), asio::detached);
+      }
+      co_return true;
+    }
+    if (refused->message != claim_error_) {
+      log::warn("cannot claim the environment's storage yet; retrying",
+                {{"error", refused->message}, {"code", refused->code}});
+    }
+    claim_error_ = refused->message;
+    pause.expires_after(backoff);
+    std::error_code ec;
+    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    backoff = std::min(backoff * 2, std::chrono::seconds(10));
+  }
+  co_return false;
+}
+
+asio::awaitable<bool> environment::release_lease() {
+  if (!lease_ || !lease_->held()) co_return false;
+  co_await lease_->release();
+  co_return true;
+}
+
 json environment::status() const {
   return {
       {"configured", configured()},
@@ -130,7 +315,8 @@ json environment::status() const {
                                : "unconfigured"},
       {"process", process_view ? process_view() : json(nullptr)},
       {"components", components_view ? components_view() : json::object()},
-      {"lease", nullptr},
+      {"lease", lease_ ? lease_->status() : json(nullptr)},
+      {"storage", storage_status()},
       {"operation", nullptr},
       // null until checkpoints exist: a count nobody computed would answer as if they did.
       {"checkpoints", nullptr},

@@ -3,8 +3,10 @@
 // supervised process and the components off it.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,7 +14,15 @@
 #include <asio/awaitable.hpp>
 #include <nlohmann/json_fwd.hpp>
 
+#include "base/duration.hpp"
 #include "config/config.hpp"
+
+namespace sm::s3 {
+class object_store;
+}
+namespace sm::lease {
+class lease;
+}
 
 namespace sm::api {
 
@@ -22,12 +32,21 @@ struct environment_paths {
 
   std::filesystem::path config_file() const { return tmp_dir / "config.json"; }
   std::filesystem::path checkpoints_dir() const { return tmp_dir / "checkpoints"; }
+  std::filesystem::path owner_file() const { return tmp_dir / "lease-owner"; }
+};
+
+// The object store and the lease on it (issue 4).
+struct storage_settings {
+  duration lease_ttl = std::chrono::seconds(30);
+  bool wait_for_lease = false;  // else another live owner's lease answers 409
+  std::string owner;            // empty: lease::owner_id(paths.owner_file())
 };
 
 class environment {
  public:
-  explicit environment(environment_paths paths,
+  explicit environment(environment_paths paths, storage_settings storage = {},
                        config::environment_lookup env = config::process_environment);
+  ~environment();
 
   struct load_report {
     enum class kind { none, loaded, set_aside } outcome = kind::none;
@@ -41,16 +60,29 @@ class environment {
   load_report load_saved();
 
   struct apply_result {
-    enum class kind { applied, already_configured, busy, invalid, not_built, failed } outcome;
+    enum class kind {
+      applied,
+      already_configured,
+      busy,
+      invalid,
+      not_built,
+      failed,
+      storage_failed,  // the store refused (400) or did not answer (502): status, details
+      lease_held,      // another live owner (409): details name it
+    } outcome;
     std::vector<config::problem> problems;  // invalid
-    std::string message;                    // not_built, failed
+    std::string message;                    // not_built, failed, storage_failed, lease_held
     std::string stack;                      // not_built: the component that is not built
+    int status = 0;                         // storage_failed: 400 or 502
+    std::string code;                       // storage_failed: the S3 error code
+    std::string holder, holder_until;       // lease_held
 
     explicit apply_result(kind k, std::string why = {}, std::string component = {})
         : outcome(k), message(std::move(why)), stack(std::move(component)) {}
   };
-  // POST /config: validate, save atomically (mode 0600), initialise the components.
-  // Nothing is saved unless every step before saving succeeded.
+  // POST /config: validate, reach the store and take the lease, save atomically (mode 0600),
+  // back the configuration up to the store, initialise the components. Nothing is saved
+  // unless every step before saving succeeded.
   asio::awaitable<apply_result> apply(const nlohmann::json& document);
 
   bool configured() const { return config_.has_value(); }
@@ -61,6 +93,20 @@ class environment {
 
   // GET / (DESIGN.md 2.4).
   nlohmann::json status() const;
+
+  // Boot with a saved configuration: the store and the lease, retried (with the reason in
+  // GET /) until they are had or `stop` says to give up. True once claimed.
+  asio::awaitable<bool> claim_saved(std::function<bool()> stop);
+  // Stops renewing and frees the lease (POST /release-lease, shut-down). True if it was held.
+  asio::awaitable<bool> release_lease();
+  s3::object_store* store() const { return store_.get(); }
+  bool lease_held() const;
+  // Called when the lease is lost while running (taken, or not renewed in time): the
+  // orchestrator fences, stopping what writes to the store.
+  std::function<void(std::string why)> on_lease_lost;
+  // POST /release-lease, before the lease goes: flush what the components hold and stop what
+  // writes to the store. Returns what was flushed (a JSON array).
+  std::function<asio::awaitable<nlohmann::json>()> before_release;
 
   // Set by the orchestrator: what GET / shows as "process" (null when unset), and what to do
   // once a POST /config has been applied (start a process that waited for a configuration).
@@ -81,6 +127,20 @@ class environment {
   config::environment_lookup env_;
   std::optional<config::configuration> config_;
   bool applying_ = false;  // a POST /config is between validation and its answer
+  asio::awaitable<std::optional<apply_result>> claim(const config::configuration& config);
+  asio::awaitable<void> back_up_config(std::string document);
+  nlohmann::json storage_status() const;
+
+  storage_settings storage_;
+  std::unique_ptr<s3::object_store> store_;
+  std::unique_ptr<lease::lease> lease_;
+  std::string claim_error_;  // boot: why the store or the lease is not had yet
+  struct backup_state {
+    std::string state = "none";  // none, pending, done, failed (retrying)
+    std::string last_error;
+    unsigned attempts = 0;
+  } backup_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace sm::api

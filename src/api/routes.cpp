@@ -181,6 +181,20 @@ class api {
         co_return json_error(501, result.message, {{"stack", result.stack}});
       case kind::failed:
         co_return json_error(500, result.message);
+      case kind::storage_failed:
+        // The store's own code and message, where the operator can act on them; nothing saved.
+        co_return json_response(
+            result.status,
+            {{"error", result.status == 502 ? "object store unreachable"
+                                            : "object store refused the configuration"},
+             {"details",
+              json::array(
+                  {{{"path", "storage"}, {"code", result.code}, {"message", result.message}}})}});
+      case kind::lease_held:
+        co_return json_error(409, "the environment is held by another state-manager",
+                             {{"holder", result.holder},
+                              {"expires_at", result.holder_until},
+                              {"message", result.message}});
     }
     co_return json_error(500, "unexpected outcome");
   }
@@ -220,7 +234,24 @@ class api {
 
   asio::awaitable<response> post_release_lease(const request&, const params&) {
     if (!env_.configured()) co_return not_configured();
-    co_return not_built("the lease is");
+    if (releasing_) co_return json_error(409, "the lease is being released");
+    releasing_ = true;
+    json flushed = json::array();
+    bool released = false;
+    std::string failure;
+    try {
+      if (env_.before_release) flushed = co_await env_.before_release();
+      released = co_await env_.release_lease();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    releasing_ = false;
+    if (!failure.empty()) co_return json_error(500, "release failed: " + failure);
+    // Released now, or not held to begin with (already released, or lost): either way nobody
+    // here holds it any more.
+    co_return json_response(200, {{"released", released},
+                                  {"flushed", std::move(flushed)},
+                                  {"lease", env_.status()["lease"]}});
   }
 
   asio::awaitable<response> checkpoints_not_built(const request&, const params& ids) {
@@ -267,6 +298,7 @@ class api {
   }
 
   environment& env_;
+  bool releasing_ = false;  // a POST /release-lease is at work
   api_options options_;
   http::router routes_;
 };

@@ -3,8 +3,12 @@
 # yet (501), saving to tmp/config.json (0600, unresolved {"$env"}), redaction, applied once.
 source "$(dirname "$0")/harness.sh"
 
-SECRET=s3cr3t-Value-7f3a9c
-ACCESS=AKIA-TEST-4242
+# A real S3 server: an http(s) endpoint is reached (and the lease taken) before anything is
+# saved.
+s3_server_start
+s3_make_bucket env-bucket
+SECRET=$S3_SECRET_KEY
+ACCESS=$S3_ACCESS_KEY
 
 # The configuration was not saved and the instance is still unconfigured.
 expect_unconfigured() {
@@ -79,10 +83,24 @@ expect_status 501
 expect_json_response
 expect_unconfigured "declared component with the database"
 
+# The store must answer and accept us: an unreachable endpoint is 502, a wrong secret and a
+# missing bucket are 400 with the store's error code; nothing is saved.
+store_refuses() {  # STATUS CODE_REGEX STORAGE_JSON
+  req POST /config -d "{\"storage\": $3, \"stacks\": []}"
+  expect_status "$1"
+  expect_json_response
+  expect_json "j['details'][0]['path'] == 'storage' and __import__('re').fullmatch('$2', j['details'][0]['code'])"
+  expect_unconfigured "store $2"
+}
+closed_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+store_refuses 502 'ConnectionFailed' "{\"bucket\": \"env-bucket\", \"endpoint\": \"http://127.0.0.1:$closed_port\", \"access_key\": \"a\", \"secret_key\": \"b\"}"
+store_refuses 400 'SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId' "{\"bucket\": \"env-bucket\", \"endpoint\": \"$S3_ENDPOINT\", \"access_key\": \"$ACCESS\", \"secret_key\": \"wrong-secret\"}"
+store_refuses 400 'NoSuchBucket' "{\"bucket\": \"no-such-bucket\", \"endpoint\": \"$S3_ENDPOINT\", \"access_key\": \"$ACCESS\", \"secret_key\": \"$SECRET\"}"
+
 # A valid configuration with an http endpoint and a secret from the environment, sent the way
 # the seed does it (curl -d: form content type).
 cat >config.json <<EOF
-{"storage": {"bucket": "env-bucket", "endpoint": "http://127.0.0.1:9000",
+{"storage": {"bucket": "env-bucket", "endpoint": "$S3_ENDPOINT",
              "access_key": "$ACCESS", "secret_key": {"\$env": "SM_TEST_SECRET"}},
  "stacks": []}
 EOF
@@ -107,7 +125,7 @@ cp tmp/config.json saved.json
 req GET /config
 expect_status 200
 expect_json_response
-expect_json 'j["storage"]["bucket"] == "env-bucket" and j["storage"]["endpoint"] == "http://127.0.0.1:9000"'
+expect_json "j['storage']['bucket'] == 'env-bucket' and j['storage']['endpoint'] == '$S3_ENDPOINT'"
 expect_json 'j["storage"]["access_key"] == "***" and j["storage"]["secret_key"] == "***"'
 expect_json 'j["storage"]["region"] == "us-east-1" and j["storage"]["key_prefix"] == "" and j["storage"]["env_dir"] == "data/env"'
 expect_json 'j["stacks"] == [] and j.get("components", {}) == {}'
@@ -123,7 +141,7 @@ expect_status 400
 expect_json_response
 cmp -s saved.json tmp/config.json || fail "a rejected second POST /config changed tmp/config.json"
 req GET /config
-expect_json 'j["storage"]["endpoint"] == "http://127.0.0.1:9000"'
+expect_json "j['storage']['endpoint'] == '$S3_ENDPOINT'"
 
 grep -q "$SECRET" "$SM_LOG" && fail "the secret appears in the log"
 sm_stop

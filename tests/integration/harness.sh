@@ -60,6 +60,10 @@ wait_exit() {
 harness_cleanup() {
   local status=$1 pid
   set +e
+  if [[ -n $S3_SERVER_DIR ]]; then
+    "$S3_SERVER" stop "$S3_SERVER_DIR" || status=1
+    ((status == 0)) || cp "$S3_SERVER_DIR"/log/*.log "$LOG_DIR/" 2>/dev/null
+  fi
   for pid in "${STARTED_PIDS[@]}"; do
     pid_running "$pid" && kill -TERM "$pid" 2>/dev/null
   done
@@ -84,6 +88,30 @@ harness_cleanup() {
   exit "$status"
 }
 trap 'harness_cleanup $?' EXIT
+
+# s3_server_start: a real, signature-checking S3 server for this test (Swift with s3api, from
+# tools/s3-test-server), stopped by the cleanup; exports S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY
+# and S3_SECRET_KEY. s3_make_bucket NAME creates a bucket on it (with boto3).
+S3_SERVER=${S3_TEST_SERVER:-$HARNESS_DIR/../../tools/s3-test-server}
+S3_SERVER_DIR=
+s3_server_start() {
+  S3_SERVER_DIR=$TEST_DIR/s3-server
+  timeout -k 5 120 "$S3_SERVER" start "$S3_SERVER_DIR" >/dev/null ||
+    fail "the S3 test server did not start (tools/s3-test-server; tools/install-deps --test installs Swift)"
+  set -a
+  # shellcheck disable=SC1091
+  source "$S3_SERVER_DIR/env"
+  set +a
+}
+s3_make_bucket() {
+  /usr/bin/python3 - "$1" <<'PY' || fail "could not create bucket $1"
+import os, sys, boto3, botocore.config
+boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], region_name=os.environ["S3_REGION"],
+             aws_access_key_id=os.environ["S3_ACCESS_KEY"],
+             aws_secret_access_key=os.environ["S3_SECRET_KEY"],
+             config=botocore.config.Config(s3={"addressing_style": "path"})).create_bucket(Bucket=sys.argv[1])
+PY
+}
 
 # Starts an instance in the current directory and waits for its "listening address=HOST:PORT"
 # line (text or JSON log). SIGINT is reset to its default, as a container runtime would leave it

@@ -31,18 +31,22 @@ sm_stop
 ((SM_EXIT == 0)) || fail "exit $SM_EXIT after SIGTERM (second run)"
 cd ..
 
-# A secret from the environment is resolved again at start.
+# A secret from the environment is resolved again at start (against a real S3 server).
+s3_server_start
+s3_make_bucket env-bucket
 mkdir secret && cd secret
-SM_TEST_SECRET=restart-secret-9d2e sm_start
-req POST /config -d '{"storage": {"bucket": "bkt", "endpoint": "http://127.0.0.1:9000", "access_key": "a",
-  "secret_key": {"$env": "SM_TEST_SECRET"}}, "stacks": []}'
+SM_TEST_SECRET=$S3_SECRET_KEY sm_start
+req POST /config -d "{\"storage\": {\"bucket\": \"env-bucket\", \"endpoint\": \"$S3_ENDPOINT\",
+  \"access_key\": \"$S3_ACCESS_KEY\", \"secret_key\": {\"\$env\": \"SM_TEST_SECRET\"}}, \"stacks\": []}"
 expect_status 200
 sm_stop
-SM_TEST_SECRET=restart-secret-9d2e sm_start
+SM_TEST_SECRET=$S3_SECRET_KEY sm_start
 req GET /config
 expect_status 200
 expect_json 'j["storage"]["secret_key"] == "***"'
-grep -q restart-secret-9d2e tmp/config.json "$BODY_FILE" && fail "secret leaked after restart"
+grep -q "$S3_SECRET_KEY" tmp/config.json "$BODY_FILE" && fail "secret leaked after restart"
+# The restart claimed the store and took the lease again: its own, from the same directory.
+wait_until "the lease after restart" sh -c "curl -s $SM_URL/ | grep -q '\"held\":true'"
 sm_stop
 cd ..
 

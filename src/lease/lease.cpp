@@ -1,0 +1,277 @@
+#include "lease/lease.hpp"
+
+#include <unistd.h>
+
+#include <random>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include "base/file.hpp"
+#include "base/log.hpp"
+
+namespace sm::lease {
+
+using json = nlohmann::json;
+using std::chrono::system_clock;
+
+namespace {
+constexpr const char* key = "lease.json";
+
+std::int64_t to_ms(wall_time t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+wall_time from_ms(std::int64_t ms) {
+  return wall_time(std::chrono::milliseconds(ms));
+}
+}  // namespace
+
+std::string to_json(const record& r) {
+  return json{{"owner", r.owner},
+              {"acquired_at", format_rfc3339(r.acquired_at, true)},
+              {"expires_at", format_rfc3339(r.expires_at, true)},
+              {"acquired_at_ms", to_ms(r.acquired_at)},
+              {"expires_at_ms", to_ms(r.expires_at)},
+              {"counter", r.counter}}
+             .dump() +
+         "\n";
+}
+
+std::optional<record> from_json(std::string_view text) {
+  const json j = json::parse(text, nullptr, false);
+  if (!j.is_object() || !j.contains("owner") || !j["owner"].is_string() ||
+      !j.contains("expires_at_ms") || !j["expires_at_ms"].is_number_integer()) {
+    return std::nullopt;
+  }
+  record r;
+  r.owner = j["owner"].get<std::string>();
+  r.expires_at = from_ms(j["expires_at_ms"].get<std::int64_t>());
+  if (j.contains("acquired_at_ms") && j["acquired_at_ms"].is_number_integer()) {
+    r.acquired_at = from_ms(j["acquired_at_ms"].get<std::int64_t>());
+  }
+  if (j.contains("counter") && j["counter"].is_number_unsigned()) {
+    r.counter = j["counter"].get<std::uint64_t>();
+  }
+  return r;
+}
+
+held_elsewhere::held_elsewhere(record holder)
+    : std::runtime_error("the environment's lease is held by \"" + holder.owner + "\" until " +
+                         format_rfc3339(holder.expires_at)),
+      holder_(std::move(holder)) {}
+
+lease::lease(asio::any_io_executor executor, s3::object_store& store, std::string owner,
+             duration ttl)
+    : executor_(executor), store_(store), owner_(std::move(owner)), ttl_(ttl), timer_(executor) {}
+
+lease::~lease() {
+  *alive_ = false;
+}
+
+asio::awaitable<bool> lease::write(const record& next, const std::string& etag, bool create) {
+  const std::string body = to_json(next);
+  if (mode_ == mode::conditional) {
+    s3::put_options options;
+    options.content_type = "application/json";
+    options.if_none_match = create;
+    if (!create) options.if_match = etag;
+    try {
+      const std::string etag = co_await store_.put(key, body, options);
+      etag_ = etag;
+      co_return true;
+    } catch (const s3::error& e) {
+      if (e.status() == 412 || e.code() == "PreconditionFailed") co_return false;  // lost a race
+      if (e.status() != 501) throw;
+      mode_ = mode::best_effort;
+      log::warn(
+          "the object store does not support conditional writes (501): the lease is best-effort "
+          "(written, read back and checked), not a guarantee against a simultaneous owner",
+          {{"store_said", e.message()}});
+    }
+  }
+  // Best effort: write, read back, check it is ours.
+  s3::put_options plain;
+  plain.content_type = "application/json";
+  const std::string written = co_await store_.put(key, body, plain);
+  etag_ = written;
+  const std::string read_back = co_await store_.get(key);
+  const std::optional<record> back = from_json(read_back);
+  co_return back && back->owner == owner_ && back->counter == next.counter;
+}
+
+asio::awaitable<void> lease::acquire() {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    // The ETag first, then the body: if it changed in between, the If-Match below fails and we
+    // look again.
+    std::optional<s3::object_info> info = co_await store_.head(key);
+    std::optional<record> existing;
+    if (info) {
+      try {
+        const std::string text = co_await store_.get(key);
+        existing = from_json(text);
+      } catch (const s3::error& e) {
+        if (e.status() != 404) throw;
+        info.reset();  // deleted meanwhile
+      }
+    }
+    const wall_time now = system_clock::now();
+    if (existing && existing->owner != owner_ && existing->expires_at > now) {
+      throw held_elsewhere(*existing);
+    }
+    record next;
+    next.owner = owner_;
+    next.acquired_at = now;
+    next.expires_at = now + ttl_;
+    next.counter = (existing ? existing->counter : 0) + 1;
+    std::string etag;
+    if (info) etag = info->etag;
+    const bool create = !info;
+    // (Named locals, not expressions, around co_await: g++ 12 mishandles temporaries there.)
+    const bool won = co_await write(next, etag, create);
+    if (won) {
+      current_ = next;
+      held_ = true;
+      lost_why_.clear();
+      last_error_.clear();
+      if (existing && existing->owner != owner_) {
+        log::info("took over an expired lease", {{"from", existing->owner}});
+      }
+      co_return;
+    }
+  }
+  throw s3::error(409, "LeaseContended", "the lease kept changing while it was being acquired",
+                  key);
+}
+
+void lease::keep(std::function<void(std::string)> lost) {
+  lost_ = std::move(lost);
+  if (renewing_) return;
+  renewing_ = true;
+  asio::co_spawn(executor_, renew_loop(), asio::detached);
+}
+
+asio::awaitable<void> lease::renew_loop() {
+  const auto alive = alive_;
+  const duration period = std::max<duration>(ttl_ / 3, std::chrono::milliseconds(10));
+  duration wait = period;
+  while (*alive && renewing_ && held_) {
+    timer_.expires_after(wait);
+    std::error_code ec;
+    co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (!*alive || !renewing_ || !held_) co_return;
+    std::string lost_why;
+    try {
+      if (mode_ == mode::best_effort) {
+        const std::string text = co_await store_.get(key);
+        const std::optional<record> now_there = from_json(text);
+        if (!now_there || now_there->owner != owner_) {
+          lost_why = "taken by \"" + (now_there ? now_there->owner : std::string("?")) + "\"";
+        }
+      }
+      if (lost_why.empty()) {
+        const wall_time now = system_clock::now();
+        record next = current_;
+        next.expires_at = now + ttl_;
+        next.counter = current_.counter + 1;
+        const std::string etag = etag_;
+        const bool renewed = co_await write(next, etag, false);
+        if (renewed) {
+          current_ = next;
+          last_error_.clear();
+          wait = period;
+          continue;
+        }
+        lost_why = "taken by another owner (the lease changed under us)";
+      }
+    } catch (const std::exception& e) {
+      if (!*alive) co_return;
+      last_error_ = e.what();
+      if (system_clock::now() < current_.expires_at) {
+        // Not expired yet: try again soon.
+        wait = std::min<duration>(period, std::chrono::seconds(1));
+        log::warn("lease renewal failed; retrying", {{"error", last_error_}});
+        continue;
+      }
+      lost_why = "not renewed before it expired: " + last_error_;
+    }
+    if (!*alive) co_return;
+    held_ = false;
+    renewing_ = false;
+    lost_why_ = lost_why;
+    log::error("lease lost", {{"why", lost_why}});
+    if (lost_) lost_(lost_why);
+    co_return;
+  }
+}
+
+asio::awaitable<void> lease::release() {
+  renewing_ = false;
+  timer_.cancel();
+  if (!held_) co_return;
+  held_ = false;
+  try {
+    if (mode_ == mode::conditional) {
+      // Expired now, by compare-and-swap: never frees a lease that is no longer ours.
+      const wall_time now = system_clock::now();
+      record freed = current_;
+      freed.expires_at = now;
+      freed.counter = current_.counter + 1;
+      const std::string etag = etag_;
+      const bool freed_ok = co_await write(freed, etag, false);
+      if (!freed_ok) {
+        log::warn("lease release: it was no longer ours");
+      }
+    } else {
+      const std::string text = co_await store_.get(key);
+      const std::optional<record> there = from_json(text);
+      if (there && there->owner == owner_) co_await store_.remove(key);
+    }
+    current_.expires_at = system_clock::now();
+  } catch (const std::exception& e) {
+    last_error_ = e.what();
+    log::warn("lease release failed; it expires by itself", {{"error", last_error_}});
+  }
+}
+
+json lease::status() const {
+  json s = {{"held", held_},
+            {"mode", mode_ == mode::conditional ? "conditional" : "best-effort"},
+            {"owner", owner_},
+            {"ttl", format_duration(ttl_)},
+            {"counter", current_.counter},
+            {"expires_at",
+             current_.counter ? json(format_rfc3339(current_.expires_at, true)) : json(nullptr)},
+            {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)}};
+  if (!lost_why_.empty()) s["lost"] = lost_why_;
+  return s;
+}
+
+std::string owner_id(const std::string& file) {
+  try {
+    if (const auto saved = read_file(file, 256)) {
+      std::string id = *saved;
+      while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+      if (!id.empty()) return id;
+    }
+  } catch (const std::exception& e) {
+    log::warn("unreadable lease owner id; making a new one", {{"file", file}, {"error", e.what()}});
+  }
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0 || !*host) std::snprintf(host, sizeof host, "host");
+  std::random_device random;
+  char suffix[17];
+  std::snprintf(suffix, sizeof suffix, "%08x%08x", random(), random());
+  const std::string id = std::string(host) + "-" + suffix;
+  try {
+    write_file_atomically(file, id + "\n", 0600);
+  } catch (const std::exception& e) {
+    log::warn("could not save the lease owner id; a restart will be a new owner",
+              {{"file", file}, {"error", e.what()}});
+  }
+  return id;
+}
+
+}  // namespace sm::lease

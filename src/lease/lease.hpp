@@ -1,0 +1,101 @@
+// The lease on an environment's prefix (<key_prefix>lease.json): exactly one state-manager owns
+// the state in the store at a time. Acquired before any component starts, renewed in the
+// background every third of its time to live, released at shut-down or by POST /release-lease.
+//
+// With a store that does conditional writes (S3, file://), every change is a compare-and-swap:
+// create with If-None-Match: *, take over an expired lease and renew with If-Match. A store that
+// answers 501 to them (Swift's s3api) gets a best-effort lease instead: write, read back, check
+// the owner. That mode is logged and shown ("mode": "best-effort"), never silent.
+//
+// Times are wall-clock (they are compared across machines): the machines' clocks must agree to
+// well within the time to live.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/steady_timer.hpp>
+#include <nlohmann/json_fwd.hpp>
+
+#include "base/clock.hpp"
+#include "base/duration.hpp"
+#include "s3/object_store.hpp"
+
+namespace sm::lease {
+
+struct record {
+  std::string owner;
+  wall_time acquired_at{};
+  wall_time expires_at{};
+  std::uint64_t counter = 0;  // +1 on every acquisition and renewal
+};
+// lease.json's text, and back (nullopt: not a lease record).
+std::string to_json(const record& r);
+std::optional<record> from_json(std::string_view text);
+
+// Another owner holds a live lease.
+class held_elsewhere : public std::runtime_error {
+ public:
+  explicit held_elsewhere(record holder);
+  const record& holder() const { return holder_; }
+
+ private:
+  record holder_;
+};
+
+enum class mode { conditional, best_effort };
+
+class lease {
+ public:
+  // `store` must outlive the lease.
+  lease(asio::any_io_executor executor, s3::object_store& store, std::string owner, duration ttl);
+  ~lease();
+
+  // Takes the lease if it is free, expired or already ours; throws held_elsewhere when another
+  // owner's lease is live, s3::error when the store fails.
+  asio::awaitable<void> acquire();
+
+  // Renews in the background until release(); calls `lost` (once) when the lease is gone: taken
+  // by another owner, or not renewed before it expired.
+  void keep(std::function<void(std::string why)> lost);
+
+  // Stops renewing and frees the lease at once (expired now, so another owner can take it
+  // without waiting). Best effort: a failure is logged and the lease expires by itself.
+  asio::awaitable<void> release();
+
+  bool held() const { return held_; }
+  // GET / "lease": held, mode, owner, expires_at, counter, last_error (and why it was lost).
+  nlohmann::json status() const;
+
+ private:
+  asio::awaitable<void> renew_loop();
+  asio::awaitable<bool> write(const record& next, const std::string& etag, bool create);
+
+  asio::any_io_executor executor_;
+  s3::object_store& store_;
+  std::string owner_;
+  duration ttl_;
+  mode mode_ = mode::conditional;
+  bool held_ = false;
+  record current_;
+  std::string etag_;  // of lease.json as we last wrote it
+  std::string last_error_, lost_why_;
+  std::function<void(std::string)> lost_;
+  bool renewing_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  asio::steady_timer timer_;
+};
+
+// This machine's owner id: "<hostname>-<16 hex digits>", generated once and kept in `file`
+// (mode 0600) so that a restart in the same directory is the same owner and gets its own lease
+// back at once.
+std::string owner_id(const std::string& file);
+
+}  // namespace sm::lease

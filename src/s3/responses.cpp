@@ -1,0 +1,298 @@
+#include "s3/responses.hpp"
+
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+
+#include "s3/xml.hpp"
+
+namespace sm::s3 {
+
+namespace {
+
+constexpr std::string_view s3_namespace = "http://s3.amazonaws.com/doc/2006-03-01/";
+
+[[noreturn]] void malformed(const std::string& what) {
+  throw error(0, "MalformedResponse", what);
+}
+
+xml::element parse_document(std::string_view body, std::string_view expected_root) {
+  std::string problem;
+  std::optional<xml::element> root = xml::parse(body, &problem);
+  if (!root)
+    malformed("not a well-formed <" + std::string(expected_root) + "> document (" + problem + ")");
+  return std::move(*root);
+}
+
+// S3 answers CompleteMultipartUpload and CopyObject with 200 before the work is done, and
+// reports a failure that comes later as an <Error> body. It is thrown as a server error so that
+// the caller retries it like one.
+void throw_embedded_error(const xml::element& root) {
+  if (!root.is("Error")) return;
+  std::string code = root.child_text("Code");
+  if (code.empty()) code = "InternalError";
+  throw error(500, std::move(code), root.child_text("Message"));
+}
+
+void require_root(const xml::element& root, std::string_view expected) {
+  if (!root.is(expected)) {
+    malformed("expected <" + std::string(expected) + ">, got <" + root.name + ">");
+  }
+}
+
+const xml::element& required(const xml::element& parent, std::string_view name) {
+  const xml::element* found = parent.child(name);
+  if (found == nullptr) malformed("<" + parent.name + "> has no <" + std::string(name) + ">");
+  return *found;
+}
+
+std::string without_quotes(std::string_view etag) {
+  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') {
+    etag = etag.substr(1, etag.size() - 2);
+  }
+  return std::string(etag);
+}
+
+std::uint64_t parse_size(std::string_view text) {
+  std::uint64_t size = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), size);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
+    malformed("unreadable Size \"" + std::string(text) + "\"");
+  }
+  return size;
+}
+
+bool read_digits(std::string_view text, std::size_t at, std::size_t count, int& out) {
+  if (at + count > text.size()) return false;
+  out = 0;
+  for (std::size_t i = at; i < at + count; ++i) {
+    if (text[i] < '0' || text[i] > '9') return false;
+    out = out * 10 + (text[i] - '0');
+  }
+  return true;
+}
+
+// ISO 8601 as S3 writes it, "2026-11-22T13:00:00.000Z": any number of fraction digits (up to
+// nanoseconds are kept), and "Z" or a "+hh:mm" / "-hh:mm" offset. Years are held to 1900-2200:
+// libstdc++'s system_clock counts nanoseconds in 64 bits, which end in 2262.
+std::chrono::system_clock::time_point parse_timestamp(std::string_view text) {
+  using namespace std::chrono;
+  const auto unreadable = [&]() {
+    malformed("unreadable LastModified \"" + std::string(text) + "\"");
+  };
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
+  if (!read_digits(text, 0, 4, y) || text.size() < 20 || text[4] != '-' ||
+      !read_digits(text, 5, 2, mo) || text[7] != '-' || !read_digits(text, 8, 2, d) ||
+      text[10] != 'T' || !read_digits(text, 11, 2, h) || text[13] != ':' ||
+      !read_digits(text, 14, 2, mi) || text[16] != ':' || !read_digits(text, 17, 2, s)) {
+    unreadable();
+  }
+  std::size_t i = 19;
+  std::int64_t fraction_ns = 0;
+  if (text[i] == '.') {
+    ++i;
+    int kept = 0;
+    const std::size_t first_digit = i;
+    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+      if (kept < 9) {
+        fraction_ns = fraction_ns * 10 + (text[i] - '0');
+        ++kept;
+      }
+    }
+    if (i == first_digit) unreadable();
+    for (; kept < 9; ++kept) fraction_ns *= 10;
+  }
+  minutes offset{0};
+  if (i < text.size() && text[i] == 'Z') {
+    ++i;
+  } else if (i < text.size() && (text[i] == '+' || text[i] == '-')) {
+    int oh = 0, om = 0;
+    if (!read_digits(text, i + 1, 2, oh) || i + 3 >= text.size() || text[i + 3] != ':' ||
+        !read_digits(text, i + 4, 2, om) || oh > 23 || om > 59) {
+      unreadable();
+    }
+    offset = hours(oh) + minutes(om);
+    if (text[i] == '-') offset = -offset;
+    i += 6;
+  } else {
+    unreadable();
+  }
+  if (i != text.size()) unreadable();
+  const year_month_day date{year{y}, month{static_cast<unsigned>(mo)},
+                            day{static_cast<unsigned>(d)}};
+  if (y < 1900 || y > 2200 || !date.ok() || h > 23 || mi > 59 || s > 59) unreadable();
+  const auto exact =
+      sys_days(date) + hours(h) + minutes(mi) + seconds(s) + nanoseconds(fraction_ns) - offset;
+  return time_point_cast<system_clock::duration>(exact);
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// encoding-type=url: S3 writes a space as '+' (and a '+' as %2B), as in a form.
+std::string url_decoded(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      out += ' ';
+    } else if (text[i] != '%') {
+      out += text[i];
+    } else {
+      const int high = i + 2 < text.size() ? hex_value(text[i + 1]) : -1;
+      const int low = high >= 0 ? hex_value(text[i + 2]) : -1;
+      if (low < 0) malformed("bad percent-encoding in \"" + std::string(text) + "\"");
+      out += static_cast<char>(high * 16 + low);
+      i += 2;
+    }
+  }
+  return out;
+}
+
+std::string relative_key(std::string_view full_key, std::string_view key_prefix) {
+  if (!full_key.starts_with(key_prefix)) {
+    malformed("key \"" + std::string(full_key) + "\" is outside the prefix \"" +
+              std::string(key_prefix) + "\"");
+  }
+  return std::string(full_key.substr(key_prefix.size()));
+}
+
+// Character data for a request body: the five special characters as entities, and control
+// characters as references, since an XML reader turns a raw "\r" into "\n".
+std::string xml_escaped(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += "&#" + std::to_string(static_cast<int>(c)) + ";";
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+list_page parse_list_objects_v2(std::string_view body, std::string_view key_prefix) {
+  const xml::element root = parse_document(body, "ListBucketResult");
+  require_root(root, "ListBucketResult");
+  const bool url_encoded = root.child_text("EncodingType") == "url";
+  const auto key_of = [&](const xml::element& e) {
+    return relative_key(url_encoded ? url_decoded(e.text) : e.text, key_prefix);
+  };
+
+  list_page page;
+  for (const xml::element* contents : root.children_named("Contents")) {
+    object_info info;
+    info.key = key_of(required(*contents, "Key"));
+    info.size = parse_size(required(*contents, "Size").text);
+    info.etag = without_quotes(required(*contents, "ETag").text);
+    info.last_modified = parse_timestamp(required(*contents, "LastModified").text);
+    page.objects.push_back(std::move(info));
+  }
+  for (const xml::element* common : root.children_named("CommonPrefixes")) {
+    const std::vector<const xml::element*> prefixes = common->children_named("Prefix");
+    if (prefixes.empty()) malformed("<CommonPrefixes> has no <Prefix>");
+    for (const xml::element* prefix : prefixes) page.common_prefixes.push_back(key_of(*prefix));
+  }
+
+  // A truncated page without a token would end the listing early, silently: refuse it.
+  const std::string& truncated = required(root, "IsTruncated").text;
+  if (truncated == "true" || truncated == "1") {
+    page.next_token = required(root, "NextContinuationToken").text;
+    if (page.next_token.empty()) malformed("a truncated listing with an empty continuation token");
+  } else if (truncated != "false" && truncated != "0") {
+    malformed("unreadable IsTruncated \"" + truncated + "\"");
+  }
+  return page;
+}
+
+std::optional<error_body> parse_error(std::string_view body) {
+  const std::optional<xml::element> root = xml::parse(body);
+  if (!root || !root->is("Error")) return std::nullopt;
+  const xml::element* code = root->child("Code");
+  if (code == nullptr || code->text.empty()) return std::nullopt;
+  return error_body{code->text, root->child_text("Message")};
+}
+
+std::string parse_initiate_multipart(std::string_view body) {
+  const xml::element root = parse_document(body, "InitiateMultipartUploadResult");
+  require_root(root, "InitiateMultipartUploadResult");
+  std::string upload_id = required(root, "UploadId").text;
+  if (upload_id.empty()) malformed("an empty UploadId");
+  return upload_id;
+}
+
+std::string parse_complete_multipart(std::string_view body) {
+  const xml::element root = parse_document(body, "CompleteMultipartUploadResult");
+  throw_embedded_error(root);
+  require_root(root, "CompleteMultipartUploadResult");
+  return without_quotes(required(root, "ETag").text);
+}
+
+std::string parse_copy_result(std::string_view body) {
+  const xml::element root = parse_document(body, "CopyObjectResult");
+  throw_embedded_error(root);
+  require_root(root, "CopyObjectResult");
+  return without_quotes(required(root, "ETag").text);
+}
+
+std::vector<std::pair<std::string, error_body>> parse_delete_result(std::string_view body,
+                                                                    std::string_view key_prefix) {
+  const xml::element root = parse_document(body, "DeleteResult");
+  throw_embedded_error(root);
+  require_root(root, "DeleteResult");
+  std::vector<std::pair<std::string, error_body>> failed;
+  for (const xml::element* e : root.children_named("Error")) {
+    std::string key = relative_key(required(*e, "Key").text, key_prefix);
+    failed.emplace_back(std::move(key),
+                        error_body{required(*e, "Code").text, e->child_text("Message")});
+  }
+  return failed;
+}
+
+std::string delete_request_body(const std::vector<std::string>& full_keys) {
+  std::string body = R"(<?xml version="1.0" encoding="UTF-8"?>)";
+  body += "<Delete xmlns=\"" + std::string(s3_namespace) + "\"><Quiet>true</Quiet>";
+  for (const std::string& key : full_keys) {
+    body += "<Object><Key>" + xml_escaped(key) + "</Key></Object>";
+  }
+  body += "</Delete>";
+  return body;
+}
+
+std::string complete_multipart_body(const std::vector<std::string>& part_etags) {
+  std::string body = R"(<?xml version="1.0" encoding="UTF-8"?>)";
+  body += "<CompleteMultipartUpload xmlns=\"" + std::string(s3_namespace) + "\">";
+  for (std::size_t i = 0; i < part_etags.size(); ++i) {
+    body += "<Part><PartNumber>" + std::to_string(i + 1) + "</PartNumber><ETag>\"" +
+            xml_escaped(without_quotes(part_etags[i])) + "\"</ETag></Part>";
+  }
+  body += "</CompleteMultipartUpload>";
+  return body;
+}
+
+}  // namespace sm::s3
