@@ -71,7 +71,9 @@ struct store_config {
   bool virtual_host = false;  // bucket.host addressing instead of host/bucket
   unsigned max_parallel = 8;  // requests in flight at once (S3)
   std::chrono::milliseconds request_timeout{30000};
-  unsigned max_attempts = 5;  // retries of retryable failures, with backoff and jitter
+  // Tries of a retryable failure (5xx, 429, no answer), with exponential backoff (100 ms
+  // doubling to 5 s) and full jitter: 10 rides out a store restart of ~10-20 s.
+  unsigned max_attempts = 10;
 };
 
 // No default arguments on the coroutines: g++ 12 destroys a defaulted class-type argument of a

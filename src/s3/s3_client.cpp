@@ -90,7 +90,8 @@ struct request {
   std::string_view body;  // sent as is (PUT, POST)
   bool has_body = false;
   std::optional<byte_range> range;
-  std::string about;  // the key to name in errors
+  std::string about;          // the key to name in errors
+  unsigned max_attempts = 0;  // 0: the store's
 };
 
 struct response {
@@ -305,6 +306,7 @@ class s3_client final : public object_store {
     request r;
     r.query = {{"list-type", "2"}, {"max-keys", "1"}, {"prefix", config_.key_prefix}};
     r.about = config_.bucket;
+    r.max_attempts = 2;  // POST /config is waiting: an unreachable store is reported quickly
     const response answer = co_await send(r);
     parse_list_objects_v2(answer.body, config_.key_prefix);  // an S3 answer, not some page
   }
@@ -484,7 +486,8 @@ class s3_client final : public object_store {
         if (failure) std::rethrow_exception(failure);
         co_return answer;
       } catch (const error& e) {
-        if (!e.retryable() || attempt >= std::max(1u, config_.max_attempts)) throw;
+        const unsigned limit = r.max_attempts ? r.max_attempts : config_.max_attempts;
+        if (!e.retryable() || attempt >= std::max(1u, limit)) throw;
       }
       std::uniform_int_distribution<long> spread(0, backoff.count());
       pause.expires_after(std::chrono::milliseconds(spread(jitter_)));

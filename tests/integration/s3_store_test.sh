@@ -28,3 +28,18 @@ assert s3.get_object(Bucket="conformance", Key=odd[0])["Body"].read() == b"value
 big = [k for k in keys if k.endswith("/files/big.bin")]
 assert big and s3.head_object(Bucket="conformance", Key=big[0])["ContentLength"] == (64 << 20) + 12345
 PY
+
+# And the other way: boto3 writes a key that needs encoding, our client reads it byte-exactly.
+head -c 100000 /dev/urandom >cross.bin
+/usr/bin/python3 - <<'PY' || fail "boto3 could not write the cross-check object"
+import os, boto3, botocore.config
+s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], region_name="us-east-1",
+                  aws_access_key_id=os.environ["S3_ACCESS_KEY"],
+                  aws_secret_access_key=os.environ["S3_SECRET_KEY"],
+                  config=botocore.config.Config(s3={"addressing_style": "path"}))
+s3.put_object(Bucket="conformance", Key="from-boto3/a b+c=(d)*'\u00e9.bin", Body=open("cross.bin", "rb").read())
+PY
+CROSS_KEY="from-boto3/a b+c=(d)*'é.bin" CROSS_FILE=$TEST_DIR/cross.bin \
+  "$STORE_CONFORMANCE_BIN" --run_test=reads_what_another_client_wrote >cross.log 2>&1 ||
+  fail "reading what boto3 wrote: $(tail -20 cross.log)"
+grep -q 'No errors detected' cross.log || fail "cross-check: $(tail -20 cross.log)"

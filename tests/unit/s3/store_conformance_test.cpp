@@ -278,6 +278,45 @@ BOOST_AUTO_TEST_CASE(conditional_puts) {
   });
 }
 
+// Another client wrote CROSS_KEY (at the bucket's root) with the bytes of the file CROSS_FILE:
+// we read the same bytes back, whole and by range, and list it (s3_store_test.sh uses boto3).
+BOOST_AUTO_TEST_CASE(reads_what_another_client_wrote) {
+  const char* key = std::getenv("CROSS_KEY");
+  const char* file = std::getenv("CROSS_FILE");
+  if (!key || !file) return;  // only in the cross-check run
+  std::ifstream in(file, std::ios::binary);
+  const std::string expected((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  asio::io_context io;
+  store_config config;
+  config.endpoint = env_or("S3_ENDPOINT", "");
+  config.bucket = env_or("S3_BUCKET", "conformance");
+  config.access_key = env_or("S3_ACCESS_KEY", "");
+  config.secret_key = env_or("S3_SECRET_KEY", "");
+  std::string whole, part;
+  list_page listed;
+  std::exception_ptr failure;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto store = make_store(io.get_executor(), config);
+        const std::string k = key;
+        whole = co_await store->get(k);
+        part = co_await store->get(k, byte_range{1, 3});
+        const std::string prefix = k.substr(0, k.find('/') + 1);
+        listed = co_await store->list(prefix);
+      },
+      [&](std::exception_ptr e) { failure = e; });
+  io.run();
+  sm::stop_offload_worker();
+  BOOST_TEST_REQUIRE(!failure);
+  BOOST_TEST((whole == expected));
+  BOOST_TEST((part == expected.substr(1, 3)));
+  BOOST_TEST_REQUIRE(listed.objects.size() == 1u);
+  BOOST_TEST(listed.objects[0].key == std::string(key));
+  BOOST_TEST(listed.objects[0].size == expected.size());
+}
+
 // --- the bucket, for the S3 run ---------------------------------------------------------------
 #include <curl/curl.h>
 
