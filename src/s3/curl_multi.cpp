@@ -1,5 +1,7 @@
 #include "s3/curl_multi.hpp"
 
+#include "s3/dynamic.hpp"
+
 #include <unistd.h>
 
 #include <asio/posix/stream_descriptor.hpp>
@@ -20,20 +22,20 @@ struct curl_multi::watch {
 };
 
 curl_multi::curl_multi(asio::any_io_executor executor, long max_host_connections)
-    : executor_(executor), multi_(curl_multi_init()), timer_(executor) {
+    : executor_(executor), multi_(lib::curl().multi_init()), timer_(executor) {
   if (!multi_) throw std::runtime_error("curl_multi_init failed");
-  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &curl_multi::on_socket);
-  curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
-  curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &curl_multi::on_timer);
-  curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
-  curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
-  curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, max_host_connections * 2);
+  lib::curl().multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &curl_multi::on_socket);
+  lib::curl().multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+  lib::curl().multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &curl_multi::on_timer);
+  lib::curl().multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+  lib::curl().multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
+  lib::curl().multi_setopt(multi_, CURLMOPT_MAXCONNECTS, max_host_connections * 2);
 }
 
 curl_multi::~curl_multi() {
-  for (auto& [easy, t] : transfers_) curl_multi_remove_handle(multi_, easy);
+  for (auto& [easy, t] : transfers_) lib::curl().multi_remove_handle(multi_, easy);
   // Cleaning up closes the cached connections: through on_close, which releases our watches.
-  curl_multi_cleanup(multi_);
+  lib::curl().multi_cleanup(multi_);
   for (auto& [fd, w] : watches_) {
     w->gone = true;
     w->descriptor.release();
@@ -102,17 +104,17 @@ int curl_multi::on_timer(CURLM*, long timeout_ms, void* self_ptr) {
 
 void curl_multi::action(curl_socket_t fd, int events) {
   int running = 0;
-  curl_multi_socket_action(multi_, fd, events, &running);
+  lib::curl().multi_socket_action(multi_, fd, events, &running);
   collect();
 }
 
 void curl_multi::collect() {
   int left = 0;
-  while (CURLMsg* message = curl_multi_info_read(multi_, &left)) {
+  while (CURLMsg* message = lib::curl().multi_info_read(multi_, &left)) {
     if (message->msg != CURLMSG_DONE) continue;
     CURL* easy = message->easy_handle;
     const CURLcode result = message->data.result;
-    curl_multi_remove_handle(multi_, easy);
+    lib::curl().multi_remove_handle(multi_, easy);
     if (const auto it = transfers_.find(easy); it != transfers_.end()) {
       it->second->result = result;
       it->second->finished = true;
@@ -126,10 +128,10 @@ asio::awaitable<CURLcode> curl_multi::perform(CURL* easy) {
   transfer t{asio::steady_timer(executor_, std::chrono::steady_clock::time_point::max())};
   // Every connection of ours closes through on_close, so that no watch outlives its number
   // (set before the transfer: a connection takes it when it is made).
-  curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, &curl_multi::on_close);
-  curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, this);
+  lib::curl().easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, &curl_multi::on_close);
+  lib::curl().easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, this);
   transfers_[easy] = &t;
-  if (const CURLMcode added = curl_multi_add_handle(multi_, easy); added != CURLM_OK) {
+  if (const CURLMcode added = lib::curl().multi_add_handle(multi_, easy); added != CURLM_OK) {
     transfers_.erase(easy);
     co_return CURLE_FAILED_INIT;
   }

@@ -4,8 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <cstring>
 #include <ctime>
@@ -22,6 +20,7 @@
 
 #include "async/offload.hpp"
 #include "s3/curl_multi.hpp"
+#include "s3/dynamic.hpp"
 #include "s3/responses.hpp"
 #include "s3/sigv4.hpp"
 
@@ -49,16 +48,16 @@ std::string hex(const unsigned char* data, std::size_t size) {
 std::string sha256_hex(std::string_view data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
-  EVP_Digest(data.data(), data.size(), digest, &size, EVP_sha256(), nullptr);
+  lib::crypto().digest(data.data(), data.size(), digest, &size, lib::crypto().sha256(), nullptr);
   return hex(digest, size);
 }
 
 std::string md5_base64(std::string_view data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
-  EVP_Digest(data.data(), data.size(), digest, &size, EVP_md5(), nullptr);
+  lib::crypto().digest(data.data(), data.size(), digest, &size, lib::crypto().md5(), nullptr);
   unsigned char encoded[64];
-  const int n = EVP_EncodeBlock(encoded, digest, static_cast<int>(size));
+  const int n = lib::crypto().encode_block(encoded, digest, static_cast<int>(size));
   return std::string(reinterpret_cast<char*>(encoded), static_cast<std::size_t>(n));
 }
 
@@ -520,28 +519,30 @@ class s3_client final : public object_store {
   }
 
   asio::awaitable<response> attempt_once(const request& r) {
-    std::unique_ptr<CURL, void (*)(CURL*)> easy(curl_easy_init(), curl_easy_cleanup);
+    std::unique_ptr<CURL, void (*)(CURL*)> easy(lib::curl().easy_init(), lib::curl().easy_cleanup);
     if (!easy) throw error(0, "ClientError", "curl_easy_init failed");
     CURL* e = easy.get();
     response answer;
     upload_cursor cursor{r.body};
     const std::string url =
         object_url(endpoint_, config_.bucket, config_.virtual_host, r.key, r.query);
-    curl_easy_setopt(e, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);  // keys with "." or ".." segments stay as they are
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    lib::curl().easy_setopt(e, CURLOPT_URL, url.c_str());
+    lib::curl().easy_setopt(e, CURLOPT_PATH_AS_IS,
+                            1L);  // keys with "." or ".." segments stay as they are
+    lib::curl().easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    lib::curl().easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     const std::string sigv4 = sigv4_param(config_.region);
-    curl_easy_setopt(e, CURLOPT_AWS_SIGV4, sigv4.c_str());
+    lib::curl().easy_setopt(e, CURLOPT_AWS_SIGV4, sigv4.c_str());
     // Separately: an access key may contain ':' (Swift's "test:tester").
-    curl_easy_setopt(e, CURLOPT_USERNAME, config_.access_key.c_str());
-    curl_easy_setopt(e, CURLOPT_PASSWORD, config_.secret_key.c_str());
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.request_timeout.count()));
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &write_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &answer);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &write_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, &answer);
+    lib::curl().easy_setopt(e, CURLOPT_USERNAME, config_.access_key.c_str());
+    lib::curl().easy_setopt(e, CURLOPT_PASSWORD, config_.secret_key.c_str());
+    lib::curl().easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    lib::curl().easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                            static_cast<long>(config_.request_timeout.count()));
+    lib::curl().easy_setopt(e, CURLOPT_WRITEFUNCTION, &write_body);
+    lib::curl().easy_setopt(e, CURLOPT_WRITEDATA, &answer);
+    lib::curl().easy_setopt(e, CURLOPT_HEADERFUNCTION, &write_header);
+    lib::curl().easy_setopt(e, CURLOPT_HEADERDATA, &answer);
 
     std::vector<std::string> headers = r.headers;
     // curl 7.88 signs with the empty body's hash unless told (DESIGN.md section 4).
@@ -551,35 +552,38 @@ class s3_client final : public object_store {
                         (r.range->last ? std::to_string(*r.range->last) : std::string()));
     }
     if (r.method == "HEAD") {
-      curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+      lib::curl().easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else if (r.method == "PUT") {
-      curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-      curl_easy_setopt(e, CURLOPT_READFUNCTION, &read_body);
-      curl_easy_setopt(e, CURLOPT_READDATA, &cursor);
-      curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
+      lib::curl().easy_setopt(e, CURLOPT_UPLOAD, 1L);
+      lib::curl().easy_setopt(e, CURLOPT_READFUNCTION, &read_body);
+      lib::curl().easy_setopt(e, CURLOPT_READDATA, &cursor);
+      lib::curl().easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
       // No waiting for "100 Continue" (an empty "Expect:" header would be signed, then dropped
       // from the request by curl: a signature mismatch).
-      curl_easy_setopt(e, CURLOPT_EXPECT_100_TIMEOUT_MS, 0L);
+      lib::curl().easy_setopt(e, CURLOPT_EXPECT_100_TIMEOUT_MS, 0L);
     } else if (r.method == "POST") {
-      curl_easy_setopt(e, CURLOPT_POST, 1L);
-      curl_easy_setopt(e, CURLOPT_POSTFIELDS, r.body.data());
-      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(r.body.size()));
+      lib::curl().easy_setopt(e, CURLOPT_POST, 1L);
+      lib::curl().easy_setopt(e, CURLOPT_POSTFIELDS, r.body.data());
+      lib::curl().easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                              static_cast<curl_off_t>(r.body.size()));
     } else if (r.method != "GET") {
-      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str());
+      lib::curl().easy_setopt(e, CURLOPT_CUSTOMREQUEST, r.method.c_str());
     }
     curl_slist* list = nullptr;
-    for (const std::string& h : headers) list = curl_slist_append(list, h.c_str());
-    std::unique_ptr<curl_slist, void (*)(curl_slist*)> header_list(list, curl_slist_free_all);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, list);
+    for (const std::string& h : headers) list = lib::curl().slist_append(list, h.c_str());
+    std::unique_ptr<curl_slist, void (*)(curl_slist*)> header_list(list,
+                                                                   lib::curl().slist_free_all);
+    lib::curl().easy_setopt(e, CURLOPT_HTTPHEADER, list);
 
     const CURLcode result = co_await multi_.perform(e);
     if (result != CURLE_OK) {
       const std::string code = result == CURLE_OPERATION_TIMEDOUT ? "Timeout"
                                : result == CURLE_COULDNT_CONNECT  ? "ConnectionFailed"
                                                                   : "RequestFailed";
-      throw error(0, code, std::string(curl_easy_strerror(result)) + " (" + url + ")", r.about);
+      throw error(0, code, std::string(lib::curl().easy_strerror(result)) + " (" + url + ")",
+                  r.about);
     }
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &answer.status);
+    lib::curl().easy_getinfo(e, CURLINFO_RESPONSE_CODE, &answer.status);
     if (answer.status >= 200 && answer.status < 300) co_return answer;
     if (const auto body = parse_error(answer.body)) {
       throw error(static_cast<int>(answer.status), body->code, body->message, r.about);
@@ -605,8 +609,14 @@ class s3_client final : public object_store {
 }  // namespace
 
 std::unique_ptr<object_store> make_s3_client(asio::any_io_executor executor, store_config config) {
-  static std::once_flag curl_ready;
-  std::call_once(curl_ready, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  // Loads libcurl and libcrypto now (not at start-up); a missing one is a clear error.
+  try {
+    lib::curl();
+    lib::crypto();
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(std::string("S3 endpoints need libcurl and libcrypto: ") +
+                                e.what());
+  }
   return std::make_unique<s3_client>(executor, std::move(config));
 }
 
