@@ -66,6 +66,7 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   sc.access_key = config.storage.access_key;
   sc.secret_key = config.storage.secret_key;
   sc.key_prefix = config.storage.key_prefix;
+  sc.virtual_host = config.storage.virtual_host;
   std::unique_ptr<s3::object_store> store;
   try {
     store = s3::make_store(executor, sc);

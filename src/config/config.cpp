@@ -234,9 +234,9 @@ void parse_storage(checker& check, const json& doc, storage_config& out) {
     check.add("storage", "must be an object");
     return;
   }
-  check.only_known(
-      storage, "storage",
-      {"bucket", "endpoint", "access_key", "secret_key", "region", "key_prefix", "env_dir"});
+  check.only_known(storage, "storage",
+                   {"bucket", "endpoint", "access_key", "secret_key", "region", "key_prefix",
+                    "env_dir", "addressing"});
 
   auto field = [&](const char* key, bool required) -> std::optional<std::string> {
     const std::string path = std::string("storage.") + key;
@@ -274,6 +274,14 @@ void parse_storage(checker& check, const json& doc, storage_config& out) {
     out.key_prefix = *prefix;
     // Keys are <key_prefix><name>: "envs/42" is taken to mean the folder "envs/42/".
     if (!out.key_prefix.empty() && out.key_prefix.back() != '/') out.key_prefix += '/';
+  }
+  if (auto addressing = field("addressing", false)) {
+    if (*addressing != "path" && *addressing != "virtual") {
+      check.add("storage.addressing",
+                "expected \"path\" (host/bucket/key, the default) or \"virtual\" "
+                "(bucket.host/key)");
+    }
+    out.virtual_host = *addressing == "virtual";
   }
   if (auto env_dir = field("env_dir", false)) {
     if (env_dir->empty()) check.add("storage.env_dir", "must not be empty");
@@ -480,6 +488,7 @@ json to_redacted_json(const configuration& config) {
       {"region", config.storage.region},
       {"key_prefix", config.storage.key_prefix},
       {"env_dir", config.storage.env_dir},
+      {"addressing", config.storage.virtual_host ? "virtual" : "path"},
   };
   json components = json::object();
   for (const auto& [name, c] : config.components) {

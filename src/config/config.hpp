@@ -31,6 +31,7 @@ struct storage_config {
   std::string region = "us-east-1";
   std::string key_prefix;  // "" or ending in '/' (one is appended when missing)
   std::string env_dir = "data/env";
+  bool virtual_host = false;  // "addressing": "virtual" (bucket.host) or "path" (host/bucket)
 
   bool is_file_store() const { return endpoint.rfind("file://", 0) == 0; }
 };

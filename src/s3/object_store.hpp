@@ -70,6 +70,7 @@ struct store_config {
   std::string key_prefix;
   bool virtual_host = false;  // bucket.host addressing instead of host/bucket
   unsigned max_parallel = 8;  // requests in flight at once (S3)
+  // A request moving less than 1 byte/s for this long is failed (and retried).
   std::chrono::milliseconds request_timeout{30000};
   // Tries of a retryable failure (5xx, 429, no answer), with exponential backoff (100 ms
   // doubling to 5 s) and full jitter: 10 rides out a store restart of ~10-20 s.

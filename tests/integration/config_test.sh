@@ -42,6 +42,7 @@ SM_TEST_SECRET=$SECRET sm_start
 # Invalid documents: every problem listed with its path, nothing saved.
 expect_invalid '{"invalid":true}' storage stacks invalid
 expect_invalid '{"storage": {"endpoint": "file:///x"}, "stacks": []}' storage.bucket
+expect_invalid '{"storage": {"bucket": "bkt", "endpoint": "file:///x", "addressing": "sideways"}, "stacks": []}' storage.addressing
 expect_invalid '{"storage": {"bucket": "bkt"}, "stacks": []}' storage.endpoint
 expect_invalid '{"storage": {"bucket": "bkt", "endpoint": "file:///x"}}' stacks
 expect_invalid '{"storage": {"bucket": "bkt", "endpoint": "file:///x"}, "stacks": ["nosuch"]}' 'stacks[0]'

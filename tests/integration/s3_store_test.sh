@@ -43,3 +43,10 @@ CROSS_KEY="from-boto3/a b+c=(d)*'é.bin" CROSS_FILE=$TEST_DIR/cross.bin \
   "$STORE_CONFORMANCE_BIN" --run_test=reads_what_another_client_wrote >cross.log 2>&1 ||
   fail "reading what boto3 wrote: $(tail -20 cross.log)"
 grep -q 'No errors detected' cross.log || fail "cross-check: $(tail -20 cross.log)"
+
+# Virtual-host addressing ("addressing": "virtual"): the bucket in the host name,
+# <bucket>.localhost, which Swift's s3api accepts as its storage domain.
+S3_ADDRESSING=virtual S3_ENDPOINT=${S3_ENDPOINT/127.0.0.1/localhost} \
+  "$STORE_CONFORMANCE_BIN" --run_test=put_get_odd_keys,binary_and_ranges,listing_with_delimiter_and_pages \
+  >virtual.log 2>&1 || fail "virtual-host addressing: $(tail -20 virtual.log)"
+grep -q 'No errors detected' virtual.log || fail "virtual-host: $(tail -20 virtual.log)"
