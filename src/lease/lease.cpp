@@ -27,6 +27,13 @@ std::int64_t to_ms(wall_time t) {
 wall_time from_ms(std::int64_t ms) {
   return wall_time(std::chrono::milliseconds(ms));
 }
+
+// Another writer's conditional write won: 412, or S3's 409 ConditionalRequestConflict (two
+// conditional writes of the same key at once; S3 says to try again).
+bool lost_race(const s3::error& e) {
+  return e.status() == 412 || e.code() == "PreconditionFailed" ||
+         e.code() == "ConditionalRequestConflict";
+}
 }  // namespace
 
 std::string to_json(const record& r) {
@@ -65,41 +72,81 @@ held_elsewhere::held_elsewhere(record holder)
 
 lease::lease(asio::any_io_executor executor, s3::object_store& store, std::string owner,
              duration ttl)
-    : executor_(executor), store_(store), owner_(std::move(owner)), ttl_(ttl), timer_(executor) {}
+    : executor_(executor),
+      store_(store),
+      owner_(std::move(owner)),
+      ttl_(ttl),
+      timer_(executor),
+      renewal_done_(executor) {}
 
 lease::~lease() {
   *alive_ = false;
 }
 
 asio::awaitable<bool> lease::write(const record& next, const std::string& etag, bool create) {
+  const auto alive = alive_;
   const std::string body = to_json(next);
   if (mode_ == mode::conditional) {
     s3::put_options options;
     options.content_type = "application/json";
     options.if_none_match = create;
     if (!create) options.if_match = etag;
+    bool refused = false;
+    std::string not_implemented;
     try {
-      const std::string etag = co_await store_.put(key, body, options);
-      etag_ = etag;
+      const std::string written = co_await store_.put(key, body, options);
+      if (!*alive) co_return false;
+      etag_ = written;
       co_return true;
     } catch (const s3::error& e) {
-      if (e.status() == 412 || e.code() == "PreconditionFailed") co_return false;  // lost a race
-      if (e.status() != 501) throw;
-      mode_ = mode::best_effort;
-      log::warn(
-          "the object store does not support conditional writes (501): the lease is best-effort "
-          "(written, read back and checked), not a guarantee against a simultaneous owner",
-          {{"store_said", e.message()}});
+      if (lost_race(e)) {
+        refused = true;
+      } else if (e.status() == 501) {
+        not_implemented = e.message();
+      } else {
+        throw;
+      }
     }
+    if (refused || !*alive) co_return false;
+    mode_ = mode::best_effort;
+    log::warn(
+        "the object store does not support conditional writes (501): the lease is best-effort "
+        "(written, read back and checked), not a guarantee against a simultaneous owner",
+        {{"store_said", not_implemented}});
   }
   // Best effort: write, read back, check it is ours.
   s3::put_options plain;
   plain.content_type = "application/json";
   const std::string written = co_await store_.put(key, body, plain);
+  if (!*alive) co_return false;
   etag_ = written;
   const std::string read_back = co_await store_.get(key);
+  if (!*alive) co_return false;
   const std::optional<record> back = from_json(read_back);
   co_return back && back->owner == owner_ && back->counter == next.counter;
+}
+
+asio::awaitable<bool> lease::landed(const record& next) {
+  const auto alive = alive_;
+  const std::optional<s3::object_info> info = co_await store_.head(key);
+  if (!*alive || !info) co_return false;
+  // The ETag first, then the body: if lease.json changed in between, the body is not ours.
+  std::string text;
+  bool gone = false;
+  try {
+    text = co_await store_.get(key);
+  } catch (const s3::error& e) {
+    if (e.status() != 404) throw;
+    gone = true;
+  }
+  if (!*alive || gone) co_return false;
+  const std::optional<record> there = from_json(text);
+  if (!there || there->owner != owner_ || there->counter != next.counter ||
+      to_ms(there->expires_at) != to_ms(next.expires_at)) {
+    co_return false;
+  }
+  etag_ = info->etag;
+  co_return true;
 }
 
 asio::awaitable<void> lease::acquire() {
@@ -150,66 +197,114 @@ void lease::keep(std::function<void(std::string)> lost) {
   lost_ = std::move(lost);
   if (renewing_) return;
   renewing_ = true;
-  asio::co_spawn(executor_, renew_loop(), asio::detached);
+  asio::co_spawn(executor_, renew_loop(generation_), asio::detached);
 }
 
-asio::awaitable<void> lease::renew_loop() {
+asio::awaitable<void> lease::renew_loop(std::uint64_t generation) {
   const auto alive = alive_;
   const duration period = std::max<duration>(ttl_ / 3, std::chrono::milliseconds(10));
   duration wait = period;
-  while (*alive && renewing_ && held_) {
+  for (;;) {
     timer_.expires_after(wait);
     std::error_code ec;
     co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    if (!*alive || !renewing_ || !held_) co_return;
-    std::string lost_why;
+    if (!*alive || generation != generation_ || !held_) co_return;
+    renewal_in_flight_ = true;
+    std::string lost_why, failure;
+    bool renewed = false;
     try {
-      if (mode_ == mode::best_effort) {
-        const std::string text = co_await store_.get(key);
-        const std::optional<record> now_there = from_json(text);
-        if (!now_there || now_there->owner != owner_) {
-          lost_why = "taken by \"" + (now_there ? now_there->owner : std::string("?")) + "\"";
-        }
-      }
-      if (lost_why.empty()) {
-        const wall_time now = system_clock::now();
-        record next = current_;
-        next.expires_at = now + ttl_;
-        next.counter = current_.counter + 1;
-        const std::string etag = etag_;
-        const bool renewed = co_await write(next, etag, false);
-        if (renewed) {
-          current_ = next;
-          last_error_.clear();
-          wait = period;
-          continue;
-        }
-        lost_why = "taken by another owner (the lease changed under us)";
-      }
+      renewed = co_await renew_once(lost_why);
     } catch (const std::exception& e) {
-      if (!*alive) co_return;
-      last_error_ = e.what();
+      failure = e.what();
+    }
+    if (!*alive) co_return;
+    renewal_in_flight_ = false;
+    renewal_done_.cancel();  // a release() waiting for this renewal goes on
+    // release() was called meanwhile: it frees the lease with what this renewal left.
+    const bool releasing = generation != generation_;
+    if (renewed) {
+      last_error_.clear();
+      if (releasing) co_return;
+      wait = period;
+      continue;
+    }
+    if (!failure.empty()) {
+      last_error_ = failure;
+      if (releasing) co_return;
       if (system_clock::now() < current_.expires_at) {
         // Not expired yet: try again soon.
         wait = std::min<duration>(period, std::chrono::seconds(1));
         log::warn("lease renewal failed; retrying", {{"error", last_error_}});
         continue;
       }
-      lost_why = "not renewed before it expired: " + last_error_;
+      lost_why = "not renewed before it expired: " + failure;
     }
-    if (!*alive) co_return;
     held_ = false;
-    renewing_ = false;
     lost_why_ = lost_why;
     log::error("lease lost", {{"why", lost_why}});
-    if (lost_) lost_(lost_why);
+    // Being released, it is going anyway: no fencing for the owner who let it go.
+    if (releasing) co_return;
+    renewing_ = false;
+    if (lost_) lost_(lost_why);  // may be the last thing done with this lease
     co_return;
   }
 }
 
+asio::awaitable<bool> lease::renew_once(std::string& lost_why) {
+  const auto alive = alive_;
+  if (mode_ == mode::best_effort) {
+    // No compare-and-swap: look before writing (a takeover between the two goes unseen until
+    // the next renewal, which is what "best effort" means).
+    std::optional<record> there;
+    bool removed = false;
+    try {
+      const std::string text = co_await store_.get(key);
+      there = from_json(text);
+    } catch (const s3::error& e) {
+      if (e.status() != 404) throw;
+      removed = true;
+    }
+    if (!*alive) co_return false;
+    if (removed) {
+      lost_why = "lease.json was removed";
+      co_return false;
+    }
+    if (!there || there->owner != owner_) {
+      const std::string holder = there ? there->owner : std::string("?");
+      lost_why = "taken by \"" + holder + "\"";
+      co_return false;
+    }
+  }
+  record next = current_;
+  next.expires_at = system_clock::now() + ttl_;
+  next.counter = current_.counter + 1;
+  const std::string etag = etag_;
+  bool renewed = co_await write(next, etag, false);
+  if (!*alive) co_return false;
+  if (!renewed && mode_ == mode::conditional) {
+    // Refused: by another owner's write, or by our own (an answer lost, the retry refused).
+    renewed = co_await landed(next);
+    if (!*alive) co_return false;
+  }
+  if (!renewed) {
+    lost_why = "taken by another owner (the lease changed under us)";
+    co_return false;
+  }
+  current_ = next;
+  co_return true;
+}
+
 asio::awaitable<void> lease::release() {
+  ++generation_;  // the renewal loop stops at its next step
   renewing_ = false;
   timer_.cancel();
+  // A renewal already at the store comes back first: its write changes the ETag, and freeing
+  // with the one from before would be refused, leaving the lease live for a whole TTL.
+  while (renewal_in_flight_) {
+    renewal_done_.expires_at(asio::steady_timer::time_point::max());
+    std::error_code ec;
+    co_await renewal_done_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
   if (!held_) co_return;
   held_ = false;
   try {
@@ -220,8 +315,11 @@ asio::awaitable<void> lease::release() {
       freed.expires_at = now;
       freed.counter = current_.counter + 1;
       const std::string etag = etag_;
-      const bool freed_ok = co_await write(freed, etag, false);
-      if (!freed_ok) {
+      bool freed_ok = co_await write(freed, etag, false);
+      if (!freed_ok) freed_ok = co_await landed(freed);
+      if (freed_ok) {
+        current_ = freed;
+      } else {
         log::warn("lease release: it was no longer ours");
       }
     } else {

@@ -54,20 +54,28 @@ enum class mode { conditional, best_effort };
 
 class lease {
  public:
-  // `store` must outlive the lease.
+  // `store` must outlive the lease, and any request of it still under way: a lease destroyed
+  // without release() (as by a process that dies) may leave a renewal at the store, which
+  // then completes without touching the lease.
   lease(asio::any_io_executor executor, s3::object_store& store, std::string owner, duration ttl);
   ~lease();
+  lease(const lease&) = delete;
+  lease& operator=(const lease&) = delete;
 
   // Takes the lease if it is free, expired or already ours; throws held_elsewhere when another
   // owner's lease is live, s3::error when the store fails.
   asio::awaitable<void> acquire();
 
   // Renews in the background until release(); calls `lost` (once) when the lease is gone: taken
-  // by another owner, or not renewed before it expired.
+  // by another owner, or not renewed before it expired. A renewal whose write landed but whose
+  // answer was lost (the client's retry then refused with 412) is recognised as ours, not as a
+  // takeover.
   void keep(std::function<void(std::string why)> lost);
 
   // Stops renewing and frees the lease at once (expired now, so another owner can take it
-  // without waiting). Best effort: a failure is logged and the lease expires by itself.
+  // without waiting). A renewal already on its way to the store is waited for first (freeing
+  // with the ETag from before it would be refused); `lost` is not called for it. Best effort:
+  // a failure is logged and the lease expires by itself.
   asio::awaitable<void> release();
 
   bool held() const { return held_; }
@@ -75,8 +83,17 @@ class lease {
   nlohmann::json status() const;
 
  private:
-  asio::awaitable<void> renew_loop();
+  // Every coroutine below may outlive the lease (renew_loop is detached): after each co_await
+  // it checks `alive` before it touches a member.
+  asio::awaitable<void> renew_loop(std::uint64_t generation);
+  // One renewal: true once renewed; false with `lost_why` set when the lease is gone. Throws
+  // what the store throws.
+  asio::awaitable<bool> renew_once(std::string& lost_why);
+  // False when the condition failed (another writer won); switches to best-effort on a 501.
   asio::awaitable<bool> write(const record& next, const std::string& etag, bool create);
+  // After a refused If-Match: is lease.json exactly `next`, our own write whose answer was
+  // lost? Then its ETag is ours.
+  asio::awaitable<bool> landed(const record& next);
 
   asio::any_io_executor executor_;
   s3::object_store& store_;
@@ -88,9 +105,12 @@ class lease {
   std::string etag_;  // of lease.json as we last wrote it
   std::string last_error_, lost_why_;
   std::function<void(std::string)> lost_;
-  bool renewing_ = false;
+  bool renewing_ = false;          // a renew_loop of the current generation runs
+  std::uint64_t generation_ = 0;   // +1 by release(): an older renew_loop stops at its next step
+  bool renewal_in_flight_ = false; // a renewal is at the store; release() waits for it
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-  asio::steady_timer timer_;
+  asio::steady_timer timer_;          // the next renewal
+  asio::steady_timer renewal_done_;   // cancelled when a renewal in flight comes back
 };
 
 // This machine's owner id: "<hostname>-<16 hex digits>", generated once and kept in `file`
