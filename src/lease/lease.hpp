@@ -105,12 +105,12 @@ class lease {
   std::string etag_;  // of lease.json as we last wrote it
   std::string last_error_, lost_why_;
   std::function<void(std::string)> lost_;
-  bool renewing_ = false;          // a renew_loop of the current generation runs
-  std::uint64_t generation_ = 0;   // +1 by release(): an older renew_loop stops at its next step
-  bool renewal_in_flight_ = false; // a renewal is at the store; release() waits for it
+  bool renewing_ = false;           // a renew_loop of the current generation runs
+  std::uint64_t generation_ = 0;    // +1 by release(): an older renew_loop stops at its next step
+  bool renewal_in_flight_ = false;  // a renewal is at the store; release() waits for it
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-  asio::steady_timer timer_;          // the next renewal
-  asio::steady_timer renewal_done_;   // cancelled when a renewal in flight comes back
+  asio::steady_timer timer_;         // the next renewal
+  asio::steady_timer renewal_done_;  // cancelled when a renewal in flight comes back
 };
 
 // This machine's owner id: "<hostname>-<16 hex digits>", generated once and kept in `file`
