@@ -490,6 +490,7 @@ int run_app(const options& opts) {
         if (!shutting_down) {
           co_await shutdown_requested.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         }
+        env.shut_down();  // a wait for the lease or a retry pause ends now
         // Shut-down, the reverse of start-up: COMMAND first (SIGTERM, SIGKILL after
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();

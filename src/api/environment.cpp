@@ -55,6 +55,20 @@ bool environment::lease_held() const {
   return lease_ && lease_->held();
 }
 
+void environment::shut_down() {
+  stopping_ = true;
+  for (asio::steady_timer* t : pauses_) t->cancel();
+}
+
+asio::awaitable<void> environment::pause(duration d) {
+  if (stopping_) co_return;
+  asio::steady_timer timer(co_await asio::this_coro::executor, d);
+  pauses_.push_back(&timer);
+  std::error_code ec;
+  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  std::erase(pauses_, &timer);
+}
+
 asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     const config::configuration& config) {
   using kind = apply_result::kind;
@@ -80,10 +94,15 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     co_await offload([&] { storage_.owner = lease::owner_id(paths_.owner_file().string()); });
   }
   auto held = std::make_unique<lease::lease>(executor, *store, storage_.owner, storage_.lease_ttl);
-  asio::steady_timer pause(executor);
   bool logged_wait = false;
   for (;;) {
     std::optional<apply_result> failure;
+    if (stopping_) {
+      failure.emplace(kind::storage_failed, "state-manager is shutting down");
+      failure->status = 503;
+      failure->code = "ShuttingDown";
+      co_return failure;
+    }
     bool wait = false;
     try {
       co_await store->check();
@@ -110,9 +129,15 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     }
     if (failure) co_return failure;
     if (!wait) break;
-    pause.expires_after(std::chrono::seconds(1));
-    std::error_code ec;
-    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_await pause(std::chrono::seconds(1));
+  }
+  if (stopping_) {
+    // Had while shut-down began: given back, nothing applied.
+    co_await held->release();
+    apply_result late(kind::storage_failed, "state-manager is shutting down");
+    late.status = 503;
+    late.code = "ShuttingDown";
+    co_return late;
   }
   store_ = std::move(store);
   lease_ = std::move(held);
@@ -127,10 +152,9 @@ asio::awaitable<void> environment::back_up_config(std::string document) {
   // Retried with backoff for as long as it fails: the configuration is already applied, and
   // GET / says how the copy in the store is doing.
   const auto alive = alive_;
-  asio::steady_timer pause(co_await asio::this_coro::executor);
   std::chrono::seconds backoff(1);
   backup_.state = "pending";
-  while (*alive && store_) {
+  while (*alive && store_ && !stopping_) {
     ++backup_.attempts;
     std::string failure;
     try {
@@ -150,9 +174,8 @@ asio::awaitable<void> environment::back_up_config(std::string document) {
     backup_.last_error = failure;
     log::warn("configuration backup to the store failed; retrying",
               {{"error", failure}, {"retry_in", std::to_string(backoff.count()) + "s"}});
-    pause.expires_after(backoff);
-    std::error_code ec;
-    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_await pause(backoff);
+    if (!*alive) co_return;
     backoff = std::min(backoff * 2, std::chrono::seconds(60));
   }
 }
@@ -276,9 +299,8 @@ json environment::storage_status() const {
 
 asio::awaitable<bool> environment::claim_saved(std::function<bool()> stop) {
   if (!config_ || store_) co_return store_ != nullptr;
-  asio::steady_timer pause(co_await asio::this_coro::executor);
   std::chrono::seconds backoff(1);
-  while (!stop()) {
+  while (!stop() && !stopping_) {
     const std::optional<apply_result> refused = co_await claim(*config_);
     if (!refused) {
       claim_error_.clear();
@@ -294,9 +316,7 @@ asio::awaitable<bool> environment::claim_saved(std::function<bool()> stop) {
                 {{"error", refused->message}, {"code", refused->code}});
     }
     claim_error_ = refused->message;
-    pause.expires_after(backoff);
-    std::error_code ec;
-    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_await pause(backoff);
     backoff = std::min(backoff * 2, std::chrono::seconds(10));
   }
   co_return false;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <asio/awaitable.hpp>
+#include <asio/steady_timer.hpp>
 #include <nlohmann/json_fwd.hpp>
 
 #include "base/duration.hpp"
@@ -97,6 +98,9 @@ class environment {
   // Boot with a saved configuration: the store and the lease, retried (with the reason in
   // GET /) until they are had or `stop` says to give up. True once claimed.
   asio::awaitable<bool> claim_saved(std::function<bool()> stop);
+  // Shut-down has begun: waits for the lease or for a retry end now (a waiting POST /config
+  // answers 503), and the configuration backup stops retrying.
+  void shut_down();
   // Stops renewing and frees the lease (POST /release-lease, shut-down). True if it was held.
   asio::awaitable<bool> release_lease();
   s3::object_store* store() const { return store_.get(); }
@@ -129,6 +133,10 @@ class environment {
   bool applying_ = false;  // a POST /config is between validation and its answer
   asio::awaitable<std::optional<apply_result>> claim(const config::configuration& config);
   asio::awaitable<void> back_up_config(std::string document);
+  // Waits `d`, or less if shut_down() is called meanwhile.
+  asio::awaitable<void> pause(duration d);
+  bool stopping_ = false;
+  std::vector<asio::steady_timer*> pauses_;
   nlohmann::json storage_status() const;
 
   storage_settings storage_;

@@ -185,8 +185,9 @@ class api {
         // The store's own code and message, where the operator can act on them; nothing saved.
         co_return json_response(
             result.status,
-            {{"error", result.status == 502 ? "object store unreachable"
-                                            : "object store refused the configuration"},
+            {{"error", result.status == 503   ? "state-manager is shutting down"
+                       : result.status == 502 ? "object store unreachable"
+                                              : "object store refused the configuration"},
              {"details",
               json::array(
                   {{{"path", "storage"}, {"code", result.code}, {"message", result.message}}})}});

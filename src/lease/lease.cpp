@@ -89,6 +89,7 @@ asio::awaitable<bool> lease::write(const record& next, const std::string& etag, 
   if (mode_ == mode::conditional) {
     s3::put_options options;
     options.content_type = "application/json";
+    options.max_attempts = attempts_;
     options.if_none_match = create;
     if (!create) options.if_match = etag;
     bool refused = false;
@@ -117,6 +118,7 @@ asio::awaitable<bool> lease::write(const record& next, const std::string& etag, 
   // Best effort: write, read back, check it is ours.
   s3::put_options plain;
   plain.content_type = "application/json";
+  plain.max_attempts = attempts_;
   const std::string written = co_await store_.put(key, body, plain);
   if (!*alive) co_return false;
   etag_ = written;
@@ -307,6 +309,9 @@ asio::awaitable<void> lease::release() {
   }
   if (!held_) co_return;
   held_ = false;
+  // Quick: at shut-down an unreachable store must not hold the exit up for the whole retry
+  // schedule; a lease not freed expires by itself within its TTL.
+  attempts_ = 2;
   try {
     if (mode_ == mode::conditional) {
       // Expired now, by compare-and-swap: never frees a lease that is no longer ours.

@@ -102,7 +102,8 @@ class lease {
   mode mode_ = mode::conditional;
   bool held_ = false;
   record current_;
-  std::string etag_;  // of lease.json as we last wrote it
+  std::string etag_;       // of lease.json as we last wrote it
+  unsigned attempts_ = 0;  // tries a write gets (0: the store's); 2 while releasing
   std::string last_error_, lost_why_;
   std::function<void(std::string)> lost_;
   bool renewing_ = false;           // a renew_loop of the current generation runs

@@ -54,6 +54,7 @@ struct put_options {
   bool if_none_match = false;  // create only: If-None-Match: *
   std::string if_match;        // replace only this version (ETag); empty: unconditional
   std::string content_type = "application/octet-stream";
+  unsigned max_attempts = 0;  // 0: the store's (store_config::max_attempts)
 };
 
 // Inclusive byte range; `last` unset: to the end.

@@ -159,6 +159,7 @@ class s3_client final : public object_store {
     r.body = body;
     r.has_body = true;
     conditions(r, options);
+    r.max_attempts = options.max_attempts;
     const response answer = co_await send(r);
     co_return unquote(answer.header("etag"));
   }

@@ -204,6 +204,22 @@ wait "$WAITER_PID" || fail "curl of F's POST /config failed ($?)"
   fail "F's waiting POST /config: $(cat "$WAITER_STATUS") $(cat "$TEST_DIR/waiter-body")"
 expect_holds f
 [[ -f f/tmp/config.json ]] || fail "F did not save its configuration"
+
+# Shut-down while a POST /config waits for the lease: the wait ends, the POST is answered 503,
+# nothing is saved, and the holder's lease is untouched.
+start f2 --wait-for-lease
+curl -s --max-time "$DEADLINE" -o "$TEST_DIR/waiter2-body" -w '%{http_code}' -X POST \
+  -d "$(lease_config)" "$f2_URL/config" >"$TEST_DIR/waiter2-status" &
+WAITER2_PID=$!
+STARTED_PIDS+=("$WAITER2_PID")
+wait_until "F2 waiting for the lease" grep -q 'waiting for the lease' "$f2_LOG"
+sm_stop "$f2_PID"  # fails the test if F2 does not exit within DEADLINE
+((SM_EXIT == 0)) || fail "F2 exited $SM_EXIT after SIGTERM while waiting for the lease"
+wait "$WAITER2_PID" || true
+[[ $(cat "$TEST_DIR/waiter2-status") == 503 ]] ||
+  fail "F2's waiting POST /config at shut-down: $(cat "$TEST_DIR/waiter2-status") $(cat "$TEST_DIR/waiter2-body")"
+[[ ! -e f2/tmp/config.json ]] || fail "F2 saved a configuration while shutting down"
+expect_holds f
 sm_stop "$f_PID"
 ((SM_EXIT == 0)) || fail "F exited $SM_EXIT after SIGTERM"
 sm_stop "$e_PID"
