@@ -39,7 +39,8 @@ expect_json 'sorted(j["components"]) == ["after-broken", "broken", "db", "web"]'
 
 # A component that dies is restarted like COMMAND.
 web_pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["components"]["web"]["pid"])' "$BODY_FILE")
-kill -KILL "$web_pid"
+# The whole tree, as a crash takes it (killing only the sh would leave its sleep behind).
+kill -KILL -- "-$web_pid"
 end=$((SECONDS + DEADLINE))
 until req GET / && python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["components"]["web"]; sys.exit(0 if c["restarts"] == 1 and c["state"] == "running" else 1)' "$BODY_FILE"; do
   ((SECONDS < end)) || fail "web was not restarted: $BODY"
@@ -78,7 +79,7 @@ sm_stop
 # start, and shut-down is not held up by a check (nothing of it is left behind).
 mkdir hang && cd hang
 sm_start --restart-delay 0
-req POST /config -d '{"storage": {"bucket": "bkt", "endpoint": "file:///x"}, "stacks": ["slow"],
+req POST /config -d '{"storage": {"bucket": "bkt", "endpoint": "file://'"$TEST_DIR"'/objects"}, "stacks": ["slow"],
   "components": {"slow": {"command": ["sleep", "1000"], "ready_command": ["sleep", "987652"],
                           "ready_timeout": "1s"}}}'
 expect_status 200
@@ -97,7 +98,7 @@ cd ..
 # Bad declarations are 400 with their paths, and nothing is started.
 mkdir bad && cd bad
 sm_start
-req POST /config -d '{"storage": {"bucket": "bkt", "endpoint": "file:///x"}, "stacks": ["a"],
+req POST /config -d '{"storage": {"bucket": "bkt", "endpoint": "file://'"$TEST_DIR"'/objects"}, "stacks": ["a"],
   "components": {"a": {"command": [], "depends_on": ["b"]}, "b": {"command": ["true"], "depends_on": ["a"],
   "restart_delay": "-1s"}}}'
 expect_status 400
