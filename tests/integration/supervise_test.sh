@@ -46,7 +46,9 @@ grep -q 'to-stderr' "$CLI_OUT" && fail "child stderr leaked into stdout"
 
 # --- --log-prefix: each line carries the program's name, on the stream it was written to; a
 # grandchild holding the pipe does not hold up the exit.
-run_cli --listen 127.0.0.1:0 --log-prefix --restart never -- sh -c 'echo one; printf "two\nthree"; echo err >&2; (sleep 30 &); exit 5'
+run_cli --listen 127.0.0.1:0 --log-prefix --restart never -- sh -c 'echo one; printf "two\nthree"; echo err >&2; (sleep 30 & echo $! >grandchild.pid); exit 5'
+# The grandchild outlived us on purpose; it goes now.
+[[ -s grandchild.pid ]] && kill "$(cat grandchild.pid)" 2>/dev/null
 ((CLI_EXIT == 5)) || fail "--log-prefix: exit $CLI_EXIT"
 [[ $(cat "$CLI_OUT") == $'[sh] one\n[sh] two\n[sh] three' ]] || fail "prefixed stdout: '$(cat "$CLI_OUT")'"
 grep -qx '\[sh\] err' "$CLI_ERR" || fail "prefixed stderr missing: $(cat "$CLI_ERR")"
