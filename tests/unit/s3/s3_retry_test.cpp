@@ -16,6 +16,10 @@
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <asio/ip/tcp.hpp>
+#include <asio/read.hpp>
+#include <asio/write.hpp>
+
 #include "async/offload.hpp"
 #include "http/server.hpp"
 #include "s3/object_store.hpp"
@@ -175,6 +179,87 @@ BOOST_AUTO_TEST_CASE(an_outage_is_ridden_out) {
                co_await patient_store->put(std::string("during"), std::string("v"));
              }) == "ok");
   BOOST_TEST(fake.requests >= 2);
+}
+
+// A TCP relay in front of the fake: the first `cut` connections are dropped after 64 KiB of
+// the request (the server died mid-transfer), later ones are relayed both ways.
+struct cutting_relay {
+  asio::ip::tcp::acceptor acceptor;
+  unsigned short to;
+  int cut;
+  int connections = 0;
+  cutting_relay(asio::io_context& io, unsigned short target, int cut_first)
+      : acceptor(io, {asio::ip::make_address("127.0.0.1"), 0}), to(target), cut(cut_first) {
+    asio::co_spawn(io, accept(), asio::detached);
+  }
+  unsigned short port() const { return acceptor.local_endpoint().port(); }
+  static asio::awaitable<void> pump(asio::ip::tcp::socket& from, asio::ip::tcp::socket& into) {
+    char buffer[16384];
+    for (;;) {
+      std::error_code ec;
+      const std::size_t n = co_await from.async_read_some(
+          asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) break;
+      co_await asio::async_write(into, asio::buffer(buffer, n),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) break;
+    }
+    std::error_code ignored;
+    into.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+  }
+  asio::awaitable<void> serve(asio::ip::tcp::socket client, bool drop) {
+    std::error_code ec;
+    if (drop) {
+      std::string some(64 * 1024, '\0');
+      co_await asio::async_read(client, asio::buffer(some),
+                                asio::redirect_error(asio::use_awaitable, ec));
+      client.set_option(asio::socket_base::linger(true, 0), ec);  // a reset, as a crash gives
+      client.close(ec);
+      co_return;
+    }
+    auto server = std::make_shared<asio::ip::tcp::socket>(acceptor.get_executor());
+    co_await server->async_connect({asio::ip::make_address("127.0.0.1"), to},
+                                   asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    auto shared_client = std::make_shared<asio::ip::tcp::socket>(std::move(client));
+    asio::co_spawn(
+        acceptor.get_executor(),
+        [server, shared_client]() -> asio::awaitable<void> {
+          co_await pump(*server, *shared_client);
+        },
+        asio::detached);
+    co_await pump(*shared_client, *server);
+  }
+  asio::awaitable<void> accept() {
+    for (;;) {
+      std::error_code ec;
+      asio::ip::tcp::socket client =
+          co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return;
+      const bool drop = ++connections <= cut;
+      asio::co_spawn(acceptor.get_executor(), serve(std::move(client), drop), asio::detached);
+    }
+  }
+};
+
+BOOST_AUTO_TEST_CASE(a_transfer_cut_midway_is_sent_again) {
+  // A 1 MiB PUT whose first two connections die after 64 KiB: the third attempt lands, whole.
+  asio::io_context io;
+  std::size_t received = 0;
+  fake_s3 fake(io, [&](int, const http::request& r) {
+    received = r.body.size();
+    return answer(200);
+  });
+  cutting_relay relay(io, fake.port, 2);
+  auto store = s3::make_store(io.get_executor(), config_for(relay.port()));
+  const std::string body(1 << 20, 'x');
+  BOOST_TEST(run(io, fake, [&]() -> asio::awaitable<void> {
+               co_await store->put(std::string("big"), body);
+               relay.acceptor.close();
+             }) == "ok");
+  BOOST_TEST(relay.connections >= 3);
+  BOOST_TEST(fake.requests == 1);  // only the whole request reached the server
+  BOOST_TEST(received == body.size());
 }
 
 BOOST_AUTO_TEST_CASE(broken_answers_are_errors) {
