@@ -215,6 +215,13 @@ asio::awaitable<void> supervised_process::run() {
     const auto run_began = clock::now();
     proc::exit_status status;
     bool exec_failed = false;
+    // What the last run left in its group got SIGTERM when its leader exited; what still
+    // lives now is killed before the next start (the group id cannot have been reused while
+    // any member lives).
+    if (leftover_group_ != 0 && ::kill(-leftover_group_, 0) == 0) {
+      ::kill(-leftover_group_, SIGKILL);
+    }
+    leftover_group_ = 0;
     try {
       proc::child child =
           proc::spawn(executor_, {settings_.command, settings_.extra_env, settings_.unset_env,
@@ -242,6 +249,11 @@ asio::awaitable<void> supervised_process::run() {
         asio::co_spawn(executor_, await_readiness(generation_), asio::detached);
       }
       status = co_await reaper_.wait(child);
+      if (!stop_requested_) {
+        // The leader died on its own: the rest of its tree (a "cmd &" of a shell, workers)
+        // must not outlive it into the next run, holding its ports and files.
+        if (::kill(-child.pid(), SIGTERM) == 0) leftover_group_ = child.pid();
+      }
       // It had started: a failed health check is history now (kept in errors_), not the
       // reason for this exit.
       if (state_ == state::running || state_ == state::degraded) last_error_.clear();

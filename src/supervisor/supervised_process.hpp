@@ -185,6 +185,7 @@ class supervised_process {
   bool running_loop_ = false;
   bool stop_started_ = false;  // the first stop() does the work; later ones wait for it
   pid_t check_pid_ = 0;        // a ready_command running now, or 0
+  pid_t leftover_group_ = 0;   // the last run's group, sent SIGTERM when its leader exited
   std::optional<wall_time> started_at_;
   std::chrono::steady_clock::time_point started_steady_{};
   std::optional<proc::exit_status> last_exit_;

@@ -48,7 +48,7 @@ grep -q 'to-stderr' "$CLI_OUT" && fail "child stderr leaked into stdout"
 # grandchild holding the pipe does not hold up the exit.
 run_cli --listen 127.0.0.1:0 --log-prefix --restart never -- sh -c 'echo one; printf "two\nthree"; echo err >&2; (sleep 30 & echo $! >grandchild.pid); exit 5'
 # The grandchild outlived us on purpose; it goes now.
-[[ -s grandchild.pid ]] && kill "$(cat grandchild.pid)" 2>/dev/null
+if [[ -s grandchild.pid ]]; then kill "$(cat grandchild.pid)" 2>/dev/null || true; fi
 ((CLI_EXIT == 5)) || fail "--log-prefix: exit $CLI_EXIT"
 [[ $(cat "$CLI_OUT") == $'[sh] one\n[sh] two\n[sh] three' ]] || fail "prefixed stdout: '$(cat "$CLI_OUT")'"
 grep -qx '\[sh\] err' "$CLI_ERR" || fail "prefixed stderr missing: $(cat "$CLI_ERR")"
@@ -82,6 +82,17 @@ wait_until "COMMAND to list its fds" test -s fds.txt
 extra=$(awk 'NR > 1 && $9 !~ /^[012]$/ && $11 ~ /^(socket|pipe|anon_inode):/' fds.txt)
 [[ -z $extra ]] || fail "COMMAND inherited descriptors of ours: $extra"
 sm_stop
+cd ..
+
+# --- When COMMAND's leader exits on its own, the rest of its group does not outlive it into
+# the next run: SIGTERM at once, SIGKILL before the restart (here one that ignores SIGTERM).
+mkdir strays && cd strays
+sm_start --restart-delay 300ms --timeout-stop 1s -- sh -c '(trap "" TERM; exec sleep 1000) & echo $! >>bg.pids; sleep 0.2; exit 3'
+wait_until "the second run" sh -c 'test "$(cat bg.pids 2>/dev/null | wc -l)" -ge 2'
+first_bg=$(head -n1 bg.pids)
+wait_until "the first run's leftover to be killed" sh -c "! kill -0 $first_bg 2>/dev/null || grep -q '^State:.*Z' /proc/$first_bg/status"
+sm_stop
+while read -r p; do kill -KILL "$p" 2>/dev/null || true; done <bg.pids
 cd ..
 
 # --- on-failure: a clean exit ends it (and us, with 0); a failure restarts. ------------------
