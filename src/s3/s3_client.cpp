@@ -33,6 +33,10 @@ using clock = std::chrono::steady_clock;
 constexpr std::uint64_t part_size = 16u << 20;  // multipart parts and ranged downloads
 constexpr std::uint64_t multipart_threshold = 32u << 20;
 constexpr unsigned parts_in_flight = 4;
+// Downloads: smaller ranges, more at once (measured against Swift: 256 MiB in ~1.0 s against
+// ~1.2-1.4 s with 16 MiB x 4; uploads are the other way round, fewer parts cost the server less).
+constexpr std::uint64_t range_size = 8u << 20;
+constexpr unsigned ranges_in_flight = 8;
 
 std::string hex(const unsigned char* data, std::size_t size) {
   static constexpr char digits[] = "0123456789abcdef";
@@ -199,19 +203,20 @@ class s3_client final : public object_store {
     try {
       // Parts of part_size, parts_in_flight at a time, each written at its offset.
       std::vector<std::uint64_t> starts;
-      for (std::uint64_t at = first; at < end; at += part_size) starts.push_back(at);
-      co_await for_each_parallel(starts.size(), [&](std::size_t i) -> asio::awaitable<void> {
-        const std::uint64_t last = std::min(end, starts[i] + part_size) - 1;
-        const std::string data = co_await get(key, byte_range{starts[i], last});
-        const std::uint64_t offset = starts[i] - first;
-        co_await offload([&] {
-          write_at(fd, data, offset);
-          // Start the writeback now, overlapping the download: the final fsync then waits
-          // for the tail only.
-          ::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(data.size()),
-                            SYNC_FILE_RANGE_WRITE);
-        });
-      });
+      for (std::uint64_t at = first; at < end; at += range_size) starts.push_back(at);
+      co_await for_each_parallel(
+          starts.size(), ranges_in_flight, [&](std::size_t i) -> asio::awaitable<void> {
+            const std::uint64_t last = std::min(end, starts[i] + range_size) - 1;
+            const std::string data = co_await get(key, byte_range{starts[i], last});
+            const std::uint64_t offset = starts[i] - first;
+            co_await offload([&] {
+              write_at(fd, data, offset);
+              // Start the writeback now, overlapping the download: the final fsync then waits
+              // for the tail only.
+              ::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(data.size()),
+                                SYNC_FILE_RANGE_WRITE);
+            });
+          });
       co_await offload([&] {
         if (::fsync(fd) != 0) throw_errno("fsync " + temporary.string());
       });
@@ -384,10 +389,10 @@ class s3_client final : public object_store {
     co_return fd;
   }
 
-  // Runs body(0..count-1), at most parts_in_flight at once; the first failure is rethrown
+  // Runs body(0..count-1), at most `width` at once; the first failure is rethrown
   // once all have ended.
   template <typename Body>
-  asio::awaitable<void> for_each_parallel(std::size_t count, Body body) {
+  asio::awaitable<void> for_each_parallel(std::size_t count, unsigned width, Body body) {
     std::size_t next = 0, running = 0;
     std::exception_ptr failure;
     asio::steady_timer wake(executor_, clock::time_point::max());
@@ -402,7 +407,7 @@ class s3_client final : public object_store {
       }
       if (--running == 0) wake.cancel();
     };
-    const std::size_t workers = std::min<std::size_t>(parts_in_flight, count);
+    const std::size_t workers = std::min<std::size_t>(width, count);
     running = workers;
     for (std::size_t w = 0; w < workers; ++w) asio::co_spawn(executor_, worker(), asio::detached);
     while (running > 0) {
@@ -425,19 +430,20 @@ class s3_client final : public object_store {
     const std::size_t parts = static_cast<std::size_t>((size + part_size - 1) / part_size);
     std::vector<std::string> etags(parts);
     try {
-      co_await for_each_parallel(parts, [&](std::size_t i) -> asio::awaitable<void> {
-        const std::uint64_t offset = i * part_size;
-        const std::string data =
-            co_await read_range(file, offset, std::min(part_size, size - offset));
-        request part;
-        part.method = "PUT";
-        part.key = full(key);
-        part.about = key;
-        part.query = {{"partNumber", std::to_string(i + 1)}, {"uploadId", upload_id}};
-        part.body = data;
-        part.has_body = true;
-        etags[i] = unquote((co_await send(part)).header("etag"));
-      });
+      co_await for_each_parallel(
+          parts, parts_in_flight, [&](std::size_t i) -> asio::awaitable<void> {
+            const std::uint64_t offset = i * part_size;
+            const std::string data =
+                co_await read_range(file, offset, std::min(part_size, size - offset));
+            request part;
+            part.method = "PUT";
+            part.key = full(key);
+            part.about = key;
+            part.query = {{"partNumber", std::to_string(i + 1)}, {"uploadId", upload_id}};
+            part.body = data;
+            part.has_body = true;
+            etags[i] = unquote((co_await send(part)).header("etag"));
+          });
       const std::string body = complete_multipart_body(etags);
       request done;
       done.method = "POST";
@@ -567,7 +573,7 @@ class s3_client final : public object_store {
     // hashing was half of an upload's CPU. Over plain http it is signed.
     headers.push_back(std::string("x-amz-content-sha256: ") +
                       (endpoint_.scheme == "https" && r.body.size() > 0 ? "UNSIGNED-PAYLOAD"
-                                                                         : sha256_hex(r.body)));
+                                                                        : sha256_hex(r.body)));
     if (r.range) {
       headers.push_back("Range: bytes=" + std::to_string(r.range->first) + "-" +
                         (r.range->last ? std::to_string(*r.range->last) : std::string()));
