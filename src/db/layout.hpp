@@ -1,0 +1,54 @@
+// Where the database's replica lives in the object store, and how a restore finds its way
+// through it (DESIGN.md 2.5; ../shared/notes/litestream.md 6.2 and 6.7). Under <key_prefix>:
+//   db/<generation>/meta.json
+//   db/<generation>/snapshot/<walidx>.db<ext>
+//   db/<generation>/wal/<walidx>/<start>-<end>.wal<ext>
+// Generations are 32 hex digits; walidx, start and end are 16 hex digits (fixed width, lower
+// case: key order is numeric order). A WAL index counts the log's resets within a generation;
+// start and end are byte offsets in that index's WAL (the first segment starts at 0 and holds
+// the header), so contiguity can be checked from a listing alone. Keys are never overwritten.
+// Pure: no I/O.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sm::db::layout {
+
+std::string new_generation();  // 32 random hex digits
+bool valid_generation(std::string_view text);
+
+std::string generation_prefix(std::string_view generation);  // "db/<g>/"
+std::string meta_key(std::string_view generation);
+std::string snapshot_key(std::string_view generation, std::uint64_t walidx, std::string_view ext);
+std::string segment_key(std::string_view generation, std::uint64_t walidx, std::uint64_t start,
+                        std::uint64_t end, std::string_view ext);
+
+struct snapshot_ref {
+  std::string generation;
+  std::uint64_t walidx = 0;
+  std::string key;
+};
+struct segment_ref {
+  std::string generation;
+  std::uint64_t walidx = 0, start = 0, end = 0;
+  std::string key;
+};
+// Keys as listed (relative to key_prefix); anything else is nullopt.
+std::optional<snapshot_ref> parse_snapshot_key(std::string_view key);
+std::optional<segment_ref> parse_segment_key(std::string_view key);
+
+// What a restore of one generation replays: its latest snapshot, then, for each WAL index from
+// the snapshot's on, the segments that continue each other from offset 0. Where the chain
+// breaks (a missing segment or index), the plan ends and `gap` says where: never skipped.
+struct restore_plan {
+  std::optional<snapshot_ref> snapshot;  // none: the generation cannot be restored
+  std::vector<segment_ref> segments;     // in replay order
+  std::string gap;                       // empty: every listed segment is used
+};
+restore_plan plan_restore(std::string_view generation, const std::vector<std::string>& keys);
+
+}  // namespace sm::db::layout
