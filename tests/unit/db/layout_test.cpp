@@ -43,7 +43,7 @@ BOOST_AUTO_TEST_CASE(keys_round_trip_and_sort_numerically) {
   // Fixed-width hex: key order is numeric order.
   BOOST_TEST(segment_key(g, 0, 0x9, 0xa, "") < segment_key(g, 0, 0x10, 0x11, ""));
   // Not ours, or malformed.
-  for (const std::string bad :
+  for (const std::string& bad :
        {std::string("db/") + g + "/wal/0000000000000003/0000000000000020-0000000000000010.wal",
         std::string("db/") + g + "/wal/3/20-1000.wal", std::string("db/xyz/snapshot/0.db"),
         std::string("config.json"), std::string("db/") + g + "/meta.json",
