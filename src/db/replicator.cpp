@@ -1,0 +1,131 @@
+#include "db/replicator.hpp"
+
+#include <sqlite3.h>
+
+#include <fstream>
+
+#include "async/offload.hpp"
+#include "base/log.hpp"
+#include "db/database.hpp"
+#include "db/layout.hpp"
+
+namespace sm::db {
+
+namespace {
+
+std::span<const std::byte> bytes_of(const std::string& text) {
+  return std::as_bytes(std::span(text.data(), text.size()));
+}
+
+}  // namespace
+
+replicator::replicator(asio::any_io_executor executor, s3::object_store& store,
+                       std::filesystem::path db)
+    : executor_(executor), store_(store), db_(std::move(db)) {}
+
+replicator::~replicator() {
+  if (pin_) sqlite3_close(pin_);
+}
+
+asio::awaitable<std::string> replicator::read_wal() {
+  std::string text;
+  const std::string path = db_.string() + "-wal";
+  co_await offload([&] {
+    std::ifstream in(path, std::ios::binary);
+    if (in) text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  });
+  co_return text;
+}
+
+asio::awaitable<void> replicator::start() {
+  std::string failure;
+  co_await offload([&] {
+    if (sqlite3_open_v2(db_.c_str(), &pin_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
+      failure = pin_ ? sqlite3_errmsg(pin_) : "cannot open";
+      return;
+    }
+    // Closing our connections must never checkpoint (and delete) the WAL behind the replica.
+    sqlite3_db_config(pin_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+    // The pin: a read transaction that stays open, so that no checkpoint can reset the WAL
+    // past what is shipped.
+    char* message = nullptr;
+    if (sqlite3_exec(pin_, "BEGIN; SELECT count(*) FROM state_manager_meta;", nullptr, nullptr,
+                     &message) != SQLITE_OK) {
+      failure = message ? message : sqlite3_errmsg(pin_);
+      sqlite3_free(message);
+    }
+  });
+  if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
+  co_await new_generation("start");
+}
+
+asio::awaitable<void> replicator::new_generation(std::string why) {
+  generation_ = layout::new_generation();
+  ++generations_;
+  log::info("database: new generation", {{"generation", generation_}, {"why", why}});
+  const std::string meta = "{\"generation\": \"" + generation_ + "\", \"why\": \"" + why + "\"}\n";
+  s3::put_options json_options;
+  json_options.content_type = "application/json";
+  const std::string meta_key = layout::meta_key(generation_);
+  co_await store_.put(meta_key, meta, json_options);
+  // The snapshot, then the WAL from its start: replaying that whole index repairs any page a
+  // checkpoint backfilled while the file was being copied.
+  const std::string snapshot_key = layout::snapshot_key(generation_, 0, "");
+  const std::filesystem::path file = db_;
+  co_await store_.put_file(snapshot_key, file);
+  at_.reset();
+  const std::string wal = co_await read_wal();
+  const sync_step step = next_sync(at_, bytes_of(wal), false);
+  if (step.what == sync_step::kind::segment) {
+    const std::string key = layout::segment_key(generation_, 0, step.start, step.end, "");
+    const std::string body = wal.substr(step.start, step.end - step.start);
+    co_await store_.put(key, body);
+    at_ = step.next;
+  }
+}
+
+asio::awaitable<std::uint64_t> replicator::sync() {
+  const std::string wal = co_await read_wal();
+  if (!at_) {
+    // Nothing shipped in this generation yet: from the WAL's start.
+    const sync_step first = next_sync(std::nullopt, bytes_of(wal), false);
+    if (first.what != sync_step::kind::segment) co_return 0;
+    const std::string key = layout::segment_key(generation_, 0, first.start, first.end, "");
+    const std::string body = wal.substr(first.start, first.end - first.start);
+    co_await store_.put(key, body);
+    at_ = first.next;
+    co_return first.end - first.start;
+  }
+  const sync_step step = next_sync(at_, bytes_of(wal), false);
+  switch (step.what) {
+    case sync_step::kind::nothing:
+      co_return 0;
+    case sync_step::kind::new_generation: {
+      co_await new_generation(step.why);
+      co_return 0;
+    }
+    case sync_step::kind::segment:
+    case sync_step::kind::new_index: {
+      const std::string key =
+          layout::segment_key(generation_, step.next.walidx, step.start, step.end, "");
+      const std::string body = wal.substr(step.start, step.end - step.start);
+      co_await store_.put(key, body);
+      at_ = step.next;
+      co_return step.end - step.start;
+    }
+  }
+  co_return 0;
+}
+
+asio::awaitable<void> replicator::stop() {
+  co_await sync();
+  co_await offload([&] {
+    if (pin_) {
+      sqlite3_exec(pin_, "ROLLBACK", nullptr, nullptr, nullptr);
+      sqlite3_close(pin_);
+      pin_ = nullptr;
+    }
+  });
+}
+
+}  // namespace sm::db
