@@ -25,6 +25,7 @@ replicator::replicator(asio::any_io_executor executor, s3::object_store& store,
 
 replicator::~replicator() {
   if (pin_) sqlite3_close(pin_);
+  if (barrier_) sqlite3_close(barrier_);
 }
 
 asio::awaitable<std::string> replicator::read_wal() {
@@ -96,7 +97,8 @@ asio::awaitable<std::uint64_t> replicator::sync() {
     at_ = first.next;
     co_return first.end - first.start;
   }
-  const sync_step step = next_sync(at_, bytes_of(wal), false);
+  const sync_step step = next_sync(at_, bytes_of(wal), reset_expected_);
+  if (step.what != sync_step::kind::nothing) reset_expected_ = false;
   switch (step.what) {
     case sync_step::kind::nothing:
       co_return 0;
@@ -115,6 +117,54 @@ asio::awaitable<std::uint64_t> replicator::sync() {
     }
   }
   co_return 0;
+}
+
+asio::awaitable<bool> replicator::checkpoint() {
+  co_await sync();  // what is committed goes to the store first: nothing unshipped is backfilled
+  const std::optional<replica_position> at = at_;
+  std::string failure;
+  bool ran = false;
+  co_await offload([&] {
+    auto exec = [](sqlite3* db, const char* sql) {
+      return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK;
+    };
+    if (!barrier_) {
+      if (sqlite3_open_v2(db_.c_str(), &barrier_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
+        failure = "barrier connection: " + std::string(sqlite3_errmsg(barrier_));
+        return;
+      }
+      sqlite3_db_config(barrier_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+      sqlite3_wal_autocheckpoint(barrier_, 0);
+    }
+    if (!exec(barrier_, "BEGIN IMMEDIATE")) return;  // a writer is busy: next time
+    // Nothing may be committed past what is shipped, or the checkpoint would backfill it and
+    // the restart would drop it from the WAL before it reached the store.
+    std::ifstream in(db_.string() + "-wal", std::ios::binary);
+    const std::string wal((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const sync_step pending = next_sync(at, bytes_of(wal), false);
+    if (pending.what != sync_step::kind::nothing) {
+      exec(barrier_, "ROLLBACK");
+      return;
+    }
+    exec(pin_, "ROLLBACK");  // the pin lets go: the checkpoint may backfill everything
+    int log = 0, backfilled = 0;
+    sqlite3_wal_checkpoint_v2(pin_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &backfilled);
+    exec(barrier_, "ROLLBACK");
+    // At once, with no suspension point: a write that finds the WAL fully backfilled and
+    // unread restarts it (salt-1 + 1, sequence + 1). Ours, so that it happens now.
+    exec(barrier_,
+         "INSERT INTO state_manager_meta(key, value) VALUES ('replica_seq', '1') "
+         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1");
+    if (!exec(pin_, "BEGIN; SELECT count(*) FROM state_manager_meta;")) {
+      failure = "re-taking the pin: " + std::string(sqlite3_errmsg(pin_));
+      return;
+    }
+    ran = log >= 0 && log == backfilled;
+  });
+  if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
+  reset_expected_ = ran;
+  co_await sync();  // the restarted log's first segment (the bump), or more of the old one
+  co_return ran;
 }
 
 asio::awaitable<void> replicator::stop() {

@@ -36,6 +36,13 @@ class replicator {
   // Ships what was committed since the last sync (or a new generation when continuity was
   // lost). Returns the bytes shipped.
   asio::awaitable<std::uint64_t> sync();
+  // Our own checkpoint (../shared/notes/litestream.md 6.5), so that the WAL does not grow
+  // without bound while pinned: everything committed is shipped first; then, behind a
+  // barrier (a write transaction) that keeps every writer out, the pin lets go, a PASSIVE
+  // checkpoint backfills the WAL, and a small write on the barrier's connection makes SQLite
+  // restart the log; the pin is taken again. The next sync ships the new WAL index. False when
+  // it could not run now (a writer was busy, or commits arrived meanwhile): try again later.
+  asio::awaitable<bool> checkpoint();
   // A final sync, then the pin goes.
   asio::awaitable<void> stop();
 
@@ -51,6 +58,8 @@ class replicator {
   s3::object_store& store_;
   std::filesystem::path db_;
   sqlite3* pin_ = nullptr;
+  sqlite3* barrier_ = nullptr;
+  bool reset_expected_ = false;  // our checkpoint restarted the log: the next header is ours
   std::string generation_;
   std::uint32_t generations_ = 0;
   std::optional<replica_position> at_;
