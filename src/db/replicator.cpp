@@ -4,6 +4,9 @@
 
 #include <fstream>
 
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
+
 #include "async/offload.hpp"
 #include "base/log.hpp"
 #include "db/database.hpp"
@@ -21,7 +24,11 @@ std::span<const std::byte> bytes_of(const std::string& text) {
 
 replicator::replicator(asio::any_io_executor executor, s3::object_store& store,
                        std::filesystem::path db)
-    : executor_(executor), store_(store), db_(std::move(db)) {}
+    : executor_(executor),
+      store_(store),
+      db_(std::move(db)),
+      tick_(executor),
+      run_done_(executor, std::chrono::steady_clock::time_point::max()) {}
 
 replicator::~replicator() {
   if (pin_) sqlite3_close(pin_);
@@ -47,6 +54,9 @@ asio::awaitable<void> replicator::start() {
     }
     // Closing our connections must never checkpoint (and delete) the WAL behind the replica.
     sqlite3_db_config(pin_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+    // A reader can meet SQLITE_BUSY for a moment while a writer restarts the log: wait it
+    // out (this runs off the executor). The barrier, below, never waits: busy means later.
+    sqlite3_busy_timeout(pin_, 5000);
     // The pin: a read transaction that stays open, so that no checkpoint can reset the WAL
     // past what is shipped.
     char* message = nullptr;
@@ -86,13 +96,31 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
 }
 
 asio::awaitable<std::uint64_t> replicator::sync() {
+  // The backlog: what is committed but not in the store. A sync that succeeds ships all of it;
+  // one that fails leaves what it was shipping (the WAL keeps it, pinned).
+  pending_ = 0;
+  std::uint64_t shipped = 0;
+  std::exception_ptr failure;
+  try {
+    shipped = co_await sync_step_once();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  backlog_ = failure ? std::max(backlog_, pending_) : 0;
+  if (failure) std::rethrow_exception(failure);
+  co_return shipped;
+}
+
+asio::awaitable<std::uint64_t> replicator::sync_step_once() {
   const std::string wal = co_await read_wal();
+  wal_size_ = wal.size();
   if (!at_) {
     // Nothing shipped in this generation yet: from the WAL's start.
     const sync_step first = next_sync(std::nullopt, bytes_of(wal), false);
     if (first.what != sync_step::kind::segment) co_return 0;
     const std::string key = layout::segment_key(generation_, 0, first.start, first.end, "");
     const std::string body = wal.substr(first.start, first.end - first.start);
+    pending_ = body.size();
     co_await store_.put(key, body);
     at_ = first.next;
     co_return first.end - first.start;
@@ -111,6 +139,7 @@ asio::awaitable<std::uint64_t> replicator::sync() {
       const std::string key =
           layout::segment_key(generation_, step.next.walidx, step.start, step.end, "");
       const std::string body = wal.substr(step.start, step.end - step.start);
+      pending_ = body.size();
       co_await store_.put(key, body);
       at_ = step.next;
       co_return step.end - step.start;
@@ -167,7 +196,44 @@ asio::awaitable<bool> replicator::checkpoint() {
   co_return ran;
 }
 
+asio::awaitable<void> replicator::run(schedule s) {
+  running_ = true;
+  while (!stopping_) {
+    tick_.expires_after(s.interval);
+    std::error_code ec;
+    co_await tick_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopping_) break;
+    std::string failure;
+    try {
+      co_await sync();
+      // The log's valid length, not the file's: a restarted log leaves old frames behind.
+      const std::optional<wal::header> h =
+          at_ ? wal::parse_header(at_->header) : std::optional<wal::header>();
+      const std::uint64_t frame = (h ? h->page_size : 4096u) + wal::frame_header_size;
+      if (at_ && at_->durable_end / frame >= s.checkpoint_pages) {
+        co_await checkpoint();
+      }
+      last_sync_at_ = std::chrono::system_clock::now();
+      if (!last_error_.empty()) log::info("database: replication resumed");
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    if (!failure.empty() && failure != last_error_) {
+      log::warn("database: replication failed; retrying", {{"error", failure}});
+    }
+    last_error_ = failure;
+  }
+  running_ = false;
+  run_done_.cancel();
+}
+
 asio::awaitable<void> replicator::stop() {
+  stopping_ = true;
+  tick_.cancel();
+  while (running_) {
+    std::error_code ec;
+    co_await run_done_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
   co_await sync();
   co_await offload([&] {
     if (pin_) {

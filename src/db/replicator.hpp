@@ -13,8 +13,11 @@
 #include <optional>
 #include <string>
 
+#include <chrono>
+
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/steady_timer.hpp>
 
 #include "db/shipper.hpp"
 #include "s3/object_store.hpp"
@@ -43,8 +46,22 @@ class replicator {
   // restart the log; the pin is taken again. The next sync ships the new WAL index. False when
   // it could not run now (a writer was busy, or commits arrived meanwhile): try again later.
   asio::awaitable<bool> checkpoint();
-  // A final sync, then the pin goes.
+  // A final sync, then the pin goes. Ends run() first.
   asio::awaitable<void> stop();
+
+  // Syncs every `interval` until stop(); checkpoints when the WAL passes `checkpoint_pages`
+  // pages. A failure (the store down) is kept in last_error() and retried at the next tick:
+  // the pinned WAL holds the backlog, nothing is dropped.
+  struct schedule {
+    std::chrono::milliseconds interval{1000};
+    std::uint64_t checkpoint_pages = 1000;
+  };
+  asio::awaitable<void> run(schedule s);
+
+  // Status: bytes committed but not yet in the store, the last error, the last good sync.
+  std::uint64_t backlog_bytes() const { return backlog_; }
+  const std::string& last_error() const { return last_error_; }
+  std::chrono::system_clock::time_point last_sync_at() const { return last_sync_at_; }
 
   const std::string& generation() const { return generation_; }
   std::uint32_t generations_started() const { return generations_; }
@@ -53,6 +70,7 @@ class replicator {
  private:
   asio::awaitable<void> new_generation(std::string why);
   asio::awaitable<std::string> read_wal();
+  asio::awaitable<std::uint64_t> sync_step_once();
 
   asio::any_io_executor executor_;
   s3::object_store& store_;
@@ -60,6 +78,14 @@ class replicator {
   sqlite3* pin_ = nullptr;
   sqlite3* barrier_ = nullptr;
   bool reset_expected_ = false;  // our checkpoint restarted the log: the next header is ours
+  bool stopping_ = false, running_ = false;
+  asio::steady_timer tick_;
+  asio::steady_timer run_done_;
+  std::uint64_t backlog_ = 0;
+  std::uint64_t pending_ = 0;  // the segment being shipped now
+  std::uint64_t wal_size_ = 0;
+  std::string last_error_;
+  std::chrono::system_clock::time_point last_sync_at_{};
   std::string generation_;
   std::uint32_t generations_ = 0;
   std::optional<replica_position> at_;
