@@ -113,7 +113,6 @@ asio::awaitable<std::uint64_t> replicator::sync() {
 
 asio::awaitable<std::uint64_t> replicator::sync_step_once() {
   const std::string wal = co_await read_wal();
-  wal_size_ = wal.size();
   if (!at_) {
     // Nothing shipped in this generation yet: from the WAL's start.
     const sync_step first = next_sync(std::nullopt, bytes_of(wal), false);

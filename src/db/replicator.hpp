@@ -83,7 +83,6 @@ class replicator {
   asio::steady_timer run_done_;
   std::uint64_t backlog_ = 0;
   std::uint64_t pending_ = 0;  // the segment being shipped now
-  std::uint64_t wal_size_ = 0;
   std::string last_error_;
   std::chrono::system_clock::time_point last_sync_at_{};
   std::string generation_;

@@ -1,6 +1,8 @@
 #define BOOST_TEST_MODULE db_replay
 #include <boost/test/unit_test.hpp>
 
+#include "support/db_helpers.hpp"
+
 #include <sqlite3.h>
 #include <stdlib.h>
 
@@ -12,42 +14,9 @@
 #include "db/wal.hpp"
 
 namespace fs = std::filesystem;
+using namespace test_support;
 
 namespace {
-
-struct scratch {
-  fs::path dir;
-  scratch() {
-    std::string tmpl = (fs::temp_directory_path() / "sm-replay-XXXXXX").string();
-    dir = ::mkdtemp(tmpl.data());
-  }
-  ~scratch() { fs::remove_all(dir); }
-};
-
-std::string read_all(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void exec(sqlite3* db, const std::string& sql) {
-  char* error = nullptr;
-  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
-  BOOST_TEST_REQUIRE(rc == SQLITE_OK, (error ? error : "") << " in " << sql);
-}
-
-std::string query(const fs::path& file, const std::string& sql) {
-  sqlite3* db = nullptr;
-  sqlite3_open(file.c_str(), &db);
-  sqlite3_stmt* stmt = nullptr;
-  std::string out;
-  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK &&
-      sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_text(stmt, 0)) {
-    out = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return out;
-}
 
 const char* fingerprint = "SELECT count(*) || ':' || total(length(v)) || ':' || total(id) FROM t";
 
@@ -73,14 +42,10 @@ struct live {
   std::string wal() const { return read_all(file.string() + "-wal"); }
 };
 
-std::span<const std::byte> bytes(const std::string& text) {
-  return std::as_bytes(std::span(text.data(), text.size()));
-}
-
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(replaying_the_wal_onto_the_snapshot_gives_the_live_database) {
-  scratch tmp;
+  test_support::scratch_dir tmp;
   live source(tmp.dir);
   const fs::path restored = source.snapshot(tmp.dir / "restored.db");
   for (int i = 0; i < 30; ++i) {
@@ -94,7 +59,7 @@ BOOST_AUTO_TEST_CASE(replaying_the_wal_onto_the_snapshot_gives_the_live_database
   const std::string expected = query(source.file, fingerprint);
   const std::string wal = source.wal();
 
-  const sm::db::replay_result r = sm::db::apply_wal(restored, bytes(wal));
+  const sm::db::replay_result r = sm::db::apply_wal(restored, bytes_of(wal));
   BOOST_TEST(r.commits == 31u);
   BOOST_TEST(r.wal_end == wal.size());
   BOOST_TEST(r.pages_written > 0u);
@@ -105,7 +70,7 @@ BOOST_AUTO_TEST_CASE(replaying_the_wal_onto_the_snapshot_gives_the_live_database
 }
 
 BOOST_AUTO_TEST_CASE(a_cut_wal_restores_a_consistent_earlier_state) {
-  scratch tmp;
+  test_support::scratch_dir tmp;
   live source(tmp.dir);
   const fs::path base = source.snapshot(tmp.dir / "base.db");
   std::vector<std::string> states;  // the fingerprint after each transaction
@@ -120,7 +85,7 @@ BOOST_AUTO_TEST_CASE(a_cut_wal_restores_a_consistent_earlier_state) {
   for (std::size_t cut : {wal.size() / 3, wal.size() / 2 + 17, wal.size() - 1}) {
     const fs::path restored = tmp.dir / ("cut-" + std::to_string(cut) + ".db");
     fs::copy_file(base, restored);
-    const sm::db::replay_result r = sm::db::apply_wal(restored, bytes(wal).first(cut));
+    const sm::db::replay_result r = sm::db::apply_wal(restored, bytes_of(wal).first(cut));
     BOOST_TEST(r.commits < 12u);
     BOOST_TEST(r.wal_end <= cut);
     BOOST_TEST(query(restored, "PRAGMA integrity_check") == "ok");
@@ -129,7 +94,7 @@ BOOST_AUTO_TEST_CASE(a_cut_wal_restores_a_consistent_earlier_state) {
 }
 
 BOOST_AUTO_TEST_CASE(a_database_that_shrank_is_cut_to_its_size) {
-  scratch tmp;
+  test_support::scratch_dir tmp;
   live source(tmp.dir);
   exec(source.db,
        "INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION "
@@ -139,7 +104,7 @@ BOOST_AUTO_TEST_CASE(a_database_that_shrank_is_cut_to_its_size) {
   const auto before = fs::file_size(restored);
   exec(source.db, "DELETE FROM t WHERE id > 10");
   exec(source.db, "VACUUM");
-  const sm::db::replay_result r = sm::db::apply_wal(restored, bytes(source.wal()));
+  const sm::db::replay_result r = sm::db::apply_wal(restored, bytes_of(source.wal()));
   BOOST_TEST(fs::file_size(restored) < before);
   BOOST_TEST(fs::file_size(restored) == std::uintmax_t(r.db_pages) * 4096u);
   BOOST_TEST(query(restored, "PRAGMA integrity_check") == "ok");
@@ -147,13 +112,14 @@ BOOST_AUTO_TEST_CASE(a_database_that_shrank_is_cut_to_its_size) {
 }
 
 BOOST_AUTO_TEST_CASE(refusals) {
-  scratch tmp;
+  test_support::scratch_dir tmp;
   live source(tmp.dir);
   const fs::path restored = source.snapshot(tmp.dir / "r.db");
   exec(source.db, "INSERT INTO t(v) VALUES ('x')");
   std::string wal = source.wal();
   wal[5] ^= 1;  // the WAL header's version
-  BOOST_CHECK_THROW(sm::db::apply_wal(restored, bytes(wal)), sm::db::error);
+  BOOST_CHECK_THROW(sm::db::apply_wal(restored, bytes_of(wal)), sm::db::error);
   std::ofstream(tmp.dir / "notes.txt") << std::string(4096, 'n');
-  BOOST_CHECK_THROW(sm::db::apply_wal(tmp.dir / "notes.txt", bytes(source.wal())), sm::db::error);
+  BOOST_CHECK_THROW(sm::db::apply_wal(tmp.dir / "notes.txt", bytes_of(source.wal())),
+                    sm::db::error);
 }

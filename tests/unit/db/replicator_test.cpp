@@ -1,6 +1,8 @@
 #define BOOST_TEST_MODULE db_replicator
 #include <boost/test/unit_test.hpp>
 
+#include "support/db_helpers.hpp"
+
 #include <sqlite3.h>
 #include <stdlib.h>
 
@@ -22,36 +24,10 @@
 #include "s3/object_store.hpp"
 
 namespace fs = std::filesystem;
+using namespace test_support;
 
 namespace {
 
-struct scratch {
-  fs::path dir;
-  scratch() {
-    std::string tmpl = (fs::temp_directory_path() / "sm-repl-XXXXXX").string();
-    dir = ::mkdtemp(tmpl.data());
-  }
-  ~scratch() { fs::remove_all(dir); }
-};
-
-void exec(sqlite3* db, const std::string& sql) {
-  char* error = nullptr;
-  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
-  BOOST_TEST_REQUIRE(rc == SQLITE_OK, (error ? error : "") << " in " << sql);
-}
-std::string query(const fs::path& file, const std::string& sql) {
-  sqlite3* db = nullptr;
-  sqlite3_open(file.c_str(), &db);
-  sqlite3_stmt* stmt = nullptr;
-  std::string out;
-  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK &&
-      sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_text(stmt, 0)) {
-    out = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return out;
-}
 const char* fingerprint = "SELECT count(*) || ':' || total(length(v)) FROM t";
 
 template <typename Body>
@@ -70,7 +46,8 @@ void run(Body body) {
   }
 }
 
-// Restores the store's latest generation into `to`, as a fresh machine would.
+// Restores `generation` from the store into `to`, as a fresh machine would: the snapshot,
+// then every WAL index after it.
 asio::awaitable<void> restore(sm::s3::object_store& store, const std::string& generation,
                               fs::path to) {
   std::vector<std::string> keys;
@@ -84,17 +61,24 @@ asio::awaitable<void> restore(sm::s3::object_store& store, const std::string& ge
   BOOST_TEST_REQUIRE(plan.snapshot.has_value());
   BOOST_TEST(plan.gap.empty(), plan.gap);
   co_await store.get_file(plan.snapshot->key, to);
+  // Each WAL index is one log: its segments are joined and applied in turn.
   std::string wal;
-  for (const auto& segment : plan.segments) wal += co_await store.get(segment.key);
-  if (!wal.empty()) {
-    sm::db::apply_wal(to, std::as_bytes(std::span(wal.data(), wal.size())));
+  std::uint64_t index = plan.segments.empty() ? 0 : plan.segments.front().walidx;
+  for (const auto& segment : plan.segments) {
+    if (segment.walidx != index) {
+      sm::db::apply_wal(to, bytes_of(wal));
+      wal.clear();
+      index = segment.walidx;
+    }
+    wal += co_await store.get(segment.key);
   }
+  if (!wal.empty()) sm::db::apply_wal(to, bytes_of(wal));
 }
 
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(what_the_application_commits_can_be_restored_elsewhere) {
-  scratch tmp;
+  test_support::scratch_dir tmp;
   const fs::path db = tmp.dir / "data" / "database.sqlite";
   sm::db::initialise(db);
   sqlite3* app = nullptr;
@@ -141,7 +125,7 @@ BOOST_AUTO_TEST_CASE(what_the_application_commits_can_be_restored_elsewhere) {
 }
 
 BOOST_AUTO_TEST_CASE(our_checkpoint_restarts_the_log_in_the_same_generation) {
-  scratch tmp;
+  test_support::scratch_dir tmp;
   const fs::path db = tmp.dir / "database.sqlite";
   sm::db::initialise(db);
   sqlite3* app = nullptr;
@@ -173,28 +157,7 @@ BOOST_AUTO_TEST_CASE(our_checkpoint_restarts_the_log_in_the_same_generation) {
     co_await replicator.stop();
     // Restored elsewhere through every WAL index: the live database.
     const fs::path elsewhere = tmp.dir / "restored.sqlite";
-    std::vector<std::string> keys;
-    const sm::s3::list_page page = co_await store->list("db/", "", "", 1000);
-    for (const auto& o : page.objects) keys.push_back(o.key);
-    const auto plan = sm::db::layout::plan_restore(replicator.generation(), keys);
-    BOOST_TEST_REQUIRE(plan.snapshot.has_value());
-    BOOST_TEST(plan.gap.empty(), plan.gap);
-    co_await store->get_file(plan.snapshot->key, elsewhere);
-    std::uint64_t index = plan.segments.front().walidx;
-    std::string wal;
-    auto flush = [&] {
-      if (!wal.empty())
-        sm::db::apply_wal(elsewhere, std::as_bytes(std::span(wal.data(), wal.size())));
-      wal.clear();
-    };
-    for (const auto& segment : plan.segments) {
-      if (segment.walidx != index) {
-        flush();
-        index = segment.walidx;
-      }
-      wal += co_await store->get(segment.key);
-    }
-    flush();
+    co_await restore(*store, replicator.generation(), elsewhere);
     BOOST_TEST(query(elsewhere, "PRAGMA integrity_check") == "ok");
     BOOST_TEST(query(elsewhere, fingerprint) == query(db, fingerprint));
     BOOST_TEST(query(elsewhere, "SELECT v FROM t WHERE id = 1") == "last");
@@ -203,7 +166,7 @@ BOOST_AUTO_TEST_CASE(our_checkpoint_restarts_the_log_in_the_same_generation) {
 }
 
 BOOST_AUTO_TEST_CASE(the_run_loop_ships_and_checkpoints_on_its_own) {
-  scratch tmp;
+  test_support::scratch_dir tmp;
   const fs::path db = tmp.dir / "database.sqlite";
   sm::db::initialise(db);
   sqlite3* app = nullptr;
@@ -247,29 +210,7 @@ BOOST_AUTO_TEST_CASE(the_run_loop_ships_and_checkpoints_on_its_own) {
     BOOST_TEST(replicator.generations_started() == 1u);
     co_await replicator.stop();
     const fs::path elsewhere = tmp.dir / "restored.sqlite";
-    std::vector<std::string> keys;
-    std::string token;
-    do {
-      const sm::s3::list_page page = co_await store->list("db/", "", token, 1000);
-      for (const auto& o : page.objects) keys.push_back(o.key);
-      token = page.next_token;
-    } while (!token.empty());
-    const auto plan = sm::db::layout::plan_restore(replicator.generation(), keys);
-    BOOST_TEST_REQUIRE(plan.snapshot.has_value());
-    BOOST_TEST(plan.gap.empty(), plan.gap);
-    co_await store->get_file(plan.snapshot->key, elsewhere);
-    std::uint64_t index = plan.segments.front().walidx;
-    std::string wal;
-    for (const auto& segment : plan.segments) {
-      if (segment.walidx != index) {
-        sm::db::apply_wal(elsewhere, std::as_bytes(std::span(wal.data(), wal.size())));
-        wal.clear();
-        index = segment.walidx;
-      }
-      wal += co_await store->get(segment.key);
-    }
-    if (!wal.empty())
-      sm::db::apply_wal(elsewhere, std::as_bytes(std::span(wal.data(), wal.size())));
+    co_await restore(*store, replicator.generation(), elsewhere);
     BOOST_TEST(query(elsewhere, "PRAGMA integrity_check") == "ok");
     BOOST_TEST(query(elsewhere, "SELECT count(*) FROM t") == "90");
   });

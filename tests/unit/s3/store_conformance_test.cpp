@@ -22,6 +22,7 @@
 
 #include "async/offload.hpp"
 #include "s3/object_store.hpp"
+#include "support/scratch_dir.hpp"
 
 using namespace sm::s3;
 namespace fs = std::filesystem;
@@ -37,15 +38,6 @@ std::string env_or(const char* name, std::string fallback) {
   return value && *value ? std::string(value) : fallback;
 }
 
-struct scratch {
-  fs::path dir;
-  scratch() {
-    std::string tmpl = (fs::temp_directory_path() / "sm-store-XXXXXX").string();
-    dir = ::mkdtemp(tmpl.data());
-  }
-  ~scratch() { fs::remove_all(dir); }
-};
-
 bool against_s3() {
   return std::getenv("S3_ENDPOINT") != nullptr;
 }
@@ -53,7 +45,7 @@ bool against_s3() {
 // Runs `body` with a store under a fresh key prefix, on its own executor.
 template <typename Body>
 void with_store(const std::string& name, Body body) {
-  scratch tmp;
+  test_support::scratch_dir tmp("sm-store");
   static std::atomic<int> counter{0};
   store_config config;
   config.endpoint = env_or("S3_ENDPOINT", "file://" + (tmp.dir / "objects").string());
