@@ -24,6 +24,7 @@
 #include "base/clock.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
+#include "db/component.hpp"
 #include "http/server.hpp"
 #include "proc/child.hpp"
 #include "proc/signals.hpp"
@@ -169,6 +170,28 @@ void log_process_state(std::string_view who_name, const supervisor::supervised_p
   }
 }
 
+supervisor::supervised_process::state as_process_state(db::component::state s) {
+  using from = db::component::state;
+  using to = supervisor::supervised_process::state;
+  switch (s) {
+    case from::pending:
+      return to::pending;
+    case from::starting:
+      return to::starting;
+    case from::running:
+      return to::running;
+    case from::degraded:
+      return to::degraded;
+    case from::stopping:
+      return to::stopping;
+    case from::stopped:
+      return to::stopped;
+    case from::failed:
+      return to::failed;
+  }
+  return to::failed;
+}
+
 }  // namespace
 
 int run_app(const options& opts) {
@@ -197,6 +220,7 @@ int run_app(const options& opts) {
   }
   std::optional<supervisor::supervised_process> process;
   std::unique_ptr<supervisor::component_group> components;  // once configured
+  std::unique_ptr<db::component> database;                    // once configured with "database"
   std::optional<http::server> server;
 
   // Start-up, in order. Shut-down below undoes it in reverse.
@@ -293,6 +317,7 @@ int run_app(const options& opts) {
     // COMMAND and the components, cascaded (a COMMAND held back by --wait-for-config is
     // about to start).
     std::vector<state> parts = components ? components->states() : std::vector<state>{};
+    if (database) parts.push_back(as_process_state(database->current()));
     if (process) parts.push_back(process->current());
     return std::string(supervisor::cascade(parts));
   };
@@ -324,7 +349,9 @@ int run_app(const options& opts) {
     publish_system_state();
   };
   env.components_view = [&] {
-    return components ? components->status() : nlohmann::json::object();
+    nlohmann::json out = components ? components->status() : nlohmann::json::object();
+    if (database) out["database"] = database->status();
+    return out;
   };
   // Configured (at boot or by POST /config): the components start, in dependency order.
   bool process_started = false;  // COMMAND's run() was started (and has not been re-armed)
@@ -336,6 +363,23 @@ int run_app(const options& opts) {
       log::info("stopping COMMAND to apply the configuration");
       co_await process->stop();
       if (!shutting_down && process->rearm()) process_started = false;
+    }
+    // The database first: the components and COMMAND never see it before its restore.
+    if (std::find(c.stacks.begin(), c.stacks.end(), config::database_stack) != c.stacks.end() &&
+        env.store()) {
+      database = std::make_unique<db::component>(io.get_executor(), *env.store(),
+                                                 opts.data_dir / "database.sqlite", c.database);
+      database->on_transition = [&](db::component::state from, db::component::state to) {
+        const nlohmann::json s = database->status();
+        publish("component", {{"name", "database"},
+                              {"old", db::component::name_of(from)},
+                              {"new", db::component::name_of(to)},
+                              {"last_error", to == db::component::state::degraded
+                                                 ? s["replication"]["last_error"]
+                                                 : s["last_error"]}});
+        publish_system_state();
+      };
+      co_await database->start(env.lease_taken_over());
     }
     components = std::make_unique<supervisor::component_group>(
         io.get_executor(), reaper, c,
@@ -411,6 +455,7 @@ int run_app(const options& opts) {
                                          {{"", &*process}});
     }
     if (components) components->append_metrics(out);
+    if (database) database->append_metrics(out);
     return out;
   };
   if (env.configured()) {
@@ -430,18 +475,23 @@ int run_app(const options& opts) {
   // Fencing: once the lease is lost, what writes to the store must stop.
   env.on_lease_lost = [&](std::string why) {
     log::error("lease lost: stopping the components (fenced)", {{"why", why}});
-    if (components) {
-      asio::co_spawn(
-          io, [&]() -> asio::awaitable<void> { co_await components->stop(); }, asio::detached);
-    }
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          if (components) co_await components->stop();
+          if (database) co_await database->fence();
+        },
+        asio::detached);
   };
   // POST /release-lease: COMMAND and the components stop as at shut-down (their state is in the
   // store once they have), then the lease goes; state-manager keeps serving.
   env.before_release = [&]() -> asio::awaitable<nlohmann::json> {
     if (process && process_started) co_await process->stop();
     if (components) co_await components->stop();
+    nlohmann::json flushed = nlohmann::json::array();
+    if (database) flushed.push_back(co_await database->stop());  // the final sync
     publish_system_state();
-    co_return nlohmann::json::array();  // no component holds unflushed state yet
+    co_return flushed;
   };
   env.on_applied = [&] {
     start_process();
@@ -495,6 +545,7 @@ int run_app(const options& opts) {
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();
         if (components) co_await components->stop();  // in reverse dependency order
+        if (database) co_await database->stop();       // the final sync
         // All state is in the store now: another machine may take over at once.
         co_await env.release_lease();
         // What they wrote last still reaches our output (--log-prefix), within a bound.

@@ -28,9 +28,7 @@ namespace {
 std::optional<environment::apply_result> not_built_yet(const config::configuration& config) {
   for (const std::string& stack : config.stacks) {
     std::string message;
-    if (stack == config::database_stack) {
-      message = "the database component (SQLite replicated to object storage) is not built yet";
-    } else if (stack == config::filesystem_stack) {
+    if (stack == config::filesystem_stack) {
       message = "the filesystem component (FUSE over object storage) is not built yet";
     } else {
       continue;  // a component declared under "components": supervised
@@ -53,6 +51,10 @@ environment::~environment() {
 
 bool environment::lease_held() const {
   return lease_ && lease_->held();
+}
+
+bool environment::lease_taken_over() const {
+  return lease_ && !lease_->previous_owner().empty() && lease_->previous_owner() != lease_->owner();
 }
 
 void environment::shut_down() {

@@ -105,6 +105,9 @@ class environment {
   asio::awaitable<bool> release_lease();
   s3::object_store* store() const { return store_.get(); }
   bool lease_held() const;
+  // The lease was last acquired from another owner (expired or released by them): what this
+  // machine holds locally may be older than the store's state.
+  bool lease_taken_over() const;
   // Called when the lease is lost while running (taken, or not renewed in time): the
   // orchestrator fences, stopping what writes to the store.
   std::function<void(std::string why)> on_lease_lost;

@@ -290,6 +290,42 @@ void parse_storage(checker& check, const json& doc, storage_config& out) {
   }
 }
 
+void parse_database(checker& check, const json& doc, database_config& out) {
+  if (!doc.contains("database")) return;
+  const json& spec = doc["database"];
+  if (!spec.is_object()) {
+    check.add("database", "must be an object (the database component's replication settings)");
+    return;
+  }
+  check.only_known(spec, "database",
+                   {"sync_interval", "snapshot_interval", "retention", "checkpoint_pages"});
+  auto bounded = [&](const char* key, duration& into, duration low, duration high,
+                     const char* bounds) {
+    if (!spec.contains(key)) return;
+    const std::string path = checker::join("database", key);
+    if (auto d = check.duration_value(spec[key], path)) {
+      if (*d < low || *d > high) {
+        check.add(path, bounds);
+      } else {
+        into = *d;
+      }
+    }
+  };
+  using namespace std::chrono_literals;
+  bounded("sync_interval", out.sync_interval, 100ms, 1h, "must be between 100ms and 1h");
+  bounded("snapshot_interval", out.snapshot_interval, 1s, 8760h, "must be between 1s and 8760h");
+  bounded("retention", out.retention, 0s, 87600h, "must be at most 87600h (0: keep only the newest)");
+  if (spec.contains("checkpoint_pages")) {
+    const json& pages = spec["checkpoint_pages"];
+    if (!pages.is_number_integer() || pages.get<std::int64_t>() < 10 ||
+        pages.get<std::int64_t>() > 10'000'000) {
+      check.add("database.checkpoint_pages", "must be an integer from 10 to 10000000");
+    } else {
+      out.checkpoint_pages = pages.get<std::uint64_t>();
+    }
+  }
+}
+
 void parse_components(checker& check, const json& doc, configuration& out) {
   if (!doc.contains("components")) return;
   const json& components = doc["components"];
@@ -467,8 +503,9 @@ parse_result parse(const json& document, const environment_lookup& env) {
     return result;
   }
   configuration config;
-  check.only_known(document, "", {"storage", "stacks", "components"});
+  check.only_known(document, "", {"storage", "stacks", "components", "database"});
   parse_storage(check, document, config.storage);
+  parse_database(check, document, config.database);
   parse_components(check, document, config);
   parse_stacks(check, document, config);
   result.problems = std::move(check.problems);
@@ -506,9 +543,15 @@ json to_redacted_json(const configuration& config) {
     if (!c.depends_on.empty()) spec["depends_on"] = c.depends_on;
     components[name] = std::move(spec);
   }
+  const database_config& d = config.database;
+  json database = {{"sync_interval", format_duration(d.sync_interval)},
+                   {"snapshot_interval", format_duration(d.snapshot_interval)},
+                   {"retention", format_duration(d.retention)},
+                   {"checkpoint_pages", d.checkpoint_pages}};
   return {{"storage", std::move(storage)},
           {"stacks", config.stacks},
-          {"components", std::move(components)}};
+          {"components", std::move(components)},
+          {"database", std::move(database)}};
 }
 
 json problems_to_json(const std::vector<problem>& problems) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -48,8 +49,17 @@ struct component_config {
   std::vector<std::string> depends_on;      // other components, started first
 };
 
+// The built-in database component's replication (optional "database" object).
+struct database_config {
+  duration sync_interval = std::chrono::seconds(1);  // 100ms..1h: commit -> store, at most
+  duration snapshot_interval = std::chrono::hours(1);  // a fresh snapshot at least this often
+  duration retention = std::chrono::hours(24);  // older generations go (the newest always stays)
+  std::uint64_t checkpoint_pages = 1000;        // our checkpoint runs past this many WAL pages
+};
+
 struct configuration {
   storage_config storage;
+  database_config database;
   std::vector<std::string> stacks;  // canonical names, in the order given: "database", "web"
   std::map<std::string, component_config> components;
 };

@@ -1,6 +1,7 @@
 #include "db/layout.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <map>
 #include <random>
@@ -45,14 +46,13 @@ bool split(std::string_view key, std::string_view kind, std::string_view& genera
 }  // namespace
 
 std::string new_generation() {
+  // The creation time first (microseconds since the epoch), so that key order is creation
+  // order and the newest generation is the last one listed; then 64 random bits.
+  const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::system_clock::now().time_since_epoch());
   std::random_device random;
-  std::string out;
-  for (int i = 0; i < 4; ++i) {
-    char buffer[9];
-    std::snprintf(buffer, sizeof buffer, "%08x", random());
-    out += buffer;
-  }
-  return out;
+  const std::uint64_t noise = (std::uint64_t(random()) << 32) | random();
+  return hex16(static_cast<std::uint64_t>(now.count())) + hex16(noise);
 }
 
 bool valid_generation(std::string_view text) {

@@ -18,7 +18,9 @@
 
 namespace sm::db::layout {
 
-std::string new_generation();  // 32 random hex digits
+// 32 hex digits: the creation time in microseconds, then 64 random bits. Generations sort by
+// creation time (the newest is the last listed).
+std::string new_generation();
 bool valid_generation(std::string_view text);
 
 std::string generation_prefix(std::string_view generation);  // "db/<g>/"

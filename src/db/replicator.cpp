@@ -38,10 +38,14 @@ replicator::~replicator() {
 asio::awaitable<std::string> replicator::read_wal() {
   std::string text;
   const std::string path = db_.string() + "-wal";
+  std::filesystem::file_time_type written{};
   co_await offload([&] {
     std::ifstream in(path, std::ios::binary);
     if (in) text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    std::error_code ec;
+    written = std::filesystem::last_write_time(path, ec);
   });
+  wal_written_ = written;
   co_return text;
 }
 
@@ -79,11 +83,21 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   json_options.content_type = "application/json";
   const std::string meta_key = layout::meta_key(generation_);
   co_await store_.put(meta_key, meta, json_options);
-  // The snapshot, then the WAL from its start: replaying that whole index repairs any page a
-  // checkpoint backfilled while the file was being copied.
+  // The snapshot, then the WAL from its start: replaying that whole index over the snapshot
+  // gives every commit after it.
   const std::string snapshot_key = layout::snapshot_key(generation_, 0, "");
-  const std::filesystem::path file = db_;
-  co_await store_.put_file(snapshot_key, file);
+  const std::filesystem::path file = co_await write_snapshot();
+  std::exception_ptr failure;
+  try {
+    co_await store_.put_file(snapshot_key, file);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  co_await offload([&] {
+    std::error_code ec;
+    std::filesystem::remove(file, ec);
+  });
+  if (failure) std::rethrow_exception(failure);
   at_.reset();
   const std::string wal = co_await read_wal();
   const sync_step step = next_sync(at_, bytes_of(wal), false);
@@ -93,6 +107,43 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
     co_await store_.put(key, body);
     at_ = step.next;
   }
+}
+
+asio::awaitable<std::filesystem::path> replicator::write_snapshot() {
+  // Through SQLite's backup API on the pin, never by reading the file ourselves: a descriptor
+  // of the database file that this process opens and closes drops every POSIX lock the process
+  // holds on it, the pin's included, and another process could then checkpoint and delete the
+  // WAL behind us. The copy is the pin's read snapshot, consistent by construction.
+  const std::filesystem::path shadow = db_.string() + "-litestream";
+  const std::filesystem::path to = shadow / "snapshot.tmp";
+  std::string failure;
+  co_await offload([&] {
+    std::error_code ec;
+    std::filesystem::create_directories(shadow, ec);
+    std::filesystem::remove(to, ec);
+    // A fresh read snapshot: the newest state, and the WAL it reads stays pinned.
+    sqlite3_exec(pin_, "ROLLBACK", nullptr, nullptr, nullptr);
+    if (sqlite3_exec(pin_, "BEGIN; SELECT count(*) FROM state_manager_meta;", nullptr, nullptr,
+                     nullptr) != SQLITE_OK) {
+      failure = "re-taking the pin: " + std::string(sqlite3_errmsg(pin_));
+      return;
+    }
+    sqlite3* copy = nullptr;
+    if (sqlite3_open_v2(to.c_str(), &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+        SQLITE_OK) {
+      failure = "snapshot file " + to.string() + ": " + sqlite3_errmsg(copy);
+      sqlite3_close(copy);
+      return;
+    }
+    sqlite3_exec(copy, "PRAGMA journal_mode=OFF", nullptr, nullptr, nullptr);
+    sqlite3_backup* backup = sqlite3_backup_init(copy, "main", pin_, "main");
+    int rc = backup ? sqlite3_backup_step(backup, -1) : sqlite3_errcode(copy);
+    if (backup) sqlite3_backup_finish(backup);
+    if (rc != SQLITE_DONE) failure = "snapshot: " + std::string(sqlite3_errmsg(copy));
+    sqlite3_close(copy);
+  });
+  if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
+  co_return to;
 }
 
 asio::awaitable<std::uint64_t> replicator::sync() {
@@ -107,7 +158,17 @@ asio::awaitable<std::uint64_t> replicator::sync() {
     failure = std::current_exception();
   }
   backlog_ = failure ? std::max(backlog_, pending_) : 0;
-  if (failure) std::rethrow_exception(failure);
+  if (failure) {
+    if (!waiting_since_ && backlog_ > 0) waiting_since_ = std::chrono::steady_clock::now();
+    std::rethrow_exception(failure);
+  }
+  waiting_since_.reset();
+  if (shipped > 0) {
+    // The WAL's mtime is the last commit's time (file_time_type's clock is the file system's).
+    const auto age = std::filesystem::file_time_type::clock::now() - wal_written_;
+    last_lag_ = std::max(std::chrono::milliseconds(0),
+                         std::chrono::duration_cast<std::chrono::milliseconds>(age));
+  }
   co_return shipped;
 }
 
@@ -220,20 +281,31 @@ asio::awaitable<void> replicator::run(schedule s) {
     if (!failure.empty() && failure != last_error_) {
       log::warn("database: replication failed; retrying", {{"error", failure}});
     }
+    const bool changed = failure != last_error_;
     last_error_ = failure;
+    if (changed && on_status_change) on_status_change();
   }
   running_ = false;
   run_done_.cancel();
 }
 
-asio::awaitable<void> replicator::stop() {
+std::chrono::milliseconds replicator::lag() const {
+  if (!waiting_since_) return last_lag_;
+  const auto waiting = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - *waiting_since_);
+  return std::max(last_lag_, waiting);
+}
+
+asio::awaitable<void> replicator::end_run() {
   stopping_ = true;
   tick_.cancel();
   while (running_) {
     std::error_code ec;
     co_await run_done_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
-  co_await sync();
+}
+
+asio::awaitable<void> replicator::unpin() {
   co_await offload([&] {
     if (pin_) {
       sqlite3_exec(pin_, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -241,6 +313,23 @@ asio::awaitable<void> replicator::stop() {
       pin_ = nullptr;
     }
   });
+}
+
+asio::awaitable<void> replicator::stop() {
+  co_await end_run();
+  std::exception_ptr failure;
+  try {
+    co_await sync();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  co_await unpin();
+  if (failure) std::rethrow_exception(failure);
+}
+
+asio::awaitable<void> replicator::abandon() {
+  co_await end_run();
+  co_await unpin();
 }
 
 }  // namespace sm::db

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -48,6 +49,9 @@ class replicator {
   asio::awaitable<bool> checkpoint();
   // A final sync, then the pin goes. Ends run() first.
   asio::awaitable<void> stop();
+  // Fenced (the lease is another owner's now): run() ends and the pin goes, nothing more is
+  // written to the store.
+  asio::awaitable<void> abandon();
 
   // Syncs every `interval` until stop(); checkpoints when the WAL passes `checkpoint_pages`
   // pages. A failure (the store down) is kept in last_error() and retried at the next tick:
@@ -63,6 +67,12 @@ class replicator {
   const std::string& last_error() const { return last_error_; }
   std::chrono::system_clock::time_point last_sync_at() const { return last_sync_at_; }
 
+  // Commit -> in the store, for the newest commit shipped (from the WAL's modification time to
+  // the upload's end); while a backlog waits, at least as long as it has been waiting.
+  std::chrono::milliseconds lag() const;
+  // Called when last_error() changes (replication failing, or resumed).
+  std::function<void()> on_status_change;
+
   const std::string& generation() const { return generation_; }
   std::uint32_t generations_started() const { return generations_; }
   const std::optional<replica_position>& position() const { return at_; }
@@ -70,7 +80,10 @@ class replicator {
  private:
   asio::awaitable<void> new_generation(std::string why);
   asio::awaitable<std::string> read_wal();
+  asio::awaitable<std::filesystem::path> write_snapshot();
   asio::awaitable<std::uint64_t> sync_step_once();
+  asio::awaitable<void> end_run();
+  asio::awaitable<void> unpin();
 
   asio::any_io_executor executor_;
   s3::object_store& store_;
@@ -85,6 +98,9 @@ class replicator {
   std::uint64_t pending_ = 0;  // the segment being shipped now
   std::string last_error_;
   std::chrono::system_clock::time_point last_sync_at_{};
+  std::filesystem::file_time_type wal_written_{};  // the WAL's mtime at the last read
+  std::chrono::milliseconds last_lag_{0};
+  std::optional<std::chrono::steady_clock::time_point> waiting_since_;  // a backlog waits
   std::string generation_;
   std::uint32_t generations_ = 0;
   std::optional<replica_position> at_;

@@ -183,6 +183,7 @@ asio::awaitable<void> lease::acquire() {
     if (won) {
       current_ = next;
       held_ = true;
+      previous_owner_ = existing ? existing->owner : std::string();
       lost_why_.clear();
       last_error_.clear();
       if (existing && existing->owner != owner_) {

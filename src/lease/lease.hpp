@@ -79,6 +79,10 @@ class lease {
   asio::awaitable<void> release();
 
   bool held() const { return held_; }
+  // Who held it before our last acquire() (empty: nobody, or it was a fresh lease.json). Another
+  // owner there means the local state may be older than the store's: restore it.
+  const std::string& previous_owner() const { return previous_owner_; }
+  const std::string& owner() const { return owner_; }
   // GET / "lease": held, mode, owner, expires_at, counter, last_error (and why it was lost).
   nlohmann::json status() const;
 
@@ -98,6 +102,7 @@ class lease {
   asio::any_io_executor executor_;
   s3::object_store& store_;
   std::string owner_;
+  std::string previous_owner_;
   duration ttl_;
   mode mode_ = mode::conditional;
   bool held_ = false;

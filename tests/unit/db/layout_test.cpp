@@ -14,9 +14,13 @@ const std::string other = "fedcba9876543210fedcba9876543210";
 
 BOOST_AUTO_TEST_CASE(generations) {
   std::set<std::string> seen;
+  std::string previous;
   for (int i = 0; i < 100; ++i) {
     const std::string id = new_generation();
     BOOST_TEST(valid_generation(id), id);
+    // Creation order is key order: a restore takes the last generation listed.
+    BOOST_TEST(id.substr(0, 16) >= previous.substr(0, std::min<std::size_t>(16, previous.size())));
+    previous = id;
     seen.insert(id);
   }
   BOOST_TEST(seen.size() == 100u);

@@ -1,0 +1,234 @@
+#include "db/component.hpp"
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <nlohmann/json.hpp>
+
+#include "async/offload.hpp"
+#include "base/clock.hpp"
+#include "base/file.hpp"
+#include "base/log.hpp"
+#include "db/database.hpp"
+#include "db/replicator.hpp"
+
+namespace sm::db {
+
+using json = nlohmann::json;
+
+std::string_view component::name_of(state s) {
+  switch (s) {
+    case state::pending:
+      return "pending";
+    case state::starting:
+      return "starting";
+    case state::running:
+      return "running";
+    case state::degraded:
+      return "degraded";
+    case state::stopping:
+      return "stopping";
+    case state::stopped:
+      return "stopped";
+    case state::failed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+component::component(asio::any_io_executor executor, s3::object_store& store,
+                     std::filesystem::path file, config::database_config settings)
+    : executor_(executor), store_(store), file_(std::move(file)), settings_(settings) {}
+
+component::~component() = default;
+
+void component::move_to(state next) {
+  if (next == state_) return;
+  const state from = state_;
+  state_ = next;
+  if (on_transition) on_transition(from, next);
+}
+
+void component::refresh_health() {
+  if (state_ != state::running && state_ != state::degraded) return;
+  move_to(replicator_->last_error().empty() ? state::running : state::degraded);
+}
+
+asio::awaitable<void> component::start(bool taken_over) {
+  if (state_ != state::pending) co_return;
+  move_to(state::starting);
+  std::string failure;
+  try {
+    bool exists = false;
+    co_await offload([&] {
+      std::error_code ec;
+      exists = std::filesystem::exists(file_, ec);
+      ensure_directory(file_.parent_path().empty() ? "." : file_.parent_path(), 0755);
+    });
+    // A new machine has no database, and one that took the lease over may hold an older one:
+    // the store's replica is the truth then, when there is one.
+    if (!exists || taken_over) {
+      restore_request request;
+      request.to = file_;
+      restore_report report = co_await restore(store_, request);
+      if (report.found) {
+        log::info("database: restored from the store",
+                  {{"generation", report.generation},
+                   {"segments", std::to_string(report.segments)},
+                   {"why", exists ? "the lease was taken over" : "no local database"}});
+        if (!report.stopped_early.empty()) {
+          log::warn("database: restore stopped at the last verified transaction",
+                    {{"why", report.stopped_early}});
+        }
+        restored_ = std::move(report);
+      }
+    }
+    init_result init;
+    const std::filesystem::path shadow = file_.string() + "-litestream";
+    co_await offload([&] {
+      init = initialise(file_);
+      ensure_directory(shadow, 0755);
+    });
+    created_ = init.created;
+    replicator_ = std::make_unique<replicator>(executor_, store_, file_);
+    replicator_->on_status_change = [this] { refresh_health(); };
+    co_await replicator_->start();
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  if (!failure.empty()) {
+    last_error_ = failure;
+    log::error("database: cannot start", {{"file", file_.string()}, {"error", failure}});
+    replicator_.reset();
+    move_to(state::failed);
+    co_return;
+  }
+  replicator::schedule schedule;
+  schedule.interval = std::chrono::duration_cast<std::chrono::milliseconds>(settings_.sync_interval);
+  schedule.checkpoint_pages = settings_.checkpoint_pages;
+  asio::co_spawn(executor_, replicator_->run(schedule), asio::detached);
+  log::info("database: replicating",
+            {{"file", file_.string()},
+             {"generation", replicator_->generation()},
+             {"sync_interval", format_duration(settings_.sync_interval)}});
+  move_to(state::running);
+}
+
+asio::awaitable<json> component::stop() {
+  json flushed = {{"component", "database"}};
+  if (state_ != state::running && state_ != state::degraded) co_return flushed;
+  move_to(state::stopping);
+  std::string failure;
+  const std::uint64_t backlog = replicator_->backlog_bytes();
+  try {
+    co_await replicator_->stop();  // the final sync
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  if (!failure.empty()) {
+    log::error("database: the final sync failed; what was not shipped stays in the local WAL",
+               {{"error", failure}});
+  } else {
+    log::info("database: replication stopped, everything committed is in the store",
+              {{"generation", replicator_->generation()}});
+  }
+  flushed["generation"] = replicator_->generation();
+  flushed["backlog_bytes_before"] = backlog;
+  flushed["error"] = failure.empty() ? json(nullptr) : json(failure);
+  move_to(state::stopped);
+  co_return flushed;
+}
+
+asio::awaitable<void> component::fence() {
+  if (state_ != state::running && state_ != state::degraded) co_return;
+  move_to(state::stopping);
+  co_await replicator_->abandon();
+  last_error_ = "fenced: the lease is no longer ours, replication stopped";
+  move_to(state::stopped);
+}
+
+json component::status() const {
+  json out = {{"state", name_of(state_)},
+              {"file", file_.string()},
+              {"created", created_},
+              {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)}};
+  if (restored_) {
+    out["restored"] = {{"generation", restored_->generation},
+                       {"segments", restored_->segments},
+                       {"commits", restored_->commits},
+                       {"bytes", restored_->bytes},
+                       {"took_ms", restored_->took.count()},
+                       {"stopped_early", restored_->stopped_early.empty()
+                                             ? json(nullptr)
+                                             : json(restored_->stopped_early)}};
+  } else {
+    out["restored"] = nullptr;
+  }
+  if (!replicator_) {
+    out["replication"] = nullptr;
+    return out;
+  }
+  const replicator& r = *replicator_;
+  const auto last_sync = r.last_sync_at();
+  json position = nullptr;
+  if (r.position()) {
+    position = {{"wal_index", r.position()->walidx}, {"offset", r.position()->durable_end}};
+  }
+  out["replication"] = {
+      {"generation", r.generation()},
+      {"position", std::move(position)},
+      {"lag_ms", r.lag().count()},
+      {"last_sync_at", last_sync.time_since_epoch().count() == 0
+                           ? json(nullptr)
+                           : json(format_rfc3339(last_sync, true))},
+      {"backlog_bytes", r.backlog_bytes()},
+      {"last_error", r.last_error().empty() ? json(nullptr) : json(r.last_error())},
+      {"generations_started", r.generations_started()},
+      {"sync_interval", format_duration(settings_.sync_interval)},
+  };
+  return out;
+}
+
+void component::append_metrics(std::string& out) const {
+  out +=
+      "# HELP state_manager_database_state The database component's state (1 for the current "
+      "one).\n"
+      "# TYPE state_manager_database_state gauge\n";
+  for (state s : {state::pending, state::starting, state::running, state::degraded,
+                  state::stopping, state::stopped, state::failed}) {
+    out += "state_manager_database_state{state=\"" + std::string(name_of(s)) + "\"} " +
+           (s == state_ ? "1" : "0") + "\n";
+  }
+  if (!replicator_) return;
+  const replicator& r = *replicator_;
+  const auto last_sync = r.last_sync_at();
+  out +=
+      "# HELP state_manager_database_replication_lag_seconds Commit to object store, for the "
+      "newest commit shipped (or the age of a waiting backlog).\n"
+      "# TYPE state_manager_database_replication_lag_seconds gauge\n"
+      "state_manager_database_replication_lag_seconds " +
+      std::to_string(r.lag().count() / 1000.0) +
+      "\n"
+      "# HELP state_manager_database_replication_backlog_bytes Committed WAL bytes not yet in "
+      "the store.\n"
+      "# TYPE state_manager_database_replication_backlog_bytes gauge\n"
+      "state_manager_database_replication_backlog_bytes " +
+      std::to_string(r.backlog_bytes()) +
+      "\n"
+      "# HELP state_manager_database_replication_failing 1 while syncs to the store fail.\n"
+      "# TYPE state_manager_database_replication_failing gauge\n"
+      "state_manager_database_replication_failing " +
+      (r.last_error().empty() ? "0" : "1") +
+      "\n"
+      "# HELP state_manager_database_replication_last_sync_timestamp_seconds The last good "
+      "sync (Unix time).\n"
+      "# TYPE state_manager_database_replication_last_sync_timestamp_seconds gauge\n"
+      "state_manager_database_replication_last_sync_timestamp_seconds " +
+      std::to_string(std::chrono::duration<double>(last_sync.time_since_epoch()).count()) +
+      "\n"
+      "# HELP state_manager_database_generations_total Replication generations started.\n"
+      "# TYPE state_manager_database_generations_total counter\n"
+      "state_manager_database_generations_total " +
+      std::to_string(r.generations_started()) + "\n";
+}
+
+}  // namespace sm::db
