@@ -169,13 +169,18 @@ json component::status() const {
   }
   const replicator& r = *replicator_;
   const auto last_sync = r.last_sync_at();
-  json position = nullptr;
+  // In the store, and kept locally in the shadow (data/database.sqlite-litestream/).
+  json position = nullptr, shadowed = nullptr;
+  if (const auto stored = r.stored()) {
+    position = {{"wal_index", stored->first}, {"offset", stored->second}};
+  }
   if (r.position()) {
-    position = {{"wal_index", r.position()->walidx}, {"offset", r.position()->durable_end}};
+    shadowed = {{"wal_index", r.position()->walidx}, {"offset", r.position()->durable_end}};
   }
   out["replication"] = {
       {"generation", r.generation()},
       {"position", std::move(position)},
+      {"shadowed", std::move(shadowed)},
       {"lag_ms", r.lag().count()},
       {"last_sync_at", last_sync.time_since_epoch().count() == 0
                            ? json(nullptr)

@@ -63,6 +63,9 @@ init_result initialise(const std::filesystem::path& file) {
   if (opened != SQLITE_OK) {
     fail(file, std::string("cannot open: ") + (raw ? sqlite3_errmsg(raw) : sqlite3_errstr(opened)));
   }
+  // As the last connection, closing would checkpoint and delete the WAL: the replica's shadow
+  // could then no longer continue its generation after a restart.
+  sqlite3_db_config(raw, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   sqlite3_busy_timeout(raw, 5000);  // the application may hold a write lock for a moment
   // The first statement reads the header: a file that is not a database fails here, before
   // anything is written to it.

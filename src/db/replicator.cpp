@@ -2,7 +2,10 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
@@ -11,6 +14,7 @@
 #include "base/log.hpp"
 #include "db/database.hpp"
 #include "db/layout.hpp"
+#include "base/file.hpp"
 
 namespace sm::db {
 
@@ -49,8 +53,82 @@ asio::awaitable<std::string> replicator::read_wal() {
   co_return text;
 }
 
+namespace {
+
+std::string to_hex(std::span<const std::byte> bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  for (std::byte b : bytes) {
+    out += digits[std::to_integer<unsigned>(b) >> 4];
+    out += digits[std::to_integer<unsigned>(b) & 15];
+  }
+  return out;
+}
+
+bool from_hex(std::string_view text, std::span<std::byte> out) {
+  if (text.size() != out.size() * 2) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const int hi = nibble(text[2 * i]), lo = nibble(text[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = std::byte(hi * 16 + lo);
+  }
+  return true;
+}
+
+}  // namespace
+
+std::filesystem::path replicator::shadow_dir() const {
+  return db_.string() + "-litestream";
+}
+
+void replicator::save_state() const {
+  // Blocking: called inside offload(). Where the shadow stands, so that a restart continues
+  // the generation instead of uploading a new snapshot.
+  nlohmann::json state = {{"generation", generation_}};
+  if (at_) {
+    state["wal_index"] = at_->walidx;
+    state["offset"] = at_->durable_end;
+    state["header"] = to_hex(at_->header);
+    state["checksum"] = {at_->sum.s0, at_->sum.s1};
+  }
+  write_file_atomically(shadow_dir() / "state.json", state.dump() + "\n", 0644);
+}
+
+std::optional<std::pair<std::string, std::optional<replica_position>>> replicator::load_state()
+    const {
+  std::ifstream in(shadow_dir() / "state.json");
+  if (!in) return std::nullopt;
+  const nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
+  if (!state.is_object() || !state.contains("generation") || !state["generation"].is_string()) {
+    return std::nullopt;
+  }
+  const std::string generation = state["generation"].get<std::string>();
+  if (!layout::valid_generation(generation)) return std::nullopt;
+  std::optional<replica_position> at;
+  if (state.contains("offset")) {
+    try {
+      replica_position p;
+      p.walidx = state.at("wal_index").get<std::uint64_t>();
+      p.durable_end = state.at("offset").get<std::uint64_t>();
+      p.sum.s0 = state.at("checksum").at(0).get<std::uint32_t>();
+      p.sum.s1 = state.at("checksum").at(1).get<std::uint32_t>();
+      if (!from_hex(state.at("header").get<std::string>(), p.header)) return std::nullopt;
+      at = p;
+    } catch (const nlohmann::json::exception&) {
+      return std::nullopt;
+    }
+  }
+  return std::make_pair(generation, at);
+}
+
 asio::awaitable<void> replicator::start() {
   std::string failure;
+  std::optional<std::pair<std::string, std::optional<replica_position>>> saved;
   co_await offload([&] {
     if (sqlite3_open_v2(db_.c_str(), &pin_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
       failure = pin_ ? sqlite3_errmsg(pin_) : "cannot open";
@@ -68,24 +146,44 @@ asio::awaitable<void> replicator::start() {
                      &message) != SQLITE_OK) {
       failure = message ? message : sqlite3_errmsg(pin_);
       sqlite3_free(message);
+      return;
     }
+    std::error_code ec;
+    std::filesystem::create_directories(shadow_dir(), ec);
+    if (ec) failure = "shadow directory " + shadow_dir().string() + ": " + ec.message();
+    saved = load_state();
   });
   if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
+  // The generation this machine was shipping before a restart goes on, if the WAL still
+  // continues exactly where the shadow ends and the store still has that generation.
+  if (saved && saved->second) {
+    const std::string wal = co_await read_wal();
+    const sync_step step = next_sync(saved->second, bytes_of(wal), false);
+    const std::string meta = layout::meta_key(saved->first);
+    if (step.what != sync_step::kind::new_generation && (co_await store_.head(meta))) {
+      generation_ = saved->first;
+      at_ = saved->second;
+      log::info("database: continuing the generation",
+                {{"generation", generation_}, {"offset", std::to_string(at_->durable_end)}});
+      co_await sync();
+      co_return;
+    }
+  }
   co_await new_generation("start");
 }
 
 asio::awaitable<void> replicator::new_generation(std::string why) {
-  generation_ = layout::new_generation();
-  ++generations_;
-  log::info("database: new generation", {{"generation", generation_}, {"why", why}});
-  const std::string meta = "{\"generation\": \"" + generation_ + "\", \"why\": \"" + why + "\"}\n";
+  // Nothing changes until the new generation's meta and snapshot are in the store: until then
+  // the WAL stays pinned and holds everything, and the next sync tries again.
+  const std::string generation = layout::new_generation();
+  const std::string meta = "{\"generation\": \"" + generation + "\", \"why\": \"" + why + "\"}\n";
   s3::put_options json_options;
   json_options.content_type = "application/json";
-  const std::string meta_key = layout::meta_key(generation_);
+  const std::string meta_key = layout::meta_key(generation);
   co_await store_.put(meta_key, meta, json_options);
   // The snapshot, then the WAL from its start: replaying that whole index over the snapshot
   // gives every commit after it.
-  const std::string snapshot_key = layout::snapshot_key(generation_, 0, "");
+  const std::string snapshot_key = layout::snapshot_key(generation, 0, "");
   const std::filesystem::path file = co_await write_snapshot();
   std::exception_ptr failure;
   try {
@@ -98,15 +196,12 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
     std::filesystem::remove(file, ec);
   });
   if (failure) std::rethrow_exception(failure);
+  generation_ = generation;
+  ++generations_;
+  log::info("database: new generation", {{"generation", generation_}, {"why", why}});
   at_.reset();
-  const std::string wal = co_await read_wal();
-  const sync_step step = next_sync(at_, bytes_of(wal), false);
-  if (step.what == sync_step::kind::segment) {
-    const std::string key = layout::segment_key(generation_, 0, step.start, step.end, "");
-    const std::string body = wal.substr(step.start, step.end - step.start);
-    co_await store_.put(key, body);
-    at_ = step.next;
-  }
+  co_await offload([&] { save_state(); });
+  co_await shadow();
 }
 
 asio::awaitable<std::filesystem::path> replicator::write_snapshot() {
@@ -147,20 +242,105 @@ asio::awaitable<std::filesystem::path> replicator::write_snapshot() {
 }
 
 asio::awaitable<std::uint64_t> replicator::sync() {
-  // The backlog: what is committed but not in the store. A sync that succeeds ships all of it;
-  // one that fails leaves what it was shipping (the WAL keeps it, pinned).
-  pending_ = 0;
+  co_await shadow();
+  co_return co_await upload();
+}
+
+asio::awaitable<std::uint64_t> replicator::shadow() {
+  // What is committed in the WAL past the shadow's end goes into the shadow (fsynced), or a
+  // new generation starts when the WAL no longer continues it.
+  const std::string wal = co_await read_wal();
+  const sync_step step = next_sync(at_, bytes_of(wal), at_ && reset_expected_);
+  if (at_ && step.what != sync_step::kind::nothing) reset_expected_ = false;
+  switch (step.what) {
+    case sync_step::kind::nothing:
+      unshadowed_ = 0;
+      co_return 0;
+    case sync_step::kind::new_generation:
+      co_await new_generation(step.why);
+      co_return 0;
+    case sync_step::kind::segment:
+    case sync_step::kind::new_index:
+      break;
+  }
+  const std::uint64_t walidx = at_ ? step.next.walidx : 0;
+  const std::string key = layout::segment_key(generation_, walidx, step.start, step.end, "");
+  const std::string_view body = std::string_view(wal).substr(step.start, step.end - step.start);
+  std::string failure;
+  replica_position next = step.next;
+  next.walidx = walidx;
+  co_await offload([&] {
+    try {
+      // Mirrors the key: shadow/db/<generation>/wal/<index>/<start>-<end>.wal. A disk that is
+      // full fails here, and the WAL (still pinned) keeps everything until it has room.
+      const std::filesystem::path file = shadow_dir() / key;
+      std::filesystem::create_directories(file.parent_path());
+      write_file_atomically(file, body, 0644);
+      const std::optional<replica_position> before = at_;
+      at_ = next;
+      try {
+        save_state();
+      } catch (...) {
+        at_ = before;
+        std::error_code ec;
+        std::filesystem::remove(file, ec);
+        throw;
+      }
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  });
+  if (!failure.empty()) {
+    unshadowed_ = body.size();
+    if (!waiting_since_) waiting_since_ = std::chrono::steady_clock::now();
+    throw error("shadowing the WAL in " + shadow_dir().string() + ": " + failure);
+  }
+  unshadowed_ = 0;
+  co_return body.size();
+}
+
+asio::awaitable<std::uint64_t> replicator::upload() {
+  // The shadow's segments, oldest first (generations and offsets sort by key), each removed
+  // once the store has it.
+  std::vector<std::pair<std::string, std::uint64_t>> pending;  // key, size
+  co_await offload([&] {
+    const std::filesystem::path root = shadow_dir() / "db";
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (!it->is_regular_file(ec)) continue;
+      const std::string key = std::filesystem::relative(it->path(), shadow_dir()).string();
+      if (layout::parse_segment_key(key)) pending.emplace_back(key, it->file_size(ec));
+    }
+  });
+  std::sort(pending.begin(), pending.end());
+  pending_bytes_ = 0;
+  for (const auto& p : pending) pending_bytes_ += p.second;
+  backlog_ = pending_bytes_ + unshadowed_;
   std::uint64_t shipped = 0;
   std::exception_ptr failure;
   try {
-    shipped = co_await sync_step_once();
+    for (const auto& [key, size] : pending) {
+      std::string body;
+      co_await offload([&] { body = read_file(shadow_dir() / key).value_or(std::string()); });
+      co_await store_.put(key, body);
+      co_await offload([&] {
+        std::error_code ec;
+        std::filesystem::remove(shadow_dir() / key, ec);
+      });
+      const auto ref = layout::parse_segment_key(key);
+      stored_ = stored_position{ref->generation, ref->walidx, ref->end};
+      shipped += size;
+      pending_bytes_ -= size;
+      backlog_ = pending_bytes_ + unshadowed_;
+    }
   } catch (...) {
     failure = std::current_exception();
   }
-  backlog_ = failure ? std::max(backlog_, pending_) : 0;
-  if (failure) {
-    if (!waiting_since_ && backlog_ > 0) waiting_since_ = std::chrono::steady_clock::now();
-    std::rethrow_exception(failure);
+  if (failure || backlog_ > 0) {
+    if (!waiting_since_) waiting_since_ = std::chrono::steady_clock::now();
+    if (failure) std::rethrow_exception(failure);
+    co_return shipped;
   }
   waiting_since_.reset();
   if (shipped > 0) {
@@ -172,44 +352,8 @@ asio::awaitable<std::uint64_t> replicator::sync() {
   co_return shipped;
 }
 
-asio::awaitable<std::uint64_t> replicator::sync_step_once() {
-  const std::string wal = co_await read_wal();
-  if (!at_) {
-    // Nothing shipped in this generation yet: from the WAL's start.
-    const sync_step first = next_sync(std::nullopt, bytes_of(wal), false);
-    if (first.what != sync_step::kind::segment) co_return 0;
-    const std::string key = layout::segment_key(generation_, 0, first.start, first.end, "");
-    const std::string body = wal.substr(first.start, first.end - first.start);
-    pending_ = body.size();
-    co_await store_.put(key, body);
-    at_ = first.next;
-    co_return first.end - first.start;
-  }
-  const sync_step step = next_sync(at_, bytes_of(wal), reset_expected_);
-  if (step.what != sync_step::kind::nothing) reset_expected_ = false;
-  switch (step.what) {
-    case sync_step::kind::nothing:
-      co_return 0;
-    case sync_step::kind::new_generation: {
-      co_await new_generation(step.why);
-      co_return 0;
-    }
-    case sync_step::kind::segment:
-    case sync_step::kind::new_index: {
-      const std::string key =
-          layout::segment_key(generation_, step.next.walidx, step.start, step.end, "");
-      const std::string body = wal.substr(step.start, step.end - step.start);
-      pending_ = body.size();
-      co_await store_.put(key, body);
-      at_ = step.next;
-      co_return step.end - step.start;
-    }
-  }
-  co_return 0;
-}
-
 asio::awaitable<bool> replicator::checkpoint() {
-  co_await sync();  // what is committed goes to the store first: nothing unshipped is backfilled
+  co_await shadow();  // what is committed is in the shadow first: nothing unkept is backfilled
   const std::optional<replica_position> at = at_;
   std::string failure;
   bool ran = false;
@@ -252,7 +396,7 @@ asio::awaitable<bool> replicator::checkpoint() {
   });
   if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
   reset_expected_ = ran;
-  co_await sync();  // the restarted log's first segment (the bump), or more of the old one
+  co_await shadow();  // the restarted log's first segment (the bump), or more of the old one
   co_return ran;
 }
 
@@ -263,9 +407,11 @@ asio::awaitable<void> replicator::run(schedule s) {
     std::error_code ec;
     co_await tick_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (stopping_) break;
+    // Shadowing and our checkpoints go on while the store is down (the shadow holds the
+    // backlog, the WAL stays bounded); uploads catch up once it answers.
     std::string failure;
     try {
-      co_await sync();
+      co_await shadow();
       // The log's valid length, not the file's: a restarted log leaves old frames behind.
       const std::optional<wal::header> h =
           at_ ? wal::parse_header(at_->header) : std::optional<wal::header>();
@@ -273,10 +419,17 @@ asio::awaitable<void> replicator::run(schedule s) {
       if (at_ && at_->durable_end / frame >= s.checkpoint_pages) {
         co_await checkpoint();
       }
-      last_sync_at_ = std::chrono::system_clock::now();
-      if (!last_error_.empty()) log::info("database: replication resumed");
     } catch (const std::exception& e) {
       failure = e.what();
+    }
+    try {
+      co_await upload();
+      if (failure.empty()) {
+        last_sync_at_ = std::chrono::system_clock::now();
+        if (!last_error_.empty()) log::info("database: replication resumed");
+      }
+    } catch (const std::exception& e) {
+      if (failure.empty()) failure = e.what();
     }
     if (!failure.empty() && failure != last_error_) {
       log::warn("database: replication failed; retrying", {{"error", failure}});

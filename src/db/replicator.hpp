@@ -1,11 +1,13 @@
 // Continuous replication of the environment's database to the object store, on the executor
-// (issue 5, in progress: not wired into the database component yet). What exists: a new
-// generation (meta.json, a snapshot of the database file, the WAL so far) and syncs that ship
-// each new commit-aligned WAL segment, starting a new generation when continuity is lost.
-// The pin, a read transaction held on our own connection, keeps SQLite from resetting the WAL
-// past what was shipped. Still to come: our own checkpoints (until then the WAL grows while
-// replicating), compression, the local state file, retention.
-// SQLite and file reads run through offload(); uploads are coroutines of the store.
+// (../shared/notes/litestream.md 6). The pin, a read transaction held on our own connection,
+// keeps SQLite from resetting the WAL past what is kept. Each sync copies the WAL's new whole
+// transactions (checksums and salts verified) into the shadow, data/database.sqlite-litestream/
+// (fsynced, with state.json saying where it stands), then uploads the shadow's segments to
+// db/<generation>/wal/... and removes them. Our own checkpoints keep the WAL bounded, also while
+// the store is down: the shadow holds the backlog. A new generation (meta.json, a snapshot
+// through the backup API, the WAL from its start) whenever continuity is lost; a restart
+// continues the saved generation when the WAL still continues it.
+// SQLite and file work run through offload(); uploads are coroutines of the store.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <chrono>
 
@@ -75,13 +78,25 @@ class replicator {
 
   const std::string& generation() const { return generation_; }
   std::uint32_t generations_started() const { return generations_; }
+  // Where the shadow stands (committed and kept locally).
   const std::optional<replica_position>& position() const { return at_; }
+  // The last segment in the store: its WAL index and end offset.
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> stored() const {
+    if (!stored_ || stored_->generation != generation_) return std::nullopt;
+    return std::make_pair(stored_->walidx, stored_->end);
+  }
 
  private:
   asio::awaitable<void> new_generation(std::string why);
   asio::awaitable<std::string> read_wal();
   asio::awaitable<std::filesystem::path> write_snapshot();
-  asio::awaitable<std::uint64_t> sync_step_once();
+  // sync() = shadow() + upload(): the WAL's new commits into the local shadow (fsynced), then
+  // the shadow's segments into the store.
+  asio::awaitable<std::uint64_t> shadow();
+  asio::awaitable<std::uint64_t> upload();
+  std::filesystem::path shadow_dir() const;
+  void save_state() const;  // blocking
+  std::optional<std::pair<std::string, std::optional<replica_position>>> load_state() const;
   asio::awaitable<void> end_run();
   asio::awaitable<void> unpin();
 
@@ -95,7 +110,13 @@ class replicator {
   asio::steady_timer tick_;
   asio::steady_timer run_done_;
   std::uint64_t backlog_ = 0;
-  std::uint64_t pending_ = 0;  // the segment being shipped now
+  std::uint64_t pending_bytes_ = 0;  // in the shadow, not yet in the store
+  std::uint64_t unshadowed_ = 0;     // committed, but the shadow could not take it
+  struct stored_position {
+    std::string generation;
+    std::uint64_t walidx = 0, end = 0;
+  };
+  std::optional<stored_position> stored_;  // the last segment the store has
   std::string last_error_;
   std::chrono::system_clock::time_point last_sync_at_{};
   std::filesystem::file_time_type wal_written_{};  // the WAL's mtime at the last read

@@ -70,7 +70,7 @@ expect_unconfigured 'unset $env'
 
 # Components that are not built in this stage: 501 with a JSON error, never a pretended success.
 dir_json=$(file_config | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["storage"]))')
-for stacks in '["database"]' '["sqlite"]' '["litestream"]' '["filesystem"]' '["juicefs"]'; do
+for stacks in '["filesystem"]' '["juicefs"]'; do
   req POST /config -d "{\"storage\": $dir_json, \"stacks\": $stacks}"
   expect_status 501
   expect_json_response
@@ -78,11 +78,11 @@ for stacks in '["database"]' '["sqlite"]' '["litestream"]' '["filesystem"]' '["j
   expect_unconfigured "stacks $stacks"
 done
 # A declared component and a component not built yet: still 501, nothing started or saved.
-req POST /config -d "{\"storage\": $dir_json, \"stacks\": [\"web\", \"database\"],
+req POST /config -d "{\"storage\": $dir_json, \"stacks\": [\"web\", \"filesystem\"],
   \"components\": {\"web\": {\"command\": [\"sleep\", \"100\"]}}}"
 expect_status 501
 expect_json_response
-expect_unconfigured "declared component with the database"
+expect_unconfigured "declared component with the filesystem"
 
 # The store must answer and accept us: an unreachable endpoint is 502, a wrong secret and a
 # missing bucket are 400 with the store's error code; nothing is saved.
