@@ -220,7 +220,7 @@ int run_app(const options& opts) {
   }
   std::optional<supervisor::supervised_process> process;
   std::unique_ptr<supervisor::component_group> components;  // once configured
-  std::unique_ptr<db::component> database;                    // once configured with "database"
+  std::unique_ptr<db::component> database;                  // once configured with "database"
   std::optional<http::server> server;
 
   // Start-up, in order. Shut-down below undoes it in reverse.
@@ -545,7 +545,7 @@ int run_app(const options& opts) {
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();
         if (components) co_await components->stop();  // in reverse dependency order
-        if (database) co_await database->stop();       // the final sync
+        if (database) co_await database->stop();      // the final sync
         // All state is in the store now: another machine may take over at once.
         co_await env.release_lease();
         // What they wrote last still reaches our output (--log-prefix), within a bound.

@@ -6,11 +6,18 @@
 #include "app.hpp"
 #include "config/config.hpp"
 #include "options.hpp"
+#include "restore_db.hpp"
 #include "version.h"
 
 int main(int argc, char** argv) {
-  // Read the command line and the environment (pure; errors are exit status 2).
   const std::vector<std::string> args(argv + 1, argv + argc);
+
+  // A subcommand runs on its own and exits: no server, no COMMAND, no lease.
+  if (!args.empty() && args.front() == "restore-db") {
+    return sm::run_restore_db({args.begin() + 1, args.end()}, sm::config::process_environment);
+  }
+
+  // Read the command line and the environment (pure; errors are exit status 2).
   const sm::command_line cli = sm::parse_command_line(args, sm::config::process_environment);
   switch (cli.what) {
     case sm::command_line::action::help:

@@ -267,6 +267,7 @@ command_line parse_command_line(const std::vector<std::string>& args, const env_
 
 std::string usage_text() {
   return R"(Usage: state-manager [OPTIONS] [-- COMMAND [ARG...]]
+       state-manager restore-db --to FILE [--at TIME] [--generation G] [--force]
 
 The init process of a stateful sandbox: supervises COMMAND (restarting it by policy, reaping
 orphans, forwarding signals to its process group), serves an HTTP control API, and keeps the
@@ -322,6 +323,10 @@ Options (each also read from the environment variable shown; a flag wins over it
   -V, --version           show the version and exit
 
 DUR is a number with a unit: 250ms, 1s, 2m, 1h, 1m30s (0 is allowed where it makes sense).
+
+restore-db restores the environment's database from its replica in the object store into
+FILE, as of TIME (RFC 3339) if given, without a running server and without taking the lease;
+see `state-manager restore-db --help`.
 
 HTTP API: GET / (status), GET /config, POST /config, GET /healthz, POST /checkpoint,
 POST /restore, POST /release-lease. Example:

@@ -314,7 +314,8 @@ void parse_database(checker& check, const json& doc, database_config& out) {
   using namespace std::chrono_literals;
   bounded("sync_interval", out.sync_interval, 100ms, 1h, "must be between 100ms and 1h");
   bounded("snapshot_interval", out.snapshot_interval, 1s, 8760h, "must be between 1s and 8760h");
-  bounded("retention", out.retention, 0s, 87600h, "must be at most 87600h (0: keep only the newest)");
+  bounded("retention", out.retention, 0s, 87600h,
+          "must be at most 87600h (0: keep only the newest)");
   if (spec.contains("checkpoint_pages")) {
     const json& pages = spec["checkpoint_pages"];
     if (!pages.is_number_integer() || pages.get<std::int64_t>() < 10 ||

@@ -51,7 +51,7 @@ struct component_config {
 
 // The built-in database component's replication (optional "database" object).
 struct database_config {
-  duration sync_interval = std::chrono::seconds(1);  // 100ms..1h: commit -> store, at most
+  duration sync_interval = std::chrono::seconds(1);    // 100ms..1h: commit -> store, at most
   duration snapshot_interval = std::chrono::hours(1);  // a fresh snapshot at least this often
   duration retention = std::chrono::hours(24);  // older generations go (the newest always stays)
   std::uint64_t checkpoint_pages = 1000;        // our checkpoint runs past this many WAL pages

@@ -103,13 +103,16 @@ asio::awaitable<void> component::start(bool taken_over) {
     co_return;
   }
   replicator::schedule schedule;
-  schedule.interval = std::chrono::duration_cast<std::chrono::milliseconds>(settings_.sync_interval);
+  schedule.interval =
+      std::chrono::duration_cast<std::chrono::milliseconds>(settings_.sync_interval);
   schedule.checkpoint_pages = settings_.checkpoint_pages;
+  schedule.snapshot_interval =
+      std::chrono::duration_cast<std::chrono::milliseconds>(settings_.snapshot_interval);
+  schedule.retention = std::chrono::duration_cast<std::chrono::milliseconds>(settings_.retention);
   asio::co_spawn(executor_, replicator_->run(schedule), asio::detached);
-  log::info("database: replicating",
-            {{"file", file_.string()},
-             {"generation", replicator_->generation()},
-             {"sync_interval", format_duration(settings_.sync_interval)}});
+  log::info("database: replicating", {{"file", file_.string()},
+                                      {"generation", replicator_->generation()},
+                                      {"sync_interval", format_duration(settings_.sync_interval)}});
   move_to(state::running);
 }
 
@@ -152,14 +155,14 @@ json component::status() const {
               {"created", created_},
               {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)}};
   if (restored_) {
-    out["restored"] = {{"generation", restored_->generation},
-                       {"segments", restored_->segments},
-                       {"commits", restored_->commits},
-                       {"bytes", restored_->bytes},
-                       {"took_ms", restored_->took.count()},
-                       {"stopped_early", restored_->stopped_early.empty()
-                                             ? json(nullptr)
-                                             : json(restored_->stopped_early)}};
+    out["restored"] = {
+        {"generation", restored_->generation},
+        {"segments", restored_->segments},
+        {"commits", restored_->commits},
+        {"bytes", restored_->bytes},
+        {"took_ms", restored_->took.count()},
+        {"stopped_early",
+         restored_->stopped_early.empty() ? json(nullptr) : json(restored_->stopped_early)}};
   } else {
     out["restored"] = nullptr;
   }
@@ -188,6 +191,7 @@ json component::status() const {
       {"backlog_bytes", r.backlog_bytes()},
       {"last_error", r.last_error().empty() ? json(nullptr) : json(r.last_error())},
       {"generations_started", r.generations_started()},
+      {"snapshots", r.snapshots_taken()},
       {"sync_interval", format_duration(settings_.sync_interval)},
   };
   return out;
@@ -198,8 +202,8 @@ void component::append_metrics(std::string& out) const {
       "# HELP state_manager_database_state The database component's state (1 for the current "
       "one).\n"
       "# TYPE state_manager_database_state gauge\n";
-  for (state s : {state::pending, state::starting, state::running, state::degraded,
-                  state::stopping, state::stopped, state::failed}) {
+  for (state s : {state::pending, state::starting, state::running, state::degraded, state::stopping,
+                  state::stopped, state::failed}) {
     out += "state_manager_database_state{state=\"" + std::string(name_of(s)) + "\"} " +
            (s == state_ ? "1" : "0") + "\n";
   }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -11,10 +12,11 @@
 #include <asio/use_awaitable.hpp>
 
 #include "async/offload.hpp"
+#include "base/file.hpp"
 #include "base/log.hpp"
+#include "db/compress.hpp"
 #include "db/database.hpp"
 #include "db/layout.hpp"
-#include "base/file.hpp"
 
 namespace sm::db {
 
@@ -183,25 +185,94 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   co_await store_.put(meta_key, meta, json_options);
   // The snapshot, then the WAL from its start: replaying that whole index over the snapshot
   // gives every commit after it.
-  const std::string snapshot_key = layout::snapshot_key(generation, 0, "");
-  const std::filesystem::path file = co_await write_snapshot();
+  co_await upload_snapshot(generation, 0);
+  generation_ = generation;
+  ++generations_;
+  snapshot_walidx_ = 0;
+  log::info("database: new generation", {{"generation", generation_}, {"why", why}});
+  at_.reset();
+  co_await offload([&] { save_state(); });
+  co_await shadow();
+}
+
+asio::awaitable<void> replicator::upload_snapshot(std::string generation, std::uint64_t walidx) {
+  const std::string key = layout::snapshot_key(generation, walidx, compressed_ext);
+  const std::filesystem::path copy = co_await write_snapshot();
+  std::filesystem::path file = copy;
+  file += compressed_ext;
   std::exception_ptr failure;
   try {
-    co_await store_.put_file(snapshot_key, file);
+    co_await offload([&] { compress_file(copy, file); });
+    co_await store_.put_file(key, file);
   } catch (...) {
     failure = std::current_exception();
   }
   co_await offload([&] {
     std::error_code ec;
+    std::filesystem::remove(copy, ec);
     std::filesystem::remove(file, ec);
   });
   if (failure) std::rethrow_exception(failure);
-  generation_ = generation;
-  ++generations_;
-  log::info("database: new generation", {{"generation", generation_}, {"why", why}});
-  at_.reset();
-  co_await offload([&] { save_state(); });
-  co_await shadow();
+  snapshot_at_ = std::chrono::steady_clock::now();
+  shadowed_since_snapshot_ = 0;
+  ++snapshots_;
+}
+
+asio::awaitable<bool> replicator::snapshot() {
+  // In a WAL index of its own: a key is never written twice, so a point-in-time restore sees
+  // each snapshot as it was.
+  if (!co_await checkpoint() || !at_ || at_->walidx <= snapshot_walidx_) co_return false;
+  const std::uint64_t walidx = at_->walidx;
+  co_await upload_snapshot(generation_, walidx);
+  snapshot_walidx_ = walidx;
+  log::info("database: snapshot",
+            {{"generation", generation_}, {"wal_index", std::to_string(walidx)}});
+  co_return true;
+}
+
+asio::awaitable<std::size_t> replicator::enforce_retention(std::chrono::milliseconds keep) {
+  std::vector<s3::object_info> objects;
+  std::string token;
+  do {
+    s3::list_page page = co_await store_.list("db/", "", token, 1000);
+    for (auto& o : page.objects) objects.push_back(std::move(o));
+    token = page.next_token;
+  } while (!token.empty());
+  const auto cutoff = std::chrono::system_clock::now() - keep;
+  // Per generation: its newest object's time; in the current one, the newest snapshot a
+  // restore to the cutoff starts from.
+  std::map<std::string, std::chrono::system_clock::time_point> newest;
+  std::optional<std::uint64_t> base;  // current generation: WAL index of that snapshot
+  for (const s3::object_info& o : objects) {
+    const std::string_view rest = std::string_view(o.key).substr(3);
+    const std::string generation(rest.substr(0, rest.find('/')));
+    newest[generation] = std::max(newest[generation], o.last_modified);
+    if (auto snap = layout::parse_snapshot_key(o.key);
+        snap && snap->generation == generation_ && o.last_modified <= cutoff) {
+      base = std::max(base.value_or(0), snap->walidx);
+    }
+  }
+  std::vector<std::string> doomed;
+  for (const s3::object_info& o : objects) {
+    const std::string_view rest = std::string_view(o.key).substr(3);
+    const std::string generation(rest.substr(0, rest.find('/')));
+    if (generation != generation_) {
+      if (newest[generation] < cutoff && generation < generation_) doomed.push_back(o.key);
+      continue;
+    }
+    if (!base) continue;
+    if (auto snap = layout::parse_snapshot_key(o.key); snap && snap->walidx < *base) {
+      doomed.push_back(o.key);
+    } else if (auto seg = layout::parse_segment_key(o.key); seg && seg->walidx < *base) {
+      doomed.push_back(o.key);
+    }
+  }
+  if (!doomed.empty()) {
+    co_await store_.remove_many(doomed);
+    log::info("database: retention removed old objects",
+              {{"objects", std::to_string(doomed.size())}});
+  }
+  co_return doomed.size();
 }
 
 asio::awaitable<std::filesystem::path> replicator::write_snapshot() {
@@ -264,18 +335,19 @@ asio::awaitable<std::uint64_t> replicator::shadow() {
       break;
   }
   const std::uint64_t walidx = at_ ? step.next.walidx : 0;
-  const std::string key = layout::segment_key(generation_, walidx, step.start, step.end, "");
+  const std::string key =
+      layout::segment_key(generation_, walidx, step.start, step.end, compressed_ext);
   const std::string_view body = std::string_view(wal).substr(step.start, step.end - step.start);
   std::string failure;
   replica_position next = step.next;
   next.walidx = walidx;
   co_await offload([&] {
     try {
-      // Mirrors the key: shadow/db/<generation>/wal/<index>/<start>-<end>.wal. A disk that is
+      // Mirrors the key: shadow/db/<generation>/wal/<index>/<start>-<end>.wal.zst. A disk that is
       // full fails here, and the WAL (still pinned) keeps everything until it has room.
       const std::filesystem::path file = shadow_dir() / key;
       std::filesystem::create_directories(file.parent_path());
-      write_file_atomically(file, body, 0644);
+      write_file_atomically(file, compress(body), 0644);
       const std::optional<replica_position> before = at_;
       at_ = next;
       try {
@@ -296,6 +368,7 @@ asio::awaitable<std::uint64_t> replicator::shadow() {
     throw error("shadowing the WAL in " + shadow_dir().string() + ": " + failure);
   }
   unshadowed_ = 0;
+  shadowed_since_snapshot_ += body.size();
   co_return body.size();
 }
 
@@ -416,7 +489,12 @@ asio::awaitable<void> replicator::run(schedule s) {
       const std::optional<wal::header> h =
           at_ ? wal::parse_header(at_->header) : std::optional<wal::header>();
       const std::uint64_t frame = (h ? h->page_size : 4096u) + wal::frame_header_size;
-      if (at_ && at_->durable_end / frame >= s.checkpoint_pages) {
+      const bool snapshot_due =
+          std::chrono::steady_clock::now() - snapshot_at_ >= s.snapshot_interval ||
+          shadowed_since_snapshot_ >= s.snapshot_bytes;
+      if (snapshot_due && co_await snapshot()) {
+        co_await enforce_retention(s.retention);
+      } else if (at_ && at_->durable_end / frame >= s.checkpoint_pages) {
         co_await checkpoint();
       }
     } catch (const std::exception& e) {

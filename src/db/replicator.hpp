@@ -50,6 +50,12 @@ class replicator {
   // restart the log; the pin is taken again. The next sync ships the new WAL index. False when
   // it could not run now (a writer was busy, or commits arrived meanwhile): try again later.
   asio::awaitable<bool> checkpoint();
+  // A checkpoint, then a snapshot labelled with the new WAL index. False when the checkpoint
+  // could not run now.
+  asio::awaitable<bool> snapshot();
+  // Deletes generations, snapshots and segments that no restore within `keep` needs. Returns
+  // how many objects went.
+  asio::awaitable<std::size_t> enforce_retention(std::chrono::milliseconds keep);
   // A final sync, then the pin goes. Ends run() first.
   asio::awaitable<void> stop();
   // Fenced (the lease is another owner's now): run() ends and the pin goes, nothing more is
@@ -59,9 +65,17 @@ class replicator {
   // Syncs every `interval` until stop(); checkpoints when the WAL passes `checkpoint_pages`
   // pages. A failure (the store down) is kept in last_error() and retried at the next tick:
   // the pinned WAL holds the backlog, nothing is dropped.
+  // A new snapshot (after a checkpoint, as the first state of the next WAL index) every
+  // `snapshot_interval`, or once `snapshot_bytes` of WAL were shipped since the last one, so
+  // that a restore replays a bounded chain. Then retention: what a restore to any time within
+  // `retention` does not need goes from the store (never the current generation's newest
+  // snapshot).
   struct schedule {
     std::chrono::milliseconds interval{1000};
     std::uint64_t checkpoint_pages = 1000;
+    std::chrono::milliseconds snapshot_interval{std::chrono::hours(1)};
+    std::uint64_t snapshot_bytes = 256u << 20;
+    std::chrono::milliseconds retention{std::chrono::hours(24)};
   };
   asio::awaitable<void> run(schedule s);
 
@@ -78,6 +92,7 @@ class replicator {
 
   const std::string& generation() const { return generation_; }
   std::uint32_t generations_started() const { return generations_; }
+  std::uint32_t snapshots_taken() const { return snapshots_; }
   // Where the shadow stands (committed and kept locally).
   const std::optional<replica_position>& position() const { return at_; }
   // The last segment in the store: its WAL index and end offset.
@@ -90,6 +105,7 @@ class replicator {
   asio::awaitable<void> new_generation(std::string why);
   asio::awaitable<std::string> read_wal();
   asio::awaitable<std::filesystem::path> write_snapshot();
+  asio::awaitable<void> upload_snapshot(std::string generation, std::uint64_t walidx);
   // sync() = shadow() + upload(): the WAL's new commits into the local shadow (fsynced), then
   // the shadow's segments into the store.
   asio::awaitable<std::uint64_t> shadow();
@@ -110,6 +126,9 @@ class replicator {
   asio::steady_timer tick_;
   asio::steady_timer run_done_;
   std::uint64_t backlog_ = 0;
+  std::chrono::steady_clock::time_point snapshot_at_{};  // the last snapshot
+  std::uint64_t snapshot_walidx_ = 0;
+  std::uint64_t shadowed_since_snapshot_ = 0;
   std::uint64_t pending_bytes_ = 0;  // in the shadow, not yet in the store
   std::uint64_t unshadowed_ = 0;     // committed, but the shadow could not take it
   struct stored_position {
@@ -124,6 +143,7 @@ class replicator {
   std::optional<std::chrono::steady_clock::time_point> waiting_since_;  // a backlog waits
   std::string generation_;
   std::uint32_t generations_ = 0;
+  std::uint32_t snapshots_ = 0;
   std::optional<replica_position> at_;
 };
 

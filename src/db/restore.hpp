@@ -25,13 +25,13 @@ struct restore_request {
 };
 
 struct restore_report {
-  bool found = false;       // false: the store has no restorable generation (nothing written)
-  std::string generation;   // restored from
+  bool found = false;      // false: the store has no restorable generation (nothing written)
+  std::string generation;  // restored from
   std::uint64_t snapshot_walidx = 0;
-  std::uint32_t segments = 0;   // applied
-  std::uint32_t commits = 0;    // transactions replayed from them
-  std::uint64_t bytes = 0;      // downloaded
-  std::uint32_t db_pages = 0;   // the restored database's size in pages
+  std::uint32_t segments = 0;  // applied
+  std::uint32_t commits = 0;   // transactions replayed from them
+  std::uint64_t bytes = 0;     // downloaded
+  std::uint32_t db_pages = 0;  // the restored database's size in pages
   // Why the replay ended before the last segment listed (a gap in the chain, a corrupt or
   // truncated segment): it stopped at the last verified transaction. Empty: everything used.
   std::string stopped_early;

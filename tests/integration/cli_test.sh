@@ -46,6 +46,41 @@ run_cli --restart sometimes -- true
 ((CLI_EXIT == 2)) || fail "--restart sometimes: expected exit 2, got $CLI_EXIT"
 grep -q -- '--restart' "$CLI_ERR" || fail "the error does not name --restart: $(cat "$CLI_ERR")"
 
+# restore-db: a subcommand with its own --help, usage errors (2) and failures (1), that reads
+# the store the applied configuration names and never replaces an existing file unasked.
+run_cli --help
+grep -q -- 'restore-db' "$CLI_OUT" || fail "--help does not mention restore-db"
+run_cli restore-db --help
+((CLI_EXIT == 0)) || fail "restore-db --help exited $CLI_EXIT: $(cat "$CLI_ERR")"
+for flag in --to --at --generation --config --tmp-dir --force; do
+  grep -q -- "$flag" "$CLI_OUT" || fail "restore-db --help does not mention $flag"
+done
+expect_usage_error restore-db
+grep -q -- '--to' "$CLI_ERR" || fail "restore-db without --to: unclear message: $(cat "$CLI_ERR")"
+expect_usage_error restore-db --to x.sqlite --at yesterday
+expect_usage_error restore-db --to x.sqlite --generation 42
+expect_usage_error restore-db --to x.sqlite --listen :80
+mkdir restore && cd restore
+expect_restore_failure() {
+  run_cli restore-db "$@"
+  ((CLI_EXIT == 1)) || fail "restore-db $*: expected exit 1, got $CLI_EXIT; stderr: $(cat "$CLI_ERR")"
+  (($(wc -l <"$CLI_ERR") == 1)) || fail "restore-db $*: expected one line on stderr: $(cat "$CLI_ERR")"
+}
+expect_restore_failure --to db.sqlite
+grep -q 'no configuration' "$CLI_ERR" || fail "restore-db without a configuration: $(cat "$CLI_ERR")"
+mkdir tmp && file_config >tmp/config.json
+expect_restore_failure --to db.sqlite
+grep -q 'nothing to restore' "$CLI_ERR" || fail "restore-db from an empty store: $(cat "$CLI_ERR")"
+[[ ! -e db.sqlite ]] || fail "restore-db wrote db.sqlite with nothing to restore"
+mv tmp elsewhere
+STATE_MANAGER_TMP_DIR=elsewhere run_cli restore-db --to db.sqlite
+grep -q 'nothing to restore' "$CLI_ERR" || fail "STATE_MANAGER_TMP_DIR not honoured: $(cat "$CLI_ERR")"
+echo precious >db.sqlite
+expect_restore_failure --to db.sqlite --config elsewhere/config.json
+grep -q -- '--force' "$CLI_ERR" || fail "restore-db over an existing file: $(cat "$CLI_ERR")"
+[[ $(cat db.sqlite) == precious ]] || fail "restore-db changed an existing file"
+cd ..
+
 # Port already in use: exit 1 with a clear error.
 mkdir first second
 cd first

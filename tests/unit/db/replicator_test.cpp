@@ -19,8 +19,8 @@
 #include "async/offload.hpp"
 #include "db/database.hpp"
 #include "db/layout.hpp"
-#include "db/replay.hpp"
 #include "db/replicator.hpp"
+#include "db/restore.hpp"
 #include "s3/object_store.hpp"
 
 namespace fs = std::filesystem;
@@ -46,33 +46,16 @@ void run(Body body) {
   }
 }
 
-// Restores `generation` from the store into `to`, as a fresh machine would: the snapshot,
-// then every WAL index after it.
+// Restores `generation` from the store into `to`, as a fresh machine would (db::restore: the
+// snapshot, then every WAL index after it), and checks that nothing was left out.
 asio::awaitable<void> restore(sm::s3::object_store& store, const std::string& generation,
                               fs::path to) {
-  std::vector<std::string> keys;
-  std::string token;
-  do {
-    const sm::s3::list_page page = co_await store.list("db/", "", token, 1000);
-    for (const auto& o : page.objects) keys.push_back(o.key);
-    token = page.next_token;
-  } while (!token.empty());
-  const sm::db::layout::restore_plan plan = sm::db::layout::plan_restore(generation, keys);
-  BOOST_TEST_REQUIRE(plan.snapshot.has_value());
-  BOOST_TEST(plan.gap.empty(), plan.gap);
-  co_await store.get_file(plan.snapshot->key, to);
-  // Each WAL index is one log: its segments are joined and applied in turn.
-  std::string wal;
-  std::uint64_t index = plan.segments.empty() ? 0 : plan.segments.front().walidx;
-  for (const auto& segment : plan.segments) {
-    if (segment.walidx != index) {
-      sm::db::apply_wal(to, bytes_of(wal));
-      wal.clear();
-      index = segment.walidx;
-    }
-    wal += co_await store.get(segment.key);
-  }
-  if (!wal.empty()) sm::db::apply_wal(to, bytes_of(wal));
+  sm::db::restore_request request;
+  request.to = to;
+  request.generation = generation;
+  const sm::db::restore_report report = co_await sm::db::restore(store, request);
+  BOOST_TEST_REQUIRE(report.found);
+  BOOST_TEST(report.stopped_early.empty(), report.stopped_early);
 }
 
 }  // namespace

@@ -1,0 +1,371 @@
+#include "restore_db.hpp"
+
+#include <cstdio>
+#include <exception>
+#include <iostream>
+#include <memory>
+#include <system_error>
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/this_coro.hpp>
+#include <nlohmann/json.hpp>
+
+#include "async/offload.hpp"
+#include "base/file.hpp"
+#include "base/log.hpp"
+#include "config/config.hpp"
+#include "db/layout.hpp"
+#include "db/restore.hpp"
+#include "s3/object_store.hpp"
+
+namespace sm {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A failure the command reports as its one line on stderr (exit status 1).
+class failed : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+std::string set_path(fs::path& target, const std::string& value) {
+  if (value.empty()) return "must not be empty";
+  target = value;
+  return {};
+}
+
+// One row per flag, as in options.cpp: its name, whether it takes a value, how to apply it.
+struct flag {
+  const char* name;
+  bool takes_value;
+  std::string (*apply)(restore_db_options&, const std::string& value);
+};
+
+const flag flags[] = {
+    {"to", true, [](restore_db_options& o, const std::string& v) { return set_path(o.to, v); }},
+    {"at", true,
+     [](restore_db_options& o, const std::string& v) -> std::string {
+       o.at = parse_rfc3339(v);
+       if (!o.at) return "expected an RFC 3339 time like 2026-11-22T13:00:00Z, got \"" + v + "\"";
+       return {};
+     }},
+    {"generation", true,
+     [](restore_db_options& o, const std::string& v) -> std::string {
+       if (!db::layout::valid_generation(v)) {
+         return "expected 32 lower-case hex digits, got \"" + v + "\"";
+       }
+       o.generation = v;
+       return {};
+     }},
+    {"config", true,
+     [](restore_db_options& o, const std::string& v) -> std::string {
+       fs::path file;
+       std::string why = set_path(file, v);
+       if (why.empty()) o.config_file = file;
+       return why;
+     }},
+    {"tmp-dir", true,
+     [](restore_db_options& o, const std::string& v) { return set_path(o.tmp_dir, v); }},
+    {"force", false,
+     [](restore_db_options& o, const std::string&) -> std::string {
+       o.force = true;
+       return {};
+     }},
+};
+
+const flag* find_flag(std::string_view name) {
+  for (const flag& f : flags) {
+    if (name == f.name) return &f;
+  }
+  return nullptr;
+}
+
+// The storage settings of the applied configuration, secrets resolved from the environment.
+config::storage_config read_storage(const fs::path& file, const env_lookup& env) {
+  std::optional<std::string> text;
+  try {
+    text = read_file(file);
+  } catch (const std::system_error& e) {
+    throw failed("cannot read the configuration " + file.string() + ": " + e.what());
+  }
+  if (!text) {
+    throw failed("no configuration at " + file.string() +
+                 " (apply one with POST /config first, or name it with --config)");
+  }
+  const nlohmann::json document = nlohmann::json::parse(*text, nullptr, false);
+  if (document.is_discarded()) throw failed(file.string() + " is not valid JSON");
+  config::parse_result parsed = config::parse(document, env);
+  if (!parsed.config) {
+    std::string details;
+    for (const config::problem& p : parsed.problems) {
+      if (!details.empty()) details += "; ";
+      details += (p.path.empty() ? "(document)" : p.path) + ": " + p.message;
+    }
+    throw failed(file.string() + " is not a valid configuration: " + details);
+  }
+  return parsed.config->storage;
+}
+
+// As api::environment::claim builds it, so that both read the same store.
+s3::store_config store_config_of(const config::storage_config& storage) {
+  s3::store_config sc;
+  sc.endpoint = storage.endpoint;
+  sc.bucket = storage.bucket;
+  sc.region = storage.region;
+  sc.access_key = storage.access_key;
+  sc.secret_key = storage.secret_key;
+  sc.key_prefix = storage.key_prefix;
+  sc.virtual_host = storage.virtual_host;
+  return sc;
+}
+
+// `to` must not be a live database: replacing one under a running SQLite corrupts it.
+void refuse_existing_target(const restore_db_options& o) {
+  std::error_code ec;
+  const fs::file_status status = fs::symlink_status(o.to, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    throw failed("cannot inspect " + o.to.string() + ": " + ec.message());
+  }
+  if (!fs::exists(status)) return;
+  if (fs::is_directory(status)) throw failed(o.to.string() + " is a directory");
+  if (!o.force) {
+    throw failed(o.to.string() +
+                 " exists; give --force to replace it (only when nothing has it open)");
+  }
+}
+
+asio::awaitable<db::restore_report> restore_from(s3::store_config sc, db::restore_request request) {
+  std::unique_ptr<s3::object_store> store;
+  try {
+    store = s3::make_store(co_await asio::this_coro::executor, sc);
+  } catch (const std::invalid_argument& e) {
+    throw failed(std::string("the configuration's storage cannot be used: ") + e.what());
+  }
+  co_return co_await db::restore(*store, std::move(request));
+}
+
+// Runs the restore on a one-thread executor, as the server would; rethrows its failure.
+db::restore_report restore_now(const s3::store_config& sc, const db::restore_request& request) {
+  asio::io_context io;
+  std::optional<db::restore_report> report;
+  std::exception_ptr failure;
+  asio::co_spawn(io, restore_from(sc, request), [&](std::exception_ptr e, db::restore_report r) {
+    failure = e;
+    if (!e) report = std::move(r);
+  });
+  io.run();
+  stop_offload_worker();
+  if (failure) std::rethrow_exception(failure);
+  return *report;
+}
+
+void print_summary(const restore_db_options& o, const db::restore_report& r) {
+  std::error_code ec;
+  const auto size = fs::file_size(o.to, ec);
+  char snapshot[17];
+  std::snprintf(snapshot, sizeof snapshot, "%016llx",
+                static_cast<unsigned long long>(r.snapshot_walidx));
+  std::cout << "restored " << o.to.string() << " from generation " << r.generation << "\n"
+            << "  snapshot    WAL index " << snapshot << "\n"
+            << "  replayed    " << r.segments << " segments, " << r.commits << " commits\n"
+            << "  size        " << r.db_pages << " pages, " << (ec ? 0 : size) << " bytes\n"
+            << "  downloaded  " << r.bytes << " bytes\n"
+            << "  as of       " << format_rfc3339(r.as_of, true)
+            << " (when the newest object applied reached the store)\n"
+            << "  took        " << r.took.count() << " ms\n";
+  if (!r.stopped_early.empty()) {
+    std::cout << "warning: the replay stopped early, at the last verified transaction before: "
+              << r.stopped_early << "\n";
+  }
+}
+
+std::string nothing_found(const restore_db_options& o) {
+  std::string what = "nothing to restore: ";
+  what += o.generation.empty() ? std::string("the store has no generation with a snapshot")
+                               : "generation " + o.generation + " has no snapshot in the store";
+  if (o.at) what += " at " + format_rfc3339(*o.at, true);
+  return what;
+}
+
+}  // namespace
+
+std::optional<wall_time> parse_rfc3339(std::string_view text) {
+  std::size_t at = 0;
+  auto number = [&](std::size_t width) -> std::optional<int> {
+    if (text.size() - at < width) return std::nullopt;
+    int value = 0;
+    for (std::size_t i = 0; i < width; ++i) {
+      const char c = text[at + i];
+      if (c < '0' || c > '9') return std::nullopt;
+      value = value * 10 + (c - '0');
+    }
+    at += width;
+    return value;
+  };
+  auto one_of = [&](std::string_view choices) {
+    if (at >= text.size() || choices.find(text[at]) == std::string_view::npos) return false;
+    ++at;
+    return true;
+  };
+  const auto year = number(4);
+  if (!year || !one_of("-")) return std::nullopt;
+  const auto month = number(2);
+  if (!month || !one_of("-")) return std::nullopt;
+  const auto day = number(2);
+  if (!day || !one_of("Tt ")) return std::nullopt;
+  const auto hour = number(2);
+  if (!hour || !one_of(":")) return std::nullopt;
+  const auto minute = number(2);
+  if (!minute || !one_of(":")) return std::nullopt;
+  const auto second = number(2);
+  if (!second) return std::nullopt;
+  const std::chrono::year_month_day date{std::chrono::year(*year),
+                                         std::chrono::month(unsigned(*month)),
+                                         std::chrono::day(unsigned(*day))};
+  // 60: a leap second, which RFC 3339 allows; it lands on the next minute's first.
+  if (!date.ok() || *hour > 23 || *minute > 59 || *second > 60) return std::nullopt;
+
+  std::chrono::nanoseconds fraction{0};
+  if (one_of(".")) {
+    const std::size_t first = at;
+    long long scale = 100000000;
+    while (at < text.size() && text[at] >= '0' && text[at] <= '9') {
+      fraction += std::chrono::nanoseconds((text[at] - '0') * scale);  // beyond 9 digits: 0
+      scale /= 10;
+      ++at;
+    }
+    if (at == first) return std::nullopt;
+  }
+  std::chrono::minutes offset{0};
+  if (!one_of("Zz")) {
+    if (at >= text.size()) return std::nullopt;
+    const int sign = text[at] == '+' ? 1 : text[at] == '-' ? -1 : 0;
+    if (sign == 0) return std::nullopt;
+    ++at;
+    const auto offset_hours = number(2);
+    if (!offset_hours || !one_of(":")) return std::nullopt;
+    const auto offset_minutes = number(2);
+    if (!offset_minutes || *offset_hours > 23 || *offset_minutes > 59) return std::nullopt;
+    offset = sign * (std::chrono::hours(*offset_hours) + std::chrono::minutes(*offset_minutes));
+  }
+  if (at != text.size()) return std::nullopt;
+  const auto local = std::chrono::sys_days(date) + std::chrono::hours(*hour) +
+                     std::chrono::minutes(*minute) + std::chrono::seconds(*second) + fraction;
+  // 14:00+01:00 is 13:00 UTC.
+  return std::chrono::time_point_cast<wall_time::duration>(local - offset);
+}
+
+restore_db_command_line parse_restore_db_command_line(const std::vector<std::string>& args,
+                                                      const env_lookup& env) {
+  restore_db_command_line out;
+  auto error = [&](std::string message) {
+    out.what = restore_db_command_line::action::error;
+    out.error = std::move(message);
+    return out;
+  };
+  bool tmp_dir_given = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "-h" || arg == "--help") {
+      out.what = restore_db_command_line::action::help;
+      return out;
+    }
+    if (arg.rfind("--", 0) != 0) {
+      return error("unexpected argument \"" + arg + "\" (see restore-db --help)");
+    }
+    const std::size_t equals = arg.find('=');
+    const std::string name =
+        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
+    const flag* f = find_flag(name);
+    if (!f) return error("unknown option --" + name + " (see restore-db --help)");
+    std::string value = "true";
+    if (equals != std::string::npos) {
+      if (!f->takes_value) return error("option --" + name + " takes no value");
+      value = arg.substr(equals + 1);
+    } else if (f->takes_value) {
+      if (i + 1 == args.size()) return error("option --" + name + " needs a value");
+      value = args[++i];
+    }
+    if (std::string why = f->apply(out.opts, value); !why.empty()) {
+      return error("--" + name + ": " + why);
+    }
+    tmp_dir_given = tmp_dir_given || name == "tmp-dir";
+  }
+  if (!tmp_dir_given) {
+    if (std::optional<std::string> value = env("STATE_MANAGER_TMP_DIR")) {
+      if (std::string why = set_path(out.opts.tmp_dir, *value); !why.empty()) {
+        return error("STATE_MANAGER_TMP_DIR: " + why);
+      }
+    }
+  }
+  if (out.opts.to.empty()) return error("--to FILE is required (see restore-db --help)");
+  return out;
+}
+
+std::string restore_db_usage_text() {
+  return R"(Usage: state-manager restore-db --to FILE [--at TIME] [--generation G] [OPTIONS]
+
+Restores the environment's SQLite database from its replica in the object store into FILE,
+without a running server: the chosen generation's snapshot, then every WAL segment after it
+that reached the store (by TIME, with --at), replayed, checked with PRAGMA integrity_check, and
+only then moved to FILE (its stale FILE-wal and FILE-shm removed). The store is the one the
+applied configuration names; it is only read: the lease is not taken, so this is safe while a
+state-manager runs, as long as FILE is not the database it uses.
+
+Options:
+  --to FILE          where to write the database (required); an existing FILE is refused
+  --force            replace an existing FILE (only when nothing has it open)
+  --at TIME          the state as of TIME, RFC 3339: 2026-11-22T13:00:00Z, or with a fraction
+                     or an offset, 2026-11-22T14:00:00.5+01:00 (default: everything)
+  --generation G     restore generation G (32 hex digits; default: the newest that has a
+                     snapshot, by TIME)
+  --config FILE      the configuration naming the store (default: TMP-DIR/config.json, the
+                     one POST /config saved)
+  --tmp-dir DIR      the server's --tmp-dir (STATE_MANAGER_TMP_DIR, default ./tmp)
+  -h, --help         show this help and exit
+
+Exit status: 0 restored (a warning line says so if the replay stopped early at a damaged or
+missing segment: FILE then holds every transaction before it); 1 when the restore failed or
+found nothing to restore (FILE is then untouched); 2 for a bad command line.
+)";
+}
+
+int run_restore_db(const std::vector<std::string>& args, const env_lookup& env) {
+  const restore_db_command_line cli = parse_restore_db_command_line(args, env);
+  switch (cli.what) {
+    case restore_db_command_line::action::help:
+      std::cout << restore_db_usage_text();
+      return 0;
+    case restore_db_command_line::action::error:
+      std::cerr << "state-manager restore-db: " << cli.error << "\n";
+      return 2;
+    case restore_db_command_line::action::run:
+      break;
+  }
+  const restore_db_options& o = cli.opts;
+  // The summary goes to stdout; stderr carries only what went wrong.
+  log::configure(log::level::warn, log::format::text);
+  try {
+    refuse_existing_target(o);
+    const fs::path config_file = o.config_file.value_or(o.tmp_dir / "config.json");
+    const s3::store_config sc = store_config_of(read_storage(config_file, env));
+    db::restore_request request;
+    request.to = o.to;
+    request.at = o.at;
+    request.generation = o.generation;
+    const db::restore_report report = restore_now(sc, request);
+    if (!report.found) throw failed(nothing_found(o));
+    print_summary(o, report);
+    return 0;
+  } catch (const s3::error& e) {
+    std::cerr << "state-manager restore-db: the store failed: " << e.what() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "state-manager restore-db: " << e.what() << "\n";
+  }
+  return 1;
+}
+
+}  // namespace sm

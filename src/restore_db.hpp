@@ -1,0 +1,51 @@
+// `state-manager restore-db`: the environment's database restored from its replica in the
+// object store, as of a point in time, without a running server (for an operator undoing a bad
+// migration, or copying production's data elsewhere). The store is the one the applied
+// configuration (tmp/config.json) names. It only reads the store: it never takes the lease
+// and never writes there, so it is safe beside a live state-manager, restoring to another file.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/clock.hpp"
+#include "options.hpp"
+
+namespace sm {
+
+struct restore_db_options {
+  std::filesystem::path to;
+  std::optional<wall_time> at;  // nullopt: everything in the store
+  std::string generation;       // empty: the newest
+  std::filesystem::path tmp_dir = "tmp";
+  std::optional<std::filesystem::path> config_file;  // unset: <tmp_dir>/config.json
+  bool force = false;                                // replace an existing `to`
+};
+
+struct restore_db_command_line {
+  enum class action { run, help, error } what = action::run;
+  restore_db_options opts;
+  std::string error;  // for action::error: one line saying what is wrong
+};
+
+// `args`: the words after "restore-db". --tmp-dir also reads STATE_MANAGER_TMP_DIR, like the
+// server's flag. Pure: the environment comes in through `env`.
+restore_db_command_line parse_restore_db_command_line(const std::vector<std::string>& args,
+                                                      const env_lookup& env);
+
+std::string restore_db_usage_text();
+
+// RFC 3339: "2026-11-22T13:00:00Z", "2026-11-22T13:00:00.250Z", "2026-11-22T14:00:00+01:00"
+// ('t', 'z' and a space for 'T' accepted too). nullopt for anything else, or an impossible
+// date or time.
+std::optional<wall_time> parse_rfc3339(std::string_view text);
+
+// The whole subcommand: parses `args`, restores, prints a summary on stdout. Returns the exit
+// status: 0 restored, 1 failed (no configuration, the store unreachable, nothing to restore,
+// the result broken, `to` exists without --force), 2 a bad command line.
+int run_restore_db(const std::vector<std::string>& args, const env_lookup& env);
+
+}  // namespace sm

@@ -1,0 +1,47 @@
+"""A TCP relay for outage tests: tcp_relay.py LISTEN_PORT TARGET_PORT (both on 127.0.0.1).
+
+Forwards every connection to the target until killed; killing it is the outage (connections
+refused), starting it again on the same port is the recovery. Prints "ready" once listening.
+"""
+import socket
+import sys
+import threading
+
+
+def pump(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def main():
+    listen_port, target_port = int(sys.argv[1]), int(sys.argv[2])
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", listen_port))
+    server.listen(64)
+    print("ready", flush=True)
+    while True:
+        client, _ = server.accept()
+        try:
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+        except OSError:
+            client.close()
+            continue
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
