@@ -168,9 +168,15 @@ class api {
     environment::apply_result result = co_await env_.apply(*body);
     using kind = environment::apply_result::kind;
     switch (result.outcome) {
-      case kind::applied:
-        co_return json_response(
-            200, {{"configured", true}, {"config", config::to_redacted_json(*env_.current())}});
+      case kind::applied: {
+        // Applied and saved; what came of starting the components (a database that could not
+        // be restored or is not a database, say) is told at once, as GET / would.
+        const json status = env_.status();
+        co_return json_response(200, {{"configured", true},
+                                      {"config", config::to_redacted_json(*env_.current())},
+                                      {"state", status["state"]},
+                                      {"components", status["components"]}});
+      }
       case kind::already_configured:
         co_return already_configured();
       case kind::busy:

@@ -68,8 +68,16 @@ rows_in_store() {  # CONFIG N: the store has (at least) N rows of t
 
 # --- Initialisation: the seed's verification steps, literally, in the instance's directory.
 start a --lease-ttl 3s
+curl -sN --max-time 60 "$a_URL/events" >"$TEST_DIR/events-a" &
+EVENTS_PID=$!
+STARTED_PIDS+=("$EVENTS_PID")
+wait_until "the event stream" test -e "$TEST_DIR/events-a"
 on a POST /config -d "$(db_config "file://$OBJECTS")"
 expect_status 200
+expect_json 'j["components"]["database"]["state"] == "running"'
+wait_until "the database's events" grep -q '"name":"database","new":"running"' "$TEST_DIR/events-a"
+grep -q '"name":"database","new":"starting"' "$TEST_DIR/events-a" || fail "no starting event: $(cat "$TEST_DIR/events-a")"
+kill "$EVENTS_PID"
 cd "$TEST_DIR/a"
 ls -l data/database.sqlite >/dev/null || fail "data/database.sqlite was not created"
 ls -l data/database.sqlite-litestream >/dev/null || fail "data/database.sqlite-litestream is missing"
@@ -149,6 +157,8 @@ printf 'this is not a database, it is a text file of some length %.0s' {1..20} >
 sum_before=$(md5sum <"$TEST_DIR/c/data/database.sqlite")
 start c
 on c POST /config -d "$(db_config "file://$TEST_DIR/objects-c")"
+expect_status 200 # saved; the answer says what came of it
+expect_json 'j["components"]["database"]["state"] == "failed" and j["state"] == "error"'
 database_json c 'd["state"] == "failed" and "not a database" in d["last_error"]' ||
   fail "a non-database file: $BODY"
 expect_json 'j["state"] in ("error", "degraded")'

@@ -199,3 +199,56 @@ BOOST_AUTO_TEST_CASE(the_run_loop_ships_and_checkpoints_on_its_own) {
   });
   sqlite3_close(app);
 }
+
+BOOST_AUTO_TEST_CASE(a_shadow_that_cannot_be_written_is_an_error_and_loses_nothing) {
+  test_support::scratch_dir tmp;
+  const fs::path db = tmp.dir / "database.sqlite";
+  sm::db::initialise(db);
+  sqlite3* app = nullptr;
+  sqlite3_open(db.c_str(), &app);
+  sqlite3_busy_timeout(app, 5000);
+  exec(app, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+  sm::s3::store_config config;
+  config.endpoint = "file://" + (tmp.dir / "objects").string();
+  config.bucket = "bkt";
+  run([&](asio::io_context& io) -> asio::awaitable<void> {
+    auto store = sm::s3::make_store(io.get_executor(), config);
+    sm::db::replicator replicator(io.get_executor(), *store, db);
+    co_await replicator.start();
+    co_await replicator.sync();
+    // The shadow's segment directory becomes a plain file: every write into it fails, as on
+    // a full disk (which root's tests cannot make without mounting one).
+    const fs::path segments = db.string() + "-litestream/db";
+    fs::remove_all(segments);
+    { std::ofstream(segments) << "in the way"; }
+    sm::db::replicator::schedule every;
+    every.interval = std::chrono::milliseconds(20);
+    every.checkpoint_pages = 10;  // it would checkpoint if it could: it must not now
+    asio::co_spawn(io, replicator.run(every), asio::detached);
+    for (int i = 0; i < 40; ++i) exec(app, "INSERT INTO t(v) VALUES (hex(randomblob(1000)))");
+    asio::steady_timer pause(io);
+    auto wait_for = [&](auto done) -> asio::awaitable<bool> {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!done() && std::chrono::steady_clock::now() < deadline) {
+        pause.expires_after(std::chrono::milliseconds(20));
+        std::error_code ec;
+        co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      }
+      co_return done();
+    };
+    BOOST_TEST(co_await wait_for([&] { return !replicator.last_error().empty(); }));
+    BOOST_TEST(replicator.last_error().find("shadowing") != std::string::npos,
+               replicator.last_error());
+    BOOST_TEST(replicator.backlog_bytes() > 0u);
+    // Room again: replication resumes and ships everything.
+    fs::remove(segments);
+    BOOST_TEST(co_await wait_for(
+        [&] { return replicator.last_error().empty() && replicator.backlog_bytes() == 0; }));
+    co_await replicator.stop();
+    const fs::path elsewhere = tmp.dir / "restored.sqlite";
+    co_await restore(*store, replicator.generation(), elsewhere);
+    BOOST_TEST(query(elsewhere, "SELECT count(*) FROM t") == "40");
+    BOOST_TEST(replicator.generations_started() == 1u);  // continuity was never lost
+  });
+  sqlite3_close(app);
+}
