@@ -57,6 +57,12 @@ asio::awaitable<std::string> replicator::read_wal() {
 
 namespace {
 
+// Our own small write, in our own table: restarts a fully backfilled log, stamps a new
+// generation's WAL.
+constexpr const char* bump_sql =
+    "INSERT INTO state_manager_meta(key, value) VALUES ('replica_seq', '1') "
+    "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1";
+
 std::string to_hex(std::span<const std::byte> bytes) {
   static constexpr char digits[] = "0123456789abcdef";
   std::string out;
@@ -193,6 +199,22 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   at_.reset();
   co_await offload([&] { save_state(); });
   co_await shadow();
+  if (!at_) {
+    // Nothing committed in the WAL yet: one small commit of ours gives the generation a WAL
+    // header and a position, so that a restart can tell whether the WAL still continues it
+    // (or was reset, or deleted and written again, while nobody watched).
+    std::string failure;
+    co_await offload([&] {
+      if (!open_barrier(failure)) return;
+      sqlite3_busy_timeout(barrier_, 5000);
+      if (sqlite3_exec(barrier_, bump_sql, nullptr, nullptr, nullptr) != SQLITE_OK) {
+        failure = "stamping the WAL: " + std::string(sqlite3_errmsg(barrier_));
+      }
+      sqlite3_busy_timeout(barrier_, 0);
+    });
+    if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
+    co_await shadow();
+  }
 }
 
 asio::awaitable<void> replicator::upload_snapshot(std::string generation, std::uint64_t walidx) {
@@ -425,6 +447,17 @@ asio::awaitable<std::uint64_t> replicator::upload() {
   co_return shipped;
 }
 
+bool replicator::open_barrier(std::string& failure) {
+  if (barrier_) return true;
+  if (sqlite3_open_v2(db_.c_str(), &barrier_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
+    failure = "barrier connection: " + std::string(sqlite3_errmsg(barrier_));
+    return false;
+  }
+  sqlite3_db_config(barrier_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  sqlite3_wal_autocheckpoint(barrier_, 0);
+  return true;
+}
+
 asio::awaitable<bool> replicator::checkpoint() {
   co_await shadow();  // what is committed is in the shadow first: nothing unkept is backfilled
   const std::optional<replica_position> at = at_;
@@ -434,14 +467,7 @@ asio::awaitable<bool> replicator::checkpoint() {
     auto exec = [](sqlite3* db, const char* sql) {
       return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK;
     };
-    if (!barrier_) {
-      if (sqlite3_open_v2(db_.c_str(), &barrier_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
-        failure = "barrier connection: " + std::string(sqlite3_errmsg(barrier_));
-        return;
-      }
-      sqlite3_db_config(barrier_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
-      sqlite3_wal_autocheckpoint(barrier_, 0);
-    }
+    if (!open_barrier(failure)) return;
     if (!exec(barrier_, "BEGIN IMMEDIATE")) return;  // a writer is busy: next time
     // Nothing may be committed past what is shipped, or the checkpoint would backfill it and
     // the restart would drop it from the WAL before it reached the store.
@@ -458,9 +484,7 @@ asio::awaitable<bool> replicator::checkpoint() {
     exec(barrier_, "ROLLBACK");
     // At once, with no suspension point: a write that finds the WAL fully backfilled and
     // unread restarts it (salt-1 + 1, sequence + 1). Ours, so that it happens now.
-    exec(barrier_,
-         "INSERT INTO state_manager_meta(key, value) VALUES ('replica_seq', '1') "
-         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1");
+    exec(barrier_, bump_sql);
     if (!exec(pin_, "BEGIN; SELECT count(*) FROM state_manager_meta;")) {
       failure = "re-taking the pin: " + std::string(sqlite3_errmsg(pin_));
       return;

@@ -114,6 +114,7 @@ class replicator {
   void save_state() const;  // blocking
   std::optional<std::pair<std::string, std::optional<replica_position>>> load_state() const;
   asio::awaitable<void> end_run();
+  bool open_barrier(std::string& failure);  // blocking
   asio::awaitable<void> unpin();
 
   asio::any_io_executor executor_;

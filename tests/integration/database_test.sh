@@ -120,9 +120,31 @@ run_cli restore-db --config "$A_CONFIG" --to "$TEST_DIR/summary.db" --at "$T"
 grep -q "^restored .*summary.db from generation [0-9a-f]\{32\}" "$CLI_OUT" ||
   fail "restore-db's summary: $(cat "$CLI_OUT")"
 
+# --- A foreign checkpoint while state-manager is down resets the WAL behind the shadow: the
+# restart notices, starts a new generation, and loses nothing.
+database_json a 'True'
+generation_before=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["components"]["database"]["replication"]["generation"])' "$BODY_FILE")
+kill -KILL "$a_PID"
+wait_exit "$a_PID" || fail "a did not die"
+[[ $(sql a "PRAGMA wal_checkpoint(TRUNCATE)") == 0\|* ]] || fail "the foreign checkpoint did not run"
+sql a "INSERT INTO t(v) VALUES ('while down')"
+start a --lease-ttl 3s
+wait_until "a's database running again" database_json a 'd["state"] == "running"'
+database_json a "d['replication']['generation'] != '$generation_before'" ||
+  fail "no new generation after a foreign checkpoint: $BODY"
+wait_until "71 rows in the store after the new generation" rows_in_store "$A_CONFIG" 71
+# A restart with nothing foreign in between continues the generation instead.
+database_json a 'True'
+generation_before=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["components"]["database"]["replication"]["generation"])' "$BODY_FILE")
+sm_stop "$a_PID"
+start a --lease-ttl 3s
+wait_until "a's database running again" database_json a 'd["state"] == "running"'
+database_json a "d['replication']['generation'] == '$generation_before'" ||
+  fail "a clean restart began a new generation: $BODY"
+
 # --- kill -9, data/ deleted, a fresh instance elsewhere: everything that reached the store.
-for i in $(seq 71 80); do sql a "INSERT INTO t(v) VALUES ('row $i')"; done
-wait_until "80 rows in the store" rows_in_store "$A_CONFIG" 80
+for i in $(seq 72 81); do sql a "INSERT INTO t(v) VALUES ('row $i')"; done
+wait_until "81 rows in the store" rows_in_store "$A_CONFIG" 81
 sql a "INSERT INTO t(v) VALUES ('maybe lost')" # committed just before the kill: may be lost
 kill -KILL "$a_PID"
 wait_exit "$a_PID" || fail "a did not die"
@@ -133,9 +155,9 @@ expect_status 200
 database_json b 'd["state"] == "running" and d["restored"] is not None' ||
   fail "b did not restore the database: $BODY"
 n=$(sql b "SELECT count(*) FROM t")
-((n >= 80)) || fail "b has $n rows after the restore, expected at least 80"
+((n >= 81)) || fail "b has $n rows after the restore, expected at least 81"
 [[ $(sql b "PRAGMA integrity_check") == ok ]] || fail "b's database fails integrity_check"
-[[ $(sql b "SELECT v FROM t WHERE id = 80") == "row 80" ]] || fail "row 80 is wrong after restore"
+[[ $(sql b "SELECT v FROM t WHERE id = 81") == "row 81" ]] || fail "row 81 is wrong after the restore"
 # Replication goes on from there (a new generation).
 sql b "INSERT INTO t(v) VALUES ('after the restore')"
 B_CONFIG=$TEST_DIR/b/tmp/config.json
