@@ -1,6 +1,11 @@
 #include "db/replicator.hpp"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <fstream>
@@ -41,21 +46,44 @@ replicator::~replicator() {
   if (barrier_) sqlite3_close(barrier_);
 }
 
-asio::awaitable<std::string> replicator::read_wal() {
-  std::string text;
-  const std::string path = db_.string() + "-wal";
-  std::filesystem::file_time_type written{};
-  co_await offload([&] {
-    std::ifstream in(path, std::ios::binary);
-    if (in) text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    std::error_code ec;
-    written = std::filesystem::last_write_time(path, ec);
-  });
-  wal_written_ = written;
-  co_return text;
-}
-
 namespace {
+
+// The WAL's bytes at their offsets: the header, and everything from `from` on (what lies
+// between is left zero: the caller has it already). Empty when there is no WAL. Blocking.
+// Opening and closing the -wal file is safe: SQLite's locks are on the database and -shm.
+std::string read_wal_bytes(const std::string& path, std::uint64_t from,
+                           std::chrono::system_clock::time_point* written) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  struct stat st {};
+  std::string text;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    const std::uint64_t size = std::uint64_t(st.st_size);
+    text.resize(size);
+    auto read_range = [&](std::uint64_t offset, std::uint64_t end) {
+      while (offset < end) {
+        const ssize_t n = ::pread(fd, text.data() + offset, end - offset, off_t(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          text.resize(offset);  // shorter than it was a moment ago (truncated meanwhile)
+          return false;
+        }
+        offset += std::uint64_t(n);
+      }
+      return true;
+    };
+    const std::uint64_t head = std::min<std::uint64_t>(wal::header_size, size);
+    if (read_range(0, head) && from < text.size()) read_range(std::max(from, head), text.size());
+    if (written) {
+      *written = std::chrono::system_clock::time_point(
+          std::chrono::duration_cast<std::chrono::system_clock::duration>(
+              std::chrono::seconds(st.st_mtim.tv_sec) +
+              std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
+    }
+  }
+  ::close(fd);
+  return text;
+}
 
 // Our own small write, in our own table: restarts a fully backfilled log, stamps a new
 // generation's WAL.
@@ -89,6 +117,15 @@ bool from_hex(std::string_view text, std::span<std::byte> out) {
 }
 
 }  // namespace
+
+asio::awaitable<std::string> replicator::read_wal(std::uint64_t from) {
+  std::string text;
+  std::chrono::system_clock::time_point written{};
+  const std::string path = db_.string() + "-wal";
+  co_await offload([&] { text = read_wal_bytes(path, from, &written); });
+  wal_written_ = written;
+  co_return text;
+}
 
 std::filesystem::path replicator::shadow_dir() const {
   return db_.string() + "-litestream";
@@ -165,7 +202,7 @@ asio::awaitable<void> replicator::start() {
   // The generation this machine was shipping before a restart goes on, if the WAL still
   // continues exactly where the shadow ends and the store still has that generation.
   if (saved && saved->second) {
-    const std::string wal = co_await read_wal();
+    const std::string wal = co_await read_wal(0);
     const sync_step step = next_sync(saved->second, bytes_of(wal), false);
     const std::string meta = layout::meta_key(saved->first);
     if (step.what != sync_step::kind::new_generation && (co_await store_.head(meta))) {
@@ -342,7 +379,18 @@ asio::awaitable<std::uint64_t> replicator::sync() {
 asio::awaitable<std::uint64_t> replicator::shadow() {
   // What is committed in the WAL past the shadow's end goes into the shadow (fsynced), or a
   // new generation starts when the WAL no longer continues it.
-  const std::string wal = co_await read_wal();
+  // Only what is new: from the last frame in the shadow (its checksum is checked), unless the
+  // header changed, when the whole log is read.
+  std::uint64_t known = 0;
+  if (at_ && at_->durable_end > wal::header_size) {
+    if (const auto h = wal::parse_header(at_->header)) known = at_->durable_end - h->frame_size();
+  }
+  std::string wal = co_await read_wal(known);
+  if (known > 0 && (wal.size() < wal::header_size ||
+                    !std::equal(at_->header.begin(), at_->header.end(),
+                                reinterpret_cast<const std::byte*>(wal.data())))) {
+    wal = co_await read_wal(0);
+  }
   const sync_step step = next_sync(at_, bytes_of(wal), at_ && reset_expected_);
   if (at_ && step.what != sync_step::kind::nothing) reset_expected_ = false;
   switch (step.what) {
@@ -439,8 +487,8 @@ asio::awaitable<std::uint64_t> replicator::upload() {
   }
   waiting_since_.reset();
   if (shipped > 0) {
-    // The WAL's mtime is the last commit's time (file_time_type's clock is the file system's).
-    const auto age = std::filesystem::file_time_type::clock::now() - wal_written_;
+    // The WAL's mtime is the last commit's time.
+    const auto age = std::chrono::system_clock::now() - wal_written_;
     last_lag_ = std::max(std::chrono::milliseconds(0),
                          std::chrono::duration_cast<std::chrono::milliseconds>(age));
   }
@@ -471,8 +519,7 @@ asio::awaitable<bool> replicator::checkpoint() {
     if (!exec(barrier_, "BEGIN IMMEDIATE")) return;  // a writer is busy: next time
     // Nothing may be committed past what is shipped, or the checkpoint would backfill it and
     // the restart would drop it from the WAL before it reached the store.
-    std::ifstream in(db_.string() + "-wal", std::ios::binary);
-    const std::string wal((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string wal = read_wal_bytes(db_.string() + "-wal", 0, nullptr);
     const sync_step pending = next_sync(at, bytes_of(wal), false);
     if (pending.what != sync_step::kind::nothing) {
       exec(barrier_, "ROLLBACK");

@@ -103,7 +103,8 @@ class replicator {
 
  private:
   asio::awaitable<void> new_generation(std::string why);
-  asio::awaitable<std::string> read_wal();
+  // The WAL's bytes at their offsets, from `from` on (and the header).
+  asio::awaitable<std::string> read_wal(std::uint64_t from);
   asio::awaitable<std::filesystem::path> write_snapshot();
   asio::awaitable<void> upload_snapshot(std::string generation, std::uint64_t walidx);
   // sync() = shadow() + upload(): the WAL's new commits into the local shadow (fsynced), then
@@ -139,7 +140,7 @@ class replicator {
   std::optional<stored_position> stored_;  // the last segment the store has
   std::string last_error_;
   std::chrono::system_clock::time_point last_sync_at_{};
-  std::filesystem::file_time_type wal_written_{};  // the WAL's mtime at the last read
+  std::chrono::system_clock::time_point wal_written_{};  // the WAL's mtime at the last read
   std::chrono::milliseconds last_lag_{0};
   std::optional<std::chrono::steady_clock::time_point> waiting_since_;  // a backlog waits
   std::string generation_;
