@@ -149,6 +149,11 @@ sql a "INSERT INTO t(v) VALUES ('maybe lost')" # committed just before the kill:
 kill -KILL "$a_PID"
 wait_exit "$a_PID" || fail "a did not die"
 rm -rf "$TEST_DIR/a/data"
+# b has an old database of its own: taking the lease over from another owner means the store's
+# state wins over it.
+mkdir -p "$TEST_DIR/b/data"
+sqlite3 "$TEST_DIR/b/data/database.sqlite" \
+  "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('stale')" >/dev/null
 start b --wait-for-lease
 on b POST /config -d "$(db_config "file://$OBJECTS")"
 expect_status 200
@@ -157,6 +162,7 @@ database_json b 'd["state"] == "running" and d["restored"] is not None' ||
 n=$(sql b "SELECT count(*) FROM t")
 ((n >= 81)) || fail "b has $n rows after the restore, expected at least 81"
 [[ $(sql b "PRAGMA integrity_check") == ok ]] || fail "b's database fails integrity_check"
+[[ $(sql b "SELECT count(*) FROM t WHERE v = 'stale'") == 0 ]] || fail "b kept its stale database"
 [[ $(sql b "SELECT v FROM t WHERE id = 81") == "row 81" ]] || fail "row 81 is wrong after the restore"
 # Replication goes on from there (a new generation).
 sql b "INSERT INTO t(v) VALUES ('after the restore')"
