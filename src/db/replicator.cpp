@@ -48,42 +48,50 @@ replicator::~replicator() {
 
 namespace {
 
-// The WAL's bytes at their offsets: the header, and everything from `from` on (what lies
-// between is left zero: the caller has it already). Empty when there is no WAL. Blocking.
-// Opening and closing the -wal file is safe: SQLite's locks are on the database and -shm.
-std::string read_wal_bytes(const std::string& path, std::uint64_t from,
-                           std::chrono::system_clock::time_point* written) {
+// A window of the WAL: its header, and up to `max_bytes` from `from` on. Blocking. Opening and
+// closing the -wal file is safe: SQLite's locks are on the database file and -shm.
+struct wal_window {
+  std::string header;
+  std::string tail;
+  std::uint64_t offset = 0;     // where `tail` starts in the file
+  std::uint64_t file_size = 0;  // 0: no WAL
+  std::chrono::system_clock::time_point written{};
+  bool complete() const { return offset + tail.size() >= file_size; }
+};
+
+wal_window read_wal_window(const std::string& path, std::uint64_t from, std::uint64_t max_bytes) {
+  wal_window w;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return {};
+  if (fd < 0) return w;
   struct stat st {};
-  std::string text;
-  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
-    const std::uint64_t size = std::uint64_t(st.st_size);
-    text.resize(size);
-    auto read_range = [&](std::uint64_t offset, std::uint64_t end) {
-      while (offset < end) {
-        const ssize_t n = ::pread(fd, text.data() + offset, end - offset, off_t(offset));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          text.resize(offset);  // shorter than it was a moment ago (truncated meanwhile)
-          return false;
-        }
-        offset += std::uint64_t(n);
-      }
-      return true;
-    };
-    const std::uint64_t head = std::min<std::uint64_t>(wal::header_size, size);
-    if (read_range(0, head) && from < text.size()) read_range(std::max(from, head), text.size());
-    if (written) {
-      *written = std::chrono::system_clock::time_point(
-          std::chrono::duration_cast<std::chrono::system_clock::duration>(
-              std::chrono::seconds(st.st_mtim.tv_sec) +
-              std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
+  auto read_into = [&](std::string& into, std::uint64_t offset, std::uint64_t end) {
+    into.resize(end - offset);
+    std::size_t done = 0;
+    while (done < into.size()) {
+      const ssize_t n = ::pread(fd, into.data() + done, into.size() - done, off_t(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // shorter than it was a moment ago (truncated meanwhile)
+      done += std::size_t(n);
     }
+    into.resize(done);
+  };
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    w.file_size = std::uint64_t(st.st_size);
+    w.written = std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+            std::chrono::seconds(st.st_mtim.tv_sec) +
+            std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
+    read_into(w.header, 0, std::min<std::uint64_t>(wal::header_size, w.file_size));
+    w.offset = std::min(from, w.file_size);
+    read_into(w.tail, w.offset, std::min(w.file_size, w.offset + max_bytes));
   }
   ::close(fd);
-  return text;
+  return w;
 }
+
+// How much of the WAL one shadow step reads at most: a burst of writes is shipped as several
+// segments, in bounded memory. A transaction larger than this widens the window.
+constexpr std::uint64_t window_bytes = 16u << 20;
 
 // Our own small write, in our own table: restarts a fully backfilled log, stamps a new
 // generation's WAL.
@@ -118,28 +126,19 @@ bool from_hex(std::string_view text, std::span<std::byte> out) {
 
 }  // namespace
 
-asio::awaitable<std::string> replicator::read_wal(std::uint64_t from) {
-  std::string text;
-  std::chrono::system_clock::time_point written{};
-  const std::string path = db_.string() + "-wal";
-  co_await offload([&] { text = read_wal_bytes(path, from, &written); });
-  wal_written_ = written;
-  co_return text;
-}
-
 std::filesystem::path replicator::shadow_dir() const {
   return db_.string() + "-litestream";
 }
 
-void replicator::save_state() const {
+void replicator::save_state(const std::optional<replica_position>& at) const {
   // Blocking: called inside offload(). Where the shadow stands, so that a restart continues
   // the generation instead of uploading a new snapshot.
   nlohmann::json state = {{"generation", generation_}};
-  if (at_) {
-    state["wal_index"] = at_->walidx;
-    state["offset"] = at_->durable_end;
-    state["header"] = to_hex(at_->header);
-    state["checksum"] = {at_->sum.s0, at_->sum.s1};
+  if (at) {
+    state["wal_index"] = at->walidx;
+    state["offset"] = at->durable_end;
+    state["header"] = to_hex(at->header);
+    state["checksum"] = {at->sum.s0, at->sum.s1};
   }
   write_file_atomically(shadow_dir() / "state.json", state.dump() + "\n", 0644);
 }
@@ -202,8 +201,17 @@ asio::awaitable<void> replicator::start() {
   // The generation this machine was shipping before a restart goes on, if the WAL still
   // continues exactly where the shadow ends and the store still has that generation.
   if (saved && saved->second) {
-    const std::string wal = co_await read_wal(0);
-    const sync_step step = next_sync(saved->second, bytes_of(wal), false);
+    // The window from the shadow's last frame: its checksum must still be there.
+    const replica_position& p = *saved->second;
+    std::uint64_t known = 0;
+    if (const auto h = wal::parse_header(p.header); h && p.durable_end > wal::header_size) {
+      known = p.durable_end - h->frame_size();
+    }
+    wal_window w;
+    const std::string path = db_.string() + "-wal";
+    co_await offload([&] { w = read_wal_window(path, known, window_bytes); });
+    const sync_step step =
+        next_sync(saved->second, bytes_of(w.header), bytes_of(w.tail), w.offset, false);
     const std::string meta = layout::meta_key(saved->first);
     if (step.what != sync_step::kind::new_generation && (co_await store_.head(meta))) {
       generation_ = saved->first;
@@ -234,7 +242,7 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   snapshot_walidx_ = 0;
   log::info("database: new generation", {{"generation", generation_}, {"why", why}});
   at_.reset();
-  co_await offload([&] { save_state(); });
+  co_await offload([&] { save_state(at_); });
   co_await shadow();
   if (!at_) {
     // Nothing committed in the WAL yet: one small commit of ours gives the generation a WAL
@@ -376,70 +384,95 @@ asio::awaitable<std::uint64_t> replicator::sync() {
   co_return co_await upload();
 }
 
-asio::awaitable<std::uint64_t> replicator::shadow() {
-  // What is committed in the WAL past the shadow's end goes into the shadow (fsynced), or a
-  // new generation starts when the WAL no longer continues it.
-  // Only what is new: from the last frame in the shadow (its checksum is checked), unless the
-  // header changed, when the whole log is read.
-  std::uint64_t known = 0;
-  if (at_ && at_->durable_end > wal::header_size) {
-    if (const auto h = wal::parse_header(at_->header)) known = at_->durable_end - h->frame_size();
-  }
-  std::string wal = co_await read_wal(known);
-  if (known > 0 && (wal.size() < wal::header_size ||
-                    !std::equal(at_->header.begin(), at_->header.end(),
-                                reinterpret_cast<const std::byte*>(wal.data())))) {
-    wal = co_await read_wal(0);
-  }
-  const sync_step step = next_sync(at_, bytes_of(wal), at_ && reset_expected_);
-  if (at_ && step.what != sync_step::kind::nothing) reset_expected_ = false;
-  switch (step.what) {
-    case sync_step::kind::nothing:
-      unshadowed_ = 0;
-      co_return 0;
-    case sync_step::kind::new_generation:
-      co_await new_generation(step.why);
-      co_return 0;
-    case sync_step::kind::segment:
-    case sync_step::kind::new_index:
-      break;
-  }
-  const std::uint64_t walidx = at_ ? step.next.walidx : 0;
-  const std::string key =
-      layout::segment_key(generation_, walidx, step.start, step.end, compressed_ext);
-  const std::string_view body = std::string_view(wal).substr(step.start, step.end - step.start);
-  std::string failure;
-  replica_position next = step.next;
-  next.walidx = walidx;
-  co_await offload([&] {
+replicator::shadow_pass replicator::shadow_blocking(std::optional<replica_position> at,
+                                                    bool reset_expected) const {
+  // Blocking. Windows of the WAL, each from the last frame in the shadow (its checksum is
+  // checked) to at most window_bytes further; the whole log from the start only when its header
+  // changed. Each window's whole transactions go into the shadow as one segment (fsynced, then
+  // state.json), until the WAL is read to its end.
+  shadow_pass pass;
+  pass.at = at;
+  const std::string path = db_.string() + "-wal";
+  std::uint64_t window = window_bytes;
+  for (;;) {
+    std::uint64_t known = 0;
+    if (pass.at && pass.at->durable_end > wal::header_size) {
+      if (const auto h = wal::parse_header(pass.at->header)) {
+        known = pass.at->durable_end - h->frame_size();
+      }
+    }
+    wal_window w = read_wal_window(path, known, window);
+    pass.written = w.written;
+    const bool expect_reset = pass.at && reset_expected && !pass.reset_consumed;
+    sync_step step =
+        next_sync(pass.at, bytes_of(w.header), bytes_of(w.tail), w.offset, expect_reset);
+    if (step.what == sync_step::kind::new_generation && step.why == need_whole_wal) {
+      w = read_wal_window(path, 0, window);
+      step = next_sync(pass.at, bytes_of(w.header), bytes_of(w.tail), w.offset, expect_reset);
+    }
+    if (pass.at && step.what != sync_step::kind::nothing) pass.reset_consumed = true;
+    if (step.what == sync_step::kind::new_generation) {
+      pass.lost = step.why;
+      return pass;
+    }
+    if (step.what == sync_step::kind::nothing) {
+      if (w.complete()) return pass;
+      window *= 2;  // one transaction larger than the window: look further
+      continue;
+    }
+    window = window_bytes;
+    const std::uint64_t walidx = pass.at ? step.next.walidx : 0;
+    const std::string key =
+        layout::segment_key(generation_, walidx, step.start, step.end, compressed_ext);
+    const std::string_view body =
+        std::string_view(w.tail).substr(step.start - w.offset, step.end - step.start);
+    replica_position next = step.next;
+    next.walidx = walidx;
+    // Mirrors the key: shadow/db/<generation>/wal/<index>/<start>-<end>.wal.zst. A full disk
+    // fails here, and the WAL (still pinned, never checkpointed past the shadow) keeps it all.
+    const std::filesystem::path file = shadow_dir() / key;
     try {
-      // Mirrors the key: shadow/db/<generation>/wal/<index>/<start>-<end>.wal.zst. A disk that is
-      // full fails here, and the WAL (still pinned) keeps everything until it has room.
-      const std::filesystem::path file = shadow_dir() / key;
       std::filesystem::create_directories(file.parent_path());
       write_file_atomically(file, compress(body), 0644);
-      const std::optional<replica_position> before = at_;
-      at_ = next;
       try {
-        save_state();
+        save_state(next);
       } catch (...) {
-        at_ = before;
         std::error_code ec;
         std::filesystem::remove(file, ec);
         throw;
       }
     } catch (const std::exception& e) {
-      failure = e.what();
+      pass.failure = e.what();
+      pass.unshadowed = w.file_size - step.start;
+      return pass;
     }
-  });
-  if (!failure.empty()) {
-    unshadowed_ = body.size();
+    pass.at = next;
+    pass.bytes += body.size();
+    if (w.complete() && step.end >= w.offset + w.tail.size()) return pass;
+  }
+}
+
+asio::awaitable<std::uint64_t> replicator::shadow() {
+  // What is committed in the WAL past the shadow's end goes into the shadow, or a new
+  // generation starts when the WAL no longer continues it.
+  shadow_pass pass;
+  co_await offload([&] { pass = shadow_blocking(at_, reset_expected_); });
+  co_return co_await apply(std::move(pass));
+}
+
+asio::awaitable<std::uint64_t> replicator::apply(shadow_pass pass) {
+  at_ = pass.at;
+  if (pass.reset_consumed) reset_expected_ = false;
+  if (pass.written != std::chrono::system_clock::time_point{}) wal_written_ = pass.written;
+  shadowed_since_snapshot_ += pass.bytes;
+  if (!pass.failure.empty()) {
+    unshadowed_ = pass.unshadowed;
     if (!waiting_since_) waiting_since_ = std::chrono::steady_clock::now();
-    throw error("shadowing the WAL in " + shadow_dir().string() + ": " + failure);
+    throw error("shadowing the WAL in " + shadow_dir().string() + ": " + pass.failure);
   }
   unshadowed_ = 0;
-  shadowed_since_snapshot_ += body.size();
-  co_return body.size();
+  if (pass.lost) co_await new_generation(*pass.lost);
+  co_return pass.bytes;
 }
 
 asio::awaitable<std::uint64_t> replicator::upload() {
@@ -503,25 +536,36 @@ bool replicator::open_barrier(std::string& failure) {
   }
   sqlite3_db_config(barrier_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   sqlite3_wal_autocheckpoint(barrier_, 0);
+  // A log that a burst grew is cut back when our write restarts it.
+  sqlite3_exec(barrier_, "PRAGMA journal_size_limit = 67108864", nullptr, nullptr, nullptr);
   return true;
 }
 
 asio::awaitable<bool> replicator::checkpoint() {
-  co_await shadow();  // what is committed is in the shadow first: nothing unkept is backfilled
-  const std::optional<replica_position> at = at_;
+  co_return co_await checkpoint_within(std::chrono::milliseconds(0));
+}
+
+asio::awaitable<bool> replicator::checkpoint_within(std::chrono::milliseconds patience) {
+  co_await shadow();  // most of what is committed goes into the shadow before the barrier
   std::string failure;
   bool ran = false;
+  shadow_pass pass;
+  pass.at = at_;
+  const bool reset_expected = reset_expected_;
   co_await offload([&] {
     auto exec = [](sqlite3* db, const char* sql) {
       return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK;
     };
     if (!open_barrier(failure)) return;
-    if (!exec(barrier_, "BEGIN IMMEDIATE")) return;  // a writer is busy: next time
-    // Nothing may be committed past what is shipped, or the checkpoint would backfill it and
-    // the restart would drop it from the WAL before it reached the store.
-    const std::string wal = read_wal_bytes(db_.string() + "-wal", 0, nullptr);
-    const sync_step pending = next_sync(at, bytes_of(wal), false);
-    if (pending.what != sync_step::kind::nothing) {
+    // Normally a busy writer means "next time"; a WAL far past its bound waits its turn.
+    sqlite3_busy_timeout(barrier_, int(patience.count()));
+    const bool barrier = exec(barrier_, "BEGIN IMMEDIATE");
+    sqlite3_busy_timeout(barrier_, 0);
+    if (!barrier) return;
+    // Writers are held off: what they committed since goes into the shadow now, so that the
+    // checkpoint backfills nothing the shadow does not hold (the restart would drop it).
+    pass = shadow_blocking(pass.at, reset_expected);
+    if (!pass.failure.empty() || pass.lost) {
       exec(barrier_, "ROLLBACK");
       return;
     }
@@ -538,6 +582,7 @@ asio::awaitable<bool> replicator::checkpoint() {
     }
     ran = log >= 0 && log == backfilled;
   });
+  co_await apply(std::move(pass));
   if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
   reset_expected_ = ran;
   co_await shadow();  // the restarted log's first segment (the bump), or more of the old one
@@ -566,7 +611,10 @@ asio::awaitable<void> replicator::run(schedule s) {
       if (snapshot_due && co_await snapshot()) {
         co_await enforce_retention(s.retention);
       } else if (at_ && at_->durable_end / frame >= s.checkpoint_pages) {
-        co_await checkpoint();
+        // Past four times its bound, the WAL waits for the write lock (up to a second) rather
+        // than growing for as long as a writer keeps it busy.
+        const bool far = at_->durable_end / frame >= 4 * s.checkpoint_pages;
+        co_await checkpoint_within(std::chrono::milliseconds(far ? 1000 : 0));
       }
     } catch (const std::exception& e) {
       failure = e.what();

@@ -103,16 +103,28 @@ class replicator {
 
  private:
   asio::awaitable<void> new_generation(std::string why);
-  // The WAL's bytes at their offsets, from `from` on (and the header).
-  asio::awaitable<std::string> read_wal(std::uint64_t from);
   asio::awaitable<std::filesystem::path> write_snapshot();
   asio::awaitable<void> upload_snapshot(std::string generation, std::uint64_t walidx);
   // sync() = shadow() + upload(): the WAL's new commits into the local shadow (fsynced), then
   // the shadow's segments into the store.
   asio::awaitable<std::uint64_t> shadow();
+  struct shadow_pass {
+    std::optional<replica_position> at;  // where the shadow stands after the pass
+    bool reset_consumed = false;         // the expected reset was seen
+    std::uint64_t bytes = 0;             // WAL bytes kept
+    std::optional<std::string> lost;     // continuity lost: why (a new generation is needed)
+    std::string failure;                 // the shadow could not be written
+    std::uint64_t unshadowed = 0;        // then: committed bytes not kept
+    std::chrono::system_clock::time_point written{};  // the WAL's mtime
+  };
+  // Blocking (offload): reads the WAL's new bytes in windows and keeps them in the shadow. Works
+  // on copies: the members change only in apply(), on the executor.
+  shadow_pass shadow_blocking(std::optional<replica_position> at, bool reset_expected) const;
+  asio::awaitable<std::uint64_t> apply(shadow_pass pass);
+  asio::awaitable<bool> checkpoint_within(std::chrono::milliseconds patience);
   asio::awaitable<std::uint64_t> upload();
   std::filesystem::path shadow_dir() const;
-  void save_state() const;  // blocking
+  void save_state(const std::optional<replica_position>& at) const;  // blocking
   std::optional<std::pair<std::string, std::optional<replica_position>>> load_state() const;
   asio::awaitable<void> end_run();
   bool open_barrier(std::string& failure);  // blocking

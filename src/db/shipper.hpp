@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "db/wal.hpp"
 
@@ -36,5 +37,16 @@ struct sync_step {
 // index, not a loss of continuity.
 sync_step next_sync(const std::optional<replica_position>& at, std::span<const std::byte> wal,
                     bool reset_expected);
+
+// The same, over a window of the WAL: its header (the first 32 bytes, or fewer) and the bytes
+// from `tail_offset` on (`tail`), which must start at or before the frame ending at the
+// replica's durable end when `tail_offset` > 0. A header other than the one followed needs the
+// whole log (tail_offset 0): then the answer is new_generation, with why "read from the start".
+sync_step next_sync(const std::optional<replica_position>& at, std::span<const std::byte> header,
+                    std::span<const std::byte> tail, std::uint64_t tail_offset,
+                    bool reset_expected);
+
+// What next_sync says when a window did not start early enough.
+inline constexpr std::string_view need_whole_wal = "read from the start";
 
 }  // namespace sm::db
