@@ -179,6 +179,20 @@ n=$(restored_rows "$B_CONFIG") || fail "restore after release-lease failed"
 ((n == $(sql b "SELECT count(*) FROM t"))) || fail "release-lease did not flush everything ($n rows in the store)"
 sm_stop "$b_PID"
 
+# --- A damaged segment in the store: the restore stops at the last verified transaction, says
+# so, and what it restores is sound.
+full=$n
+last_segment=$(find "$OBJECTS" -name '*.wal.zst' | sort | tail -n1)
+[[ -n $last_segment ]] || fail "no WAL segment in the store"
+truncate -s $(($(stat -c %s "$last_segment") / 2)) "$last_segment"
+run_cli restore-db --config "$B_CONFIG" --to "$TEST_DIR/damaged.db"
+((CLI_EXIT == 0)) || fail "restore-db over a damaged segment exited $CLI_EXIT: $(cat "$CLI_ERR")"
+grep -q "^warning: the replay stopped early" "$CLI_OUT" "$CLI_ERR" ||
+  fail "restore-db did not say it stopped early: $(cat "$CLI_OUT" "$CLI_ERR")"
+[[ $(sqlite3 "$TEST_DIR/damaged.db" "PRAGMA integrity_check") == ok ]] || fail "damaged restore fails integrity_check"
+n=$(sqlite3 "$TEST_DIR/damaged.db" "SELECT count(*) FROM t")
+((n < full && n >= 81)) || fail "restore over a damaged segment has $n rows (all: $full)"
+
 # --- A file that is not a database: a clear error, the file untouched.
 mkdir -p "$TEST_DIR/c/data"
 printf 'this is not a database, it is a text file of some length %.0s' {1..20} >"$TEST_DIR/c/data/database.sqlite"

@@ -310,3 +310,60 @@ BOOST_AUTO_TEST_CASE(a_write_burst_keeps_the_wal_bounded_and_a_huge_transaction_
     BOOST_TEST(query(elsewhere, "SELECT max(length(v)) FROM t") == "20000000");
   });
 }
+
+BOOST_AUTO_TEST_CASE(retention_drops_what_no_restore_in_the_window_needs) {
+  test_support::scratch_dir tmp;
+  const fs::path db = tmp.dir / "database.sqlite";
+  sm::db::initialise(db);
+  sqlite3* app = nullptr;
+  sqlite3_open(db.c_str(), &app);
+  sqlite3_busy_timeout(app, 5000);
+  exec(app, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+  sm::s3::store_config config;
+  config.endpoint = "file://" + (tmp.dir / "objects").string();
+  config.bucket = "bkt";
+  run([&](asio::io_context& io) -> asio::awaitable<void> {
+    auto store = sm::s3::make_store(io.get_executor(), config);
+    // An older generation, left by an earlier run.
+    std::string old_generation;
+    {
+      sm::db::replicator earlier(io.get_executor(), *store, db);
+      co_await earlier.start();
+      exec(app, "INSERT INTO t(v) VALUES ('old')");
+      co_await earlier.stop();
+      old_generation = earlier.generation();
+    }
+    exec(app, "PRAGMA wal_checkpoint(TRUNCATE)");  // nobody watching: the next run starts anew
+    sm::db::replicator replicator(io.get_executor(), *store, db);
+    co_await replicator.start();
+    BOOST_TEST(replicator.generation() != old_generation);
+    for (int round = 0; round < 3; ++round) {
+      exec(app, "INSERT INTO t(v) VALUES ('new')");
+      co_await replicator.sync();
+      BOOST_TEST(co_await replicator.snapshot());  // each in a WAL index of its own
+    }
+    auto keys = [&]() -> asio::awaitable<std::vector<std::string>> {
+      std::vector<std::string> out;
+      const sm::s3::list_page page = co_await store->list("db/", "", "", 1000);
+      for (const auto& o : page.objects) out.push_back(o.key);
+      co_return out;
+    };
+    // A day's window keeps everything.
+    const std::size_t before = (co_await keys()).size();
+    BOOST_TEST(co_await replicator.enforce_retention(std::chrono::hours(24)) == 0u);
+    // No window: the old generation goes, and so does every index before the newest snapshot.
+    BOOST_TEST(co_await replicator.enforce_retention(std::chrono::milliseconds(0)) > 0u);
+    const std::vector<std::string> after = co_await keys();
+    BOOST_TEST(after.size() < before);
+    for (const std::string& key : after) {
+      BOOST_TEST(key.find(old_generation) == std::string::npos, key);
+      if (auto s = sm::db::layout::parse_snapshot_key(key)) BOOST_TEST(s->walidx == 3u, key);
+      if (auto g = sm::db::layout::parse_segment_key(key)) BOOST_TEST(g->walidx >= 3u, key);
+    }
+    co_await replicator.stop();
+    const fs::path elsewhere = tmp.dir / "restored.sqlite";
+    co_await restore(*store, replicator.generation(), elsewhere);
+    BOOST_TEST(query(elsewhere, "SELECT count(*) FROM t") == "4");
+  });
+  sqlite3_close(app);
+}
