@@ -2,6 +2,8 @@
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
@@ -37,7 +39,11 @@ std::string_view component::name_of(state s) {
 
 component::component(asio::any_io_executor executor, s3::object_store& store,
                      std::filesystem::path file, config::database_config settings)
-    : executor_(executor), store_(store), file_(std::move(file)), settings_(settings) {}
+    : executor_(executor),
+      store_(store),
+      file_(std::move(file)),
+      settings_(settings),
+      started_(executor, std::chrono::steady_clock::time_point::max()) {}
 
 component::~component() = default;
 
@@ -100,6 +106,15 @@ asio::awaitable<void> component::start(bool taken_over) {
     log::error("database: cannot start", {{"file", file_.string()}, {"error", failure}});
     replicator_.reset();
     move_to(state::failed);
+    started_.cancel();
+    co_return;
+  }
+  if (fence_requested_) {
+    // The lease went while we were starting: nothing more goes to the store.
+    co_await replicator_->abandon();
+    last_error_ = "fenced: the lease is no longer ours, replication stopped";
+    move_to(state::stopped);
+    started_.cancel();
     co_return;
   }
   replicator::schedule schedule;
@@ -109,15 +124,27 @@ asio::awaitable<void> component::start(bool taken_over) {
   schedule.snapshot_interval =
       std::chrono::duration_cast<std::chrono::milliseconds>(settings_.snapshot_interval);
   schedule.retention = std::chrono::duration_cast<std::chrono::milliseconds>(settings_.retention);
-  asio::co_spawn(executor_, replicator_->run(schedule), asio::detached);
+  // Stopping already (shut-down during the restore): stop() does the final sync.
+  if (!stop_requested_) asio::co_spawn(executor_, replicator_->run(schedule), asio::detached);
   log::info("database: replicating", {{"file", file_.string()},
                                       {"generation", replicator_->generation()},
                                       {"sync_interval", format_duration(settings_.sync_interval)}});
   move_to(state::running);
+  refresh_health();  // degraded if the store did not answer yet
+  started_.cancel();
+}
+
+asio::awaitable<void> component::wait_started() {
+  while (state_ == state::starting) {
+    std::error_code ec;
+    co_await started_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 asio::awaitable<json> component::stop() {
   json flushed = {{"component", "database"}};
+  stop_requested_ = true;
+  co_await wait_started();
   if (state_ != state::running && state_ != state::degraded) co_return flushed;
   move_to(state::stopping);
   std::string failure;
@@ -142,6 +169,8 @@ asio::awaitable<json> component::stop() {
 }
 
 asio::awaitable<void> component::fence() {
+  fence_requested_ = true;
+  co_await wait_started();
   if (state_ != state::running && state_ != state::degraded) co_return;
   move_to(state::stopping);
   co_await replicator_->abandon();
@@ -181,7 +210,7 @@ json component::status() const {
     shadowed = {{"wal_index", r.position()->walidx}, {"offset", r.position()->durable_end}};
   }
   out["replication"] = {
-      {"generation", r.generation()},
+      {"generation", r.generation().empty() ? json(nullptr) : json(r.generation())},
       {"position", std::move(position)},
       {"shadowed", std::move(shadowed)},
       {"lag_ms", r.lag().count()},

@@ -71,7 +71,9 @@ class component {
   std::unique_ptr<replicator> replicator_;
   std::optional<restore_report> restored_;
   bool created_ = false;
-  std::uint64_t synced_bytes_ = 0;
+  bool stop_requested_ = false, fence_requested_ = false;  // while starting
+  asio::steady_timer started_;                             // cancelled once start() is over
+  asio::awaitable<void> wait_started();
 };
 
 }  // namespace sm::db

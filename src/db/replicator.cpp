@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -83,10 +84,30 @@ wal_window read_wal_window(const std::string& path, std::uint64_t from, std::uin
             std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
     read_into(w.header, 0, std::min<std::uint64_t>(wal::header_size, w.file_size));
     w.offset = std::min(from, w.file_size);
-    read_into(w.tail, w.offset, std::min(w.file_size, w.offset + max_bytes));
+    const std::uint64_t end =
+        max_bytes >= w.file_size - w.offset ? w.file_size : w.offset + max_bytes;
+    read_into(w.tail, w.offset, end);
+    // Shorter than asked (truncated meanwhile, or a read error): the file ends there for this
+    // pass, so that nobody widens a window forever.
+    if (w.offset + w.tail.size() < end) w.file_size = w.offset + w.tail.size();
   }
   ::close(fd);
   return w;
+}
+
+// Whether the valid frames in `w` after the shadow's end run to the window's end with no commit
+// yet: a transaction larger than the window, worth a wider one. Stale frames of an earlier log
+// (a salt or checksum mismatch) are not: the pass is done.
+bool runs_past(const std::optional<replica_position>& at, const wal_window& w) {
+  const auto h = wal::parse_header(std::as_bytes(std::span(w.header.data(), w.header.size())));
+  if (!h) return false;
+  const bool shipped = at && at->durable_end > wal::header_size;
+  const std::uint64_t from = shipped ? at->durable_end : wal::header_size;
+  if (from < w.offset || from > w.offset + w.tail.size()) return false;
+  const auto tail = std::as_bytes(std::span(w.tail.data(), w.tail.size()));
+  const wal::scan_result r =
+      wal::scan(tail.subspan(from - w.offset), *h, from, shipped ? at->sum : h->sum);
+  return r.frames > 0 && (r.stopped == "end of data" || r.stopped == "partial frame");
 }
 
 // How much of the WAL one shadow step reads at most: a burst of writes is shipped as several
@@ -213,16 +234,36 @@ asio::awaitable<void> replicator::start() {
     const sync_step step =
         next_sync(saved->second, bytes_of(w.header), bytes_of(w.tail), w.offset, false);
     const std::string meta = layout::meta_key(saved->first);
-    if (step.what != sync_step::kind::new_generation && (co_await store_.head(meta))) {
+    bool known_to_store = false;
+    if (step.what != sync_step::kind::new_generation) {
+      try {
+        known_to_store = (co_await store_.head(meta)).has_value();
+      } catch (const std::exception& e) {
+        last_error_ = e.what();  // cannot tell: a new generation, once the store answers
+      }
+    }
+    if (known_to_store) {
       generation_ = saved->first;
       at_ = saved->second;
       log::info("database: continuing the generation",
                 {{"generation", generation_}, {"offset", std::to_string(at_->durable_end)}});
-      co_await sync();
+      try {
+        co_await sync();
+      } catch (const std::exception& e) {
+        last_error_ = e.what();  // the run loop retries; the shadow holds the backlog
+      }
       co_return;
     }
   }
-  co_await new_generation("start");
+  // The store failing now (or a snapshot that cannot be written) is no reason to stop: the pin
+  // holds the WAL, and the run loop starts the generation once it can.
+  try {
+    co_await new_generation("start");
+  } catch (const std::exception& e) {
+    pending_generation_ = "start";
+    last_error_ = e.what();
+    log::warn("database: cannot start a generation yet; retrying", {{"error", last_error_}});
+  }
 }
 
 asio::awaitable<void> replicator::new_generation(std::string why) {
@@ -236,13 +277,17 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   co_await store_.put(meta_key, meta, json_options);
   // The snapshot, then the WAL from its start: replaying that whole index over the snapshot
   // gives every commit after it.
-  co_await upload_snapshot(generation, 0);
+  co_await upload_snapshot(generation, 0, true);
   generation_ = generation;
   ++generations_;
   snapshot_walidx_ = 0;
   log::info("database: new generation", {{"generation", generation_}, {"why", why}});
   at_.reset();
   co_await offload([&] { save_state(at_); });
+  // The first segment reaches at least as far as the snapshot's state, however long the WAL
+  // already is: a restore that stopped inside that stretch would write older pages over the
+  // snapshot's newer ones. Whole segments are applied or none.
+  first_window_ = std::numeric_limits<std::uint64_t>::max();
   co_await shadow();
   if (!at_) {
     // Nothing committed in the WAL yet: one small commit of ours gives the generation a WAL
@@ -262,9 +307,10 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   }
 }
 
-asio::awaitable<void> replicator::upload_snapshot(std::string generation, std::uint64_t walidx) {
+asio::awaitable<void> replicator::upload_snapshot(std::string generation, std::uint64_t walidx,
+                                                  bool fresh) {
   const std::string key = layout::snapshot_key(generation, walidx, compressed_ext);
-  const std::filesystem::path copy = co_await write_snapshot();
+  const std::filesystem::path copy = co_await write_snapshot(fresh);
   std::filesystem::path file = copy;
   file += compressed_ext;
   std::exception_ptr failure;
@@ -288,9 +334,12 @@ asio::awaitable<void> replicator::upload_snapshot(std::string generation, std::u
 asio::awaitable<bool> replicator::snapshot() {
   // In a WAL index of its own: a key is never written twice, so a point-in-time restore sees
   // each snapshot as it was.
-  if (!co_await checkpoint() || !at_ || at_->walidx <= snapshot_walidx_) co_return false;
+  const std::uint64_t before = at_ ? at_->walidx : 0;
+  if (!co_await checkpoint() || !at_ || at_->walidx <= before) co_return false;
   const std::uint64_t walidx = at_->walidx;
-  co_await upload_snapshot(generation_, walidx);
+  // The pin as our checkpoint left it, just after the log restarted: the snapshot is the state
+  // the index's first segment (already in the shadow) reaches at least.
+  co_await upload_snapshot(generation_, walidx, false);
   snapshot_walidx_ = walidx;
   log::info("database: snapshot",
             {{"generation", generation_}, {"wal_index", std::to_string(walidx)}});
@@ -342,7 +391,7 @@ asio::awaitable<std::size_t> replicator::enforce_retention(std::chrono::millisec
   co_return doomed.size();
 }
 
-asio::awaitable<std::filesystem::path> replicator::write_snapshot() {
+asio::awaitable<std::filesystem::path> replicator::write_snapshot(bool fresh) {
   // Through SQLite's backup API on the pin, never by reading the file ourselves: a descriptor
   // of the database file that this process opens and closes drops every POSIX lock the process
   // holds on it, the pin's included, and another process could then checkpoint and delete the
@@ -354,10 +403,10 @@ asio::awaitable<std::filesystem::path> replicator::write_snapshot() {
     std::error_code ec;
     std::filesystem::create_directories(shadow, ec);
     std::filesystem::remove(to, ec);
-    // A fresh read snapshot: the newest state, and the WAL it reads stays pinned.
-    sqlite3_exec(pin_, "ROLLBACK", nullptr, nullptr, nullptr);
-    if (sqlite3_exec(pin_, "BEGIN; SELECT count(*) FROM state_manager_meta;", nullptr, nullptr,
-                     nullptr) != SQLITE_OK) {
+    // A fresh read snapshot (the newest state; the WAL it reads stays pinned), or the pin's.
+    if (fresh) sqlite3_exec(pin_, "ROLLBACK", nullptr, nullptr, nullptr);
+    if (fresh && sqlite3_exec(pin_, "BEGIN; SELECT count(*) FROM state_manager_meta;", nullptr,
+                              nullptr, nullptr) != SQLITE_OK) {
       failure = "re-taking the pin: " + std::string(sqlite3_errmsg(pin_));
       return;
     }
@@ -385,7 +434,8 @@ asio::awaitable<std::uint64_t> replicator::sync() {
 }
 
 replicator::shadow_pass replicator::shadow_blocking(std::optional<replica_position> at,
-                                                    bool reset_expected) const {
+                                                    bool reset_expected,
+                                                    std::uint64_t first_window) const {
   // Blocking. Windows of the WAL, each from the last frame in the shadow (its checksum is
   // checked) to at most window_bytes further; the whole log from the start only when its header
   // changed. Each window's whole transactions go into the shadow as one segment (fsynced, then
@@ -393,7 +443,7 @@ replicator::shadow_pass replicator::shadow_blocking(std::optional<replica_positi
   shadow_pass pass;
   pass.at = at;
   const std::string path = db_.string() + "-wal";
-  std::uint64_t window = window_bytes;
+  std::uint64_t window = std::max(window_bytes, first_window);
   for (;;) {
     std::uint64_t known = 0;
     if (pass.at && pass.at->durable_end > wal::header_size) {
@@ -416,8 +466,8 @@ replicator::shadow_pass replicator::shadow_blocking(std::optional<replica_positi
       return pass;
     }
     if (step.what == sync_step::kind::nothing) {
-      if (w.complete()) return pass;
-      window *= 2;  // one transaction larger than the window: look further
+      if (w.complete() || !runs_past(pass.at, w)) return pass;
+      window = window > w.file_size ? w.file_size + 1 : window * 2;  // a larger transaction
       continue;
     }
     window = window_bytes;
@@ -455,8 +505,19 @@ replicator::shadow_pass replicator::shadow_blocking(std::optional<replica_positi
 asio::awaitable<std::uint64_t> replicator::shadow() {
   // What is committed in the WAL past the shadow's end goes into the shadow, or a new
   // generation starts when the WAL no longer continues it.
+  if (pending_generation_) {
+    const std::string why = *std::exchange(pending_generation_, std::nullopt);
+    try {
+      co_await new_generation(why);
+    } catch (...) {
+      pending_generation_ = why;  // next time
+      throw;
+    }
+    co_return 0;
+  }
   shadow_pass pass;
-  co_await offload([&] { pass = shadow_blocking(at_, reset_expected_); });
+  const std::uint64_t first_window = std::exchange(first_window_, 0);
+  co_await offload([&] { pass = shadow_blocking(at_, reset_expected_, first_window); });
   co_return co_await apply(std::move(pass));
 }
 
@@ -486,7 +547,10 @@ asio::awaitable<std::uint64_t> replicator::upload() {
          !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
       if (!it->is_regular_file(ec)) continue;
       const std::string key = std::filesystem::relative(it->path(), shadow_dir()).string();
-      if (layout::parse_segment_key(key)) pending.emplace_back(key, it->file_size(ec));
+      // Only finished segments: a crash can leave a write's .tmp behind.
+      const bool finished =
+          key.ends_with(std::string(".wal") + std::string(compressed_ext)) || key.ends_with(".wal");
+      if (finished && layout::parse_segment_key(key)) pending.emplace_back(key, it->file_size(ec));
     }
   });
   std::sort(pending.begin(), pending.end());
@@ -498,7 +562,14 @@ asio::awaitable<std::uint64_t> replicator::upload() {
   try {
     for (const auto& [key, size] : pending) {
       std::string body;
-      co_await offload([&] { body = read_file(shadow_dir() / key).value_or(std::string()); });
+      bool found = true;
+      co_await offload([&] {
+        std::optional<std::string> text =
+            read_file(shadow_dir() / key, std::numeric_limits<std::size_t>::max());
+        found = text.has_value();
+        if (text) body = std::move(*text);
+      });
+      if (!found) throw error("the shadow lost its segment " + key);
       co_await store_.put(key, body);
       co_await offload([&] {
         std::error_code ec;
@@ -548,7 +619,7 @@ asio::awaitable<bool> replicator::checkpoint() {
 asio::awaitable<bool> replicator::checkpoint_within(std::chrono::milliseconds patience) {
   co_await shadow();  // most of what is committed goes into the shadow before the barrier
   std::string failure;
-  bool ran = false;
+  bool ran = false, bumped = false;
   shadow_pass pass;
   pass.at = at_;
   const bool reset_expected = reset_expected_;
@@ -564,7 +635,7 @@ asio::awaitable<bool> replicator::checkpoint_within(std::chrono::milliseconds pa
     if (!barrier) return;
     // Writers are held off: what they committed since goes into the shadow now, so that the
     // checkpoint backfills nothing the shadow does not hold (the restart would drop it).
-    pass = shadow_blocking(pass.at, reset_expected);
+    pass = shadow_blocking(pass.at, reset_expected, 0);
     if (!pass.failure.empty() || pass.lost) {
       exec(barrier_, "ROLLBACK");
       return;
@@ -573,18 +644,20 @@ asio::awaitable<bool> replicator::checkpoint_within(std::chrono::milliseconds pa
     int log = 0, backfilled = 0;
     sqlite3_wal_checkpoint_v2(pin_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &backfilled);
     exec(barrier_, "ROLLBACK");
+    ran = log >= 0 && log == backfilled;
     // At once, with no suspension point: a write that finds the WAL fully backfilled and
-    // unread restarts it (salt-1 + 1, sequence + 1). Ours, so that it happens now.
-    exec(barrier_, bump_sql);
+    // unread restarts it (salt-1 + 1, sequence + 1). Ours, so that it happens now. Also when
+    // our checkpoint found the lock busy: the application's own checkpoint may have backfilled
+    // everything, and then this restarts the log just the same.
+    bumped = exec(barrier_, bump_sql);
     if (!exec(pin_, "BEGIN; SELECT count(*) FROM state_manager_meta;")) {
       failure = "re-taking the pin: " + std::string(sqlite3_errmsg(pin_));
-      return;
     }
-    ran = log >= 0 && log == backfilled;
   });
   co_await apply(std::move(pass));
   if (!failure.empty()) throw error("replicating " + db_.string() + ": " + failure);
-  reset_expected_ = ran;
+  // Everything was in the shadow before our write: if it restarted the log, that is ours.
+  reset_expected_ = bumped;
   co_await shadow();  // the restarted log's first segment (the bump), or more of the old one
   co_return ran;
 }

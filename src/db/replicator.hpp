@@ -103,8 +103,9 @@ class replicator {
 
  private:
   asio::awaitable<void> new_generation(std::string why);
-  asio::awaitable<std::filesystem::path> write_snapshot();
-  asio::awaitable<void> upload_snapshot(std::string generation, std::uint64_t walidx);
+  // `fresh`: re-take the pin first (the newest state); else the pin's current read snapshot.
+  asio::awaitable<std::filesystem::path> write_snapshot(bool fresh);
+  asio::awaitable<void> upload_snapshot(std::string generation, std::uint64_t walidx, bool fresh);
   // sync() = shadow() + upload(): the WAL's new commits into the local shadow (fsynced), then
   // the shadow's segments into the store.
   asio::awaitable<std::uint64_t> shadow();
@@ -119,7 +120,9 @@ class replicator {
   };
   // Blocking (offload): reads the WAL's new bytes in windows and keeps them in the shadow. Works
   // on copies: the members change only in apply(), on the executor.
-  shadow_pass shadow_blocking(std::optional<replica_position> at, bool reset_expected) const;
+  // `first_window`: read at least this much at first (a new generation's first segment).
+  shadow_pass shadow_blocking(std::optional<replica_position> at, bool reset_expected,
+                              std::uint64_t first_window) const;
   asio::awaitable<std::uint64_t> apply(shadow_pass pass);
   asio::awaitable<bool> checkpoint_within(std::chrono::milliseconds patience);
   asio::awaitable<std::uint64_t> upload();
@@ -142,6 +145,9 @@ class replicator {
   std::uint64_t backlog_ = 0;
   std::chrono::steady_clock::time_point snapshot_at_{};  // the last snapshot
   std::uint64_t snapshot_walidx_ = 0;
+  std::uint64_t first_window_ = 0;
+  std::optional<std::string> pending_generation_;  // start() could not begin one: why  // the next
+                                                   // shadow pass reads at least this much at first
   std::uint64_t shadowed_since_snapshot_ = 0;
   std::uint64_t pending_bytes_ = 0;  // in the shadow, not yet in the store
   std::uint64_t unshadowed_ = 0;     // committed, but the shadow could not take it

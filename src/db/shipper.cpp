@@ -58,6 +58,12 @@ sync_step next_sync(const std::optional<replica_position>& at, std::span<const s
   const bool same_header =
       at && std::equal(at->header.begin(), at->header.end(), header.begin(), header.end());
   if ((!at || !same_header) && tail_offset > 0) return lost(std::string(need_whole_wal));
+  // Read from the start, the tail must begin with that same header (the file can be reset
+  // between two reads of it): otherwise look again next time.
+  if (tail_offset == 0 &&
+      (tail.size() < wal::header_size || !std::equal(header.begin(), header.end(), tail.begin()))) {
+    return nothing("the WAL changed while it was read");
+  }
   if (!at) return from_start(tail, *h, 0, sync_step::kind::segment);
 
   if (!same_header) {

@@ -367,3 +367,48 @@ BOOST_AUTO_TEST_CASE(retention_drops_what_no_restore_in_the_window_needs) {
   });
   sqlite3_close(app);
 }
+
+BOOST_AUTO_TEST_CASE(a_store_that_fails_at_start_is_retried_not_fatal) {
+  test_support::scratch_dir tmp;
+  const fs::path db = tmp.dir / "database.sqlite";
+  sm::db::initialise(db);
+  sqlite3* app = nullptr;
+  sqlite3_open(db.c_str(), &app);
+  sqlite3_busy_timeout(app, 5000);
+  exec(app, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+  exec(app, "INSERT INTO t(v) VALUES ('before')");
+  sm::s3::store_config config;
+  config.endpoint = "file://" + (tmp.dir / "objects").string();
+  config.bucket = "bkt";
+  // Every key under db/ fails to be written while a plain file stands where its folder goes.
+  fs::create_directories(tmp.dir / "objects" / "bkt");
+  const fs::path blocker = tmp.dir / "objects" / "bkt" / "db";
+  { std::ofstream(blocker) << "in the way"; }
+  run([&](asio::io_context& io) -> asio::awaitable<void> {
+    auto store = sm::s3::make_store(io.get_executor(), config);
+    sm::db::replicator replicator(io.get_executor(), *store, db);
+    co_await replicator.start();  // does not throw
+    BOOST_TEST(!replicator.last_error().empty());
+    BOOST_TEST(replicator.generation().empty());
+    sm::db::replicator::schedule every;
+    every.interval = std::chrono::milliseconds(20);
+    asio::co_spawn(io, replicator.run(every), asio::detached);
+    exec(app, "INSERT INTO t(v) VALUES ('while failing')");
+    fs::remove(blocker);
+    asio::steady_timer pause(io);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while ((replicator.generation().empty() || !replicator.last_error().empty() ||
+            replicator.backlog_bytes() != 0) &&
+           std::chrono::steady_clock::now() < deadline) {
+      pause.expires_after(std::chrono::milliseconds(20));
+      std::error_code ec;
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    BOOST_TEST(replicator.last_error().empty(), replicator.last_error());
+    co_await replicator.stop();
+    const fs::path elsewhere = tmp.dir / "restored.sqlite";
+    co_await restore(*store, replicator.generation(), elsewhere);
+    BOOST_TEST(query(elsewhere, "SELECT count(*) FROM t") == "2");
+  });
+  sqlite3_close(app);
+}
