@@ -574,6 +574,9 @@ asio::awaitable<std::uint64_t> replicator::upload() {
       co_await offload([&] {
         std::error_code ec;
         std::filesystem::remove(shadow_dir() / key, ec);
+        // Its WAL index's folder goes once empty (remove() leaves a folder that is not), so
+        // that the listing above stays short over a long life.
+        std::filesystem::remove((shadow_dir() / key).parent_path(), ec);
       });
       const auto ref = layout::parse_segment_key(key);
       stored_ = stored_position{ref->generation, ref->walidx, ref->end};
