@@ -355,14 +355,18 @@ asio::awaitable<std::size_t> replicator::enforce_retention(std::chrono::millisec
     token = page.next_token;
   } while (!token.empty());
   const auto cutoff = std::chrono::system_clock::now() - keep;
-  // Per generation: its newest object's time; in the current one, the newest snapshot a
-  // restore to the cutoff starts from.
-  std::map<std::string, std::chrono::system_clock::time_point> newest;
+  // A restore to the cutoff (or later) starts from the newest generation begun by then (its
+  // meta.json written): older generations are not needed. In the current generation, it starts
+  // from the newest snapshot written by then: older WAL indexes are not needed.
+  std::string oldest_needed;          // empty: every generation may be needed
   std::optional<std::uint64_t> base;  // current generation: WAL index of that snapshot
   for (const s3::object_info& o : objects) {
     const std::string_view rest = std::string_view(o.key).substr(3);
     const std::string generation(rest.substr(0, rest.find('/')));
-    newest[generation] = std::max(newest[generation], o.last_modified);
+    if (o.key == layout::meta_key(generation) && o.last_modified <= cutoff &&
+        generation <= generation_) {
+      oldest_needed = std::max(oldest_needed, generation);
+    }
     if (auto snap = layout::parse_snapshot_key(o.key);
         snap && snap->generation == generation_ && o.last_modified <= cutoff) {
       base = std::max(base.value_or(0), snap->walidx);
@@ -373,7 +377,7 @@ asio::awaitable<std::size_t> replicator::enforce_retention(std::chrono::millisec
     const std::string_view rest = std::string_view(o.key).substr(3);
     const std::string generation(rest.substr(0, rest.find('/')));
     if (generation != generation_) {
-      if (newest[generation] < cutoff && generation < generation_) doomed.push_back(o.key);
+      if (generation < oldest_needed) doomed.push_back(o.key);
       continue;
     }
     if (!base) continue;

@@ -348,8 +348,15 @@ BOOST_AUTO_TEST_CASE(retention_drops_what_no_restore_in_the_window_needs) {
       for (const auto& o : page.objects) out.push_back(o.key);
       co_return out;
     };
-    // A day's window keeps everything.
+    // The old generation began two hours ago (as the store sees it). A restore to an hour ago
+    // needs it: the current generation began later. A day's window keeps everything too.
+    const auto two_hours_ago = fs::file_time_type::clock::now() - std::chrono::hours(2);
+    for (const auto& entry :
+         fs::recursive_directory_iterator(tmp.dir / "objects" / "bkt" / "db" / old_generation)) {
+      fs::last_write_time(entry.path(), two_hours_ago);
+    }
     const std::size_t before = (co_await keys()).size();
+    BOOST_TEST(co_await replicator.enforce_retention(std::chrono::hours(1)) == 0u);
     BOOST_TEST(co_await replicator.enforce_retention(std::chrono::hours(24)) == 0u);
     // No window: the old generation goes, and so does every index before the newest snapshot.
     BOOST_TEST(co_await replicator.enforce_retention(std::chrono::milliseconds(0)) > 0u);
