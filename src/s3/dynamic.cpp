@@ -72,6 +72,11 @@ const crypto_functions& crypto() {
       bind(h, "EVP_sha256", functions.sha256);
       bind(h, "EVP_md5", functions.md5);
       bind(h, "EVP_EncodeBlock", functions.encode_block);
+      bind(h, "EVP_MD_CTX_new", functions.md_ctx_new);
+      bind(h, "EVP_MD_CTX_free", functions.md_ctx_free);
+      bind(h, "EVP_DigestInit_ex", functions.digest_init);
+      bind(h, "EVP_DigestUpdate", functions.digest_update);
+      bind(h, "EVP_DigestFinal_ex", functions.digest_final);
     } catch (const std::exception& e) {
       failure = e.what();
     }

@@ -33,6 +33,12 @@ struct crypto_functions {
   decltype(&::EVP_sha256) sha256;
   decltype(&::EVP_md5) md5;
   decltype(&::EVP_EncodeBlock) encode_block;
+  // Streaming digests (checkpoints' file checksums).
+  decltype(&::EVP_MD_CTX_new) md_ctx_new;
+  decltype(&::EVP_MD_CTX_free) md_ctx_free;
+  decltype(&::EVP_DigestInit_ex) digest_init;
+  decltype(&::EVP_DigestUpdate) digest_update;
+  decltype(&::EVP_DigestFinal_ex) digest_final;
 };
 
 // Loaded (and curl_global_init called) on first use; later calls return the same table.

@@ -1,0 +1,28 @@
+// A consistent copy of the environment's database while applications keep writing to it:
+// SQLite's online backup API, in one read transaction (in WAL mode that blocks no writer, and
+// a copy made in several steps would start over each time another connection writes). Used by
+// checkpoints. Never a plain file copy: a descriptor of the database file that this process
+// opens and closes drops every POSIX lock the process holds on it (the replicator's pin
+// included). Blocking: for offload().
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace sm::db {
+
+struct backup_result {
+  std::uint64_t bytes = 0;  // the copy's size
+  std::uint32_t pages = 0;
+  std::string sha256;  // of the copy, lower-case hex
+};
+
+// Writes `to` (replaced if it exists; fsynced) as a rollback-journal database with the same
+// content as `db` at one moment. Throws db::error naming the step.
+backup_result backup(const std::filesystem::path& db, const std::filesystem::path& to);
+
+// SHA-256 of a file, lower-case hex: what a restore checks the copy against. Throws db::error.
+std::string sha256_file(const std::filesystem::path& file);
+
+}  // namespace sm::db
