@@ -9,7 +9,8 @@ bool valid_checkpoint_id(std::string_view id) {
                     c == '.' || c == '_' || c == '-';
     if (!ok) return false;
   }
-  return true;
+  // "<id>.partial" is a checkpoint being built (removed at start): never an id of its own.
+  return !id.ends_with(".partial");
 }
 
 }  // namespace sm::checkpoint

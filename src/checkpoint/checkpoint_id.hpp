@@ -7,10 +7,11 @@
 namespace sm::checkpoint {
 
 // 1 to 128 characters of [A-Za-z0-9._-], not starting with '.' (so never "." or "..", never
-// hidden, and never a "<id>.partial" look-alike of a dot-file). No '/', no NUL, no spaces.
+// hidden) and not ending in ".partial" (the name of a checkpoint being built). No '/', no NUL,
+// no spaces.
 bool valid_checkpoint_id(std::string_view id);
 
 inline constexpr std::string_view checkpoint_id_rule =
-    "1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'";
+    "1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.' nor ending in '.partial'";
 
 }  // namespace sm::checkpoint

@@ -1,0 +1,190 @@
+#include "checkpoint/local_store.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <fstream>
+#include <system_error>
+
+#include <nlohmann/json.hpp>
+
+#include "base/clock.hpp"
+#include "base/file.hpp"
+#include "checkpoint/checkpoint_id.hpp"
+
+namespace sm::checkpoint {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr std::string_view partial_suffix = ".partial";
+
+void fsync_dir(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "open " + dir.string());
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  if (rc != 0) throw std::system_error(saved, std::generic_category(), "fsync " + dir.string());
+}
+
+std::int64_t unix_ms(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+}  // namespace
+
+json to_json(const manifest& m) {
+  json database = nullptr;
+  if (m.database) {
+    database = {{"file", m.database->file},
+                {"bytes", m.database->bytes},
+                {"pages", m.database->pages},
+                {"sha256", m.database->sha256}};
+  }
+  json steps = json::object();
+  for (const auto& [step, ms] : m.steps_ms) steps[step] = ms;
+  return {{"id", m.id},
+          {"created_at", format_rfc3339(m.created_at, true)},
+          {"created_at_unix_ms", unix_ms(m.created_at)},
+          {"parent", m.parent.empty() ? json(nullptr) : json(m.parent)},
+          {"version", m.version},
+          {"database", std::move(database)},
+          {"mount",
+           {{"files", m.mount.files},
+            {"dirs", m.mount.dirs},
+            {"symlinks", m.mount.symlinks},
+            {"bytes", m.mount.bytes}}},
+          {"config", "config.json"},
+          {"steps_ms", std::move(steps)}};
+}
+
+std::optional<manifest> manifest_from_json(const json& d) {
+  try {
+    manifest m;
+    m.id = d.at("id").get<std::string>();
+    if (!valid_checkpoint_id(m.id)) return std::nullopt;
+    m.created_at = std::chrono::system_clock::time_point(
+        std::chrono::milliseconds(d.at("created_at_unix_ms").get<std::int64_t>()));
+    if (d.contains("parent") && d["parent"].is_string()) m.parent = d["parent"].get<std::string>();
+    if (d.contains("version")) m.version = d["version"].get<std::string>();
+    if (d.contains("database") && d["database"].is_object()) {
+      const json& db = d["database"];
+      manifest::database_copy copy;
+      copy.file = db.at("file").get<std::string>();
+      copy.bytes = db.at("bytes").get<std::uint64_t>();
+      copy.pages = db.at("pages").get<std::uint32_t>();
+      copy.sha256 = db.at("sha256").get<std::string>();
+      // Never a path out of the checkpoint.
+      if (copy.file.empty() || copy.file.find('/') != std::string::npos || copy.file[0] == '.') {
+        return std::nullopt;
+      }
+      m.database = copy;
+    }
+    const json& mount = d.at("mount");
+    m.mount.files = mount.at("files").get<std::uint64_t>();
+    m.mount.dirs = mount.at("dirs").get<std::uint64_t>();
+    m.mount.symlinks = mount.at("symlinks").get<std::uint64_t>();
+    m.mount.bytes = mount.at("bytes").get<std::uint64_t>();
+    if (d.contains("steps_ms")) {
+      for (const auto& [step, ms] : d["steps_ms"].items())
+        m.steps_ms[step] = ms.get<std::int64_t>();
+    }
+    return m;
+  } catch (const json::exception&) {
+    return std::nullopt;
+  }
+}
+
+local_store::local_store(std::filesystem::path dir) : dir_(std::move(dir)) {}
+
+std::filesystem::path local_store::partial_of(const std::string& id) const {
+  return dir_ / (id + std::string(partial_suffix));
+}
+
+std::vector<std::string> local_store::remove_partials() const {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.ends_with(partial_suffix)) continue;
+    std::filesystem::remove_all(entry.path(), ec);
+    removed.push_back(name.substr(0, name.size() - partial_suffix.size()));
+  }
+  return removed;
+}
+
+bool local_store::exists(const std::string& id) const {
+  std::error_code ec;
+  return std::filesystem::is_directory(path_of(id), ec);
+}
+
+std::optional<manifest> local_store::read(const std::string& id) const {
+  if (!valid_checkpoint_id(id)) return std::nullopt;
+  std::ifstream in(path_of(id) / "manifest.json");
+  if (!in) return std::nullopt;
+  const json document = json::parse(in, nullptr, false);
+  if (document.is_discarded()) return std::nullopt;
+  std::optional<manifest> m = manifest_from_json(document);
+  if (m && m->id != id) return std::nullopt;  // a directory renamed by hand: not ours
+  return m;
+}
+
+std::vector<manifest> local_store::list() const {
+  std::vector<manifest> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!valid_checkpoint_id(name)) continue;
+    if (auto m = read(name)) out.push_back(std::move(*m));
+  }
+  std::sort(out.begin(), out.end(), [](const manifest& a, const manifest& b) {
+    return a.created_at != b.created_at ? a.created_at < b.created_at : a.id < b.id;
+  });
+  return out;
+}
+
+std::string local_store::next_id() const {
+  unsigned long long largest = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.ends_with(partial_suffix)) name.resize(name.size() - partial_suffix.size());
+    if (name.size() < 2 || name[0] != 'v' || name.size() > 19) continue;
+    if (!std::all_of(name.begin() + 1, name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      continue;
+    }
+    largest = std::max(largest, std::stoull(name.substr(1)));
+  }
+  return "v" + std::to_string(largest + 1);
+}
+
+void local_store::commit(const manifest& m) const {
+  const std::filesystem::path partial = partial_of(m.id);
+  write_file_atomically(partial / "manifest.json", to_json(m).dump(2) + "\n", 0644);
+  // Every directory of the partial tree, deepest first, then the rename and its parent.
+  std::vector<std::filesystem::path> dirs{partial};
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(partial)) {
+    if (entry.is_directory() && !entry.is_symlink()) dirs.push_back(entry.path());
+  }
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) fsync_dir(*it);
+  std::filesystem::rename(partial, path_of(m.id));
+  fsync_dir(dir_);
+}
+
+bool local_store::remove(const std::string& id) const {
+  if (!valid_checkpoint_id(id) || !exists(id)) return false;
+  // Aside first, as a partial: a crash during the removal leaves something start-up removes.
+  const std::filesystem::path aside = partial_of(id);
+  std::error_code ec;
+  std::filesystem::remove_all(aside, ec);
+  std::filesystem::rename(path_of(id), aside);
+  fsync_dir(dir_);
+  std::filesystem::remove_all(aside, ec);
+  return true;
+}
+
+}  // namespace sm::checkpoint
