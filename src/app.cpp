@@ -24,6 +24,7 @@
 #include "base/clock.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
+#include "checkpoint/local_store.hpp"
 #include "db/component.hpp"
 #include "http/server.hpp"
 #include "proc/child.hpp"
@@ -244,6 +245,15 @@ int run_app(const options& opts) {
            [&] {
              if (!reaper.adopt_orphans()) {
                log::warn("cannot become a child subreaper; orphans go to the real init");
+             }
+           }) &&
+      // A checkpoint that a crash cut short never counts: its <id>.partial/ goes.
+      step("remove interrupted checkpoints",
+           [&] {
+             ensure_directory(env.paths().checkpoints_dir(), 0700);
+             for (const std::string& id :
+                  checkpoint::local_store(env.paths().checkpoints_dir()).remove_partials()) {
+               log::warn("removed an interrupted checkpoint", {{"id", id}});
              }
            }) &&
       // A saved configuration is applied before the first request can see the state.

@@ -330,6 +330,10 @@ asio::awaitable<bool> environment::release_lease() {
   co_return true;
 }
 
+void environment::set_checkpoints_summary(json summary) {
+  checkpoints_summary_ = std::make_unique<json>(std::move(summary));
+}
+
 json environment::status() const {
   return {
       {"configured", configured()},
@@ -341,8 +345,7 @@ json environment::status() const {
       {"lease", lease_ ? lease_->status() : json(nullptr)},
       {"storage", storage_status()},
       {"operation", nullptr},
-      // null until checkpoints exist: a count nobody computed would answer as if they did.
-      {"checkpoints", nullptr},
+      {"checkpoints", checkpoints_summary_ ? *checkpoints_summary_ : json(nullptr)},
       {"version", STATE_MANAGER_VERSION},
   };
 }

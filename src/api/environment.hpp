@@ -128,6 +128,9 @@ class environment {
   // answers); what GET / shows as "components".
   std::function<asio::awaitable<void>(const config::configuration&)> initialise_components;
   std::function<nlohmann::json()> components_view;
+  // GET / "checkpoints": {"count", "latest"}, kept up to date by whoever changes them (no file
+  // system walk on the executor for a status request).
+  void set_checkpoints_summary(nlohmann::json summary);
 
  private:
   environment_paths paths_;
@@ -141,6 +144,7 @@ class environment {
   bool stopping_ = false;
   std::vector<asio::steady_timer*> pauses_;
   nlohmann::json storage_status() const;
+  std::unique_ptr<nlohmann::json> checkpoints_summary_;
 
   storage_settings storage_;
   std::unique_ptr<s3::object_store> store_;

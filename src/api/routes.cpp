@@ -11,6 +11,8 @@
 #include "async/offload.hpp"
 #include "base/secret.hpp"
 #include "checkpoint/checkpoint_id.hpp"
+#include "checkpoint/local_store.hpp"
+#include "s3/object_store.hpp"
 
 namespace sm::api {
 
@@ -112,9 +114,17 @@ std::optional<response> refuse_unauthorized(const request& req, const api_option
   return r;
 }
 
+// GET / "checkpoints".
+json summary_of(const std::vector<checkpoint::manifest>& all) {
+  return {{"count", all.size()}, {"latest", all.empty() ? json(nullptr) : json(all.back().id)}};
+}
+
 class api {
  public:
   api(environment& env, api_options options) : env_(env), options_(std::move(options)) {
+    // Once, before anything is served (start-up may block); kept current by the routes.
+    env_.set_checkpoints_summary(
+        summary_of(checkpoint::local_store(env_.paths().checkpoints_dir()).list()));
     using http::path_params;
     auto route = [this](const char* method, const char* path, auto member) {
       routes_.add(method, path, [this, member](const request& req, const path_params& params) {
@@ -128,9 +138,9 @@ class api {
     route("POST", "/checkpoint", &api::post_checkpoint);
     route("POST", "/restore", &api::post_restore);
     route("POST", "/release-lease", &api::post_release_lease);
-    route("GET", "/checkpoints", &api::checkpoints_not_built);
-    route("GET", "/checkpoints/{id}", &api::checkpoints_not_built);
-    route("DELETE", "/checkpoints/{id}", &api::checkpoints_not_built);
+    route("GET", "/checkpoints", &api::get_checkpoints);
+    route("GET", "/checkpoints/{id}", &api::get_checkpoint);
+    route("DELETE", "/checkpoints/{id}", &api::delete_checkpoint);
     route("GET", "/events", &api::get_events);
     route("GET", "/metrics", &api::get_metrics);
   }
@@ -261,13 +271,65 @@ class api {
                                   {"lease", env_.status()["lease"]}});
   }
 
-  asio::awaitable<response> checkpoints_not_built(const request&, const params& ids) {
-    // An id in the path obeys the same rule as one in a body, built or not.
-    if (!ids.empty() && !checkpoint::valid_checkpoint_id(ids.front())) {
-      co_return json_error(400, "invalid checkpoint id",
-                           {{"id", ids.front()}, {"rule", checkpoint::checkpoint_id_rule}});
+  // The checkpoints on this machine (tmp/checkpoints/), oldest first.
+  asio::awaitable<response> get_checkpoints(const request&, const params&) {
+    std::vector<checkpoint::manifest> all;
+    const checkpoint::local_store store(env_.paths().checkpoints_dir());
+    co_await offload([&] { all = store.list(); });
+    json list = json::array();
+    for (const auto& m : all) list.push_back(checkpoint::to_json(m));
+    env_.set_checkpoints_summary(summary_of(all));
+    co_return json_response(200, {{"count", all.size()}, {"checkpoints", std::move(list)}});
+  }
+
+  asio::awaitable<response> get_checkpoint(const request&, const params& ids) {
+    const std::string& id = ids.front();
+    if (!checkpoint::valid_checkpoint_id(id)) co_return invalid_id(id);
+    std::optional<checkpoint::manifest> m;
+    const checkpoint::local_store store(env_.paths().checkpoints_dir());
+    co_await offload([&] { m = store.read(id); });
+    if (!m) co_return json_error(404, "no such checkpoint", {{"id", id}});
+    co_return json_response(200, checkpoint::to_json(*m));
+  }
+
+  // Removes a checkpoint here, and its copy in the object store if there is one.
+  asio::awaitable<response> delete_checkpoint(const request&, const params& ids) {
+    const std::string& id = ids.front();
+    if (!checkpoint::valid_checkpoint_id(id)) co_return invalid_id(id);
+    const checkpoint::local_store store(env_.paths().checkpoints_dir());
+    bool removed = false;
+    std::vector<checkpoint::manifest> left;
+    std::string failure;
+    co_await offload([&] {
+      try {
+        removed = store.remove(id);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      left = store.list();
+    });
+    if (!failure.empty()) co_return json_error(500, "could not delete the checkpoint: " + failure);
+    std::size_t remote = 0;
+    if (s3::object_store* objects = env_.store()) {
+      const std::string prefix = "checkpoints/" + id + "/";
+      std::vector<std::string> keys;
+      std::string token;
+      do {
+        s3::list_page page = co_await objects->list(prefix, std::string(), token, 1000);
+        for (const auto& o : page.objects) keys.push_back(o.key);
+        token = page.next_token;
+      } while (!token.empty());
+      if (!keys.empty()) co_await objects->remove_many(keys);
+      remote = keys.size();
     }
-    co_return not_built("checkpoints are");
+    env_.set_checkpoints_summary(summary_of(left));
+    if (!removed && remote == 0) co_return json_error(404, "no such checkpoint", {{"id", id}});
+    co_return json_response(200, {{"deleted", id}, {"local", removed}, {"remote_objects", remote}});
+  }
+
+  static response invalid_id(const std::string& id) {
+    return json_error(400, "invalid checkpoint id",
+                      {{"id", id}, {"rule", checkpoint::checkpoint_id_rule}});
   }
   // Server-Sent Events: every state change, as it happens, until the client leaves or
   // state-manager stops.

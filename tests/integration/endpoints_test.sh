@@ -129,7 +129,53 @@ expect_json 'j["released"] is False and j["lease"]["held"] is False'
 req GET /
 expect_status 200
 expect_json_response
-expect_json 'j["configured"] is True and j["operation"] is None and j["checkpoints"] is None'
+expect_json 'j["configured"] is True and j["operation"] is None and j["checkpoints"] == {"count": 0, "latest": None}'
+
+# Listing, describing and deleting what tmp/checkpoints/ holds: a checkpoint as state-manager
+# writes it (a manifest naming itself), one without a manifest, ids that are invalid.
+req GET /checkpoints
+expect_status 200
+expect_json_response
+expect_json 'j == {"count": 0, "checkpoints": []}'
+mkdir -p tmp/checkpoints/handmade/mount tmp/checkpoints/nomanifest
+cat >tmp/checkpoints/handmade/manifest.json <<'JSON'
+{"id": "handmade", "created_at_unix_ms": 1795000000000, "parent": null, "version": "0.1.0",
+ "database": null, "mount": {"files": 0, "dirs": 1, "symlinks": 0, "bytes": 0}, "steps_ms": {}}
+JSON
+req GET /checkpoints
+expect_status 200
+expect_json 'j["count"] == 1 and j["checkpoints"][0]["id"] == "handmade" and j["checkpoints"][0]["created_at"].startswith("2026-")'
+req GET /checkpoints/handmade
+expect_status 200
+expect_json 'j["id"] == "handmade" and j["mount"]["dirs"] == 1'
+req GET /
+expect_json 'j["checkpoints"] == {"count": 1, "latest": "handmade"}'
+for id in nomanifest nosuch; do
+  req GET "/checkpoints/$id"
+  expect_status 404
+  expect_json_response
+done
+for id in '..' '.hidden' 'x.partial' "$long_id"; do
+  req GET "/checkpoints/$id" --path-as-is
+  expect_status 400
+  req DELETE "/checkpoints/$id" --path-as-is
+  expect_status 400
+done
+req DELETE /checkpoints/handmade
+expect_status 200
+expect_json 'j["deleted"] == "handmade" and j["local"] is True'
+[[ ! -e tmp/checkpoints/handmade ]] || fail "DELETE left the checkpoint"
+req DELETE /checkpoints/handmade
+expect_status 404
+req GET /
+expect_json 'j["checkpoints"] == {"count": 0, "latest": None}'
+
+# An interrupted checkpoint (<id>.partial/) is gone after a restart.
+mkdir -p tmp/checkpoints/v3.partial/mount
+sm_stop
+sm_start
+[[ ! -e tmp/checkpoints/v3.partial ]] || fail "an interrupted checkpoint survived the restart"
+grep -q "removed an interrupted checkpoint id=v3" "$SM_LOG" || fail "no log line for the removed partial"
 
 sm_stop
 ((SM_EXIT == 0)) || fail "exit $SM_EXIT after SIGTERM"

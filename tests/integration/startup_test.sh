@@ -16,7 +16,7 @@ expect_status 200
 expect_json_response
 expect_json 'j["configured"] is False and j["state"] == "unconfigured"'
 expect_json 'j["process"] is None and j["components"] == {} and j["lease"] is None'
-expect_json 'j["operation"] is None and j["checkpoints"] is None'
+expect_json 'j["operation"] is None and j["checkpoints"] == {"count": 0, "latest": None}'
 expect_json 'j["version"] == "0.1.0"'
 
 req GET /config
