@@ -3,7 +3,9 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
@@ -24,7 +26,9 @@
 #include "base/clock.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
+#include "checkpoint/copy_tree.hpp"
 #include "checkpoint/local_store.hpp"
+#include "db/backup.hpp"
 #include "db/component.hpp"
 #include "http/server.hpp"
 #include "proc/child.hpp"
@@ -248,12 +252,18 @@ int run_app(const options& opts) {
              }
            }) &&
       // A checkpoint that a crash cut short never counts: its <id>.partial/ goes.
+      // Best effort: a read-only tmp/ must not keep PID 1 from coming up.
       step("remove interrupted checkpoints",
            [&] {
-             ensure_directory(env.paths().checkpoints_dir(), 0700);
-             for (const std::string& id :
-                  checkpoint::local_store(env.paths().checkpoints_dir()).remove_partials()) {
-               log::warn("removed an interrupted checkpoint", {{"id", id}});
+             try {
+               ensure_directory(env.paths().checkpoints_dir(), 0700);
+               for (const std::string& id :
+                    checkpoint::local_store(env.paths().checkpoints_dir()).remove_partials()) {
+                 log::warn("removed an interrupted checkpoint", {{"id", id}});
+               }
+             } catch (const std::exception& e) {
+               log::warn("cannot prepare tmp/checkpoints; checkpoints will fail",
+                         {{"error", e.what()}});
              }
            }) &&
       // A saved configuration is applied before the first request can see the state.
@@ -506,6 +516,167 @@ int run_app(const options& opts) {
   env.on_applied = [&] {
     start_process();
     publish_system_state();
+  };
+
+  // POST /checkpoint: quiesce (stop COMMAND and the components) -> snapshot (the database
+  // through the backup API, the environment directory, the configuration) into <id>.partial/
+  // -> restart what was stopped -> manifest, fsync, rename. Uploading it to the store is not
+  // built yet: the answer says so.
+  bool operation_running = false;
+  nlohmann::json operation = nullptr;
+  std::atomic<std::uint64_t> operation_done{0}, operation_total{0};  // set by the copy
+  env.operation_view = [&]() -> nlohmann::json {
+    if (operation.is_null()) return nullptr;
+    nlohmann::json out = operation;
+    out["done_bytes"] = operation_done.load();
+    out["total_bytes"] = operation_total.load();
+    return out;
+  };
+  auto operation_step = [&](const std::string& step) {
+    operation["step"] = step;
+    publish("operation", {{"kind", operation["kind"]}, {"id", operation["id"]}, {"step", step}});
+  };
+  env.create_checkpoint = [&](std::string id) -> asio::awaitable<std::pair<int, nlohmann::json>> {
+    using json = nlohmann::json;
+    if (operation_running) {
+      co_return std::make_pair(409, json{{"error", "another checkpoint or restore is running"},
+                                         {"operation", operation}});
+    }
+    if (shutting_down) {
+      co_return std::make_pair(503, json{{"error", "state-manager is shutting down"}});
+    }
+    operation_running = true;
+    const checkpoint::local_store store(env.paths().checkpoints_dir());
+    std::optional<std::string> parent;
+    bool taken = false;
+    co_await offload([&] {
+      if (id.empty()) id = store.next_id();
+      taken = store.exists(id) || std::filesystem::exists(store.partial_of(id));
+      const auto all = store.list();
+      if (!all.empty()) parent = all.back().id;
+    });
+    if (taken) {
+      operation_running = false;
+      co_return std::make_pair(409,
+                               json{{"error", "a checkpoint with this id exists"}, {"id", id}});
+    }
+    const auto started = std::chrono::steady_clock::now();
+    auto since = [](std::chrono::steady_clock::time_point t) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now() - t)
+          .count();
+    };
+    checkpoint::manifest m;
+    m.id = id;
+    m.parent = parent.value_or("");
+    m.version = STATE_MANAGER_VERSION;
+    operation = {{"kind", "checkpoint"}, {"id", id}, {"step", "quiesce"}};
+    operation_done = 0;
+    operation_total = 0;
+    publish_system_state();
+
+    // Quiesce: what writes to the state stops (SIGTERM, SIGKILL after its stop timeout).
+    operation_step("quiesce");
+    auto t = std::chrono::steady_clock::now();
+    const bool had_process = process && process_started;
+    if (had_process) co_await process->stop();
+    const bool had_components = components && !components->empty();
+    if (had_components) co_await components->stop();
+    m.steps_ms["quiesce"] = since(t);
+
+    // Snapshot, into <id>.partial/.
+    operation_step("snapshot");
+    t = std::chrono::steady_clock::now();
+    const std::filesystem::path partial = store.partial_of(id);
+    const std::filesystem::path env_dir = env.current()->storage.env_dir;
+    const std::filesystem::path db_file = opts.data_dir / "database.sqlite";
+    const bool with_database = database != nullptr;
+    std::string failure;
+    int failure_errno = 0;
+    co_await offload([&] {
+      try {
+        std::filesystem::create_directories(partial);
+        if (with_database) {
+          const db::backup_result b = db::backup(db_file, partial / "database.sqlite");
+          m.database =
+              checkpoint::manifest::database_copy{"database.sqlite", b.bytes, b.pages, b.sha256};
+        }
+        if (auto text = read_file(env.paths().config_file())) {
+          write_file_atomically(partial / "config.json", *text, 0600);
+        }
+        std::error_code ec;
+        if (std::filesystem::is_directory(env_dir, ec)) {
+          operation_total = checkpoint::tree_size(env_dir);
+          checkpoint::copy_options copy;
+          copy.progress = [&](std::uint64_t done) { operation_done = done; };
+          const checkpoint::copy_stats c = checkpoint::copy_tree(env_dir, partial / "mount", copy);
+          m.mount = {c.files, c.dirs, c.symlinks, c.bytes};
+        } else {
+          std::filesystem::create_directories(partial / "mount");
+        }
+      } catch (const std::system_error& e) {
+        failure = e.what();
+        failure_errno = e.code().value();
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+    });
+    m.steps_ms["snapshot"] = since(t);
+
+    // Resume: what was stopped starts again (new PIDs), whatever became of the snapshot.
+    operation_step("resume");
+    t = std::chrono::steady_clock::now();
+    if (had_components) {
+      components->rearm();
+      co_await components->start();
+    }
+    if (had_process && process->rearm()) {
+      process_started = false;
+      start_process();
+    }
+    m.steps_ms["resume"] = since(t);
+
+    if (failure.empty()) {
+      operation_step("commit");
+      m.created_at = std::chrono::system_clock::now();
+      m.steps_ms["total"] = since(started);
+      co_await offload([&] {
+        try {
+          store.commit(m);
+        } catch (const std::system_error& e) {
+          failure = e.what();
+          failure_errno = e.code().value();
+        }
+      });
+    }
+    if (!failure.empty()) {
+      co_await offload([&] {
+        try {
+          checkpoint::remove_tree(partial);
+        } catch (const std::exception&) {
+        }
+      });
+    }
+    operation = nullptr;
+    operation_running = false;
+    publish("operation",
+            {{"kind", "checkpoint"}, {"id", id}, {"step", failure.empty() ? "done" : "failed"}});
+    publish_system_state();
+    if (!failure.empty()) {
+      log::error("checkpoint failed", {{"id", id}, {"error", failure}});
+      const int status = failure_errno == ENOSPC || failure_errno == EDQUOT ? 507 : 500;
+      co_return std::make_pair(status,
+                               json{{"error", "checkpoint failed: " + failure}, {"id", id}});
+    }
+    log::info("checkpoint", {{"id", id},
+                             {"ms", std::to_string(m.steps_ms["total"])},
+                             {"files", std::to_string(m.mount.files)}});
+    json answer = {{"id", id}, {"manifest", checkpoint::to_json(m)}};
+    answer["upload"] = {{"state", "not_built"},
+                        {"message",
+                         "uploading checkpoints to the object store is not built yet: "
+                         "this checkpoint is on this machine only"}};
+    co_return std::make_pair(200, std::move(answer));
   };
 
   bool signals_closed = false;  // set at the end of shut-down: no handler may wait again

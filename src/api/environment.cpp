@@ -344,7 +344,7 @@ json environment::status() const {
       {"components", components_view ? components_view() : json::object()},
       {"lease", lease_ ? lease_->status() : json(nullptr)},
       {"storage", storage_status()},
-      {"operation", nullptr},
+      {"operation", operation_view ? operation_view() : json(nullptr)},
       {"checkpoints", checkpoints_summary_ ? *checkpoints_summary_ : json(nullptr)},
       {"version", STATE_MANAGER_VERSION},
   };

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <asio/awaitable.hpp>
@@ -131,6 +132,11 @@ class environment {
   // GET / "checkpoints": {"count", "latest"}, kept up to date by whoever changes them (no file
   // system walk on the executor for a status request).
   void set_checkpoints_summary(nlohmann::json summary);
+  // POST /checkpoint, run by the orchestrator (it stops and restarts what it runs): the id
+  // (valid; empty: the next v<N>) in, the HTTP status and body out.
+  std::function<asio::awaitable<std::pair<int, nlohmann::json>>(std::string id)> create_checkpoint;
+  // GET / "operation": the checkpoint or restore under way (null when none).
+  std::function<nlohmann::json()> operation_view;
 
  private:
   environment_paths paths_;

@@ -227,8 +227,18 @@ class api {
     response error;
     std::optional<json> body = parse_body(req, error, json::object());
     if (!body) co_return error;
-    if (!checkpoint_id_of(*body, /*required=*/false, error)) co_return error;
-    co_return not_built("checkpoints are");
+    std::optional<std::string> id = checkpoint_id_of(*body, /*required=*/false, error);
+    if (!id) co_return error;
+    if (!env_.create_checkpoint) co_return not_built("checkpoints are");
+    if (releasing_) co_return json_error(409, "the lease is being released");
+    auto [status, answer] = co_await env_.create_checkpoint(*id);
+    if (status == 200) {
+      std::vector<checkpoint::manifest> all;
+      const checkpoint::local_store store(env_.paths().checkpoints_dir());
+      co_await offload([&] { all = store.list(); });
+      env_.set_checkpoints_summary(summary_of(all));
+    }
+    co_return json_response(status, std::move(answer));
   }
 
   asio::awaitable<response> post_restore(const request& req, const params&) {

@@ -132,6 +132,10 @@ asio::awaitable<void> component_group::stop() {
   for (auto it = members_.rbegin(); it != members_.rend(); ++it) co_await it->process->stop();
 }
 
+void component_group::rearm() {
+  for (member& m : members_) m.process->rearm();
+}
+
 asio::awaitable<void> component_group::drain_output(duration grace) {
   for (member& m : members_) co_await m.process->drain_output(grace);
 }

@@ -48,6 +48,8 @@ class component_group {
   asio::awaitable<void> start();
   // Stops them in the reverse order (each: SIGTERM, SIGKILL after its timeout_stop).
   asio::awaitable<void> stop();
+  // After stop(): every member startable again (start() then starts them anew, new PIDs).
+  void rearm();
   // See supervised_process::drain_output.
   asio::awaitable<void> drain_output(duration grace);
 

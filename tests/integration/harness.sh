@@ -74,6 +74,10 @@ harness_cleanup() {
     fi
     wait "$pid" 2>/dev/null
   done
+  local mount_point
+  for mount_point in "${MOUNTED[@]}"; do
+    umount "$mount_point" 2>/dev/null || umount -l "$mount_point" || status=1
+  done
   if ((status != 0)); then
     local f
     for f in "$LOG_DIR"/*; do
@@ -87,7 +91,16 @@ harness_cleanup() {
   rm -rf "$TEST_DIR"
   exit "$status"
 }
+MOUNTED=() # what a test mounted (mount_tmpfs), unmounted by the cleanup
 trap 'harness_cleanup $?' EXIT
+
+# mount_tmpfs DIR SIZE: a small file system of its own (to run out of space on purpose);
+# returns 1 where mounting is not allowed, so that the test can say so and skip that part.
+mount_tmpfs() {
+  mkdir -p "$1"
+  mount -t tmpfs -o "size=$2" tmpfs "$1" 2>/dev/null || return 1
+  MOUNTED+=("$1")
+}
 
 # s3_server_start: a real, signature-checking S3 server for this test (Swift with s3api, from
 # tools/s3-test-server), stopped by the cleanup; exports S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY

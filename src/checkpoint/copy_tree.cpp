@@ -1,0 +1,538 @@
+#include "checkpoint/copy_tree.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "base/fd.hpp"
+
+namespace sm::checkpoint {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::size_t read_write_buffer_size = 1024 * 1024;
+// copy_file_range is asked for at most this much at a time, so that a cancel is seen within
+// one chunk of a large file rather than at its end.
+constexpr std::uint64_t copy_chunk = 64 * 1024 * 1024;
+
+[[noreturn]] void throw_errno(int error, std::string_view step, const fs::path& path) {
+  throw std::system_error(error, std::generic_category(), std::string(step) + " " + path.string());
+}
+
+[[noreturn]] void throw_errno(std::string_view step, const fs::path& path) {
+  throw_errno(errno, step, path);
+}
+
+bool running_as_root() {
+  return ::geteuid() == 0;
+}
+
+// Errors that mean "this filesystem pair cannot do that", after which a slower method still can.
+bool reflink_unsupported(int error) {
+  return error == EOPNOTSUPP || error == ENOTTY || error == EXDEV || error == EINVAL ||
+         error == ENOSYS;
+}
+bool copy_file_range_unsupported(int error) {
+  return error == EOPNOTSUPP || error == EXDEV || error == EINVAL || error == ENOSYS;
+}
+
+using file_id = std::pair<dev_t, ino_t>;
+file_id id_of(const struct stat& st) {
+  return {st.st_dev, st.st_ino};
+}
+
+struct stat stat_fd(int fd, const fs::path& shown) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_errno("stat", shown);
+  return st;
+}
+
+// lstat of `name` in `dir`; false when it was removed since the listing.
+bool stat_entry(int dir, const std::string& name, struct stat& st, const fs::path& shown) {
+  if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return true;
+  if (errno == ENOENT) return false;
+  throw_errno("stat", shown);
+}
+
+unique_fd open_directory_at(int dir, const char* name, const fs::path& shown) {
+  unique_fd fd(::openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) throw_errno("open directory", shown);
+  return fd;
+}
+
+// The names in `dir` other than "." and "..", sorted so that copies (and which name of a
+// hard-linked inode is copied first) do not depend on directory order.
+std::vector<std::string> list_directory(int dir, const fs::path& shown) {
+  unique_fd own(::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!own) throw_errno("open directory", shown);
+  std::unique_ptr<DIR, int (*)(DIR*)> stream(::fdopendir(own.get()), ::closedir);
+  if (!stream) throw_errno("opendir", shown);
+  own.release();  // the DIR stream owns it now
+  std::vector<std::string> names;
+  for (;;) {
+    errno = 0;
+    const dirent* entry = ::readdir(stream.get());
+    if (entry == nullptr) {
+      if (errno != 0) throw_errno("readdir", shown);
+      break;
+    }
+    const std::string_view name = entry->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// An inode to read or write extended attributes of: by descriptor for files and directories;
+// by a /proc/self/fd/<dir>/<name> path for symlinks and FIFOs, which cannot be opened for that
+// (a FIFO would block, a symlink would be followed). The l* calls do not follow the last
+// component, and the directory descriptor pins every component before it.
+struct xattr_inode {
+  int fd = -1;
+  std::string proc_path;
+  fs::path shown;
+
+  static xattr_inode by_fd(int fd, const fs::path& shown) { return {fd, {}, shown}; }
+  static xattr_inode by_name(int dir, const std::string& name, const fs::path& shown) {
+    return {-1, "/proc/self/fd/" + std::to_string(dir) + "/" + name, shown};
+  }
+
+  ssize_t list(char* buffer, std::size_t size) const {
+    return fd >= 0 ? ::flistxattr(fd, buffer, size) : ::llistxattr(proc_path.c_str(), buffer, size);
+  }
+  ssize_t get(const char* name, char* buffer, std::size_t size) const {
+    return fd >= 0 ? ::fgetxattr(fd, name, buffer, size)
+                   : ::lgetxattr(proc_path.c_str(), name, buffer, size);
+  }
+  int set(const char* name, const std::string& value) const {
+    return fd >= 0 ? ::fsetxattr(fd, name, value.data(), value.size(), 0)
+                   : ::lsetxattr(proc_path.c_str(), name, value.data(), value.size(), 0);
+  }
+};
+
+// Runs a size-query-then-fill xattr call until the buffer is big enough: the value can grow
+// between the two calls (ERANGE). Returns false when there is nothing to read (`absent` errno).
+template <typename Call>
+bool read_xattr_buffer(Call call, std::string& out, int absent, std::string_view step,
+                       const fs::path& shown) {
+  for (;;) {
+    ssize_t n = call(nullptr, 0);
+    if (n < 0) {
+      if (errno == absent) return false;
+      throw_errno(step, shown);
+    }
+    out.resize(static_cast<std::size_t>(n));
+    n = call(out.data(), out.size());
+    if (n >= 0) {
+      out.resize(static_cast<std::size_t>(n));
+      return true;
+    }
+    if (errno == absent) return false;
+    if (errno != ERANGE) throw_errno(step, shown);
+  }
+}
+
+void copy_xattrs(const xattr_inode& from, const xattr_inode& to) {
+  std::string names;
+  const bool any = read_xattr_buffer([&](char* b, std::size_t s) { return from.list(b, s); }, names,
+                                     ENOTSUP, "listxattr", from.shown);
+  if (!any) return;
+  std::string value;
+  for (std::size_t at = 0; at < names.size();) {
+    const char* name = names.c_str() + at;
+    at += std::char_traits<char>::length(name) + 1;
+    // ENODATA: removed since the listing; nothing to copy.
+    if (!read_xattr_buffer([&](char* b, std::size_t s) { return from.get(name, b, s); }, value,
+                           ENODATA, std::string("getxattr ") + name, from.shown)) {
+      continue;
+    }
+    if (to.set(name, value) == 0) continue;
+    // A destination without xattrs loses them, as `cp -a` does; a non-root caller cannot set
+    // the trusted.* and security.* ones it may have been able to read.
+    if (errno == ENOTSUP || (errno == EPERM && !running_as_root())) continue;
+    throw_errno(std::string("setxattr ") + name, to.shown);
+  }
+}
+
+// Ownership is preserved when we may set it; without privilege, the copy belongs to us.
+void check_chown(int result, const fs::path& shown) {
+  if (result == 0) return;
+  if ((errno == EPERM || errno == EINVAL) && !running_as_root()) return;
+  throw_errno("chown", shown);
+}
+
+// The order matters: chown clears set-id bits and file capabilities, so it goes before the
+// xattrs and the mode; user.* xattrs need write permission, so they go before a read-only mode;
+// and the times go last, since every step before changes the inode.
+void finish_inode_fd(int source, int target, const struct stat& st, const fs::path& source_shown,
+                     const fs::path& target_shown) {
+  check_chown(::fchown(target, st.st_uid, st.st_gid), target_shown);
+  copy_xattrs(xattr_inode::by_fd(source, source_shown), xattr_inode::by_fd(target, target_shown));
+  if (::fchmod(target, st.st_mode & 07777) != 0) throw_errno("chmod", target_shown);
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  if (::futimens(target, times) != 0) throw_errno("set times", target_shown);
+  if (::fsync(target) != 0) throw_errno("fsync", target_shown);
+}
+
+// The same for an inode known by name (symlink, FIFO), which we just created in `target_dir`.
+void finish_inode_at(int source_dir, int target_dir, const std::string& name, const struct stat& st,
+                     const fs::path& source_shown, const fs::path& target_shown) {
+  check_chown(::fchownat(target_dir, name.c_str(), st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW),
+              target_shown);
+  copy_xattrs(xattr_inode::by_name(source_dir, name, source_shown),
+              xattr_inode::by_name(target_dir, name, target_shown));
+  if (!S_ISLNK(st.st_mode) &&
+      ::fchmodat(target_dir, name.c_str(), st.st_mode & 07777, AT_SYMLINK_NOFOLLOW) != 0) {
+    throw_errno("chmod", target_shown);
+  }
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  if (::utimensat(target_dir, name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
+    throw_errno("set times", target_shown);
+  }
+}
+
+void write_all_at(int fd, const char* data, std::size_t size, off_t offset, const fs::path& shown) {
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd, data, size, offset);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("write", shown);
+    }
+    data += n;
+    size -= static_cast<std::size_t>(n);
+    offset += n;
+  }
+}
+
+enum class data_method { none, reflink, copy_file_range, read_write };
+
+class tree_copier {
+ public:
+  tree_copier(const fs::path& from, const fs::path& to, const copy_options& options)
+      : from_(from), to_(to), options_(options) {}
+
+  copy_stats run() {
+    check_cancel();
+    const unique_fd source = open_directory_at(AT_FDCWD, from_.c_str(), from_);
+    // Taken before the listing reads the directory and moves its atime.
+    const struct stat st = stat_fd(source.get(), from_);
+    if (::mkdir(to_.c_str(), 0700) != 0) throw_errno("mkdir", to_);
+    root_ = open_directory_at(AT_FDCWD, to_.c_str(), to_);
+    ++stats_.dirs;
+    copy_contents(source.get(), root_.get(), {});
+    finish_inode_fd(source.get(), root_.get(), st, from_, to_);
+    return stats_;
+  }
+
+ private:
+  void check_cancel() const {
+    if (options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed)) {
+      throw copy_cancelled();
+    }
+  }
+
+  void copy_contents(int source_dir, int target_dir, const fs::path& relative) {
+    for (const std::string& name : list_directory(source_dir, from_ / relative)) {
+      check_cancel();
+      copy_entry(source_dir, target_dir, relative / name, name);
+    }
+    // The new names are durable once their directory is; the caller renames `to` after this.
+    if (::fsync(target_dir) != 0) throw_errno("fsync", to_ / relative);
+  }
+
+  void copy_entry(int source_dir, int target_dir, const fs::path& relative,
+                  const std::string& name) {
+    struct stat st {};
+    if (!stat_entry(source_dir, name, st, from_ / relative)) return;  // removed meanwhile
+    if (S_ISDIR(st.st_mode)) return copy_directory(source_dir, target_dir, relative, name);
+    if (S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+      ++stats_.skipped;
+      return;
+    }
+    if (link_if_seen(st, target_dir, relative, name)) return;
+    if (S_ISREG(st.st_mode)) {
+      copy_regular(source_dir, target_dir, relative, name);
+    } else if (S_ISLNK(st.st_mode)) {
+      copy_symlink(source_dir, target_dir, relative, name, st);
+    } else if (S_ISFIFO(st.st_mode)) {
+      copy_fifo(source_dir, target_dir, relative, name, st);
+    } else {
+      throw_errno(EINVAL, "unknown file type", from_ / relative);
+    }
+    if (st.st_nlink > 1) copied_inodes_.emplace(id_of(st), relative);
+  }
+
+  // A second name of an inode already copied becomes a second name of its copy.
+  bool link_if_seen(const struct stat& st, int target_dir, const fs::path& relative,
+                    const std::string& name) {
+    if (st.st_nlink < 2) return false;
+    const auto seen = copied_inodes_.find(id_of(st));
+    if (seen == copied_inodes_.end()) return false;
+    if (::linkat(root_.get(), seen->second.c_str(), target_dir, name.c_str(), 0) != 0) {
+      throw_errno("link", to_ / relative);
+    }
+    ++stats_.hardlinks;
+    return true;
+  }
+
+  void copy_directory(int source_dir, int target_dir, const fs::path& relative,
+                      const std::string& name) {
+    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
+    const unique_fd source = open_directory_at(source_dir, name.c_str(), source_shown);
+    const struct stat st = stat_fd(source.get(), source_shown);
+    // Owner-only until its contents are in, so that nobody else sees a half-made directory and
+    // a read-only source mode cannot stop us writing into it.
+    if (::mkdirat(target_dir, name.c_str(), 0700) != 0) throw_errno("mkdir", target_shown);
+    const unique_fd target = open_directory_at(target_dir, name.c_str(), target_shown);
+    ++stats_.dirs;
+    copy_contents(source.get(), target.get(), relative);
+    // After the contents, whose creation would move the directory's mtime again.
+    finish_inode_fd(source.get(), target.get(), st, source_shown, target_shown);
+  }
+
+  void copy_regular(int source_dir, int target_dir, const fs::path& relative,
+                    const std::string& name) {
+    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
+    // O_NONBLOCK: if the name was swapped for a FIFO since the stat, opening must not hang.
+    const unique_fd source(::openat(source_dir, name.c_str(),
+                                    O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+    if (!source) throw_errno("open", source_shown);
+    const struct stat st = stat_fd(source.get(), source_shown);
+    if (!S_ISREG(st.st_mode)) throw_errno(EAGAIN, "changed type during copy", source_shown);
+    const unique_fd target(::openat(target_dir, name.c_str(),
+                                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!target) throw_errno("create", target_shown);
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    count_method(copy_data(source.get(), target.get(), size, source_shown, target_shown));
+    finish_inode_fd(source.get(), target.get(), st, source_shown, target_shown);
+    ++stats_.files;
+    stats_.bytes += size;
+    if (options_.progress) options_.progress(stats_.bytes);
+  }
+
+  void count_method(data_method method) {
+    switch (method) {
+      case data_method::none:
+        break;
+      case data_method::reflink:
+        ++stats_.reflinked;
+        break;
+      case data_method::copy_file_range:
+        ++stats_.copy_file_range;
+        break;
+      case data_method::read_write:
+        ++stats_.read_write;
+        break;
+    }
+  }
+
+  data_method copy_data(int source, int target, std::uint64_t size, const fs::path& source_shown,
+                        const fs::path& target_shown) {
+    if (size == 0) return data_method::none;
+    if (::ioctl(target, FICLONE, source) == 0) return data_method::reflink;
+    if (!reflink_unsupported(errno)) throw_errno("reflink", target_shown);
+
+    file_copy copy{source, target, source_shown, target_shown};
+    // Only the data extents are copied; the holes between them stay holes in the copy.
+    for (off_t offset = 0; static_cast<std::uint64_t>(offset) < size;) {
+      const off_t data = ::lseek(source, offset, SEEK_DATA);
+      if (data < 0) {
+        if (errno == ENXIO) break;  // nothing but hole up to the end
+        throw_errno("seek data", source_shown);
+      }
+      off_t hole = ::lseek(source, data, SEEK_HOLE);
+      if (hole < 0) throw_errno("seek hole", source_shown);
+      // A file growing while we copy is copied as it was when opened.
+      hole = std::min(hole, static_cast<off_t>(size));
+      if (data >= hole) break;
+      if (!copy_extent(copy, data, static_cast<std::uint64_t>(hole - data))) break;
+      offset = hole;
+    }
+    // Gives the copy its full length when the file ends in a hole.
+    if (::ftruncate(target, static_cast<off_t>(size)) != 0) throw_errno("truncate", target_shown);
+    return copy.used_read_write ? data_method::read_write : data_method::copy_file_range;
+  }
+
+  struct file_copy {
+    int source, target;
+    const fs::path& source_shown;
+    const fs::path& target_shown;
+    bool copy_file_range_works = true;
+    bool used_read_write = false;
+  };
+
+  // Copies [offset, offset + length); false when the source ended first (it shrank meanwhile).
+  bool copy_extent(file_copy& copy, off_t offset, std::uint64_t length) {
+    while (length > 0) {
+      check_cancel();
+      const auto chunk = static_cast<std::size_t>(std::min(length, copy_chunk));
+      const ssize_t n = copy.copy_file_range_works ? copy_chunk_in_kernel(copy, offset, chunk)
+                                                   : copy_chunk_read_write(copy, offset, chunk);
+      if (n < 0) continue;  // copy_file_range refused; the same range again by read/write
+      if (n == 0) return false;
+      offset += n;
+      length -= static_cast<std::uint64_t>(n);
+    }
+    return true;
+  }
+
+  // Bytes copied, 0 at the source's end, -1 when this filesystem pair cannot do it.
+  ssize_t copy_chunk_in_kernel(file_copy& copy, off_t offset, std::size_t length) {
+    for (;;) {
+      loff_t in = offset, out = offset;
+      const ssize_t n = ::copy_file_range(copy.source, &in, copy.target, &out, length, 0);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      if (!copy_file_range_unsupported(errno)) throw_errno("copy_file_range", copy.target_shown);
+      copy.copy_file_range_works = false;
+      return -1;
+    }
+  }
+
+  ssize_t copy_chunk_read_write(file_copy& copy, off_t offset, std::size_t length) {
+    copy.used_read_write = true;
+    if (buffer_.empty()) buffer_.resize(read_write_buffer_size);
+    length = std::min(length, buffer_.size());
+    for (;;) {
+      const ssize_t n = ::pread(copy.source, buffer_.data(), length, offset);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("read", copy.source_shown);
+      }
+      write_all_at(copy.target, buffer_.data(), static_cast<std::size_t>(n), offset,
+                   copy.target_shown);
+      return n;
+    }
+  }
+
+  void copy_symlink(int source_dir, int target_dir, const fs::path& relative,
+                    const std::string& name, const struct stat& st) {
+    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
+    // st_size is the target's length on most filesystems but 0 on some: grow until it fits.
+    std::string link(std::max<std::size_t>(static_cast<std::size_t>(st.st_size), 255) + 1, '\0');
+    for (;;) {
+      const ssize_t n = ::readlinkat(source_dir, name.c_str(), link.data(), link.size());
+      if (n < 0) throw_errno("readlink", source_shown);
+      if (static_cast<std::size_t>(n) < link.size()) {
+        link.resize(static_cast<std::size_t>(n));
+        break;
+      }
+      link.resize(link.size() * 2);
+    }
+    if (::symlinkat(link.c_str(), target_dir, name.c_str()) != 0) {
+      throw_errno("symlink", target_shown);
+    }
+    finish_inode_at(source_dir, target_dir, name, st, source_shown, target_shown);
+    ++stats_.symlinks;
+  }
+
+  void copy_fifo(int source_dir, int target_dir, const fs::path& relative, const std::string& name,
+                 const struct stat& st) {
+    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
+    if (::mknodat(target_dir, name.c_str(), S_IFIFO | 0600, 0) != 0) {
+      throw_errno("mkfifo", target_shown);
+    }
+    finish_inode_at(source_dir, target_dir, name, st, source_shown, target_shown);
+    ++stats_.fifos;
+  }
+
+  const fs::path& from_;
+  const fs::path& to_;
+  const copy_options& options_;
+  unique_fd root_;  // `to`, which hard links are made relative to
+  // Inodes with more than one name, by the path of their copy relative to `to`.
+  std::map<file_id, fs::path> copied_inodes_;
+  std::vector<char> buffer_;  // for read/write, allocated on first need
+  copy_stats stats_;
+};
+
+std::uint64_t directory_size(int dir, const fs::path& shown, std::set<file_id>& seen) {
+  std::uint64_t total = 0;
+  for (const std::string& name : list_directory(dir, shown)) {
+    const fs::path entry_shown = shown / name;
+    struct stat st {};
+    if (!stat_entry(dir, name, st, entry_shown)) continue;
+    if (S_ISDIR(st.st_mode)) {
+      const unique_fd child = open_directory_at(dir, name.c_str(), entry_shown);
+      total += directory_size(child.get(), entry_shown, seen);
+    } else if (S_ISREG(st.st_mode) && (st.st_nlink < 2 || seen.insert(id_of(st)).second)) {
+      total += static_cast<std::uint64_t>(st.st_size);
+    }
+  }
+  return total;
+}
+
+// A non-root caller cannot list or empty a directory it has no rwx on, though it may remove it.
+void make_removable(int dir, const char* name, const struct stat& st, const fs::path& shown) {
+  if (running_as_root() || (st.st_mode & S_IRWXU) == S_IRWXU) return;
+  if (::fchmodat(dir, name, (st.st_mode & 07777) | S_IRWXU, AT_SYMLINK_NOFOLLOW) != 0) {
+    throw_errno("chmod", shown);
+  }
+}
+
+void empty_directory(int dir, const fs::path& shown) {
+  for (const std::string& name : list_directory(dir, shown)) {
+    const fs::path entry_shown = shown / name;
+    struct stat st {};
+    if (!stat_entry(dir, name, st, entry_shown)) continue;
+    int flags = 0;
+    if (S_ISDIR(st.st_mode)) {
+      make_removable(dir, name.c_str(), st, entry_shown);
+      const unique_fd child = open_directory_at(dir, name.c_str(), entry_shown);
+      empty_directory(child.get(), entry_shown);
+      flags = AT_REMOVEDIR;
+    }
+    if (::unlinkat(dir, name.c_str(), flags) != 0 && errno != ENOENT) {
+      throw_errno("remove", entry_shown);
+    }
+  }
+}
+
+}  // namespace
+
+copy_stats copy_tree(const fs::path& from, const fs::path& to, const copy_options& options) {
+  return tree_copier(from, to, options).run();
+}
+
+std::uint64_t tree_size(const fs::path& root) {
+  const unique_fd dir = open_directory_at(AT_FDCWD, root.c_str(), root);
+  std::set<file_id> seen;
+  return directory_size(dir.get(), root, seen);
+}
+
+void remove_tree(const fs::path& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw_errno("stat", path);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_errno("remove", path);
+    return;
+  }
+  make_removable(AT_FDCWD, path.c_str(), st, path);
+  {
+    const unique_fd dir = open_directory_at(AT_FDCWD, path.c_str(), path);
+    empty_directory(dir.get(), path);
+  }
+  if (::rmdir(path.c_str()) != 0 && errno != ENOENT) throw_errno("remove", path);
+}
+
+}  // namespace sm::checkpoint

@@ -1,0 +1,79 @@
+// The file-tree copy that checkpoints and restores are made of. Everything here blocks on the
+// filesystem: run it through offload(), never on the executor.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <stdexcept>
+
+namespace sm::checkpoint {
+
+struct copy_stats {
+  // Regular files whose data was copied; a second name of an inode counts in `hardlinks` only.
+  std::uint64_t files = 0;
+  // Directories created, `to` itself included.
+  std::uint64_t dirs = 0;
+  std::uint64_t symlinks = 0;
+  std::uint64_t fifos = 0;
+  // Names made with link(2) because their inode was already copied under another name.
+  std::uint64_t hardlinks = 0;
+  // Sockets and character/block devices, which are left out: a socket is dead without the process
+  // listening on it, and device nodes belong to the container runtime, not to a checkpoint.
+  std::uint64_t skipped = 0;
+  // Apparent size of the regular files copied (holes included, each inode once).
+  std::uint64_t bytes = 0;
+
+  // Files by the method that copied their data. Empty files need none, so these add up to
+  // `files` minus the empty ones; a file whose copy_file_range was refused part-way counts as
+  // read_write.
+  std::uint64_t reflinked = 0;
+  std::uint64_t copy_file_range = 0;
+  std::uint64_t read_write = 0;
+};
+
+struct copy_options {
+  // Called after each regular file with the bytes copied so far (for progress); may be empty.
+  std::function<void(std::uint64_t bytes_done)> progress;
+  // Set from another thread to stop early: copy_tree then throws copy_cancelled.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+// Not a std::system_error, so that a caller mapping I/O failures to responses cannot mistake a
+// cancellation for one.
+class copy_cancelled : public std::runtime_error {
+ public:
+  copy_cancelled() : std::runtime_error("copy cancelled") {}
+};
+
+// Copies the tree at `from` (a directory, not a symlink to one) to `to`, which must not exist and
+// is created (its parent must exist). Preserved: file types (regular, directory, symlink as a
+// symlink, FIFO; sockets and devices are skipped and counted), modes, ownership (when root;
+// otherwise attempted and EPERM ignored), atime and mtime to the nanosecond (directories after
+// their contents), hard links within the tree, holes of sparse files (zero-filled blocks that are
+// not holes are copied as data), and extended attributes (ENOTSUP from the destination ignored).
+// Symlinks are never followed, neither out of the tree nor within it; mount points inside the tree
+// are copied into, like `cp -a`.
+// File data goes by FICLONE (reflink), then copy_file_range per data extent, then read/write with
+// a 1 MiB buffer. Every file and directory written is fsynced; `to` is not renamed anywhere and
+// its parent is not fsynced, which is the caller's rename step.
+// Throws std::system_error naming the step and the path on any failure (ENOSPC included), and
+// copy_cancelled when `options.cancel` is set; either way the partial copy is left for the caller
+// to remove (remove_tree). Holds two file descriptors per level of depth.
+copy_stats copy_tree(const std::filesystem::path& from, const std::filesystem::path& to,
+                     const copy_options& options = {});
+
+// The apparent size of the regular files under `root`, each inode once: the total that
+// copy_tree's progress reaches (for a tree that does not change meanwhile). Symlinks are not
+// followed. Throws std::system_error.
+std::uint64_t tree_size(const std::filesystem::path& root);
+
+// Removes `path` and everything under it, like `rm -rf`: symlinks are removed, never followed,
+// read-only directories are made writable first so that a non-root caller can empty them, and a
+// missing `path` is not an error. Unlike std::filesystem::remove_all it works relative to open
+// directory descriptors, so a directory swapped for a symlink mid-way cannot redirect it.
+// Throws std::system_error naming the path that could not be removed.
+void remove_tree(const std::filesystem::path& path);
+
+}  // namespace sm::checkpoint

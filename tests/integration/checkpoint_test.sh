@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# POST /checkpoint (issue 6, first part: made locally; upload and restore are not built yet):
+# the seed's verification steps literally, the database copied consistently while it is
+# replicated, COMMAND stopped and started again (new PID), automatic ids, a taken id, the
+# events, and a disk that fills up during the copy (507, nothing left, COMMAND running again).
+source "$(dirname "$0")/harness.sh"
+
+sm_start -- sleep 1000
+req POST /config -d "{\"storage\": {\"bucket\": \"env-bucket\", \"endpoint\": \"file://$TEST_DIR/objects\"},
+  \"stacks\": [\"database\"]}"
+expect_status 200
+curl -sN --max-time 60 "$SM_URL/events" >"$TEST_DIR/events" &
+EVENTS_PID=$!
+STARTED_PIDS+=("$EVENTS_PID")
+wait_until "the event stream" test -e "$TEST_DIR/events"
+
+# The seed: checkpoint test1, ls -l tmp/checkpoints/test1.
+req POST /checkpoint -d '{"id": "test1"}'
+expect_status 200
+expect_json_response
+ls -l tmp/checkpoints/test1 >/dev/null || fail "tmp/checkpoints/test1 is missing"
+
+# The seed: a file written before checkpoint test2 is at tmp/checkpoints/test2/mount/test.txt.
+mkdir -p data/env/deep/er
+echo "checkpoint me" >data/env/test.txt
+ln -s test.txt data/env/link
+head -c 3000000 /dev/urandom >data/env/deep/er/blob
+sqlite3 -cmd ".timeout 5000" data/database.sqlite \
+  "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('one'), ('two')"
+req GET /
+pid_before=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["process"]["pid"])' "$BODY_FILE")
+req POST /checkpoint -d '{"id": "test2"}'
+expect_status 200
+expect_json 'j["id"] == "test2" and j["manifest"]["parent"] == "test1" and j["manifest"]["mount"]["files"] == 2'
+expect_json 'j["manifest"]["database"]["sha256"] and set(j["manifest"]["steps_ms"]) >= {"quiesce", "snapshot", "resume"}'
+[[ $(cat tmp/checkpoints/test2/mount/test.txt) == "checkpoint me" ]] || fail "mount/test.txt is not the file"
+[[ $(readlink tmp/checkpoints/test2/mount/link) == test.txt ]] || fail "the symlink was not kept as one"
+cmp data/env/deep/er/blob tmp/checkpoints/test2/mount/deep/er/blob || fail "the blob differs"
+[[ $(sqlite3 tmp/checkpoints/test2/database.sqlite "SELECT group_concat(v) FROM t") == "one,two" ]] ||
+  fail "the database copy does not have the rows"
+[[ $(sqlite3 tmp/checkpoints/test2/database.sqlite "PRAGMA integrity_check") == ok ]] || fail "the copy fails integrity_check"
+[[ $(sha256sum <tmp/checkpoints/test2/database.sqlite | cut -d' ' -f1) == \
+  $(python3 -c 'import json; print(json.load(open("tmp/checkpoints/test2/manifest.json"))["database"]["sha256"])') ]] ||
+  fail "the manifest's checksum is not the copy's"
+cmp tmp/config.json tmp/checkpoints/test2/config.json || fail "the configuration was not copied"
+# COMMAND was stopped for the snapshot and runs again, as a new process.
+wait_until "COMMAND running again" sh -c "curl -s '$SM_URL/' | python3 -c 'import json,sys; p=json.load(sys.stdin)[\"process\"]; sys.exit(0 if p[\"state\"] == \"running\" and p[\"pid\"] != $pid_before else 1)'"
+# Changes after the checkpoint stay out of it.
+echo "later" >data/env/test.txt
+[[ $(cat tmp/checkpoints/test2/mount/test.txt) == "checkpoint me" ]] || fail "the checkpoint follows the live file"
+
+# Without an id: v1, v2, ...; a taken id is 409; nothing half-made remains.
+req POST /checkpoint -d '{}'
+expect_status 200
+expect_json 'j["id"] == "v1"'
+req POST /checkpoint
+expect_status 200
+expect_json 'j["id"] == "v2"'
+req POST /checkpoint -d '{"id": "test1"}'
+expect_status 409
+expect_json_response
+req GET /
+expect_json 'j["checkpoints"] == {"count": 4, "latest": "v2"} and j["operation"] is None'
+req GET /checkpoints
+expect_json '[c["id"] for c in j["checkpoints"]] == ["test1", "test2", "v1", "v2"]'
+[[ -z $(find tmp/checkpoints -maxdepth 1 -name '*.partial') ]] || fail "a .partial was left"
+wait_until "the operation's events" grep -q '"kind":"checkpoint","step":"snapshot"' "$TEST_DIR/events"
+grep -q '"id":"test2","kind":"checkpoint","step":"done"' "$TEST_DIR/events" || fail "no done event: $(cat "$TEST_DIR/events")"
+kill "$EVENTS_PID"
+
+# A leftover <id>.partial counts as taken until the next start removes it.
+touch tmp/checkpoints/broken.partial
+req POST /checkpoint -d '{"id": "broken"}'
+expect_status 409
+rm -f tmp/checkpoints/broken.partial
+
+# Disk full during the copy: 507 with the error, no partial checkpoint left, COMMAND running
+# again. tmp/checkpoints becomes a 1 MiB file system for this (the 3 MB blob does not fit).
+if mount_tmpfs "$PWD/tmp/checkpoints" 1m; then
+  req GET /
+  pid_before=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["process"]["pid"])' "$BODY_FILE")
+  req POST /checkpoint -d '{"id": "full"}'
+  expect_status 507
+  expect_json_response
+  expect_json '"No space left" in j["error"] or "space" in j["error"]'
+  [[ -z $(ls -A tmp/checkpoints) ]] || fail "a failed checkpoint left $(ls -A tmp/checkpoints)"
+  wait_until "COMMAND running again after the failure" sh -c "curl -s '$SM_URL/' | python3 -c 'import json,sys; p=json.load(sys.stdin)[\"process\"]; sys.exit(0 if p[\"state\"] == \"running\" and p[\"pid\"] != $pid_before else 1)'"
+  req GET /
+  expect_json 'j["operation"] is None'
+  umount "$PWD/tmp/checkpoints"
+  MOUNTED=()
+else
+  log "cannot mount a tmpfs here: the disk-full case is skipped"
+fi
+
+sm_stop
+((SM_EXIT == 0)) || fail "exit $SM_EXIT after SIGTERM"
+log "ok"

@@ -1,0 +1,490 @@
+#define BOOST_TEST_MODULE checkpoint_copy_tree
+#include <boost/test/unit_test.hpp>
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "base/fd.hpp"
+#include "checkpoint/copy_tree.hpp"
+#include "support/scratch_dir.hpp"
+#include "support/seeded_random.hpp"
+
+namespace fs = std::filesystem;
+using sm::checkpoint::copy_cancelled;
+using sm::checkpoint::copy_options;
+using sm::checkpoint::copy_stats;
+using sm::checkpoint::copy_tree;
+using sm::checkpoint::remove_tree;
+using sm::checkpoint::tree_size;
+
+namespace {
+
+constexpr std::uint64_t mib = 1024 * 1024;
+
+// scratch_dir's cleanup cannot empty read-only subdirectories as non-root; remove_tree can, and
+// running it on every case's directory exercises it too.
+struct scratch_dir : test_support::scratch_dir {
+  using test_support::scratch_dir::scratch_dir;
+  ~scratch_dir() {
+    try {
+      remove_tree(dir);
+    } catch (const std::system_error& e) {
+      BOOST_TEST_MESSAGE("cleanup: " << e.what());
+    }
+  }
+};
+
+std::string random_bytes(std::size_t size, std::uint64_t seed) {
+  sm::test::seeded_random random{seed};
+  std::string bytes(size, '\0');
+  for (char& c : bytes) c = static_cast<char>(random.next());
+  return bytes;
+}
+
+void write_file(const fs::path& path, const std::string& content, mode_t mode = 0644) {
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(content.data(), static_cast<std::streamsize>(content.size()));
+    BOOST_REQUIRE(out.good());
+  }
+  BOOST_REQUIRE_EQUAL(::chmod(path.c_str(), mode), 0);
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  BOOST_REQUIRE(in.good());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+struct stat lstat_of(const fs::path& path) {
+  struct stat st {};
+  BOOST_REQUIRE_MESSAGE(::lstat(path.c_str(), &st) == 0, "lstat " << path);
+  return st;
+}
+
+void set_times(const fs::path& path, time_t seconds, long nanoseconds) {
+  const struct timespec times[2] = {{seconds - 1000, nanoseconds / 2}, {seconds, nanoseconds}};
+  BOOST_REQUIRE_EQUAL(::utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW), 0);
+}
+
+// Compares the copy's times with the source's as they were before anything read it: reading moves
+// the atime (relatime does so when it is older than the mtime), so check before reading the copy.
+void check_times_equal(const struct stat& a, const fs::path& copy) {
+  const struct stat b = lstat_of(copy);
+  BOOST_TEST_INFO("times of " << copy);
+  BOOST_TEST(a.st_mtim.tv_sec == b.st_mtim.tv_sec);
+  BOOST_TEST_INFO("times of " << copy);
+  BOOST_TEST(a.st_mtim.tv_nsec == b.st_mtim.tv_nsec);
+  BOOST_TEST_INFO("times of " << copy);
+  BOOST_TEST(a.st_atim.tv_sec == b.st_atim.tv_sec);
+  BOOST_TEST_INFO("times of " << copy);
+  BOOST_TEST(a.st_atim.tv_nsec == b.st_atim.tv_nsec);
+}
+
+void report_methods(const char* test, const copy_stats& stats) {
+  BOOST_TEST_MESSAGE(test << ": files " << stats.files << ", reflinked " << stats.reflinked
+                          << ", copy_file_range " << stats.copy_file_range << ", read_write "
+                          << stats.read_write);
+}
+
+// A tmpfs of `size` at `dir`, unmounted on scope exit whatever the test did. Tests needing one
+// skip when mounting is not allowed (not root, or no CAP_SYS_ADMIN in this namespace).
+struct tmpfs_mount {
+  fs::path dir;
+  bool mounted = false;
+  tmpfs_mount(fs::path where, const std::string& size) : dir(std::move(where)) {
+    fs::create_directories(dir);
+    const std::string options = "size=" + size;
+    mounted = ::mount("tmpfs", dir.c_str(), "tmpfs", 0, options.c_str()) == 0;
+    if (!mounted) BOOST_TEST_MESSAGE("cannot mount tmpfs: " << std::strerror(errno));
+  }
+  ~tmpfs_mount() {
+    if (mounted && ::umount2(dir.c_str(), 0) != 0) ::umount2(dir.c_str(), MNT_DETACH);
+  }
+  tmpfs_mount(const tmpfs_mount&) = delete;
+  tmpfs_mount& operator=(const tmpfs_mount&) = delete;
+};
+
+// A file of `apparent` bytes with data only at `data_at` (4 KiB each); the rest is holes.
+void write_sparse_file(const fs::path& path, std::uint64_t apparent,
+                       const std::vector<std::uint64_t>& data_at) {
+  sm::unique_fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  BOOST_REQUIRE(fd);
+  BOOST_REQUIRE_EQUAL(::ftruncate(fd.get(), static_cast<off_t>(apparent)), 0);
+  std::uint64_t seed = 7;
+  for (std::uint64_t offset : data_at) {
+    const std::string block = random_bytes(4096, seed++);
+    BOOST_REQUIRE_EQUAL(::pwrite(fd.get(), block.data(), block.size(), static_cast<off_t>(offset)),
+                        static_cast<ssize_t>(block.size()));
+  }
+}
+
+void check_sparse_copy(const fs::path& source, const fs::path& copy) {
+  const struct stat a = lstat_of(source), b = lstat_of(copy);
+  BOOST_TEST(a.st_size == b.st_size);
+  const auto allocated = static_cast<std::uint64_t>(b.st_blocks) * 512;
+  BOOST_TEST_MESSAGE("sparse copy " << copy.filename() << ": apparent " << b.st_size
+                                    << ", allocated " << allocated);
+  BOOST_TEST(allocated < mib);
+  BOOST_TEST(allocated * 16 < static_cast<std::uint64_t>(b.st_size));
+  BOOST_TEST((read_file(source) == read_file(copy)));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(contents_modes_and_times_are_preserved) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from / "a" / "b" / "c");
+  fs::create_directories(from / "empty");
+  fs::create_directories(from / "read-only");
+
+  const std::vector<std::size_t> sizes = {0, 1, 4095, 4096, 65537, mib, mib + 17, 3 * mib + 5};
+  const std::vector<mode_t> modes = {0644, 0600, 0755, 0444, 0640, 0700, 04755, 0400};
+  std::vector<fs::path> files;
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const fs::path dir = i % 3 == 0 ? from : i % 3 == 1 ? from / "a" : from / "a" / "b" / "c";
+    const fs::path file = dir / ("file" + std::to_string(i));
+    write_file(file, random_bytes(sizes[i], i + 1), modes[i]);
+    set_times(file, 1600000000 + static_cast<time_t>(i), 123456789 + static_cast<long>(i));
+    files.push_back(file);
+    total += sizes[i];
+  }
+  write_file(from / "read-only" / "inside", "kept", 0644);
+  BOOST_REQUIRE_EQUAL(::chmod((from / "read-only").c_str(), 0555), 0);
+  BOOST_REQUIRE_EQUAL(::chmod((from / "a" / "b").c_str(), 0750), 0);
+  // Directory times last, as a copy must reproduce them after filling the directory.
+  for (const fs::path& dir : {from / "a" / "b" / "c", from / "a" / "b", from / "a", from / "empty",
+                              from / "read-only", from}) {
+    set_times(dir, 1500000000, 987654321);
+  }
+
+  std::vector<struct stat> file_stats;
+  for (const fs::path& file : files) file_stats.push_back(lstat_of(file));
+  const std::vector<std::string> dirs = {"a/b/c", "a/b", "a", "empty", "read-only", ""};
+  std::vector<struct stat> dir_stats;
+  for (const std::string& dir : dirs) dir_stats.push_back(lstat_of(from / dir));
+
+  std::vector<std::uint64_t> progress;
+  copy_options options;
+  options.progress = [&](std::uint64_t done) { progress.push_back(done); };
+  const copy_stats stats = copy_tree(from, to, options);
+  report_methods("plain tree", stats);
+
+  BOOST_TEST(stats.files == sizes.size() + 1);
+  BOOST_TEST(stats.dirs == 6u);  // to, a, a/b, a/b/c, empty, read-only
+  BOOST_TEST(stats.bytes == total + 4);
+  BOOST_TEST(stats.reflinked + stats.copy_file_range + stats.read_write == stats.files - 1);
+  BOOST_TEST(stats.hardlinks == 0u);
+  BOOST_TEST(stats.skipped == 0u);
+  BOOST_REQUIRE(progress.size() == stats.files);
+  BOOST_TEST(std::is_sorted(progress.begin(), progress.end()));
+  BOOST_TEST(progress.back() == stats.bytes);
+
+  for (std::size_t i = 0; i < dirs.size(); ++i) check_times_equal(dir_stats[i], to / dirs[i]);
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const fs::path copy = to / fs::relative(files[i], from);
+    check_times_equal(file_stats[i], copy);
+    BOOST_TEST_INFO("file " << copy);
+    BOOST_TEST((read_file(copy) == read_file(files[i])));
+    BOOST_TEST_INFO("file " << copy);
+    BOOST_TEST((lstat_of(copy).st_mode & 07777) == modes[i]);
+  }
+  BOOST_TEST(read_file(to / "read-only" / "inside") == "kept");
+  // After the time checks: listing a directory moves its atime.
+  BOOST_TEST(tree_size(from) == total + 4);
+  BOOST_TEST(tree_size(to) == total + 4);
+  BOOST_TEST(fs::is_empty(to / "empty"));
+  BOOST_TEST((lstat_of(to / "read-only").st_mode & 07777) == 0555u);
+  BOOST_TEST((lstat_of(to / "a" / "b").st_mode & 07777) == 0750u);
+}
+
+BOOST_AUTO_TEST_CASE(symlinks_are_copied_as_links_never_followed) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  const fs::path outside = scratch.dir / "outside";
+  fs::create_directories(from / "sub");
+  fs::create_directories(outside);
+  write_file(outside / "secret", "not to be copied");
+  write_file(from / "target", "inside");
+  fs::create_symlink("target", from / "inner");
+  fs::create_symlink((outside / "secret").string(), from / "to-outside-file");
+  fs::create_symlink("../../outside", from / "sub" / "to-outside-dir");
+  fs::create_symlink("does-not-exist", from / "dangling");
+  set_times(from / "inner", 1400000000, 111111111);
+  const struct stat inner = lstat_of(from / "inner");
+
+  const copy_stats stats = copy_tree(from, to, {});
+  check_times_equal(inner, to / "inner");  // before readlink moves the atime
+  BOOST_TEST(stats.symlinks == 4u);
+  BOOST_TEST(stats.files == 1u);
+  for (const char* link : {"inner", "to-outside-file", "sub/to-outside-dir", "dangling"}) {
+    BOOST_TEST_INFO("link " << link);
+    BOOST_TEST(fs::is_symlink(to / link));
+    BOOST_TEST_INFO("link " << link);
+    BOOST_TEST(fs::read_symlink(to / link) == fs::read_symlink(from / link));
+  }
+  // Nothing outside the tree came in through the links.
+  BOOST_TEST(tree_size(to) == 6u);
+}
+
+BOOST_AUTO_TEST_CASE(hard_links_stay_one_inode) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from / "sub");
+  write_file(from / "a", random_bytes(10000, 3), 0640);
+  fs::create_hard_link(from / "a", from / "sub" / "b");
+  fs::create_hard_link(from / "a", from / "sub" / "c");
+  // Its other name is outside the tree, so inside it is one ordinary file.
+  write_file(from / "half", "half");
+  fs::create_hard_link(from / "half", scratch.dir / "half-outside");
+
+  BOOST_TEST(tree_size(from) == 10004u);
+  const copy_stats stats = copy_tree(from, to, {});
+  BOOST_TEST(stats.files == 2u);
+  BOOST_TEST(stats.hardlinks == 2u);
+  BOOST_TEST(stats.bytes == 10004u);
+  const struct stat a = lstat_of(to / "a");
+  BOOST_TEST(a.st_nlink == 3u);
+  BOOST_TEST(lstat_of(to / "sub" / "b").st_ino == a.st_ino);
+  BOOST_TEST(lstat_of(to / "sub" / "c").st_ino == a.st_ino);
+  BOOST_TEST(a.st_ino != lstat_of(from / "a").st_ino);
+  BOOST_TEST(lstat_of(to / "half").st_nlink == 1u);
+  BOOST_TEST((read_file(to / "sub" / "c") == read_file(from / "a")));
+}
+
+BOOST_AUTO_TEST_CASE(sparse_files_keep_their_holes) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from);
+  // Data in the middle and at the end; holes at the start, between, and after.
+  write_sparse_file(from / "sparse", 64 * mib, {8 * mib, 32 * mib + 4096});
+  write_sparse_file(from / "ends-in-data", 16 * mib, {16 * mib - 4096});
+  write_sparse_file(from / "all-hole", 8 * mib, {});
+
+  const copy_stats stats = copy_tree(from, to, {});
+  report_methods("sparse", stats);
+  BOOST_TEST(stats.bytes == 88 * mib);
+  check_sparse_copy(from / "sparse", to / "sparse");
+  check_sparse_copy(from / "ends-in-data", to / "ends-in-data");
+  BOOST_TEST(lstat_of(to / "all-hole").st_blocks == 0);
+  BOOST_TEST(lstat_of(to / "all-hole").st_size == static_cast<off_t>(8 * mib));
+}
+
+BOOST_AUTO_TEST_CASE(extended_attributes_round_trip) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from / "dir");
+  write_file(from / "file", "x", 0644);
+  const std::string value("value\0with nul", 14);
+  if (::setxattr((from / "file").c_str(), "user.test", value.data(), value.size(), 0) != 0) {
+    BOOST_TEST_MESSAGE("skipped: user xattrs refused here: " << std::strerror(errno));
+    return;
+  }
+  BOOST_REQUIRE_EQUAL(::chmod((from / "file").c_str(), 0444), 0);
+  BOOST_REQUIRE_EQUAL(::setxattr((from / "dir").c_str(), "user.test", "d", 1, 0), 0);
+
+  copy_tree(from, to, {});
+  char buffer[64];
+  const ssize_t n = ::getxattr((to / "file").c_str(), "user.test", buffer, sizeof buffer);
+  BOOST_REQUIRE(n >= 0);
+  BOOST_TEST(std::string(buffer, static_cast<std::size_t>(n)) == value);
+  BOOST_TEST(::getxattr((to / "dir").c_str(), "user.test", buffer, sizeof buffer) == 1);
+  // Set before the read-only mode, which would have refused it to a non-root copier.
+  BOOST_TEST((lstat_of(to / "file").st_mode & 07777) == 0444u);
+}
+
+BOOST_AUTO_TEST_CASE(fifos_are_copied_and_sockets_skipped) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from);
+  BOOST_REQUIRE_EQUAL(::mkfifo((from / "fifo").c_str(), 0640), 0);
+  BOOST_REQUIRE_EQUAL(::chmod((from / "fifo").c_str(), 0640), 0);
+  set_times(from / "fifo", 1300000000, 5);
+  const struct stat source_fifo = lstat_of(from / "fifo");
+
+  sm::unique_fd socket(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  BOOST_REQUIRE(socket);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const std::string socket_path = (from / "sock").string();
+  BOOST_REQUIRE(socket_path.size() < sizeof address.sun_path);
+  std::memcpy(address.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  BOOST_REQUIRE_EQUAL(
+      ::bind(socket.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address), 0);
+
+  const copy_stats stats = copy_tree(from, to, {});
+  BOOST_TEST(stats.fifos == 1u);
+  BOOST_TEST(stats.skipped == 1u);
+  const struct stat fifo = lstat_of(to / "fifo");
+  BOOST_TEST(S_ISFIFO(fifo.st_mode));
+  BOOST_TEST((fifo.st_mode & 07777) == 0640u);
+  check_times_equal(source_fifo, to / "fifo");
+  BOOST_TEST(!fs::exists(fs::symlink_status(to / "sock")));
+}
+
+BOOST_AUTO_TEST_CASE(ownership_is_preserved_as_root) {
+  if (::geteuid() != 0) {
+    BOOST_TEST_MESSAGE("skipped: not root");
+    return;
+  }
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from / "dir");
+  write_file(from / "file", "owned", 04750);
+  fs::create_symlink("file", from / "link");
+  BOOST_REQUIRE_EQUAL(::lchown((from / "file").c_str(), 1234, 5678), 0);
+  BOOST_REQUIRE_EQUAL(::chmod((from / "file").c_str(), 04750), 0);  // chown cleared set-uid
+  BOOST_REQUIRE_EQUAL(::lchown((from / "link").c_str(), 4321, 8765), 0);
+  BOOST_REQUIRE_EQUAL(::lchown((from / "dir").c_str(), 1111, 2222), 0);
+
+  copy_tree(from, to, {});
+  const struct stat file = lstat_of(to / "file"), link = lstat_of(to / "link"),
+                    dir = lstat_of(to / "dir");
+  BOOST_TEST(file.st_uid == 1234u);
+  BOOST_TEST(file.st_gid == 5678u);
+  BOOST_TEST((file.st_mode & 07777) == 04750u);
+  BOOST_TEST(link.st_uid == 4321u);
+  BOOST_TEST(link.st_gid == 8765u);
+  BOOST_TEST(dir.st_uid == 1111u);
+  BOOST_TEST(dir.st_gid == 2222u);
+}
+
+BOOST_AUTO_TEST_CASE(bad_source_or_existing_target_fails) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from);
+  write_file(from / "file", "x");
+  fs::create_directories(to);
+
+  const auto fails_with = [](const fs::path& source, const fs::path& target, int error) {
+    try {
+      copy_tree(source, target, {});
+    } catch (const std::system_error& e) {
+      BOOST_TEST_MESSAGE("expected failure: " << e.what());
+      return e.code().value() == error;
+    }
+    return false;
+  };
+  BOOST_TEST(fails_with(from, to, EEXIST));
+  BOOST_TEST(fs::is_empty(to));  // an existing target is not written into
+  BOOST_TEST(fails_with(scratch.dir / "missing", scratch.dir / "to2", ENOENT));
+  fs::create_symlink(from, scratch.dir / "link-to-from");
+  // O_DIRECTORY | O_NOFOLLOW on a symlink: ENOTDIR (ELOOP without O_DIRECTORY).
+  BOOST_TEST(fails_with(scratch.dir / "link-to-from", scratch.dir / "to3", ENOTDIR));
+  BOOST_TEST(fails_with(from / "file", scratch.dir / "to4", ENOTDIR));
+  BOOST_TEST(!fs::exists(scratch.dir / "to2"));
+  BOOST_TEST(!fs::exists(scratch.dir / "to3"));
+  BOOST_TEST(!fs::exists(scratch.dir / "to4"));
+}
+
+BOOST_AUTO_TEST_CASE(cancel_flag_stops_the_copy) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from";
+  fs::create_directories(from);
+  for (int i = 0; i < 10; ++i) write_file(from / std::to_string(i), random_bytes(1000, i));
+
+  std::atomic<bool> cancel{true};
+  copy_options options;
+  options.cancel = &cancel;
+  BOOST_CHECK_THROW(copy_tree(from, scratch.dir / "before", options), copy_cancelled);
+  BOOST_TEST(!fs::exists(scratch.dir / "before"));
+
+  // Cancelled from the progress callback after the first file: the rest is not copied.
+  cancel = false;
+  int calls = 0;
+  options.progress = [&](std::uint64_t) {
+    ++calls;
+    cancel = true;
+  };
+  BOOST_CHECK_THROW(copy_tree(from, scratch.dir / "during", options), copy_cancelled);
+  BOOST_TEST(calls == 1);
+  const auto copied = std::distance(fs::directory_iterator(scratch.dir / "during"), {});
+  BOOST_TEST(copied == 1);
+  remove_tree(scratch.dir / "during");
+  BOOST_TEST(!fs::exists(scratch.dir / "during"));
+}
+
+BOOST_AUTO_TEST_CASE(full_filesystem_throws_enospc) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from";
+  fs::create_directories(from);
+  write_file(from / "big", random_bytes(4 * mib, 11));
+  tmpfs_mount tiny(scratch.dir / "tiny", "1m");
+  if (!tiny.mounted) return;
+
+  const fs::path to = tiny.dir / "copy";
+  int error = 0;
+  try {
+    copy_tree(from, to, {});
+  } catch (const std::system_error& e) {
+    BOOST_TEST_MESSAGE("expected failure: " << e.what());
+    error = e.code().value();
+  }
+  BOOST_TEST(error == ENOSPC);
+  remove_tree(to);
+  BOOST_TEST(!fs::exists(to));
+}
+
+BOOST_AUTO_TEST_CASE(read_write_fallback_across_filesystems) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from";
+  fs::create_directories(from / "sub");
+  const std::string big = random_bytes(2 * mib + 3, 21), small = random_bytes(100, 22);
+  write_file(from / "big", big);
+  write_file(from / "sub" / "small", small);
+  write_sparse_file(from / "sparse", 32 * mib, {4 * mib});
+  tmpfs_mount other(scratch.dir / "other", "64m");
+  if (!other.mounted) return;
+
+  // The copy goes to another filesystem, where copy_file_range may refuse (EXDEV) or not,
+  // depending on the kernel; either way the data must arrive whole and holes stay holes.
+  const copy_stats stats = copy_tree(from, other.dir / "copy", {});
+  report_methods("to tmpfs", stats);
+  BOOST_TEST(stats.files == 3u);
+  BOOST_TEST(stats.copy_file_range + stats.read_write + stats.reflinked == 3u);
+  BOOST_TEST((read_file(other.dir / "copy" / "big") == big));
+  BOOST_TEST((read_file(other.dir / "copy" / "sub" / "small") == small));
+  check_sparse_copy(from / "sparse", other.dir / "copy" / "sparse");
+}
+
+BOOST_AUTO_TEST_CASE(remove_tree_removes_everything_and_follows_nothing) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path tree = scratch.dir / "tree", outside = scratch.dir / "outside";
+  fs::create_directories(tree / "a" / "locked");
+  fs::create_directories(outside);
+  write_file(outside / "keep", "keep");
+  write_file(tree / "a" / "locked" / "file", "x", 0400);
+  fs::create_symlink(outside, tree / "a" / "link-to-outside");
+  fs::create_symlink(outside / "keep", tree / "link-to-keep");
+  BOOST_REQUIRE_EQUAL(::mkfifo((tree / "fifo").c_str(), 0600), 0);
+  BOOST_REQUIRE_EQUAL(::chmod((tree / "a" / "locked").c_str(), 0), 0);
+
+  remove_tree(tree);
+  BOOST_TEST(!fs::exists(fs::symlink_status(tree)));
+  BOOST_TEST(read_file(outside / "keep") == "keep");
+  remove_tree(tree);  // missing: nothing to do
+
+  // A symlink given as the path is removed itself, not what it points to.
+  fs::create_symlink(outside, scratch.dir / "link");
+  remove_tree(scratch.dir / "link");
+  BOOST_TEST(!fs::exists(fs::symlink_status(scratch.dir / "link")));
+  BOOST_TEST(fs::exists(outside / "keep"));
+}
