@@ -1,6 +1,8 @@
 #include "app.hpp"
 
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -269,6 +271,43 @@ int run_app(const options& opts) {
       // A saved configuration is applied before the first request can see the state.
       step("load configuration",
            [&] { log_config_load(env.load_saved(), env.paths().config_file()); }) &&
+      // A restore cut short by a crash: what it had moved aside is the state, put back.
+      step("recover an interrupted restore",
+           [&] {
+             try {
+               const std::filesystem::path aside = opts.data_dir / ".restore-aside";
+               if (std::filesystem::exists(aside)) {
+                 for (const std::string suffix : {"", "-wal", "-shm"}) {
+                   const std::filesystem::path saved = aside / ("database.sqlite" + suffix);
+                   std::filesystem::path back = opts.data_dir / "database.sqlite";
+                   back += suffix;
+                   std::error_code ec;
+                   if (std::filesystem::exists(saved)) {
+                     std::filesystem::rename(saved, back);
+                   } else {
+                     std::filesystem::remove(back, ec);
+                   }
+                 }
+                 checkpoint::remove_tree(aside);
+                 log::warn("an interrupted restore was undone: the database is as before it");
+               }
+               if (env.current()) {
+                 const std::filesystem::path env_dir = env.current()->storage.env_dir;
+                 std::filesystem::path env_aside = env_dir;
+                 env_aside += ".restore-aside";
+                 if (std::filesystem::exists(env_aside)) {
+                   checkpoint::remove_tree(env_dir);
+                   std::filesystem::rename(env_aside, env_dir);
+                   log::warn(
+                       "an interrupted restore was undone: the environment directory is "
+                       "as before it",
+                       {{"dir", env_dir.string()}});
+                 }
+               }
+             } catch (const std::exception& e) {
+               log::error("cannot undo an interrupted restore", {{"error", e.what()}});
+             }
+           }) &&
       // The supervised process, declared (it starts below, once serving).
       step("prepare COMMAND",
            [&] {
@@ -373,6 +412,21 @@ int run_app(const options& opts) {
     if (database) out["database"] = database->status();
     return out;
   };
+  // The database component (also made anew by a restore), its events.
+  auto make_database = [&](const config::configuration& c) {
+    database = std::make_unique<db::component>(io.get_executor(), *env.store(),
+                                               opts.data_dir / "database.sqlite", c.database);
+    database->on_transition = [&](db::component::state from, db::component::state to) {
+      const nlohmann::json s = database->status();
+      publish("component",
+              {{"name", "database"},
+               {"old", db::component::name_of(from)},
+               {"new", db::component::name_of(to)},
+               {"last_error", to == db::component::state::degraded ? s["replication"]["last_error"]
+                                                                   : s["last_error"]}});
+      publish_system_state();
+    };
+  };
   // Configured (at boot or by POST /config): the components start, in dependency order.
   bool process_started = false;  // COMMAND's run() was started (and has not been re-armed)
   env.initialise_components = [&](const config::configuration& c) -> asio::awaitable<void> {
@@ -387,18 +441,7 @@ int run_app(const options& opts) {
     // The database first: the components and COMMAND never see it before its restore.
     if (std::find(c.stacks.begin(), c.stacks.end(), config::database_stack) != c.stacks.end() &&
         env.store()) {
-      database = std::make_unique<db::component>(io.get_executor(), *env.store(),
-                                                 opts.data_dir / "database.sqlite", c.database);
-      database->on_transition = [&](db::component::state from, db::component::state to) {
-        const nlohmann::json s = database->status();
-        publish("component", {{"name", "database"},
-                              {"old", db::component::name_of(from)},
-                              {"new", db::component::name_of(to)},
-                              {"last_error", to == db::component::state::degraded
-                                                 ? s["replication"]["last_error"]
-                                                 : s["last_error"]}});
-        publish_system_state();
-      };
+      make_database(c);
       co_await database->start(env.lease_taken_over());
     }
     components = std::make_unique<supervisor::component_group>(
@@ -677,6 +720,177 @@ int run_app(const options& opts) {
                          "uploading checkpoints to the object store is not built yet: "
                          "this checkpoint is on this machine only"}};
     co_return std::make_pair(200, std::move(answer));
+  };
+
+  // POST /restore: verify the checkpoint's database copy -> quiesce -> stop the database
+  // component (its final sync) -> move the current database and environment directory aside ->
+  // copy the checkpoint's in -> a new database component (a new replication generation) ->
+  // restart everything (new PIDs). Anything failing puts the aside state back.
+  env.restore_checkpoint = [&](std::string id) -> asio::awaitable<std::pair<int, nlohmann::json>> {
+    using json = nlohmann::json;
+    if (operation_running) {
+      co_return std::make_pair(409, json{{"error", "another checkpoint or restore is running"},
+                                         {"operation", operation}});
+    }
+    if (shutting_down) {
+      co_return std::make_pair(503, json{{"error", "state-manager is shutting down"}});
+    }
+    operation_running = true;
+    const checkpoint::local_store store(env.paths().checkpoints_dir());
+    std::optional<checkpoint::manifest> m;
+    std::string digest, failure;
+    co_await offload([&] {
+      m = store.read(id);
+      if (!m || !m->database) return;
+      try {
+        digest = db::sha256_file(store.path_of(id) / m->database->file);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+    });
+    if (!m) {
+      operation_running = false;
+      co_return std::make_pair(
+          404, json{{"error", "no such checkpoint (or its manifest is unreadable)"}, {"id", id}});
+    }
+    if (m->database && digest != m->database->sha256) {
+      operation_running = false;
+      co_return std::make_pair(
+          500,
+          json{{"error", "the checkpoint's database copy fails its checksum; nothing was changed"},
+               {"id", id},
+               {"detail", failure.empty() ? json(nullptr) : json(failure)}});
+    }
+    const auto started = std::chrono::steady_clock::now();
+    operation = {{"kind", "restore"}, {"id", id}, {"step", "quiesce"}};
+    operation_done = 0;
+    operation_total = m->mount.bytes;
+    publish_system_state();
+
+    operation_step("quiesce");
+    const bool had_process = process && process_started;
+    if (had_process) co_await process->stop();
+    const bool had_components = components && !components->empty();
+    if (had_components) co_await components->stop();
+    const bool had_database = database != nullptr;
+    if (had_database) {
+      operation_step("final sync");
+      co_await database->stop();
+      database.reset();  // its connections close: nothing of ours has the old file open
+    }
+
+    operation_step("swap");
+    const std::filesystem::path db_file = opts.data_dir / "database.sqlite";
+    const std::filesystem::path aside = opts.data_dir / ".restore-aside";
+    const std::filesystem::path env_dir = env.current()->storage.env_dir;
+    std::filesystem::path env_aside = env_dir;
+    env_aside += ".restore-aside";
+    const std::filesystem::path source = store.path_of(id);
+    const bool swap_database = m->database.has_value();
+    int failure_errno = 0;
+    co_await offload([&] {
+      static constexpr const char* suffixes[] = {"", "-wal", "-shm"};
+      bool env_moved = false;
+      try {
+        checkpoint::remove_tree(aside);
+        std::filesystem::create_directories(aside);
+        if (swap_database) {
+          for (const char* suffix : suffixes) {
+            std::filesystem::path from = db_file;
+            from += suffix;
+            if (std::filesystem::exists(from)) {
+              std::filesystem::rename(from, aside / ("database.sqlite" + std::string(suffix)));
+            }
+          }
+        }
+        checkpoint::remove_tree(env_aside);
+        if (std::filesystem::exists(env_dir)) {
+          std::filesystem::rename(env_dir, env_aside);
+          env_moved = true;
+        }
+        if (swap_database) {
+          std::filesystem::path staged = db_file;
+          staged += ".restoring";
+          std::filesystem::copy_file(source / m->database->file, staged,
+                                     std::filesystem::copy_options::overwrite_existing);
+          const int fd = ::open(staged.c_str(), O_RDONLY | O_CLOEXEC);
+          if (fd >= 0) {
+            ::fsync(fd);
+            ::close(fd);
+          }
+          std::filesystem::rename(staged, db_file);
+        }
+        if (!env_dir.parent_path().empty())
+          std::filesystem::create_directories(env_dir.parent_path());
+        checkpoint::copy_options copy;
+        copy.progress = [&](std::uint64_t done) { operation_done = done; };
+        checkpoint::copy_tree(source / "mount", env_dir, copy);
+        // Restored: what was moved aside goes.
+        checkpoint::remove_tree(aside);
+        checkpoint::remove_tree(env_aside);
+      } catch (const std::exception& e) {
+        failure = e.what();
+        if (const auto* s = dynamic_cast<const std::system_error*>(&e))
+          failure_errno = s->code().value();
+        // Put the state from before back, as it was.
+        std::error_code ec;
+        try {
+          if (env_moved) {
+            checkpoint::remove_tree(env_dir);
+            std::filesystem::rename(env_aside, env_dir, ec);
+          }
+          if (swap_database) {
+            for (const char* suffix : suffixes) {
+              const std::filesystem::path saved = aside / ("database.sqlite" + std::string(suffix));
+              std::filesystem::path back = db_file;
+              back += suffix;
+              if (std::filesystem::exists(saved)) {
+                std::filesystem::rename(saved, back, ec);
+              } else {
+                std::filesystem::remove(back, ec);
+              }
+            }
+            std::filesystem::path staged = db_file;
+            staged += ".restoring";
+            std::filesystem::remove(staged, ec);
+          }
+          checkpoint::remove_tree(aside);
+        } catch (const std::exception& again) {
+          failure += std::string("; putting the state back also failed: ") + again.what();
+        }
+      }
+    });
+
+    operation_step("resume");
+    if (had_database && env.current()) {
+      make_database(*env.current());
+      co_await database->start(false);  // the restored file: a new replication generation
+    }
+    if (had_components) {
+      components->rearm();
+      co_await components->start();
+    }
+    if (had_process && process->rearm()) {
+      process_started = false;
+      start_process();
+    }
+    operation = nullptr;
+    operation_running = false;
+    publish("operation",
+            {{"kind", "restore"}, {"id", id}, {"step", failure.empty() ? "done" : "failed"}});
+    publish_system_state();
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - started);
+    if (!failure.empty()) {
+      log::error("restore failed; the state before it is back", {{"id", id}, {"error", failure}});
+      const int status = failure_errno == ENOSPC || failure_errno == EDQUOT ? 507 : 500;
+      co_return std::make_pair(
+          status,
+          json{{"error", "restore failed, the state before it is back: " + failure}, {"id", id}});
+    }
+    log::info("restored", {{"id", id}, {"ms", std::to_string(took.count())}});
+    co_return std::make_pair(
+        200, json{{"id", id}, {"restored", checkpoint::to_json(*m)}, {"took_ms", took.count()}});
   };
 
   bool signals_closed = false;  // set at the end of shut-down: no handler may wait again

@@ -135,6 +135,8 @@ class environment {
   // POST /checkpoint, run by the orchestrator (it stops and restarts what it runs): the id
   // (valid; empty: the next v<N>) in, the HTTP status and body out.
   std::function<asio::awaitable<std::pair<int, nlohmann::json>>(std::string id)> create_checkpoint;
+  // POST /restore, likewise: the checkpoint's id (valid, present locally) in.
+  std::function<asio::awaitable<std::pair<int, nlohmann::json>>(std::string id)> restore_checkpoint;
   // GET / "operation": the checkpoint or restore under way (null when none).
   std::function<nlohmann::json()> operation_view;
 

@@ -256,7 +256,10 @@ class api {
       exists = ::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
     });
     if (!exists) co_return json_error(404, "no such checkpoint", {{"id", *id}});
-    co_return not_built("restore is");
+    if (!env_.restore_checkpoint) co_return not_built("restore is");
+    if (releasing_) co_return json_error(409, "the lease is being released");
+    auto [status, answer] = co_await env_.restore_checkpoint(*id);
+    co_return json_response(status, std::move(answer));
   }
 
   asio::awaitable<response> post_release_lease(const request&, const params&) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# POST /checkpoint (issue 6, first part: made locally; upload and restore are not built yet):
+# POST /checkpoint and POST /restore (issue 6, first part: local; upload is not built yet):
 # the seed's verification steps literally, the database copied consistently while it is
 # replicated, COMMAND stopped and started again (new PID), automatic ids, a taken id, the
 # events, and a disk that fills up during the copy (507, nothing left, COMMAND running again).
@@ -93,6 +93,56 @@ else
   log "cannot mount a tmpfs here: the disk-full case is skipped"
 fi
 
+# Restore test2: files and rows changed after it come back as they were, COMMAND restarts with a
+# new PID, the database is replicated again (a new generation).
+echo "changed" >data/env/test.txt
+echo "new file" >data/env/added.txt
+rm data/env/link
+sqlite3 -cmd ".timeout 5000" data/database.sqlite "DELETE FROM t WHERE v = 'one'; INSERT INTO t(v) VALUES ('three')"
+req GET /
+pid_before=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["process"]["pid"])' "$BODY_FILE")
+generation_before=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["components"]["database"]["replication"]["generation"])' "$BODY_FILE")
+req POST /restore -d '{"id": "test2"}'
+expect_status 200
+expect_json_response
+expect_json 'j["id"] == "test2" and j["restored"]["id"] == "test2"'
+[[ $(cat data/env/test.txt) == "checkpoint me" ]] || fail "test.txt not restored"
+[[ ! -e data/env/added.txt ]] || fail "a file added after the checkpoint survived the restore"
+[[ $(readlink data/env/link) == test.txt ]] || fail "the symlink was not restored"
+cmp data/env/deep/er/blob tmp/checkpoints/test2/mount/deep/er/blob || fail "the blob was not restored"
+[[ $(sqlite3 -cmd ".timeout 5000" data/database.sqlite "SELECT group_concat(v) FROM t") == "one,two" ]] ||
+  fail "the rows were not restored: $(sqlite3 data/database.sqlite 'SELECT group_concat(v) FROM t')"
+[[ -z $(ls -A data | grep restore) ]] || fail "restore left something aside: $(ls -A data)"
+wait_until "COMMAND running again after the restore" sh -c "curl -s '$SM_URL/' | python3 -c 'import json,sys; p=json.load(sys.stdin)[\"process\"]; sys.exit(0 if p[\"state\"] == \"running\" and p[\"pid\"] != $pid_before else 1)'"
+req GET /
+expect_json "j['components']['database']['state'] == 'running' and j['components']['database']['replication']['generation'] != '$generation_before' and j['operation'] is None"
+# The checkpoint itself is untouched by its restore, and can be restored again.
+[[ $(cat tmp/checkpoints/test2/mount/test.txt) == "checkpoint me" ]] || fail "restore changed the checkpoint"
+req POST /restore -d '{"id": "nosuch"}'
+expect_status 404
+# A database copy that fails its checksum: 500, and the current state is untouched.
+echo "current" >data/env/test.txt
+printf 'X' | dd of=tmp/checkpoints/test1/database.sqlite bs=1 seek=100 conv=notrunc 2>/dev/null
+req POST /restore -d '{"id": "test1"}'
+expect_status 500
+expect_json '"checksum" in j["error"]'
+[[ $(cat data/env/test.txt) == "current" ]] || fail "a refused restore changed the state"
+
 sm_stop
 ((SM_EXIT == 0)) || fail "exit $SM_EXIT after SIGTERM"
+
+# A restore cut short (as by kill -9 in the middle of the swap): at the next start, what it had
+# moved aside is put back.
+mkdir -p data/.restore-aside
+mv data/database.sqlite data/.restore-aside/database.sqlite
+mv data/env data/env.restore-aside
+mkdir -p data/env
+echo "half restored" >data/env/test.txt
+sqlite3 data/database.sqlite "CREATE TABLE half(x)" # a half-restored database
+sm_start -- sleep 1000
+[[ $(cat data/env/test.txt) == "current" ]] || fail "the environment directory was not put back"
+[[ ! -e data/.restore-aside && ! -e data/env.restore-aside ]] || fail "the aside copies remain"
+[[ $(sqlite3 data/database.sqlite "SELECT count(*) FROM t") == 2 ]] || fail "the database was not put back"
+grep -q "an interrupted restore was undone" "$SM_LOG" || fail "no log line for the undone restore"
+sm_stop
 log "ok"
