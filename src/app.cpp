@@ -669,11 +669,11 @@ int run_app(const options& opts) {
     // Resume: what was stopped starts again (new PIDs), whatever became of the snapshot.
     operation_step("resume");
     t = std::chrono::steady_clock::now();
-    if (had_components) {
+    if (had_components && !shutting_down) {
       components->rearm();
       co_await components->start();
     }
-    if (had_process && process->rearm()) {
+    if (had_process && !shutting_down && process->rearm()) {
       process_started = false;
       start_process();
     }
@@ -866,11 +866,11 @@ int run_app(const options& opts) {
       make_database(*env.current());
       co_await database->start(false);  // the restored file: a new replication generation
     }
-    if (had_components) {
+    if (had_components && !shutting_down) {
       components->rearm();
       co_await components->start();
     }
-    if (had_process && process->rearm()) {
+    if (had_process && !shutting_down && process->rearm()) {
       process_started = false;
       start_process();
     }
@@ -936,6 +936,12 @@ int run_app(const options& opts) {
           co_await shutdown_requested.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         }
         env.shut_down();  // a wait for the lease or a retry pause ends now
+        // A checkpoint or restore under way finishes first (it restarts nothing once shut-down
+        // has begun): stopping underneath it could leave half a swap.
+        while (operation_running) {
+          asio::steady_timer wait(io, std::chrono::milliseconds(20));
+          co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
         // Shut-down, the reverse of start-up: COMMAND first (SIGTERM, SIGKILL after
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();
