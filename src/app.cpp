@@ -30,6 +30,7 @@
 #include "base/log.hpp"
 #include "checkpoint/copy_tree.hpp"
 #include "checkpoint/local_store.hpp"
+#include "checkpoint/remote.hpp"
 #include "db/backup.hpp"
 #include "db/component.hpp"
 #include "http/server.hpp"
@@ -715,10 +716,39 @@ int run_app(const options& opts) {
                              {"ms", std::to_string(m.steps_ms["total"])},
                              {"files", std::to_string(m.mount.files)}});
     json answer = {{"id", id}, {"manifest", checkpoint::to_json(m)}};
-    answer["upload"] = {{"state", "not_built"},
-                        {"message",
-                         "uploading checkpoints to the object store is not built yet: "
-                         "this checkpoint is on this machine only"}};
+    // Usable here already; the copy in the store follows in the background.
+    if (env.store()) {
+      env.set_upload_status(id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
+      asio::co_spawn(
+          io,
+          [&, id]() -> asio::awaitable<void> {
+            env.set_upload_status(id, {{"state", "uploading"}, {"bytes", 0}, {"error", nullptr}});
+            std::string failure;
+            std::uint64_t bytes = 0;
+            try {
+              const checkpoint::local_store local(env.paths().checkpoints_dir());
+              auto progress = [&env, id](std::uint64_t n) {
+                env.set_upload_status(id,
+                                      {{"state", "uploading"}, {"bytes", n}, {"error", nullptr}});
+              };
+              bytes = co_await checkpoint::upload(*env.store(), local, id, progress);
+            } catch (const std::exception& e) {
+              failure = e.what();
+            }
+            if (!failure.empty()) {
+              log::error("checkpoint upload failed", {{"id", id}, {"error", failure}});
+            }
+            json status = {{"state", failure.empty() ? "done" : "failed"},
+                           {"bytes", bytes},
+                           {"error", failure.empty() ? json(nullptr) : json(failure)}};
+            env.set_upload_status(id, std::move(status));
+            json event = {
+                {"kind", "upload"}, {"id", id}, {"step", failure.empty() ? "done" : "failed"}};
+            publish("operation", std::move(event));
+          },
+          asio::detached);
+    }
+    answer["upload"] = env.upload_status(id);
     co_return std::make_pair(200, std::move(answer));
   };
 
@@ -739,6 +769,27 @@ int run_app(const options& opts) {
     const checkpoint::local_store store(env.paths().checkpoints_dir());
     std::optional<checkpoint::manifest> m;
     std::string digest, failure;
+    bool here = false;
+    co_await offload([&] { here = store.exists(id); });
+    if (!here && env.store()) {
+      // Made on another machine: downloaded into a local checkpoint first.
+      operation = {{"kind", "restore"}, {"id", id}, {"step", "download"}};
+      json event = {{"kind", "restore"}, {"id", id}, {"step", "download"}};
+      publish("operation", std::move(event));
+      std::string download_failure;
+      try {
+        co_await checkpoint::download(*env.store(), store, id);
+      } catch (const std::exception& e) {
+        download_failure = e.what();
+      }
+      operation = nullptr;
+      if (!download_failure.empty()) {
+        operation_running = false;
+        json error = {{"error", "could not download the checkpoint: " + download_failure},
+                      {"id", id}};
+        co_return std::make_pair(502, std::move(error));
+      }
+    }
     co_await offload([&] {
       m = store.read(id);
       if (!m || !m->database) return;

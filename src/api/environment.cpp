@@ -330,6 +330,16 @@ asio::awaitable<bool> environment::release_lease() {
   co_return true;
 }
 
+void environment::set_upload_status(const std::string& id, json status) {
+  if (!uploads_) uploads_ = std::make_unique<json>(json::object());
+  (*uploads_)[id] = std::move(status);
+}
+
+json environment::upload_status(const std::string& id) const {
+  if (!uploads_ || !uploads_->contains(id)) return nullptr;
+  return (*uploads_)[id];
+}
+
 void environment::set_checkpoints_summary(json summary) {
   checkpoints_summary_ = std::make_unique<json>(std::move(summary));
 }

@@ -137,6 +137,10 @@ class environment {
   std::function<asio::awaitable<std::pair<int, nlohmann::json>>(std::string id)> create_checkpoint;
   // POST /restore, likewise: the checkpoint's id (valid, present locally) in.
   std::function<asio::awaitable<std::pair<int, nlohmann::json>>(std::string id)> restore_checkpoint;
+  // The upload of each checkpoint to the store: {"state": pending|uploading|done|failed,
+  // "bytes", "error"}; null when this process did not upload it.
+  void set_upload_status(const std::string& id, nlohmann::json status);
+  nlohmann::json upload_status(const std::string& id) const;
   // GET / "operation": the checkpoint or restore under way (null when none).
   std::function<nlohmann::json()> operation_view;
 
@@ -153,6 +157,7 @@ class environment {
   std::vector<asio::steady_timer*> pauses_;
   nlohmann::json storage_status() const;
   std::unique_ptr<nlohmann::json> checkpoints_summary_;
+  std::unique_ptr<nlohmann::json> uploads_;  // {"<id>": status}
 
   storage_settings storage_;
   std::unique_ptr<s3::object_store> store_;

@@ -12,6 +12,7 @@
 #include "base/secret.hpp"
 #include "checkpoint/checkpoint_id.hpp"
 #include "checkpoint/local_store.hpp"
+#include "checkpoint/remote.hpp"
 #include "s3/object_store.hpp"
 
 namespace sm::api {
@@ -255,6 +256,10 @@ class api {
       struct stat st {};
       exists = ::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
     });
+    // Not here: perhaps in the store (made on another machine); the restore downloads it.
+    if (!exists && env_.store()) {
+      exists = co_await checkpoint::exists_remotely(*env_.store(), *id);
+    }
     if (!exists) co_return json_error(404, "no such checkpoint", {{"id", *id}});
     if (!env_.restore_checkpoint) co_return not_built("restore is");
     if (releasing_) co_return json_error(409, "the lease is being released");
@@ -302,13 +307,26 @@ class api {
     const checkpoint::local_store store(env_.paths().checkpoints_dir());
     co_await offload([&] { m = store.read(id); });
     if (!m) co_return json_error(404, "no such checkpoint", {{"id", id}});
-    co_return json_response(200, checkpoint::to_json(*m));
+    json out = checkpoint::to_json(*m);
+    out["upload"] = env_.upload_status(id);
+    co_return json_response(200, std::move(out));
   }
 
   // Removes a checkpoint here, and its copy in the object store if there is one.
   asio::awaitable<response> delete_checkpoint(const request&, const params& ids) {
     const std::string& id = ids.front();
     if (!checkpoint::valid_checkpoint_id(id)) co_return invalid_id(id);
+    // In use: being uploaded (deleting under the upload would leave half of it in the store),
+    // or being made or restored.
+    const json upload = env_.upload_status(id);
+    if (upload.is_object() && (upload["state"] == "pending" || upload["state"] == "uploading")) {
+      co_return json_error(409, "the checkpoint is being uploaded; try again once it is done",
+                           {{"id", id}, {"upload", upload}});
+    }
+    const json operation = env_.status()["operation"];
+    if (operation.is_object() && operation.value("id", "") == id) {
+      co_return json_error(409, "the checkpoint is in use", {{"id", id}, {"operation", operation}});
+    }
     const checkpoint::local_store store(env_.paths().checkpoints_dir());
     bool removed = false;
     std::vector<checkpoint::manifest> left;

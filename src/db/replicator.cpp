@@ -550,7 +550,7 @@ asio::awaitable<std::uint64_t> replicator::upload() {
     for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
          !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
       if (!it->is_regular_file(ec)) continue;
-      const std::string key = std::filesystem::relative(it->path(), shadow_dir()).string();
+      const std::string key = it->path().lexically_relative(shadow_dir()).string();
       // Only finished segments: a crash can leave a write's .tmp behind.
       const bool finished =
           key.ends_with(std::string(".wal") + std::string(compressed_ext)) || key.ends_with(".wal");

@@ -93,6 +93,11 @@ else
   log "cannot mount a tmpfs here: the disk-full case is skipped"
 fi
 
+# Each checkpoint goes up to the store in the background.
+wait_until "test2 in the store" sh -c "curl -s '$SM_URL/checkpoints/test2' | grep -q '\"state\":\"done\"'"
+[[ -e $TEST_DIR/objects/env-bucket/checkpoints/test2/manifest.json ]] || fail "no manifest in the store"
+[[ -e $TEST_DIR/objects/env-bucket/checkpoints/test2/files/mount/deep/er/blob ]] || fail "no blob in the store"
+
 # Restore test2: files and rows changed after it come back as they were, COMMAND restarts with a
 # new PID, the database is replicated again (a new generation).
 echo "changed" >data/env/test.txt
@@ -130,6 +135,27 @@ expect_json '"checksum" in j["error"]'
 
 sm_stop
 ((SM_EXIT == 0)) || fail "exit $SM_EXIT after SIGTERM"
+
+# Another machine (its own directory, the same bucket, once the lease is free) restores test2
+# from the store.
+mkdir -p "$TEST_DIR/b"
+cd "$TEST_DIR/b"
+sm_start -- sleep 1000
+req POST /config -d "{\"storage\": {\"bucket\": \"env-bucket\", \"endpoint\": \"file://$TEST_DIR/objects\"},
+  \"stacks\": [\"database\"]}"
+expect_status 200
+req POST /restore -d '{"id": "test2"}'
+expect_status 200
+[[ $(cat data/env/test.txt) == "checkpoint me" ]] || fail "b: test.txt not restored from the store"
+[[ $(readlink data/env/link) == test.txt ]] || fail "b: the symlink was not restored"
+cmp data/env/deep/er/blob "$TEST_DIR/tmp/checkpoints/test2/mount/deep/er/blob" || fail "b: the blob differs"
+[[ $(sqlite3 -cmd ".timeout 5000" data/database.sqlite "SELECT group_concat(v) FROM t") == "one,two" ]] ||
+  fail "b: the rows were not restored"
+[[ -d tmp/checkpoints/test2 ]] || fail "b: the downloaded checkpoint is not kept"
+req POST /restore -d '{"id": "nowhere"}'
+expect_status 404
+sm_stop
+cd "$TEST_DIR"
 
 # A restore cut short (as by kill -9 in the middle of the swap): at the next start, what it had
 # moved aside is put back.

@@ -1,0 +1,239 @@
+#include "checkpoint/remote.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <vector>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include "async/offload.hpp"
+#include "checkpoint/copy_tree.hpp"
+#include "checkpoint/local_store.hpp"
+
+namespace sm::checkpoint {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr unsigned in_flight = 8;
+
+struct entry {
+  std::string path;  // relative to the checkpoint's directory
+  char type = 'f';   // f(ile), d(irectory), l(ink)
+  std::uint32_t mode = 0;
+  std::int64_t mtime_ns = 0;
+  std::uint64_t size = 0;
+  std::string target;  // symlinks
+};
+
+json to_json(const entry& e) {
+  json j = {{"path", e.path},
+            {"type", std::string(1, e.type)},
+            {"mode", e.mode},
+            {"mtime_ns", e.mtime_ns},
+            {"size", e.size}};
+  if (e.type == 'l') j["target"] = e.target;
+  return j;
+}
+
+// A path from the store must stay inside the checkpoint.
+bool safe_relative(const std::string& path) {
+  if (path.empty() || path.front() == '/') return false;
+  for (const auto& part : std::filesystem::path(path)) {
+    if (part == ".." || part == ".") return false;
+  }
+  return path.find('\0') == std::string::npos;
+}
+
+// Runs `work(i)` for i in [0, n), `in_flight` at a time; rethrows the first failure once all
+// that started have ended.
+template <class Work>
+asio::awaitable<void> for_each_parallel(std::size_t n, Work work) {
+  const auto executor = co_await asio::this_coro::executor;
+  struct shared {
+    std::size_t next = 0;
+    unsigned running = 0;
+    std::exception_ptr failure;
+    asio::steady_timer done;
+    explicit shared(asio::any_io_executor e)
+        : done(e, std::chrono::steady_clock::time_point::max()) {}
+  };
+  auto state = std::make_shared<shared>(executor);
+  const unsigned workers = unsigned(std::min<std::size_t>(in_flight, n));
+  for (unsigned w = 0; w < workers; ++w) {
+    ++state->running;
+    asio::co_spawn(
+        executor,
+        [state, n, &work]() -> asio::awaitable<void> {
+          while (!state->failure && state->next < n) {
+            const std::size_t i = state->next++;
+            try {
+              co_await work(i);
+            } catch (...) {
+              if (!state->failure) state->failure = std::current_exception();
+            }
+          }
+          if (--state->running == 0) state->done.cancel();
+        },
+        asio::detached);
+  }
+  while (state->running > 0) {
+    std::error_code ec;
+    co_await state->done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  if (state->failure) std::rethrow_exception(state->failure);
+}
+
+}  // namespace
+
+std::string remote_prefix(const std::string& id) {
+  return "checkpoints/" + id + "/";
+}
+
+asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store& local,
+                                      std::string id, std::function<void(std::uint64_t)> progress) {
+  const std::filesystem::path root = local.path_of(id);
+  std::vector<entry> entries;
+  std::string manifest_text;
+  co_await offload([&] {
+    for (auto it = std::filesystem::recursive_directory_iterator(root);
+         it != std::filesystem::recursive_directory_iterator(); ++it) {
+      struct stat st {};
+      if (::lstat(it->path().c_str(), &st) != 0) continue;
+      entry e;
+      e.path = it->path().lexically_relative(root).string();  // never through a symlink
+      if (e.path == "manifest.json") continue;
+      e.mode = st.st_mode & 07777;
+      e.mtime_ns = std::int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+      if (S_ISDIR(st.st_mode)) {
+        e.type = 'd';
+      } else if (S_ISLNK(st.st_mode)) {
+        e.type = 'l';
+        e.target = std::filesystem::read_symlink(it->path()).string();
+      } else if (S_ISREG(st.st_mode)) {
+        e.size = std::uint64_t(st.st_size);
+      } else {
+        continue;  // FIFOs and the like carry no data worth a copy elsewhere
+      }
+      entries.push_back(std::move(e));
+    }
+    std::ifstream in(root / "manifest.json");
+    manifest_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  });
+  if (manifest_text.empty()) throw std::runtime_error("checkpoint " + id + " has no manifest");
+  const std::string prefix = remote_prefix(id);
+  std::vector<const entry*> files;
+  for (const entry& e : entries) {
+    if (e.type == 'f') files.push_back(&e);
+  }
+  std::uint64_t done = 0;
+  co_await for_each_parallel(files.size(), [&](std::size_t i) -> asio::awaitable<void> {
+    const entry& e = *files[i];
+    co_await store.put_file(prefix + "files/" + e.path, root / e.path);
+    done += e.size;
+    if (progress) progress(done);
+  });
+  json index = json::array();
+  for (const entry& e : entries) index.push_back(to_json(e));
+  s3::put_options json_type;
+  json_type.content_type = "application/json";
+  co_await store.put(prefix + "index.json", index.dump() + "\n", json_type);
+  // Last: its presence is what says the checkpoint is whole in the store.
+  co_await store.put(prefix + "manifest.json", manifest_text, json_type);
+  co_return done;
+}
+
+asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id) {
+  const auto info = co_await store.head(remote_prefix(id) + "manifest.json");
+  co_return info.has_value();
+}
+
+asio::awaitable<bool> download(s3::object_store& store, const local_store& local, std::string id) {
+  const std::string prefix = remote_prefix(id);
+  std::string manifest_text, index_text;
+  try {
+    manifest_text = co_await store.get(prefix + "manifest.json");
+  } catch (const s3::error& e) {
+    if (e.status() == 404) co_return false;
+    throw;
+  }
+  index_text = co_await store.get(prefix + "index.json");
+  const std::optional<manifest> m = manifest_from_json(json::parse(manifest_text, nullptr, false));
+  const json index = json::parse(index_text, nullptr, false);
+  if (!m || m->id != id || !index.is_array()) {
+    throw std::runtime_error("checkpoint " + id + " in the store is not readable");
+  }
+  std::vector<entry> entries;
+  for (const json& j : index) {
+    entry e;
+    e.path = j.value("path", "");
+    const std::string type = j.value("type", "");
+    if (!safe_relative(e.path) || type.size() != 1) {
+      throw std::runtime_error("checkpoint " + id + " in the store names a path out of it");
+    }
+    e.type = type[0];
+    e.mode = j.value("mode", 0644u) & 07777;
+    e.mtime_ns = j.value("mtime_ns", std::int64_t(0));
+    e.size = j.value("size", std::uint64_t(0));
+    e.target = j.value("target", "");
+    entries.push_back(std::move(e));
+  }
+  const std::filesystem::path partial = local.partial_of(id);
+  co_await offload([&] {
+    remove_tree(partial);
+    std::filesystem::create_directories(partial);
+    for (const entry& e : entries) {
+      if (e.type == 'd') std::filesystem::create_directories(partial / e.path);
+    }
+  });
+  std::exception_ptr failure;
+  try {
+    std::vector<const entry*> files;
+    for (const entry& e : entries) {
+      if (e.type == 'f') files.push_back(&e);
+    }
+    co_await for_each_parallel(files.size(), [&](std::size_t i) -> asio::awaitable<void> {
+      const entry& e = *files[i];
+      co_await store.get_file(prefix + "files/" + e.path, partial / e.path);
+    });
+    co_await offload([&] {
+      // Links, then modes and times, deepest first (a directory's time after its contents).
+      for (const entry& e : entries) {
+        if (e.type == 'l') std::filesystem::create_symlink(e.target, partial / e.path);
+      }
+      for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+        const std::filesystem::path p = partial / it->path;
+        const timespec times[2] = {{it->mtime_ns / 1'000'000'000, it->mtime_ns % 1'000'000'000},
+                                   {it->mtime_ns / 1'000'000'000, it->mtime_ns % 1'000'000'000}};
+        if (it->type != 'l') ::chmod(p.c_str(), it->mode);
+        ::utimensat(AT_FDCWD, p.c_str(), times, AT_SYMLINK_NOFOLLOW);
+      }
+      local.commit(*m);
+    });
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (failure) {
+    co_await offload([&] {
+      try {
+        remove_tree(partial);
+      } catch (const std::exception&) {
+      }
+    });
+    std::rethrow_exception(failure);
+  }
+  co_return true;
+}
+
+}  // namespace sm::checkpoint

@@ -1,0 +1,35 @@
+// Checkpoints in the object store, so that another machine can restore them. Under
+// <key_prefix>checkpoints/<id>/: files/<path> for each regular file of the checkpoint (its
+// database copy, configuration and mount/ tree), index.json (every entry: path, type, mode,
+// mtime, size, symlink target), and manifest.json last, whose presence says the upload is whole.
+// Uploads run 8 objects at a time on the executor; the file system work goes through offload().
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include <asio/awaitable.hpp>
+
+#include "s3/object_store.hpp"
+
+namespace sm::checkpoint {
+
+class local_store;
+
+std::string remote_prefix(const std::string& id);  // "checkpoints/<id>/"
+
+// Uploads the complete local checkpoint `id`. `progress` gets the bytes uploaded so far.
+// Throws what the store throws (after its retries).
+asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store& local,
+                                      std::string id, std::function<void(std::uint64_t)> progress);
+
+// Whether the store holds a whole checkpoint `id` (its manifest.json).
+asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id);
+
+// Downloads checkpoint `id` into <id>.partial/ and commits it as a local checkpoint. False when
+// the store has no whole checkpoint of that id. Throws on failure (the partial is removed).
+asio::awaitable<bool> download(s3::object_store& store, const local_store& local, std::string id);
+
+}  // namespace sm::checkpoint
