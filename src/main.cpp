@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "app.hpp"
+#include "checkpoint_cli.hpp"
 #include "config/config.hpp"
 #include "options.hpp"
 #include "restore_db.hpp"
@@ -15,6 +16,9 @@ int main(int argc, char** argv) {
   // A subcommand runs on its own and exits: no server, no COMMAND, no lease.
   if (!args.empty() && args.front() == "restore-db") {
     return sm::run_restore_db({args.begin() + 1, args.end()}, sm::config::process_environment);
+  }
+  if (!args.empty() && args.front() == "checkpoint") {
+    return sm::run_checkpoint_cli({args.begin() + 1, args.end()}, sm::config::process_environment);
   }
 
   // Read the command line and the environment (pure; errors are exit status 2).

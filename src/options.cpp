@@ -268,6 +268,7 @@ command_line parse_command_line(const std::vector<std::string>& args, const env_
 std::string usage_text() {
   return R"(Usage: state-manager [OPTIONS] [-- COMMAND [ARG...]]
        state-manager restore-db --to FILE [--at TIME] [--generation G] [--force]
+       state-manager checkpoint create|restore|list|delete [ID] [--url URL] [--json]
 
 The init process of a stateful sandbox: supervises COMMAND (restarting it by policy, reaping
 orphans, forwarding signals to its process group), serves an HTTP control API, and keeps the
@@ -327,6 +328,10 @@ DUR is a number with a unit: 250ms, 1s, 2m, 1h, 1m30s (0 is allowed where it mak
 restore-db restores the environment's database from its replica in the object store into
 FILE, as of TIME (RFC 3339) if given, without a running server and without taking the lease;
 see `state-manager restore-db --help`.
+
+checkpoint asks a running state-manager, through its HTTP API (--url, default
+http://127.0.0.1:8080), to checkpoint the environment, restore a checkpoint, list the
+checkpoints or delete one; see `state-manager checkpoint --help`.
 
 HTTP API: GET / (status), GET /config, POST /config, GET /healthz, POST /checkpoint,
 POST /restore, POST /release-lease. Example:

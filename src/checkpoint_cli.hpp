@@ -1,0 +1,85 @@
+// `state-manager checkpoint create|restore|list|delete [ID]`: a client of a running
+// state-manager's HTTP API, for an operator's shell or a script. It runs beside the server (or on
+// the other side of a port forward), never in its place: it only sends requests.
+//
+// The parsing, the URL, the HTTP answer and the human summaries are pure functions, tested
+// without a socket; run_checkpoint_cli does the blocking I/O (a client process, so blocking is
+// fine: nothing else waits on this thread).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "options.hpp"
+
+namespace sm {
+
+// Where the API is: http://HOST[:PORT][/PREFIX]. HOST is an IPv4 address, [IPv6] or a name
+// (resolved with getaddrinfo); PREFIX is for an API behind a reverse proxy.
+struct http_url {
+  std::string host;       // without brackets
+  std::string port;       // "80" when not given
+  std::string authority;  // HOST[:PORT] as written, for the Host header
+  std::string base_path;  // "" or "/prefix", without a trailing '/'
+};
+
+// nullopt for anything else: another scheme, user info, a query, a bad port.
+std::optional<http_url> parse_http_url(std::string_view text);
+
+enum class checkpoint_verb { create, restore, list, remove };
+
+struct checkpoint_cli_options {
+  checkpoint_verb verb = checkpoint_verb::list;
+  std::string id;  // create: optional (the server picks v1, v2, ...); restore, delete: required
+  std::string url_text = "http://127.0.0.1:8080";
+  http_url url{"127.0.0.1", "8080", "127.0.0.1:8080", ""};
+  // The token, from the same places as the server's: a token file (--token-file, or
+  // STATE_MANAGER_TOKEN_FILE) wins over STATE_MANAGER_TOKEN.
+  std::optional<std::filesystem::path> token_file;
+  std::optional<std::string> token;
+  bool json = false;  // print the server's answer as is
+};
+
+struct checkpoint_command_line {
+  enum class action { run, help, error } what = action::run;
+  checkpoint_cli_options opts;
+  std::string error;  // for action::error: one line saying what is wrong
+};
+
+// `args`: the words after "checkpoint". Options may come before or after the verb and the id;
+// "--" ends them (an id may start with '-'). Pure: the environment comes in through `env`.
+checkpoint_command_line parse_checkpoint_command_line(const std::vector<std::string>& args,
+                                                      const env_lookup& env);
+
+std::string checkpoint_usage_text();
+
+struct http_reply {
+  int status = 0;
+  std::string body;
+};
+
+// A whole HTTP/1.x response, as read until the server closed the connection: the status line,
+// the headers, and the body by Content-Length, chunked, or up to the end. nullopt when it is
+// malformed or cut short.
+std::optional<http_reply> parse_http_response(std::string_view raw);
+
+// 1536 -> "1.5 KiB", 16384 -> "16 KiB", 999 -> "999 B".
+std::string format_size(std::uint64_t bytes);
+
+// The human summary of a successful answer to `verb` (without a final newline), e.g.
+// "checkpoint test1: 3 files, 12.3 MiB, database 16 KiB (sha256 7507df69…), 15 ms".
+// Fields the server left out are shown as "?" rather than refused: an older or newer server
+// still gets a summary.
+std::string describe_answer(checkpoint_verb verb, const nlohmann::json& answer);
+
+// The whole subcommand. Returns the exit status: 0 done, 1 the server answered an error or could
+// not be reached, 2 a bad command line.
+int run_checkpoint_cli(const std::vector<std::string>& args, const env_lookup& env);
+
+}  // namespace sm
