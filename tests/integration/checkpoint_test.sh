@@ -157,6 +157,34 @@ expect_status 404
 sm_stop
 cd "$TEST_DIR"
 
+# kill -9 during a large checkpoint: afterwards there is either no checkpoint or a whole one,
+# never a partial one (the copy can finish between our look and the kill: both are fine).
+sm_start -- sleep 1000
+for i in $(seq 1 40); do head -c 5000000 /dev/urandom >"data/env/big-$i"; done
+curl -s -o /dev/null -X POST "$SM_URL/checkpoint" -d '{"id": "killed"}' &
+STARTED_PIDS+=($!)
+copying() {
+  curl -s "$SM_URL/" | python3 -c 'import json,sys; o=json.load(sys.stdin)["operation"]; sys.exit(0 if o and o["step"] == "snapshot" and o["done_bytes"] > 0 else 1)'
+}
+wait_until "the big checkpoint copying" copying
+kill -KILL "$SM_PID"
+wait_exit "$SM_PID" || fail "state-manager did not die"
+sm_start -- sleep 1000
+[[ ! -e tmp/checkpoints/killed.partial ]] || fail "a partial checkpoint survived the restart"
+req GET /checkpoints/killed
+if [[ $STATUS == 200 ]]; then
+  expect_json 'j["mount"]["files"] >= 40'
+  for i in $(seq 1 40); do
+    cmp "data/env/big-$i" "tmp/checkpoints/killed/mount/big-$i" || fail "the whole checkpoint is not whole"
+  done
+  log "the checkpoint had finished before the kill"
+else
+  expect_status 404
+  [[ ! -e tmp/checkpoints/killed ]] || fail "a directory without a manifest was left"
+fi
+rm -f data/env/big-*
+sm_stop
+
 # A restore cut short (as by kill -9 in the middle of the swap): at the next start, what it had
 # moved aside is put back.
 mkdir -p data/.restore-aside
