@@ -292,8 +292,12 @@ int run_app(const options& opts) {
                  checkpoint::remove_tree(aside);
                  log::warn("an interrupted restore was undone: the database is as before it");
                }
+               checkpoint::remove_tree(opts.data_dir / ".restore-trash");
                if (env.current()) {
                  const std::filesystem::path env_dir = env.current()->storage.env_dir;
+                 std::filesystem::path env_trash = env_dir;
+                 env_trash += ".restore-trash";
+                 checkpoint::remove_tree(env_trash);
                  std::filesystem::path env_aside = env_dir;
                  env_aside += ".restore-aside";
                  if (std::filesystem::exists(env_aside)) {
@@ -836,6 +840,9 @@ int run_app(const options& opts) {
     const std::filesystem::path env_dir = env.current()->storage.env_dir;
     std::filesystem::path env_aside = env_dir;
     env_aside += ".restore-aside";
+    const std::filesystem::path aside_trash = opts.data_dir / ".restore-trash";
+    std::filesystem::path env_trash = env_dir;
+    env_trash += ".restore-trash";
     const std::filesystem::path source = store.path_of(id);
     const bool swap_database = m->database.has_value();
     int failure_errno = 0;
@@ -876,9 +883,12 @@ int run_app(const options& opts) {
         checkpoint::copy_options copy;
         copy.progress = [&](std::uint64_t done) { operation_done = done; };
         checkpoint::copy_tree(source / "mount", env_dir, copy);
-        // Restored: what was moved aside goes.
-        checkpoint::remove_tree(aside);
-        checkpoint::remove_tree(env_aside);
+        // Restored. What was moved aside becomes garbage by one rename each (so that a crash
+        // from here on is not undone at start), removed once everything runs again.
+        checkpoint::remove_tree(aside_trash);
+        std::filesystem::rename(aside, aside_trash);
+        checkpoint::remove_tree(env_trash);
+        if (env_moved) std::filesystem::rename(env_aside, env_trash);
       } catch (const std::exception& e) {
         failure = e.what();
         if (const auto* s = dynamic_cast<const std::system_error*>(&e))
@@ -940,6 +950,20 @@ int run_app(const options& opts) {
           json{{"error", "restore failed, the state before it is back: " + failure}, {"id", id}});
     }
     log::info("restored", {{"id", id}, {"ms", std::to_string(took.count())}});
+    // The old state's files go in the background (removing 10,000 files takes seconds).
+    asio::co_spawn(
+        io,
+        [aside_trash, env_trash]() -> asio::awaitable<void> {
+          co_await offload([&] {
+            try {
+              checkpoint::remove_tree(aside_trash);
+              checkpoint::remove_tree(env_trash);
+            } catch (const std::exception& e) {
+              log::warn("cannot remove what a restore replaced", {{"error", e.what()}});
+            }
+          });
+        },
+        asio::detached);
     co_return std::make_pair(
         200, json{{"id", id}, {"restored", checkpoint::to_json(*m)}, {"took_ms", took.count()}});
   };

@@ -188,7 +188,6 @@ void finish_inode_fd(int source, int target, const struct stat& st, const fs::pa
   if (::fchmod(target, st.st_mode & 07777) != 0) throw_errno("chmod", target_shown);
   const struct timespec times[2] = {st.st_atim, st.st_mtim};
   if (::futimens(target, times) != 0) throw_errno("set times", target_shown);
-  if (::fsync(target) != 0) throw_errno("fsync", target_shown);
 }
 
 // The same for an inode known by name (symlink, FIFO), which we just created in `target_dir`.
@@ -238,6 +237,10 @@ class tree_copier {
     ++stats_.dirs;
     copy_contents(source.get(), root_.get(), {});
     finish_inode_fd(source.get(), root_.get(), st, from_, to_);
+    // Durable, every file and directory at once: one syncfs() of the file system instead of an
+    // fsync() per inode (10,000 files took 1.7 s of fsyncs, most of a checkpoint's time). The
+    // caller renames `to` into place after this.
+    if (::syncfs(root_.get()) != 0) throw_errno("syncfs", to_);
     return stats_;
   }
 
@@ -253,8 +256,6 @@ class tree_copier {
       check_cancel();
       copy_entry(source_dir, target_dir, relative / name, name);
     }
-    // The new names are durable once their directory is; the caller renames `to` after this.
-    if (::fsync(target_dir) != 0) throw_errno("fsync", to_ / relative);
   }
 
   void copy_entry(int source_dir, int target_dir, const fs::path& relative,

@@ -56,8 +56,9 @@ class copy_cancelled : public std::runtime_error {
 // Symlinks are never followed, neither out of the tree nor within it; mount points inside the tree
 // are copied into, like `cp -a`.
 // File data goes by FICLONE (reflink), then copy_file_range per data extent, then read/write with
-// a 1 MiB buffer. Every file and directory written is fsynced; `to` is not renamed anywhere and
-// its parent is not fsynced, which is the caller's rename step.
+// a 1 MiB buffer. Everything written is durable on return (one syncfs() of the destination's
+// file system); `to` is not renamed anywhere and its parent is not fsynced, which is the caller's
+// rename step.
 // Throws std::system_error naming the step and the path on any failure (ENOSPC included), and
 // copy_cancelled when `options.cancel` is set; either way the partial copy is left for the caller
 // to remove (remove_tree). Holds two file descriptors per level of depth.

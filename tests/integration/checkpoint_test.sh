@@ -117,7 +117,9 @@ expect_json 'j["id"] == "test2" and j["restored"]["id"] == "test2"'
 cmp data/env/deep/er/blob tmp/checkpoints/test2/mount/deep/er/blob || fail "the blob was not restored"
 [[ $(sqlite3 -cmd ".timeout 5000" data/database.sqlite "SELECT group_concat(v) FROM t") == "one,two" ]] ||
   fail "the rows were not restored: $(sqlite3 data/database.sqlite 'SELECT group_concat(v) FROM t')"
-[[ -z $(ls -A data | grep restore) ]] || fail "restore left something aside: $(ls -A data)"
+# What the restore replaced is removed in the background, soon.
+wait_until "the replaced state removed" sh -c '! ls -A data | grep -q restore'
+[[ ! -e data/.restore-aside ]] || fail "restore left its aside copy"
 wait_until "COMMAND running again after the restore" sh -c "curl -s '$SM_URL/' | python3 -c 'import json,sys; p=json.load(sys.stdin)[\"process\"]; sys.exit(0 if p[\"state\"] == \"running\" and p[\"pid\"] != $pid_before else 1)'"
 req GET /
 expect_json "j['components']['database']['state'] == 'running' and j['components']['database']['replication']['generation'] != '$generation_before' and j['operation'] is None"
