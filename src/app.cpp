@@ -925,7 +925,10 @@ int run_app(const options& opts) {
     operation_step("resume");
     if (had_database && env.current()) {
       make_database(*env.current());
-      co_await database->start(false);  // the restored file: a new replication generation
+      // The restored file begins a new replication generation: its pin is taken at once, so
+      // nothing COMMAND writes meanwhile is missed, and the snapshot's upload need not hold
+      // COMMAND back (stop() waits for a start under way).
+      asio::co_spawn(io, database->start(false), asio::detached);
     }
     if (had_components && !shutting_down) {
       components->rearm();
