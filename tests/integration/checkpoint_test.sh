@@ -174,6 +174,14 @@ copying() {
 wait_until "the big checkpoint copying" copying
 kill -KILL "$SM_PID"
 wait_exit "$SM_PID" || fail "state-manager did not die"
+# COMMAND (if the checkpoint had restarted it) outlives a state-manager killed with SIGKILL:
+# ours to stop, found by its output, which is that instance's log.
+for out in /proc/[0-9]*/fd/1; do
+  if [[ $(readlink "$out" 2>/dev/null) == "$SM_LOG" ]]; then
+    orphan=${out#/proc/}
+    STARTED_PIDS+=("${orphan%%/*}")
+  fi
+done
 sm_start -- sleep 1000
 [[ ! -e tmp/checkpoints/killed.partial ]] || fail "a partial checkpoint survived the restart"
 req GET /checkpoints/killed
