@@ -65,18 +65,6 @@ bool step(std::string_view name, F&& f) {
   return true;
 }
 
-std::string read_token(const std::filesystem::path& file) {
-  std::optional<std::string> text = read_file(file, 64 * 1024, /*allow_pipes=*/true);
-  if (!text) throw std::runtime_error("token file " + file.string() + " does not exist");
-  // Editors add a final newline, and copy-paste adds spaces: the token is what lies between.
-  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
-  while (!text->empty() && space(text->back())) text->pop_back();
-  const auto first = std::find_if_not(text->begin(), text->end(), space);
-  text->erase(text->begin(), first);
-  if (text->empty()) throw std::runtime_error("token file " + file.string() + " is empty");
-  return *text;
-}
-
 // Raises the soft descriptor limit to the hard one and returns how many connections fit in it,
 // leaving room for the files, pipes and child processes the rest of the program needs.
 std::size_t connection_capacity() {
@@ -243,7 +231,7 @@ int run_app(const options& opts) {
       step("read API token",
            [&] {
              if (opts.token_file)
-               api_opts.token = read_token(*opts.token_file);
+               api_opts.token = read_token_file(*opts.token_file);
              else if (opts.token && !opts.token->empty())
                api_opts.token = opts.token;
            }) &&
@@ -584,15 +572,42 @@ int run_app(const options& opts) {
     operation["step"] = step;
     publish("operation", {{"kind", operation["kind"]}, {"id", operation["id"]}, {"step", step}});
   };
-  env.create_checkpoint = [&](std::string id) -> asio::awaitable<std::pair<int, nlohmann::json>> {
-    using json = nlohmann::json;
+  // Why a checkpoint or restore cannot begin now (409, 503); nullopt: it may.
+  auto refuse_operation = [&]() -> std::optional<std::pair<int, nlohmann::json>> {
     if (operation_running) {
-      co_return std::make_pair(409, json{{"error", "another checkpoint or restore is running"},
-                                         {"operation", operation}});
+      return std::make_pair(409,
+                            nlohmann::json{{"error", "another checkpoint or restore is running"},
+                                           {"operation", operation}});
     }
     if (shutting_down) {
-      co_return std::make_pair(503, json{{"error", "state-manager is shutting down"}});
+      return std::make_pair(503, nlohmann::json{{"error", "state-manager is shutting down"}});
     }
+    return std::nullopt;
+  };
+  // What writes to the state stops (SIGTERM, SIGKILL after its stop timeout), and later starts
+  // again (new PIDs) unless shut-down began meanwhile. Returns what was running.
+  struct quiesced {
+    bool process = false, components = false;
+  };
+  auto quiesce = [&]() -> asio::awaitable<quiesced> {
+    quiesced q{process && process_started, components && !components->empty()};
+    if (q.process) co_await process->stop();
+    if (q.components) co_await components->stop();
+    co_return q;
+  };
+  auto resume = [&](quiesced q) -> asio::awaitable<void> {
+    if (q.components && !shutting_down) {
+      components->rearm();
+      co_await components->start();
+    }
+    if (q.process && !shutting_down && process->rearm()) {
+      process_started = false;
+      start_process();
+    }
+  };
+  env.create_checkpoint = [&](std::string id) -> asio::awaitable<std::pair<int, nlohmann::json>> {
+    using json = nlohmann::json;
+    if (auto refused = refuse_operation()) co_return *refused;
     operation_running = true;
     const checkpoint::local_store store(env.paths().checkpoints_dir());
     std::optional<std::string> parent;
@@ -623,13 +638,9 @@ int run_app(const options& opts) {
     operation_total = 0;
     publish_system_state();
 
-    // Quiesce: what writes to the state stops (SIGTERM, SIGKILL after its stop timeout).
     operation_step("quiesce");
     auto t = std::chrono::steady_clock::now();
-    const bool had_process = process && process_started;
-    if (had_process) co_await process->stop();
-    const bool had_components = components && !components->empty();
-    if (had_components) co_await components->stop();
+    const quiesced stopped = co_await quiesce();
     m.steps_ms["quiesce"] = since(t);
 
     // Snapshot, into <id>.partial/.
@@ -674,14 +685,7 @@ int run_app(const options& opts) {
     // Resume: what was stopped starts again (new PIDs), whatever became of the snapshot.
     operation_step("resume");
     t = std::chrono::steady_clock::now();
-    if (had_components && !shutting_down) {
-      components->rearm();
-      co_await components->start();
-    }
-    if (had_process && !shutting_down && process->rearm()) {
-      process_started = false;
-      start_process();
-    }
+    co_await resume(stopped);
     m.steps_ms["resume"] = since(t);
 
     if (failure.empty()) {
@@ -762,13 +766,7 @@ int run_app(const options& opts) {
   // restart everything (new PIDs). Anything failing puts the aside state back.
   env.restore_checkpoint = [&](std::string id) -> asio::awaitable<std::pair<int, nlohmann::json>> {
     using json = nlohmann::json;
-    if (operation_running) {
-      co_return std::make_pair(409, json{{"error", "another checkpoint or restore is running"},
-                                         {"operation", operation}});
-    }
-    if (shutting_down) {
-      co_return std::make_pair(503, json{{"error", "state-manager is shutting down"}});
-    }
+    if (auto refused = refuse_operation()) co_return *refused;
     operation_running = true;
     const checkpoint::local_store store(env.paths().checkpoints_dir());
     std::optional<checkpoint::manifest> m;
@@ -823,10 +821,7 @@ int run_app(const options& opts) {
     publish_system_state();
 
     operation_step("quiesce");
-    const bool had_process = process && process_started;
-    if (had_process) co_await process->stop();
-    const bool had_components = components && !components->empty();
-    if (had_components) co_await components->stop();
+    const quiesced stopped = co_await quiesce();
     const bool had_database = database != nullptr;
     if (had_database) {
       operation_step("final sync");
@@ -930,14 +925,7 @@ int run_app(const options& opts) {
       // COMMAND back (stop() waits for a start under way).
       asio::co_spawn(io, database->start(false), asio::detached);
     }
-    if (had_components && !shutting_down) {
-      components->rearm();
-      co_await components->start();
-    }
-    if (had_process && !shutting_down && process->rearm()) {
-      process_started = false;
-      start_process();
-    }
+    co_await resume(stopped);
     operation = nullptr;
     operation_running = false;
     publish("operation",

@@ -515,27 +515,16 @@ class progress_line {
   bool drawn_ = false;
 };
 
-// Whitespace around the token is the editor's, not the token's (as the server reads it).
-std::string trimmed_token(std::string text) {
-  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
-  while (!text.empty() && space(text.back())) text.pop_back();
-  text.erase(text.begin(), std::find_if_not(text.begin(), text.end(), space));
-  return text;
-}
-
 std::optional<std::string> token_of(const checkpoint_cli_options& o) {
   std::optional<std::string> token = o.token;
   if (o.token_file) {
-    const std::string name = o.token_file->string();
-    std::optional<std::string> text;
     try {
-      text = read_file(*o.token_file, 64 * 1024, /*allow_pipes=*/true);
+      token = read_token_file(*o.token_file);  // as the server reads it
     } catch (const std::system_error& e) {
-      throw failed("cannot read the token file " + name + ": " + e.what());
+      throw failed("cannot read the token file " + o.token_file->string() + ": " + e.what());
+    } catch (const std::runtime_error& e) {
+      throw failed(e.what());
     }
-    if (!text) throw failed("token file " + name + " does not exist");
-    token = trimmed_token(std::move(*text));
-    if (token->empty()) throw failed("token file " + name + " is empty");
   }
   // A line break inside would end the Authorization header and start another.
   if (token && std::any_of(token->begin(), token->end(),

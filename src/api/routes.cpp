@@ -323,7 +323,7 @@ class api {
       co_return json_error(409, "the checkpoint is being uploaded; try again once it is done",
                            {{"id", id}, {"upload", upload}});
     }
-    const json operation = env_.status()["operation"];
+    const json operation = env_.operation_view ? env_.operation_view() : json(nullptr);
     if (operation.is_object() && operation.value("id", "") == id) {
       co_return json_error(409, "the checkpoint is in use", {{"id", id}, {"operation", operation}});
     }

@@ -1,5 +1,9 @@
 #include "base/file.hpp"
 
+#include <algorithm>
+#include <cctype>
+#include <stdexcept>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -130,6 +134,16 @@ void ensure_directory(const std::filesystem::path& dir, mode_t mode) {
   if (!S_ISDIR(st.st_mode)) {
     throw std::system_error(ENOTDIR, std::generic_category(), "not a directory: " + dir.string());
   }
+}
+
+std::string read_token_file(const std::filesystem::path& file) {
+  std::optional<std::string> text = read_file(file, 64 * 1024, /*allow_pipes=*/true);
+  if (!text) throw std::runtime_error("token file " + file.string() + " does not exist");
+  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  while (!text->empty() && space(text->back())) text->pop_back();
+  text->erase(text->begin(), std::find_if_not(text->begin(), text->end(), space));
+  if (text->empty()) throw std::runtime_error("token file " + file.string() + " is empty");
+  return *text;
 }
 
 }  // namespace sm

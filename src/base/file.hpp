@@ -21,6 +21,12 @@ std::optional<std::string> read_file(const std::filesystem::path& path,
                                      std::size_t max_bytes = 16 * 1024 * 1024,
                                      bool allow_pipes = false);
 
+// The API token in `file` (may be a pipe: `--token-file <(...)`): the text between the
+// whitespace an editor or a copy-paste adds. Throws std::runtime_error when the file does not
+// exist or holds no token, std::system_error when it cannot be read. Used by the server and by
+// the `checkpoint` command, which must agree on it.
+std::string read_token_file(const std::filesystem::path& file);
+
 // Replaces `path` with `content` so that a crash at any point leaves either the old file or the
 // new one: write a temporary file `<path>.tmp` beside it (a leftover one is replaced, a symlink
 // there is refused), fsync it, rename it over `path`, fsync the directory. Throws

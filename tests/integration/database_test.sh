@@ -17,22 +17,6 @@ db_config() {  # ENDPOINT [EXTRA STORAGE JSON]
     "stacks": ["database"], "database": {"sync_interval": "100ms"}}\n' "$1" "${2:-}"
 }
 
-# start NAME [ARGS...]: an instance in $TEST_DIR/NAME; sets NAME_URL, NAME_PID.
-start() {
-  local name=$1
-  shift
-  mkdir -p "$TEST_DIR/$name"
-  cd "$TEST_DIR/$name"
-  sm_start "$@"
-  cd "$TEST_DIR"
-  printf -v "${name}_URL" %s "$SM_URL"
-  printf -v "${name}_PID" %s "$SM_PID"
-}
-on() {  # NAME METHOD PATH [CURL ARGS...]
-  local url=${1}_URL
-  shift
-  SM_URL=${!url} req "$@"
-}
 database_json() {  # NAME PY_EXPR: about GET / components.database, as `d`
   on "$1" GET /
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["components"]["database"]; sys.exit(0 if eval(sys.argv[2]) else 1)' \

@@ -155,6 +155,25 @@ sm_start() {
   SM_URL=http://127.0.0.1:$port
 }
 
+# start NAME [ARGS...]: an instance in $TEST_DIR/NAME (its own directory, so its own lease
+# owner); sets NAME_URL, NAME_PID, NAME_LOG. on NAME METHOD PATH [CURL ARGS...]: req against it.
+start() {
+  local name=$1
+  shift
+  mkdir -p "$TEST_DIR/$name"
+  cd "$TEST_DIR/$name"
+  sm_start "$@"
+  cd "$TEST_DIR"
+  printf -v "${name}_URL" %s "$SM_URL"
+  printf -v "${name}_PID" %s "$SM_PID"
+  printf -v "${name}_LOG" %s "$SM_LOG"
+}
+on() {
+  local url=${1}_URL
+  shift
+  SM_URL=${!url} req "$@"
+}
+
 # wait_until WHAT COMMAND...: runs COMMAND every 50 ms until it succeeds; fails, naming WHAT,
 # once DEADLINE seconds have passed. Never a fixed sleep as an assertion.
 wait_until() {

@@ -19,26 +19,6 @@ lease_config() {
     "access_key": "%s", "secret_key": "%s"}, "stacks": []}\n' "$OBJECTS" "$PREFIX" "$ACCESS" "$SECRET"
 }
 
-# start NAME [ARGS...]: an instance in $TEST_DIR/NAME; sets NAME_URL, NAME_PID, NAME_LOG.
-start() {
-  local name=$1
-  shift
-  mkdir -p "$TEST_DIR/$name"
-  cd "$TEST_DIR/$name"
-  sm_start "$@"
-  cd "$TEST_DIR"
-  printf -v "${name}_URL" %s "$SM_URL"
-  printf -v "${name}_PID" %s "$SM_PID"
-  printf -v "${name}_LOG" %s "$SM_LOG"
-}
-
-# on NAME METHOD PATH [CURL ARGS...]: req against instance NAME.
-on() {
-  local url=${1}_URL
-  shift
-  SM_URL=${!url} req "$@"
-}
-
 # The value of a Python expression over the last body (`j`).
 json_of() {
   python3 -c 'import json, sys; j = json.load(open(sys.argv[2])); print(eval(sys.argv[1]))' "$1" "$BODY_FILE"

@@ -32,22 +32,6 @@ namespace {
 
 const char* fingerprint = "SELECT count(*) || ':' || total(length(v)) FROM t";
 
-template <typename Body>
-void run(Body body) {
-  asio::io_context io;
-  std::exception_ptr failure;
-  asio::co_spawn(io, body(io), [&](std::exception_ptr e) { failure = e; });
-  io.run();
-  sm::stop_offload_worker();
-  if (failure) {
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
-      BOOST_FAIL(std::string("exception: ") + e.what());
-    }
-  }
-}
-
 // Restores `generation` from the store into `to`, as a fresh machine would (db::restore: the
 // snapshot, then every WAL index after it), and checks that nothing was left out.
 asio::awaitable<void> restore(sm::s3::object_store& store, const std::string& generation,

@@ -30,22 +30,6 @@ namespace {
 
 const char* fingerprint = "SELECT count(*) || ':' || total(length(v)) || ':' || total(id) FROM t";
 
-template <typename Body>
-void run(Body body) {
-  asio::io_context io;
-  std::exception_ptr failure;
-  asio::co_spawn(io, body(io), [&](std::exception_ptr e) { failure = e; });
-  io.run();
-  sm::stop_offload_worker();
-  if (failure) {
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
-      BOOST_FAIL(std::string("exception: ") + e.what());
-    }
-  }
-}
-
 // Runs `restore` expecting it to throw db::error; returns the message ("" if it did not throw).
 asio::awaitable<std::string> restore_failure(sm::s3::object_store& store,
                                              sm::db::restore_request request) {

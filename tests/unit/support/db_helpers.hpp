@@ -6,16 +6,39 @@
 #include <stdlib.h>
 
 #include <cstddef>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <span>
 #include <string>
 
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
 #include <boost/test/unit_test.hpp>
+
+#include "async/offload.hpp"
 
 #include "support/scratch_dir.hpp"
 
 namespace test_support {
+
+// Runs `body(io)`, a coroutine, on a fresh io_context until it ends; its exception fails the
+// test with the message.
+template <typename Body>
+void run(Body body) {
+  asio::io_context io;
+  std::exception_ptr failure;
+  asio::co_spawn(io, body(io), [&](std::exception_ptr e) { failure = e; });
+  io.run();
+  sm::stop_offload_worker();
+  if (failure) {
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+      BOOST_FAIL(std::string("exception: ") + e.what());
+    }
+  }
+}
 
 inline std::string read_all(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
