@@ -35,6 +35,7 @@
 #include "db/component.hpp"
 #include "http/server.hpp"
 #include "proc/child.hpp"
+#include "proc/freezer.hpp"
 #include "proc/signals.hpp"
 #include "supervisor/component_group.hpp"
 #include "supervisor/supervised_process.hpp"
@@ -255,6 +256,15 @@ int run_app(const options& opts) {
              } catch (const std::exception& e) {
                log::warn("cannot prepare tmp/checkpoints; checkpoints will fail",
                          {{"error", e.what()}});
+             }
+           }) &&
+      // Processes a killed state-manager left frozen (checkpoint_mode "freeze") would stay
+      // paused forever: they are thawed, and the empty groups removed.
+      step("thaw what a killed state-manager left frozen",
+           [&] {
+             if (const std::size_t n = proc::remove_stale_freezers()) {
+               log::warn("removed cgroups of a state-manager that is gone",
+                         {{"count", std::to_string(n)}});
              }
            }) &&
       // A saved configuration is applied before the first request can see the state.
@@ -584,18 +594,48 @@ int run_app(const options& opts) {
     }
     return std::nullopt;
   };
-  // What writes to the state stops (SIGTERM, SIGKILL after its stop timeout), and later starts
-  // again (new PIDs) unless shut-down began meanwhile. Returns what was running.
+  // What writes to the state is held still, and later let go again unless shut-down began
+  // meanwhile. `may_freeze` (a checkpoint with "checkpoint_mode": "freeze"): the cgroup freezer
+  // pauses the processes, which keep their PIDs; otherwise, or when freezing is not possible
+  // here, they stop (SIGTERM, SIGKILL after the stop timeout) and start again with new PIDs.
   struct quiesced {
     bool process = false, components = false;
+    bool frozen = false;
+    std::string note;  // why they were stopped although freezing was asked for
+    std::string mode() const {
+      if (frozen) return "freeze";
+      return process || components ? "stop" : "none";
+    }
   };
-  auto quiesce = [&]() -> asio::awaitable<quiesced> {
+  std::optional<proc::freezer> freezer_group;  // made on the first freeze, removed at exit
+  auto quiesce = [&](bool may_freeze) -> asio::awaitable<quiesced> {
     quiesced q{process && process_started, components && !components->empty()};
+    if (!q.process && !q.components) co_return q;
+    if (may_freeze && env.current()->checkpoint == config::checkpoint_mode::freeze) {
+      try {
+        if (!freezer_group) co_await offload([&] { freezer_group = proc::freezer::open(); });
+        q.frozen = co_await proc::freeze(*freezer_group, opts.timeout_stop);
+        if (!q.frozen) q.note = "the processes did not freeze within the stop timeout";
+      } catch (const std::exception& e) {
+        q.note = e.what();
+      }
+      if (q.frozen) co_return q;
+      log::warn("cannot freeze the processes; stopping them instead", {{"reason", q.note}});
+    }
     if (q.process) co_await process->stop();
     if (q.components) co_await components->stop();
     co_return q;
   };
-  auto resume = [&](quiesced q) -> asio::awaitable<void> {
+  auto resume = [&](const quiesced& q) -> asio::awaitable<void> {
+    if (q.frozen) {
+      // Thawed even at shut-down: a frozen process would never see its SIGTERM.
+      try {
+        freezer_group->request(false);
+      } catch (const std::exception& e) {
+        log::error("cannot thaw the processes", {{"error", e.what()}});
+      }
+      co_return;
+    }
     if (q.components && !shutting_down) {
       components->rearm();
       co_await components->start();
@@ -640,8 +680,10 @@ int run_app(const options& opts) {
 
     operation_step("quiesce");
     auto t = std::chrono::steady_clock::now();
-    const quiesced stopped = co_await quiesce();
+    const quiesced stopped = co_await quiesce(true);
     m.steps_ms["quiesce"] = since(t);
+    m.quiesce = stopped.mode();
+    m.quiesce_note = stopped.note;
 
     // Snapshot, into <id>.partial/.
     operation_step("snapshot");
@@ -821,7 +863,7 @@ int run_app(const options& opts) {
     publish_system_state();
 
     operation_step("quiesce");
-    const quiesced stopped = co_await quiesce();
+    const quiesced stopped = co_await quiesce(false);
     const bool had_database = database != nullptr;
     if (had_database) {
       operation_step("final sync");

@@ -47,6 +47,8 @@ json to_json(const manifest& m) {
   }
   json steps = json::object();
   for (const auto& [step, ms] : m.steps_ms) steps[step] = ms;
+  json quiesce = {{"mode", m.quiesce}};
+  if (!m.quiesce_note.empty()) quiesce["note"] = m.quiesce_note;
   return {{"id", m.id},
           {"created_at", format_rfc3339(m.created_at, true)},
           {"created_at_unix_ms", unix_ms(m.created_at)},
@@ -59,6 +61,7 @@ json to_json(const manifest& m) {
             {"symlinks", m.mount.symlinks},
             {"bytes", m.mount.bytes}}},
           {"config", "config.json"},
+          {"quiesce", std::move(quiesce)},
           {"steps_ms", std::move(steps)}};
 }
 
@@ -89,6 +92,10 @@ std::optional<manifest> manifest_from_json(const json& d) {
     m.mount.dirs = mount.at("dirs").get<std::uint64_t>();
     m.mount.symlinks = mount.at("symlinks").get<std::uint64_t>();
     m.mount.bytes = mount.at("bytes").get<std::uint64_t>();
+    if (d.contains("quiesce") && d["quiesce"].is_object()) {
+      m.quiesce = d["quiesce"].value("mode", "none");
+      m.quiesce_note = d["quiesce"].value("note", "");
+    }
     if (d.contains("steps_ms")) {
       for (const auto& [step, ms] : d["steps_ms"].items())
         m.steps_ms[step] = ms.get<std::int64_t>();

@@ -33,6 +33,9 @@ struct manifest {
     std::uint64_t files = 0, dirs = 0, symlinks = 0, bytes = 0;
   } mount;
   std::map<std::string, std::int64_t> steps_ms;  // quiesce, snapshot, resume, ...
+  // How the processes were held still: "stop", "freeze", or "none" (nothing was running).
+  std::string quiesce = "none";
+  std::string quiesce_note;  // why "stop" when "freeze" was configured ("" otherwise)
 };
 
 nlohmann::json to_json(const manifest& m);

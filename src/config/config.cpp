@@ -327,6 +327,20 @@ void parse_database(checker& check, const json& doc, database_config& out) {
   }
 }
 
+void parse_checkpoint_mode(checker& check, const json& doc, checkpoint_mode& out) {
+  if (!doc.contains("checkpoint_mode")) return;
+  const json& mode = doc["checkpoint_mode"];
+  if (mode == "stop") {
+    out = checkpoint_mode::stop;
+  } else if (mode == "freeze") {
+    out = checkpoint_mode::freeze;
+  } else {
+    check.add("checkpoint_mode",
+              "must be \"stop\" (stop and restart the processes) or \"freeze\" (pause them "
+              "with the cgroup freezer)");
+  }
+}
+
 void parse_components(checker& check, const json& doc, configuration& out) {
   if (!doc.contains("components")) return;
   const json& components = doc["components"];
@@ -504,8 +518,10 @@ parse_result parse(const json& document, const environment_lookup& env) {
     return result;
   }
   configuration config;
-  check.only_known(document, "", {"storage", "stacks", "components", "database"});
+  check.only_known(document, "",
+                   {"storage", "stacks", "components", "database", "checkpoint_mode"});
   parse_storage(check, document, config.storage);
+  parse_checkpoint_mode(check, document, config.checkpoint);
   parse_database(check, document, config.database);
   parse_components(check, document, config);
   parse_stacks(check, document, config);
@@ -552,7 +568,8 @@ json to_redacted_json(const configuration& config) {
   return {{"storage", std::move(storage)},
           {"stacks", config.stacks},
           {"components", std::move(components)},
-          {"database", std::move(database)}};
+          {"database", std::move(database)},
+          {"checkpoint_mode", config.checkpoint == checkpoint_mode::freeze ? "freeze" : "stop"}};
 }
 
 json problems_to_json(const std::vector<problem>& problems) {

@@ -57,8 +57,15 @@ struct database_config {
   std::uint64_t checkpoint_pages = 1000;        // our checkpoint runs past this many WAL pages
 };
 
+// How POST /checkpoint holds the supervised processes still while it copies.
+enum class checkpoint_mode {
+  stop,    // SIGTERM (SIGKILL after the stop timeout), restarted afterwards with new PIDs
+  freeze,  // the cgroup freezer: the same processes, paused and thawed (stop if unavailable)
+};
+
 struct configuration {
   storage_config storage;
+  checkpoint_mode checkpoint = checkpoint_mode::stop;  // "checkpoint_mode": "stop" | "freeze"
   database_config database;
   std::vector<std::string> stacks;  // canonical names, in the order given: "database", "web"
   std::map<std::string, component_config> components;

@@ -74,6 +74,18 @@ harness_cleanup() {
     fi
     wait "$pid" 2>/dev/null
   done
+  # The cgroups of checkpoint_mode "freeze" (state-manager-<pid>) of the instances we started:
+  # what is left in them is ours (orphans of a killed instance), thawed, killed, then removed.
+  local group member
+  for pid in "${STARTED_PIDS[@]}"; do
+    for group in /sys/fs/cgroup/unified/state-manager-"$pid" /sys/fs/cgroup/freezer/state-manager-"$pid"; do
+      [[ -d $group ]] || continue
+      echo 0 >"$group/cgroup.freeze" 2>/dev/null || echo THAWED >"$group/freezer.state" 2>/dev/null
+      for member in $(cat "$group/cgroup.procs" 2>/dev/null); do kill -KILL "$member" 2>/dev/null; done
+      local end=$((SECONDS + 10))
+      until rmdir "$group" 2>/dev/null || ((SECONDS > end)); do sleep 0.05; done
+    done
+  done
   local mount_point
   for mount_point in "${MOUNTED[@]}"; do
     umount "$mount_point" 2>/dev/null || umount -l "$mount_point" || status=1

@@ -848,3 +848,28 @@ BOOST_AUTO_TEST_CASE(random_documents_never_throw) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_CASE(checkpoint_mode_defaults_to_stop_and_round_trips) {
+  const cfg::parse_result plain = parse(minimal_file_store());
+  BOOST_REQUIRE(plain.config.has_value());
+  BOOST_TEST((plain.config->checkpoint == cfg::checkpoint_mode::stop));
+  BOOST_TEST(cfg::to_redacted_json(*plain.config).at("checkpoint_mode") == "stop");
+
+  json doc = minimal_file_store();
+  doc["checkpoint_mode"] = "freeze";
+  const cfg::parse_result frozen = parse(doc);
+  BOOST_REQUIRE_MESSAGE(frozen.config.has_value(), all_paths(frozen));
+  BOOST_TEST((frozen.config->checkpoint == cfg::checkpoint_mode::freeze));
+  const cfg::parse_result again = parse(cfg::to_redacted_json(*frozen.config));
+  BOOST_REQUIRE_MESSAGE(again.config.has_value(), all_paths(again));
+  BOOST_TEST((again.config->checkpoint == cfg::checkpoint_mode::freeze));
+}
+
+BOOST_AUTO_TEST_CASE(checkpoint_mode_rejects_other_values) {
+  for (const json& bad :
+       {json("Freeze"), json("pause"), json(""), json(1), json(nullptr), json::array({"freeze"})}) {
+    json doc = minimal_file_store();
+    doc["checkpoint_mode"] = bad;
+    expect_problem(doc, "checkpoint_mode");
+  }
+}
