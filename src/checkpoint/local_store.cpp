@@ -44,6 +44,7 @@ json to_json(const manifest& m) {
                 {"bytes", m.database->bytes},
                 {"pages", m.database->pages},
                 {"sha256", m.database->sha256}};
+    if (!m.database->method.empty()) database["method"] = m.database->method;
   }
   json steps = json::object();
   for (const auto& [step, ms] : m.steps_ms) steps[step] = ms;
@@ -81,6 +82,7 @@ std::optional<manifest> manifest_from_json(const json& d) {
       copy.bytes = db.at("bytes").get<std::uint64_t>();
       copy.pages = db.at("pages").get<std::uint32_t>();
       copy.sha256 = db.at("sha256").get<std::string>();
+      copy.method = db.value("method", "");
       // Never a path out of the checkpoint.
       if (copy.file.empty() || copy.file.find('/') != std::string::npos || copy.file[0] == '.') {
         return std::nullopt;

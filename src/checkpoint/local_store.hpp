@@ -27,6 +27,7 @@ struct manifest {
     std::uint64_t bytes = 0;
     std::uint32_t pages = 0;
     std::string sha256;
+    std::string method;  // how it was made: "reflink" or "backup API" ("" when not known)
   };
   std::optional<database_copy> database;  // none when the database stack is not configured
   struct tree {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 namespace sm::db {
@@ -21,6 +22,16 @@ struct backup_result {
 // Writes `to` (replaced if it exists; fsynced) as a rollback-journal database with the same
 // content as `db` at one moment. Throws db::error naming the step.
 backup_result backup(const std::filesystem::path& db, const std::filesystem::path& to);
+
+// The same result by reflink, in time independent of the database's size, where the file
+// system can share extents (xfs, btrfs): with other writers held off by a write transaction,
+// the database file and its WAL are cloned (the database through the descriptor SQLite itself
+// holds, so that no lock of ours is dropped), then the clone's WAL is checkpointed into it and
+// removed. nullopt, leaving nothing at `to`, where reflinks are not possible (different file
+// systems, ext4, no database file descriptor open in this process): backup() then. Throws
+// db::error for anything else.
+std::optional<backup_result> clone(const std::filesystem::path& db,
+                                   const std::filesystem::path& to);
 
 // SHA-256 of a file, lower-case hex: what a restore checks the copy against. Throws db::error.
 std::string sha256_file(const std::filesystem::path& file);
