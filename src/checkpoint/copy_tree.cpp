@@ -31,6 +31,9 @@ constexpr std::size_t read_write_buffer_size = 1024 * 1024;
 // copy_file_range is asked for at most this much at a time, so that a cancel is seen within
 // one chunk of a large file rather than at its end.
 constexpr std::uint64_t copy_chunk = 64 * 1024 * 1024;
+// options.move_data is asked for at most this much at a time, for the same reason: it copies
+// at a few hundred MiB/s, where a 64 MiB chunk would leave a cancel unseen for a long while.
+constexpr std::uint64_t move_data_chunk = 16 * 1024 * 1024;
 
 [[noreturn]] void throw_errno(int error, std::string_view step, const fs::path& path) {
   throw std::system_error(error, std::generic_category(), std::string(step) + " " + path.string());
@@ -347,10 +350,13 @@ class tree_copier {
   data_method copy_data(int source, int target, std::uint64_t size, const fs::path& source_shown,
                         const fs::path& target_shown) {
     if (size == 0) return data_method::none;
-    if (::ioctl(target, FICLONE, source) == 0) return data_method::reflink;
-    if (!reflink_unsupported(errno)) throw_errno("reflink", target_shown);
+    if (options_.kernel_copy) {
+      if (::ioctl(target, FICLONE, source) == 0) return data_method::reflink;
+      if (!reflink_unsupported(errno)) throw_errno("reflink", target_shown);
+    }
 
     file_copy copy{source, target, source_shown, target_shown};
+    copy.copy_file_range_works = options_.kernel_copy;
     // Only the data extents are copied; the holes between them stay holes in the copy.
     for (off_t offset = 0; static_cast<std::uint64_t>(offset) < size;) {
       const off_t data = ::lseek(source, offset, SEEK_DATA);
@@ -368,7 +374,9 @@ class tree_copier {
     }
     // Gives the copy its full length when the file ends in a hole.
     if (::ftruncate(target, static_cast<off_t>(size)) != 0) throw_errno("truncate", target_shown);
-    return copy.used_read_write ? data_method::read_write : data_method::copy_file_range;
+    // A file of holes only needed no data copied: it counts as the method that was allowed.
+    return copy.used_read_write || !options_.kernel_copy ? data_method::read_write
+                                                         : data_method::copy_file_range;
   }
 
   struct file_copy {
@@ -409,6 +417,7 @@ class tree_copier {
 
   ssize_t copy_chunk_read_write(file_copy& copy, off_t offset, std::size_t length) {
     copy.used_read_write = true;
+    if (options_.move_data) return copy_chunk_moved(copy, offset, length);
     if (buffer_.empty()) buffer_.resize(read_write_buffer_size);
     length = std::min(length, buffer_.size());
     for (;;) {
@@ -421,6 +430,24 @@ class tree_copier {
                    copy.target_shown);
       return n;
     }
+  }
+
+  ssize_t copy_chunk_moved(file_copy& copy, off_t offset, std::size_t length) {
+    length = static_cast<std::size_t>(std::min<std::uint64_t>(length, move_data_chunk));
+    std::uint64_t n = 0;
+    try {
+      n = options_.move_data(copy.source, copy.target, static_cast<std::uint64_t>(offset), length);
+    } catch (const std::system_error& e) {
+      // The mover knows the step (a read or a write) and the errno, not the paths.
+      std::string step = e.what();
+      const std::string detail = ": " + e.code().message();
+      if (step.size() > detail.size() && step.ends_with(detail))
+        step.resize(step.size() - detail.size());
+      throw std::system_error(
+          e.code(), step + " " + copy.source_shown.string() + " to " + copy.target_shown.string());
+    }
+    if (n > length) throw_errno(EIO, "move data: more bytes than asked", copy.target_shown);
+    return static_cast<ssize_t>(n);
   }
 
   void copy_symlink(int source_dir, int target_dir, const fs::path& relative,

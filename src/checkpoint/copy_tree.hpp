@@ -38,6 +38,16 @@ struct copy_options {
   std::function<void(std::uint64_t bytes_done)> progress;
   // Set from another thread to stop early: copy_tree then throws copy_cancelled.
   const std::atomic<bool>* cancel = nullptr;
+  // False skips FICLONE and copy_file_range: every file's data goes by reads and writes (for
+  // tests and benchmarks of that path, on any filesystem).
+  bool kernel_copy = true;
+  // Copies [offset, offset + length) of `source` to the same offsets of `target` by reads and
+  // writes, and returns the bytes copied (fewer when the source ended); throws
+  // std::system_error. Called on the copying thread, for at most 16 MiB at a time so that
+  // `cancel` is still seen. Empty means copy_tree's own pread/pwrite. uring/copy.hpp has one
+  // (executor_data_mover: io_uring requests awaited on the executor).
+  std::function<std::uint64_t(int source, int target, std::uint64_t offset, std::uint64_t length)>
+      move_data;
 };
 
 // Not a std::system_error, so that a caller mapping I/O failures to responses cannot mistake a
@@ -55,10 +65,11 @@ class copy_cancelled : public std::runtime_error {
 // not holes are copied as data), and extended attributes (ENOTSUP from the destination ignored).
 // Symlinks are never followed, neither out of the tree nor within it; mount points inside the tree
 // are copied into, like `cp -a`.
-// File data goes by FICLONE (reflink), then copy_file_range per data extent, then read/write with
-// a 1 MiB buffer. Everything written is durable on return (one syncfs() of the destination's
-// file system); `to` is not renamed anywhere and its parent is not fsynced, which is the caller's
-// rename step.
+// File data goes by FICLONE (reflink), then copy_file_range per data extent, then reads and
+// writes per data extent: `options.move_data` when set, pread/pwrite with a 1 MiB buffer
+// otherwise (`options.kernel_copy` false skips the first two). Everything written is durable
+// on return (one syncfs() of the destination's file system); `to` is not renamed anywhere and
+// its parent is not fsynced, which is the caller's rename step.
 // Throws std::system_error naming the step and the path on any failure (ENOSPC included), and
 // copy_cancelled when `options.cancel` is set; either way the partial copy is left for the caller
 // to remove (remove_tree). Holds two file descriptors per level of depth.

@@ -465,6 +465,102 @@ BOOST_AUTO_TEST_CASE(read_write_fallback_across_filesystems) {
   check_sparse_copy(from / "sparse", other.dir / "copy" / "sparse");
 }
 
+BOOST_AUTO_TEST_CASE(without_kernel_copy_data_goes_by_read_and_write) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from / "sub");
+  const std::string big = random_bytes(3 * mib + 5, 31), small = random_bytes(100, 32);
+  write_file(from / "big", big);
+  write_file(from / "sub" / "small", small);
+  write_file(from / "empty", "");
+  write_sparse_file(from / "sparse", 32 * mib, {4 * mib});
+
+  copy_options options;
+  options.kernel_copy = false;
+  const copy_stats stats = copy_tree(from, to, options);
+  report_methods("kernel_copy off", stats);
+  BOOST_TEST(stats.files == 4u);
+  BOOST_TEST(stats.reflinked == 0u);
+  BOOST_TEST(stats.copy_file_range == 0u);
+  BOOST_TEST(stats.read_write == 3u);  // all but the empty file
+  BOOST_TEST((read_file(to / "big") == big));
+  BOOST_TEST((read_file(to / "sub" / "small") == small));
+  BOOST_TEST(fs::file_size(to / "empty") == 0u);
+  check_sparse_copy(from / "sparse", to / "sparse");
+}
+
+BOOST_AUTO_TEST_CASE(move_data_gets_data_extents_in_bounded_chunks) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
+  fs::create_directories(from);
+  const std::string dense = random_bytes(40 * mib + 1, 33);
+  write_file(from / "dense", dense);
+  write_sparse_file(from / "sparse", 64 * mib, {8 * mib, 32 * mib + 4096});
+
+  // A mover by pread/pwrite that copies at most half of what it is asked each time, as one
+  // whose writes come back short: the rest must be asked for again.
+  struct call {
+    bool sparse;  // of the sparse file, told apart by its size
+    std::uint64_t offset, length;
+  };
+  std::vector<call> calls;
+  copy_options options;
+  options.kernel_copy = false;
+  options.move_data = [&](int source, int target, std::uint64_t offset, std::uint64_t length) {
+    struct stat st {};
+    BOOST_REQUIRE_EQUAL(::fstat(source, &st), 0);
+    calls.push_back({st.st_size == static_cast<off_t>(64 * mib), offset, length});
+    const auto size = static_cast<std::size_t>(std::max<std::uint64_t>(length / 2, 1));
+    std::string buffer(size, '\0');
+    const ssize_t n = ::pread(source, buffer.data(), size, static_cast<off_t>(offset));
+    BOOST_REQUIRE(n >= 0);
+    BOOST_REQUIRE(::pwrite(target, buffer.data(), static_cast<std::size_t>(n),
+                           static_cast<off_t>(offset)) == n);
+    return static_cast<std::uint64_t>(n);
+  };
+  const copy_stats stats = copy_tree(from, to, options);
+  BOOST_TEST(stats.read_write == 2u);
+  BOOST_TEST((read_file(to / "dense") == dense));
+  check_sparse_copy(from / "sparse", to / "sparse");
+  std::uint64_t largest = 0, sparse_bytes_asked = 0;
+  for (const call& c : calls) {
+    largest = std::max(largest, c.length);
+    if (c.sparse) sparse_bytes_asked += c.length;
+  }
+  BOOST_TEST_MESSAGE("move_data calls: " << calls.size());
+  BOOST_TEST(largest == 16 * mib);  // the 40 MiB file was asked for 16 MiB at a time at most
+  // Holes are never asked for: only the sparse file's two data blocks (and what is left of
+  // them after each short return).
+  BOOST_TEST(sparse_bytes_asked > 0u);
+  BOOST_TEST(sparse_bytes_asked < mib);
+}
+
+BOOST_AUTO_TEST_CASE(a_move_data_failure_names_the_step_and_the_paths) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from";
+  fs::create_directories(from);
+  write_file(from / "file", random_bytes(10000, 34));
+
+  copy_options options;
+  options.kernel_copy = false;
+  options.move_data = [](int, int, std::uint64_t, std::uint64_t) -> std::uint64_t {
+    throw std::system_error(EIO, std::generic_category(), "io_uring write");
+  };
+  std::string what;
+  int error = 0;
+  try {
+    copy_tree(from, scratch.dir / "to", options);
+  } catch (const std::system_error& e) {
+    BOOST_TEST_MESSAGE("expected failure: " << e.what());
+    what = e.what();
+    error = e.code().value();
+  }
+  BOOST_TEST(error == EIO);
+  BOOST_TEST(what.find("io_uring write") != std::string::npos);
+  BOOST_TEST(what.find((from / "file").string()) != std::string::npos);
+  BOOST_TEST(what.find((scratch.dir / "to" / "file").string()) != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(remove_tree_removes_everything_and_follows_nothing) {
   scratch_dir scratch("sm-copy-tree");
   const fs::path tree = scratch.dir / "tree", outside = scratch.dir / "outside";
