@@ -115,13 +115,17 @@ std::optional<backup_result> clone(const std::filesystem::path& db,
   {
     const connection source = open_connection(db, SQLITE_OPEN_READWRITE, to);
     sqlite3_db_config(source.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
-    sqlite3_busy_timeout(source.get(), 5000);
+    sqlite3_busy_timeout(source.get(), int(clone_lock_patience.count()));
     const int fd = open_descriptor_of(db);
     if (fd < 0) return std::nullopt;
     // Writers wait from here to the rollback. A checkpoint may still copy WAL frames into the
     // database file meanwhile, but only frames the cloned WAL holds too: the pair is
-    // consistent whichever of those pages the cloned database file already has.
-    exec(source.get(), "BEGIN IMMEDIATE", to);
+    // consistent whichever of those pages the cloned database file already has. A writer
+    // that never lets go of the lock leaves the copy to the backup API, which needs none.
+    const int begun = sqlite3_exec(source.get(), "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+    if (begun == SQLITE_BUSY) return std::nullopt;
+    if (begun != SQLITE_OK)
+      fail(to, std::string("BEGIN IMMEDIATE: ") + sqlite3_errmsg(source.get()));
     try {
       if (!reflink_into(fd, to)) {
         sqlite3_exec(source.get(), "ROLLBACK", nullptr, nullptr, nullptr);

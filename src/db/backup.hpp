@@ -6,6 +6,7 @@
 // included). Blocking: for offload().
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -28,8 +29,9 @@ backup_result backup(const std::filesystem::path& db, const std::filesystem::pat
 // the database file and its WAL are cloned (the database through the descriptor SQLite itself
 // holds, so that no lock of ours is dropped), then the clone's WAL is checkpointed into it and
 // removed. nullopt, leaving nothing at `to`, where reflinks are not possible (different file
-// systems, ext4, no database file descriptor open in this process): backup() then. Throws
-// db::error for anything else.
+// systems, ext4), or where the write lock could not be had within clone_lock_patience (a writer
+// that holds it all along): backup() then. Throws db::error for anything else.
+inline constexpr std::chrono::milliseconds clone_lock_patience{1000};
 std::optional<backup_result> clone(const std::filesystem::path& db,
                                    const std::filesystem::path& to);
 

@@ -5,6 +5,7 @@
 #include "support/reflink_dir.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "db/backup.hpp"
@@ -36,7 +37,7 @@ BOOST_AUTO_TEST_CASE(a_copy_made_while_another_connection_writes_is_whole_and_co
     sqlite3_close(app);
   });
   const fs::path copy = tmp.dir / "copy.sqlite";
-  const sm::db::backup_result r = sm::db::backup(db, copy);
+  sm::db::backup(db, copy);
   stop = true;
   writer.join();
   BOOST_TEST(query(copy, "PRAGMA integrity_check") == "ok");
@@ -97,6 +98,8 @@ struct writer {
       while (!stop) {
         exec(app, "BEGIN IMMEDIATE; INSERT INTO t(v) VALUES ('during'); UPDATE c SET n = n + 1");
         exec(app, "COMMIT");
+        // An application's pace: one that never lets go of the lock is the next test's.
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
       sqlite3_close(app);
     });
@@ -157,4 +160,27 @@ BOOST_AUTO_TEST_CASE(a_clone_where_reflinks_are_impossible_leaves_nothing) {
   BOOST_TEST(sqlite3_exec(app, "INSERT INTO t(v) VALUES ('after')", nullptr, nullptr, nullptr) ==
              SQLITE_OK);
   sqlite3_close(app);
+}
+
+BOOST_AUTO_TEST_CASE(a_writer_that_keeps_the_lock_leaves_the_copy_to_the_backup_api) {
+  reflink_dir xfs;
+  if (xfs.dir.empty()) {
+    BOOST_TEST_MESSAGE("skipped: no reflink file system (" << xfs.why_not << ")");
+    return;
+  }
+  const fs::path db = xfs.dir / "database.sqlite", copy = xfs.dir / "copy.sqlite";
+  fill(db);
+  sqlite3* holder = nullptr;
+  sqlite3_open(db.c_str(), &holder);
+  exec(holder, "BEGIN IMMEDIATE; INSERT INTO t(v) VALUES ('uncommitted')");
+  const auto started = std::chrono::steady_clock::now();
+  BOOST_TEST(!sm::db::clone(db, copy).has_value());
+  BOOST_TEST(!fs::exists(copy));
+  BOOST_TEST((std::chrono::steady_clock::now() - started >= sm::db::clone_lock_patience));
+  // The backup API copies what is committed, lock or no lock.
+  sm::db::backup(db, copy);
+  BOOST_TEST(query(copy, "SELECT n FROM c") == "20000");
+  BOOST_TEST(query(copy, "SELECT count(*) FROM t") == "20000");
+  exec(holder, "ROLLBACK");
+  sqlite3_close(holder);
 }
