@@ -37,7 +37,7 @@ BOOST_AUTO_TEST_CASE(a_copy_made_while_another_connection_writes_is_whole_and_co
     sqlite3_close(app);
   });
   const fs::path copy = tmp.dir / "copy.sqlite";
-  sm::db::backup(db, copy);
+  const sm::db::backup_result r = sm::db::backup(db, copy);
   stop = true;
   writer.join();
   BOOST_TEST(query(copy, "PRAGMA integrity_check") == "ok");
