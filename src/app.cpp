@@ -29,6 +29,7 @@
 #include "base/clock.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
+#include "checkpoint/contents_swap.hpp"
 #include "checkpoint/copy_tree.hpp"
 #include "checkpoint/local_store.hpp"
 #include "checkpoint/remote.hpp"
@@ -40,6 +41,7 @@
 #include "proc/signals.hpp"
 #include "supervisor/component_group.hpp"
 #include "supervisor/supervised_process.hpp"
+#include "uring/copy.hpp"
 #include "version.h"
 
 namespace sm {
@@ -305,6 +307,12 @@ int run_app(const options& opts) {
                    log::warn(
                        "an interrupted restore was undone: the environment directory is "
                        "as before it",
+                       {{"dir", env_dir.string()}});
+                 }
+                 if (checkpoint::undo_contents_swap(env_dir)) {
+                   log::warn(
+                       "an interrupted restore was undone: the environment directory's "
+                       "contents are as before it",
                        {{"dir", env_dir.string()}});
                  }
                }
@@ -595,6 +603,24 @@ int run_app(const options& opts) {
     }
     return std::nullopt;
   };
+  // copy_tree's read/write fallback (file systems that neither reflink nor copy_file_range
+  // between them) as io_uring requests awaited here; empty, so copy_tree's own pread/pwrite on
+  // its worker thread, where the kernel refuses a ring. Made on the first use, kept until exit.
+  std::shared_ptr<uring::ring> copy_ring;
+  bool copy_ring_refused = false;
+  auto data_mover = [&]() -> uring::data_mover {
+    if (!copy_ring && !copy_ring_refused) {
+      try {
+        copy_ring = std::make_shared<uring::ring>(io.get_executor());
+      } catch (const std::system_error& e) {
+        copy_ring_refused = true;
+        log::warn("no io_uring; copies that need reads and writes make them on a thread",
+                  {{"error", e.what()}});
+      }
+    }
+    if (!copy_ring) return {};
+    return uring::executor_data_mover(io.get_executor(), copy_ring);
+  };
   // What writes to the state is held still, and later let go again unless shut-down began
   // meanwhile. `may_freeze` (a checkpoint with "checkpoint_mode": "freeze"): the cgroup freezer
   // pauses the processes, which keep their PIDs; otherwise, or when freezing is not possible
@@ -696,6 +722,7 @@ int run_app(const options& opts) {
     std::int64_t database_ms = 0, mount_ms = 0;
     std::string failure;
     int failure_errno = 0;
+    const uring::data_mover mover = data_mover();
     co_await offload([&] {
       try {
         std::filesystem::create_directories(partial);
@@ -729,9 +756,11 @@ int run_app(const options& opts) {
             operation_total = checkpoint::tree_size(env_dir);
             checkpoint::copy_options copy;
             copy.progress = [&](std::uint64_t done) { operation_done = done; };
+            copy.move_data = mover;
             const checkpoint::copy_stats c =
                 checkpoint::copy_tree(env_dir, partial / "mount", copy);
-            m.mount = {c.files, c.dirs, c.symlinks, c.bytes};
+            m.mount = {c.files,           c.dirs,      c.symlinks, c.bytes, c.reflinked,
+                       c.copy_file_range, c.read_write};
           } else {
             std::filesystem::create_directories(partial / "mount");
           }
@@ -912,9 +941,10 @@ int run_app(const options& opts) {
     const std::filesystem::path source = store.path_of(id);
     const bool swap_database = m->database.has_value();
     int failure_errno = 0;
+    const uring::data_mover mover = data_mover();
     co_await offload([&] {
       static constexpr const char* suffixes[] = {"", "-wal", "-shm"};
-      bool env_moved = false;
+      bool env_moved = false, env_in_place = false;
       try {
         checkpoint::remove_tree(aside);
         std::filesystem::create_directories(aside);
@@ -929,8 +959,17 @@ int run_app(const options& opts) {
         }
         checkpoint::remove_tree(env_aside);
         if (std::filesystem::exists(env_dir)) {
-          std::filesystem::rename(env_dir, env_aside);
-          env_moved = true;
+          std::error_code renamed;
+          std::filesystem::rename(env_dir, env_aside, renamed);
+          if (!renamed) {
+            env_moved = true;
+          } else if (renamed == std::errc::device_or_resource_busy ||
+                     renamed == std::errc::cross_device_link) {
+            // A mount point: its contents are swapped, inside it.
+            env_in_place = true;
+          } else {
+            throw std::filesystem::filesystem_error("cannot rename", env_dir, env_aside, renamed);
+          }
         }
         if (swap_database) {
           std::filesystem::path staged = db_file;
@@ -948,13 +987,20 @@ int run_app(const options& opts) {
           std::filesystem::create_directories(env_dir.parent_path());
         checkpoint::copy_options copy;
         copy.progress = [&](std::uint64_t done) { operation_done = done; };
-        checkpoint::copy_tree(source / "mount", env_dir, copy);
+        copy.move_data = mover;
+        if (env_in_place) {
+          checkpoint::swap_contents(source / "mount", env_dir, copy);
+        } else {
+          checkpoint::copy_tree(source / "mount", env_dir, copy);
+        }
         // Restored. What was moved aside becomes garbage by one rename each (so that a crash
-        // from here on is not undone at start), removed once everything runs again.
+        // from here on is not undone at start), removed once everything runs again (a mount
+        // point's old contents at once: they are inside it, where COMMAND would see them).
         checkpoint::remove_tree(aside_trash);
         std::filesystem::rename(aside, aside_trash);
         checkpoint::remove_tree(env_trash);
         if (env_moved) std::filesystem::rename(env_aside, env_trash);
+        if (env_in_place) checkpoint::finish_contents_swap(env_dir);
       } catch (const std::exception& e) {
         failure = e.what();
         if (const auto* s = dynamic_cast<const std::system_error*>(&e))
@@ -966,6 +1012,7 @@ int run_app(const options& opts) {
             checkpoint::remove_tree(env_dir);
             std::filesystem::rename(env_aside, env_dir, ec);
           }
+          if (env_in_place) checkpoint::undo_contents_swap(env_dir);
           if (swap_database) {
             for (const char* suffix : suffixes) {
               const std::filesystem::path saved = aside / ("database.sqlite" + std::string(suffix));

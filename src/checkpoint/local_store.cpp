@@ -60,7 +60,11 @@ json to_json(const manifest& m) {
            {{"files", m.mount.files},
             {"dirs", m.mount.dirs},
             {"symlinks", m.mount.symlinks},
-            {"bytes", m.mount.bytes}}},
+            {"bytes", m.mount.bytes},
+            {"copied_by",
+             {{"reflink", m.mount.reflink},
+              {"copy_file_range", m.mount.copy_file_range},
+              {"read_write", m.mount.read_write}}}}},
           {"config", "config.json"},
           {"quiesce", std::move(quiesce)},
           {"steps_ms", std::move(steps)}};
@@ -94,6 +98,12 @@ std::optional<manifest> manifest_from_json(const json& d) {
     m.mount.dirs = mount.at("dirs").get<std::uint64_t>();
     m.mount.symlinks = mount.at("symlinks").get<std::uint64_t>();
     m.mount.bytes = mount.at("bytes").get<std::uint64_t>();
+    if (mount.contains("copied_by") && mount["copied_by"].is_object()) {
+      const json& by = mount["copied_by"];
+      m.mount.reflink = by.value("reflink", std::uint64_t{0});
+      m.mount.copy_file_range = by.value("copy_file_range", std::uint64_t{0});
+      m.mount.read_write = by.value("read_write", std::uint64_t{0});
+    }
     if (d.contains("quiesce") && d["quiesce"].is_object()) {
       m.quiesce = d["quiesce"].value("mode", "none");
       m.quiesce_note = d["quiesce"].value("note", "");

@@ -32,6 +32,9 @@ struct manifest {
   std::optional<database_copy> database;  // none when the database stack is not configured
   struct tree {
     std::uint64_t files = 0, dirs = 0, symlinks = 0, bytes = 0;
+    // Files by how their data was copied ("copied_by"): reflink, copy_file_range, or reads and
+    // writes (io_uring, else a thread's pread/pwrite). Empty files need none.
+    std::uint64_t reflink = 0, copy_file_range = 0, read_write = 0;
   } mount;
   std::map<std::string, std::int64_t> steps_ms;  // quiesce, snapshot, resume, ...
   // How the processes were held still: "stop", "freeze", or "none" (nothing was running).

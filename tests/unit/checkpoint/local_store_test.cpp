@@ -20,7 +20,7 @@ manifest sample(const std::string& id, int minute) {
   m.created_at = std::chrono::system_clock::time_point(std::chrono::minutes(minute));
   m.version = "0.1.0";
   m.database = manifest::database_copy{"database.sqlite", 8192, 2, std::string(64, 'a')};
-  m.mount = {3, 2, 1, 12345};
+  m.mount = {3, 2, 1, 12345, 1, 1, 1};
   m.steps_ms = {{"quiesce", 4}, {"snapshot", 20}};
   m.quiesce = "stop";
   m.quiesce_note = "no usable cgroup freezer";
@@ -47,6 +47,8 @@ BOOST_AUTO_TEST_CASE(a_manifest_round_trips_through_json) {
   BOOST_TEST(back->mount.bytes == 12345u);
   BOOST_TEST(back->steps_ms.at("snapshot") == 20);
   BOOST_TEST(back->quiesce == "stop");
+  BOOST_TEST(back->mount.read_write == 1u);
+  BOOST_TEST(to_json(m)["mount"]["copied_by"]["reflink"] == 1);
   BOOST_TEST(back->quiesce_note == "no usable cgroup freezer");
   BOOST_TEST(to_json(m)["quiesce"]["mode"] == "stop");
   BOOST_TEST(to_json(m)["created_at"] == "1970-01-01T00:05:00.000Z");
