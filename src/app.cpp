@@ -636,7 +636,9 @@ int run_app(const options& opts) {
   };
   std::optional<proc::freezer> freezer_group;  // made on the first freeze, removed at exit
   auto quiesce = [&](bool may_freeze) -> asio::awaitable<quiesced> {
-    quiesced q{process && process_started, components && !components->empty()};
+    quiesced q;
+    q.process = process && process_started;
+    q.components = components && !components->empty();
     if (!q.process && !q.components) co_return q;
     if (may_freeze && env.current()->checkpoint == config::checkpoint_mode::freeze) {
       try {
@@ -726,37 +728,40 @@ int run_app(const options& opts) {
     co_await offload([&] {
       try {
         std::filesystem::create_directories(partial);
-        // The database on a thread of its own, beside the tree: on a reflink file system both
-        // are metadata work, and its SHA-256 would otherwise come on top of the tree's time.
-        std::exception_ptr database_failure;
-        std::thread database_copy;
-        if (with_database) {
-          database_copy = std::thread([&] {
-            try {
-              const auto t0 = std::chrono::steady_clock::now();
-              const std::filesystem::path to = partial / "database.sqlite";
-              std::optional<db::backup_result> b = db::clone(db_file, to);
-              const char* method = b ? "reflink" : "backup API";
-              if (!b) b = db::backup(db_file, to);
-              m.database = checkpoint::manifest::database_copy{"database.sqlite", b->bytes,
-                                                               b->pages, b->sha256, method};
-              database_ms = since(t0);
-            } catch (...) {
-              database_failure = std::current_exception();
+        // Beside the tree copy, on a thread of its own: the progress total, the configuration
+        // and the database. On a reflink file system the tree and the database are both
+        // metadata work, and the database's SHA-256 would otherwise come on top of the tree.
+        std::exception_ptr side_failure;
+        std::thread side([&] {
+          try {
+            std::error_code ec;
+            if (std::filesystem::is_directory(env_dir, ec)) {
+              operation_total = checkpoint::tree_size(env_dir);
             }
-          });
-        }
-        try {
-          if (auto text = read_file(env.paths().config_file())) {
-            write_file_atomically(partial / "config.json", *text, 0600);
+            if (auto text = read_file(env.paths().config_file())) {
+              write_file_atomically(partial / "config.json", *text, 0600);
+            }
+            if (!with_database) return;
+            const auto t0 = std::chrono::steady_clock::now();
+            const std::filesystem::path to = partial / "database.sqlite";
+            std::optional<db::backup_result> b = db::clone(db_file, to);
+            const char* method = b ? "reflink" : "backup API";
+            if (!b) b = db::backup(db_file, to);
+            m.database = checkpoint::manifest::database_copy{"database.sqlite", b->bytes, b->pages,
+                                                             b->sha256, method};
+            database_ms = since(t0);
+          } catch (...) {
+            side_failure = std::current_exception();
           }
+        });
+        try {
           const auto t0 = std::chrono::steady_clock::now();
           std::error_code ec;
           if (std::filesystem::is_directory(env_dir, ec)) {
-            operation_total = checkpoint::tree_size(env_dir);
             checkpoint::copy_options copy;
             copy.progress = [&](std::uint64_t done) { operation_done = done; };
             copy.move_data = mover;
+            copy.sync = false;  // the commit's syncfs makes the whole checkpoint durable
             const checkpoint::copy_stats c =
                 checkpoint::copy_tree(env_dir, partial / "mount", copy);
             m.mount = {c.files,           c.dirs,      c.symlinks, c.bytes, c.reflinked,
@@ -766,11 +771,11 @@ int run_app(const options& opts) {
           }
           mount_ms = since(t0);
         } catch (...) {
-          if (database_copy.joinable()) database_copy.join();
+          side.join();
           throw;
         }
-        if (database_copy.joinable()) database_copy.join();
-        if (database_failure) std::rethrow_exception(database_failure);
+        side.join();
+        if (side_failure) std::rethrow_exception(side_failure);
       } catch (const std::system_error& e) {
         failure = e.what();
         failure_errno = e.code().value();

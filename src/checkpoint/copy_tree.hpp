@@ -41,6 +41,9 @@ struct copy_options {
   // False skips FICLONE and copy_file_range: every file's data goes by reads and writes (for
   // tests and benchmarks of that path, on any filesystem).
   bool kernel_copy = true;
+  // False leaves out the final syncfs(): for a caller that makes the same file system durable
+  // itself right after (a checkpoint's commit does), so that it is not paid twice.
+  bool sync = true;
   // Copies [offset, offset + length) of `source` to the same offsets of `target` by reads and
   // writes, and returns the bytes copied (fewer when the source ended); throws
   // std::system_error. Called on the copying thread, for at most 16 MiB at a time so that

@@ -367,6 +367,29 @@ BOOST_AUTO_TEST_CASE(ownership_is_preserved_as_root) {
   BOOST_TEST(dir.st_gid == 2222u);
 }
 
+// Files owned by us are not chowned (a syscall saved per file), unless the copy is made under
+// a set-group-ID directory, whose group new inodes would take instead of ours.
+BOOST_AUTO_TEST_CASE(our_own_files_keep_our_group_under_a_set_group_id_parent) {
+  if (::geteuid() != 0) {
+    BOOST_TEST_MESSAGE("skipped: not root");
+    return;
+  }
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path from = scratch.dir / "from", parent = scratch.dir / "shared";
+  fs::create_directories(from / "dir");
+  write_file(from / "dir" / "file", "ours", 0644);
+  BOOST_REQUIRE_EQUAL(::lchown((from / "dir" / "file").c_str(), 0, 0), 0);
+  BOOST_REQUIRE_EQUAL(::lchown((from / "dir").c_str(), 0, 0), 0);
+  fs::create_directories(parent);
+  BOOST_REQUIRE_EQUAL(::chown(parent.c_str(), 0, 4242), 0);
+  BOOST_REQUIRE_EQUAL(::chmod(parent.c_str(), 02775), 0);
+
+  copy_tree(from, parent / "to", {});
+  BOOST_TEST(lstat_of(parent / "to" / "dir").st_gid == 0u);
+  BOOST_TEST(lstat_of(parent / "to" / "dir" / "file").st_gid == 0u);
+  BOOST_TEST(lstat_of(parent / "to" / "dir" / "file").st_uid == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(bad_source_or_existing_target_fails) {
   scratch_dir scratch("sm-copy-tree");
   const fs::path from = scratch.dir / "from", to = scratch.dir / "to";
