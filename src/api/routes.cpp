@@ -295,7 +295,11 @@ class api {
     const checkpoint::local_store store(env_.paths().checkpoints_dir());
     co_await offload([&] { all = store.list(); });
     json list = json::array();
-    for (const auto& m : all) list.push_back(checkpoint::to_json(m));
+    for (const auto& m : all) {
+      json item = checkpoint::to_json(m);
+      item["upload"] = env_.upload_status(m.id);
+      list.push_back(std::move(item));
+    }
     env_.set_checkpoints_summary(summary_of(all));
     co_return json_response(200, {{"count", all.size()}, {"checkpoints", std::move(list)}});
   }

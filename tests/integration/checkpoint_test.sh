@@ -63,6 +63,7 @@ req GET /
 expect_json 'j["checkpoints"] == {"count": 4, "latest": "v2"} and j["operation"] is None'
 req GET /checkpoints
 expect_json '[c["id"] for c in j["checkpoints"]] == ["test1", "test2", "v1", "v2"]'
+expect_json 'all(c["upload"]["state"] in ("pending", "uploading", "done") for c in j["checkpoints"])'
 [[ -z $(find tmp/checkpoints -maxdepth 1 -name '*.partial') ]] || fail "a .partial was left"
 wait_until "the operation's events" grep -q '"kind":"checkpoint","step":"snapshot"' "$TEST_DIR/events"
 grep -q '"id":"test2","kind":"checkpoint","step":"done"' "$TEST_DIR/events" || fail "no done event: $(cat "$TEST_DIR/events")"
