@@ -105,7 +105,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
                                       std::string id, std::function<void(std::uint64_t)> progress) {
   const std::filesystem::path root = local.path_of(id);
   std::vector<entry> entries;
-  std::string manifest_text;
+  std::string manifest_text, index_text;
   co_await offload([&] {
     for (auto it = std::filesystem::recursive_directory_iterator(root);
          it != std::filesystem::recursive_directory_iterator(); ++it) {
@@ -130,6 +130,10 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
     }
     std::ifstream in(root / "manifest.json");
     manifest_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    // Here too: for 10,000 files, building and printing the index held the executor ~15 ms.
+    json index = json::array();
+    for (const entry& e : entries) index.push_back(to_json(e));
+    index_text = index.dump() + "\n";
   });
   if (manifest_text.empty()) throw std::runtime_error("checkpoint " + id + " has no manifest");
   const std::string prefix = remote_prefix(id);
@@ -144,11 +148,9 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
     done += e.size;
     if (progress) progress(done);
   });
-  json index = json::array();
-  for (const entry& e : entries) index.push_back(to_json(e));
   s3::put_options json_type;
   json_type.content_type = "application/json";
-  co_await store.put(prefix + "index.json", index.dump() + "\n", json_type);
+  co_await store.put(prefix + "index.json", std::move(index_text), json_type);
   // Last: its presence is what says the checkpoint is whole in the store.
   co_await store.put(prefix + "manifest.json", manifest_text, json_type);
   co_return done;
@@ -170,25 +172,31 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
   }
   index_text = co_await store.get(prefix + "index.json");
   const std::optional<manifest> m = manifest_from_json(json::parse(manifest_text, nullptr, false));
-  const json index = json::parse(index_text, nullptr, false);
-  if (!m || m->id != id || !index.is_array()) {
+  if (!m || m->id != id) {
     throw std::runtime_error("checkpoint " + id + " in the store is not readable");
   }
+  // Read off the executor: the index of 10,000 files is a few MB of JSON.
   std::vector<entry> entries;
-  for (const json& j : index) {
-    entry e;
-    e.path = j.value("path", "");
-    const std::string type = j.value("type", "");
-    if (!safe_relative(e.path) || type.size() != 1) {
-      throw std::runtime_error("checkpoint " + id + " in the store names a path out of it");
+  co_await offload([&] {
+    const json index = json::parse(index_text, nullptr, false);
+    if (!index.is_array()) {
+      throw std::runtime_error("checkpoint " + id + " in the store is not readable");
     }
-    e.type = type[0];
-    e.mode = j.value("mode", 0644u) & 07777;
-    e.mtime_ns = j.value("mtime_ns", std::int64_t(0));
-    e.size = j.value("size", std::uint64_t(0));
-    e.target = j.value("target", "");
-    entries.push_back(std::move(e));
-  }
+    for (const json& j : index) {
+      entry e;
+      e.path = j.value("path", "");
+      const std::string type = j.value("type", "");
+      if (!safe_relative(e.path) || type.size() != 1) {
+        throw std::runtime_error("checkpoint " + id + " in the store names a path out of it");
+      }
+      e.type = type[0];
+      e.mode = j.value("mode", 0644u) & 07777;
+      e.mtime_ns = j.value("mtime_ns", std::int64_t(0));
+      e.size = j.value("size", std::uint64_t(0));
+      e.target = j.value("target", "");
+      entries.push_back(std::move(e));
+    }
+  });
   const std::filesystem::path partial = local.partial_of(id);
   co_await offload([&] {
     remove_tree(partial);
