@@ -52,6 +52,9 @@ using namespace std::chrono_literals;
 
 // How long in-flight requests may take to finish once shut-down starts.
 constexpr auto drain_grace = 5s;
+// How long shut-down waits for checkpoint uploads once everything else has stopped; what is not
+// up by then stops between two objects and goes up again at the next start.
+constexpr auto upload_grace = 30s;
 
 // Runs one start-up step; logs and returns false if it throws.
 template <class F>
@@ -533,6 +536,84 @@ int run_app(const options& opts) {
     if (database) database->append_metrics(out);
     return out;
   };
+  // Checkpoint uploads to the store, in the background. A checkpoint is usable here at once;
+  // release-lease waits for its upload, shut-down for `upload_grace`, and one that did not
+  // finish goes up again when a configuration is next applied (resume_uploads).
+  unsigned uploads_running = 0;
+  bool uploads_cancelled = false;  // shut-down gave up waiting: stop between two objects
+  auto start_upload = [&](const std::string& id) {
+    if (!env.store() || uploads_cancelled) return;
+    ++uploads_running;
+    env.set_upload_status(id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
+    asio::co_spawn(
+        io,
+        [&, id]() -> asio::awaitable<void> {
+          env.set_upload_status(id, {{"state", "uploading"}, {"bytes", 0}, {"error", nullptr}});
+          std::string failure;
+          std::uint64_t bytes = 0;
+          try {
+            const checkpoint::local_store local(env.paths().checkpoints_dir());
+            auto progress = [&env, id](std::uint64_t n) {
+              env.set_upload_status(id, {{"state", "uploading"}, {"bytes", n}, {"error", nullptr}});
+            };
+            bytes = co_await checkpoint::upload(*env.store(), local, id, progress,
+                                                [&] { return uploads_cancelled; });
+          } catch (const std::exception& e) {
+            failure = e.what();
+          }
+          const char* state = failure.empty() ? "done" : uploads_cancelled ? "stopped" : "failed";
+          if (uploads_cancelled && !failure.empty()) {
+            log::warn("checkpoint upload stopped by shut-down; it resumes at the next start",
+                      {{"id", id}});
+          } else if (!failure.empty()) {
+            log::error("checkpoint upload failed", {{"id", id}, {"error", failure}});
+          }
+          env.set_upload_status(id, {{"state", state},
+                                     {"bytes", bytes},
+                                     {"error", failure.empty() ? nlohmann::json(nullptr)
+                                                                : nlohmann::json(failure)}});
+          publish("operation", {{"kind", "upload"}, {"id", id}, {"step", state}});
+          --uploads_running;
+        },
+        asio::detached);
+  };
+  // True once no upload runs; false when `bound` passed first.
+  auto wait_for_uploads = [&](std::chrono::steady_clock::duration bound) -> asio::awaitable<bool> {
+    const auto deadline = std::chrono::steady_clock::now() + bound;
+    while (uploads_running > 0 && std::chrono::steady_clock::now() < deadline) {
+      asio::steady_timer tick(io, 20ms);
+      std::error_code ec;
+      co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    co_return uploads_running == 0;
+  };
+  // The local checkpoints whose manifest the store lacks (an upload cut short by a crash or a
+  // shut-down, a store that was down) go up now, one at a time, in the background.
+  auto resume_uploads = [&] {
+    if (!env.store()) return;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          std::vector<checkpoint::manifest> local;
+          try {
+            co_await offload([&] {
+              local = checkpoint::local_store(env.paths().checkpoints_dir()).list();
+            });
+            for (const auto& m : local) {
+              if (uploads_cancelled || !env.store()) co_return;
+              if (!env.upload_status(m.id).is_null()) continue;  // under way already
+              if (co_await checkpoint::exists_remotely(*env.store(), m.id)) continue;
+              log::info("checkpoint not in the store; uploading it again", {{"id", m.id}});
+              start_upload(m.id);
+              co_await wait_for_uploads(std::chrono::hours(24 * 365));
+            }
+          } catch (const std::exception& e) {
+            log::warn("could not check which checkpoints the store lacks", {{"error", e.what()}});
+          }
+        },
+        asio::detached);
+  };
+
   if (env.configured()) {
     // Booted with a saved configuration: components first, then COMMAND (DESIGN.md 2.1a).
     asio::co_spawn(
@@ -542,6 +623,7 @@ int run_app(const options& opts) {
           if (!co_await env.claim_saved([&] { return shutting_down; })) co_return;
           co_await env.initialise_components(*env.current());
           start_process();
+          resume_uploads();
         },
         asio::detached);
   } else if (!opts.wait_for_config) {
@@ -565,12 +647,17 @@ int run_app(const options& opts) {
     if (components) co_await components->stop();
     nlohmann::json flushed = nlohmann::json::array();
     if (database) flushed.push_back(co_await database->stop());  // the final sync
+    // The checkpoints made here are state too: the next owner restores them from the store.
+    if (uploads_running > 0) {
+      co_await wait_for_uploads(std::chrono::hours(24 * 365));  // each ends on its own
+    }
     publish_system_state();
     co_return flushed;
   };
   env.on_applied = [&] {
     start_process();
     publish_system_state();
+    resume_uploads();
   };
 
   // POST /checkpoint: quiesce (stop COMMAND and the components) -> snapshot (the database
@@ -830,37 +917,7 @@ int run_app(const options& opts) {
                              {"files", std::to_string(m.mount.files)}});
     json answer = {{"id", id}, {"manifest", checkpoint::to_json(m)}};
     // Usable here already; the copy in the store follows in the background.
-    if (env.store()) {
-      env.set_upload_status(id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
-      asio::co_spawn(
-          io,
-          [&, id]() -> asio::awaitable<void> {
-            env.set_upload_status(id, {{"state", "uploading"}, {"bytes", 0}, {"error", nullptr}});
-            std::string failure;
-            std::uint64_t bytes = 0;
-            try {
-              const checkpoint::local_store local(env.paths().checkpoints_dir());
-              auto progress = [&env, id](std::uint64_t n) {
-                env.set_upload_status(id,
-                                      {{"state", "uploading"}, {"bytes", n}, {"error", nullptr}});
-              };
-              bytes = co_await checkpoint::upload(*env.store(), local, id, progress);
-            } catch (const std::exception& e) {
-              failure = e.what();
-            }
-            if (!failure.empty()) {
-              log::error("checkpoint upload failed", {{"id", id}, {"error", failure}});
-            }
-            json status = {{"state", failure.empty() ? "done" : "failed"},
-                           {"bytes", bytes},
-                           {"error", failure.empty() ? json(nullptr) : json(failure)}};
-            env.set_upload_status(id, std::move(status));
-            json event = {
-                {"kind", "upload"}, {"id", id}, {"step", failure.empty() ? "done" : "failed"}};
-            publish("operation", std::move(event));
-          },
-          asio::detached);
-    }
+    start_upload(id);
     answer["upload"] = env.upload_status(id);
     co_return std::make_pair(200, std::move(answer));
   };
@@ -979,13 +1036,9 @@ int run_app(const options& opts) {
         if (swap_database) {
           std::filesystem::path staged = db_file;
           staged += ".restoring";
-          std::filesystem::copy_file(source / m->database->file, staged,
-                                     std::filesystem::copy_options::overwrite_existing);
-          const int fd = ::open(staged.c_str(), O_RDONLY | O_CLOEXEC);
-          if (fd >= 0) {
-            ::fsync(fd);
-            ::close(fd);
-          }
+          // By reflink where the file system can: a restore costs no copy of the data there.
+          std::filesystem::remove(staged);
+          checkpoint::copy_file(source / m->database->file, staged);
           std::filesystem::rename(staged, db_file);
         }
         if (!env_dir.parent_path().empty())
@@ -1136,6 +1189,15 @@ int run_app(const options& opts) {
         if (process) co_await process->stop();
         if (components) co_await components->stop();  // in reverse dependency order
         if (database) co_await database->stop();      // the final sync
+        // Checkpoint uploads went on meanwhile; they get a bound, then stop between two objects
+        // (the manifest goes last, so the store never shows half a checkpoint as whole).
+        if (uploads_running > 0) {
+          log::info("waiting for checkpoint uploads", {{"count", std::to_string(uploads_running)}});
+          if (!co_await wait_for_uploads(upload_grace)) {
+            uploads_cancelled = true;
+            co_await wait_for_uploads(std::chrono::hours(24 * 365));
+          }
+        }
         // All state is in the store now: another machine may take over at once.
         co_await env.release_lease();
         // What they wrote last still reaches our output (--log-prefix), within a bound.

@@ -168,11 +168,14 @@ bool read_xattr_buffer(Call call, std::string& out, int absent, std::string_view
   }
 }
 
-void copy_xattrs(const xattr_inode& from, const xattr_inode& to) {
+// Every attribute of `from`, in the order its file system lists them; none where that file
+// system keeps none.
+xattr_list read_all_xattrs(const xattr_inode& from) {
+  xattr_list out;
   std::string names;
   const bool any = read_xattr_buffer([&](char* b, std::size_t s) { return from.list(b, s); }, names,
                                      ENOTSUP, "listxattr", from.shown);
-  if (!any) return;
+  if (!any) return out;
   std::string value;
   for (std::size_t at = 0; at < names.size();) {
     const char* name = names.c_str() + at;
@@ -182,12 +185,23 @@ void copy_xattrs(const xattr_inode& from, const xattr_inode& to) {
                            ENODATA, std::string("getxattr ") + name, from.shown)) {
       continue;
     }
-    if (to.set(name, value) == 0) continue;
+    out.emplace_back(name, value);
+  }
+  return out;
+}
+
+void write_all_xattrs(const xattr_inode& to, const xattr_list& xattrs) {
+  for (const auto& [name, value] : xattrs) {
+    if (to.set(name.c_str(), value) == 0) continue;
     // A destination without xattrs loses them, as `cp -a` does; a non-root caller cannot set
     // the trusted.* and security.* ones it may have been able to read.
     if (errno == ENOTSUP || (errno == EPERM && !running_as_root())) continue;
-    throw_errno(std::string("setxattr ") + name, to.shown);
+    throw_errno("setxattr " + name, to.shown);
   }
+}
+
+void copy_xattrs(const xattr_inode& from, const xattr_inode& to) {
+  write_all_xattrs(to, read_all_xattrs(from));
 }
 
 // Ownership is preserved when we may set it; without privilege, the copy belongs to us.
@@ -267,6 +281,27 @@ class tree_copier {
     // fsync() per inode (10,000 files took 1.7 s of fsyncs, most of a checkpoint's time). The
     // caller renames `to` into place after this.
     if (options_.sync && ::syncfs(root_.get()) != 0) throw_errno("syncfs", to_);
+    return stats_;
+  }
+
+  // One regular file, `to_` created (it must not exist), fsynced when options_.sync.
+  copy_stats run_file() {
+    check_cancel();
+    const unique_fd source(::open(from_.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    if (!source) throw_errno("open", from_);
+    const struct stat st = stat_fd(source.get(), from_);
+    if (!S_ISREG(st.st_mode)) throw_errno(EINVAL, "not a regular file:", from_);
+    const unique_fd target(::open(to_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!target) throw_errno("create", to_);
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    count_method(copy_data(source.get(), target.get(), size, from_, to_));
+    // Not under a set-group-ID directory, a new file is ours already.
+    const bool ours = st.st_uid == euid_ && st.st_gid == egid_ &&
+                      (stat_fd(target.get(), to_).st_gid == egid_);
+    finish_inode_fd(source.get(), target.get(), st, from_, to_, !ours);
+    ++stats_.files;
+    stats_.bytes += size;
+    if (options_.sync && ::fsync(target.get()) != 0) throw_errno("fsync", to_);
     return stats_;
   }
 
@@ -596,6 +631,10 @@ copy_stats copy_tree(const fs::path& from, const fs::path& to, const copy_option
   return tree_copier(from, to, options).run();
 }
 
+copy_stats copy_file(const fs::path& from, const fs::path& to, const copy_options& options) {
+  return tree_copier(from, to, options).run_file();
+}
+
 std::uint64_t tree_size(const fs::path& root) {
   const unique_fd dir = open_directory_at(AT_FDCWD, root.c_str(), root);
   std::set<file_id> seen;
@@ -618,6 +657,14 @@ void remove_tree(const fs::path& path) {
     empty_directory(dir.get(), path);
   }
   if (::rmdir(path.c_str()) != 0 && errno != ENOENT) throw_errno("remove", path);
+}
+
+xattr_list read_xattrs(const fs::path& path) {
+  return read_all_xattrs(xattr_inode{-1, path.string(), path});
+}
+
+void write_xattrs(const fs::path& path, const xattr_list& xattrs) {
+  write_all_xattrs(xattr_inode{-1, path.string(), path}, xattrs);
 }
 
 }  // namespace sm::checkpoint

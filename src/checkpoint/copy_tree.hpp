@@ -7,6 +7,9 @@
 #include <filesystem>
 #include <functional>
 #include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace sm::checkpoint {
 
@@ -79,6 +82,13 @@ class copy_cancelled : public std::runtime_error {
 copy_stats copy_tree(const std::filesystem::path& from, const std::filesystem::path& to,
                      const copy_options& options = {});
 
+// One regular file `from` (a symlink is refused) to `to`, which must not exist: its data by the
+// same methods as copy_tree (reflink first), its mode, owner, times and xattrs, fsynced unless
+// `options.sync` is false. `to`'s directory is not fsynced. Throws as copy_tree does; a partial
+// `to` is left for the caller to remove.
+copy_stats copy_file(const std::filesystem::path& from, const std::filesystem::path& to,
+                     const copy_options& options = {});
+
 // The apparent size of the regular files under `root`, each inode once: the total that
 // copy_tree's progress reaches (for a tree that does not change meanwhile). Symlinks are not
 // followed. Throws std::system_error.
@@ -90,5 +100,17 @@ std::uint64_t tree_size(const std::filesystem::path& root);
 // directory descriptors, so a directory swapped for a symlink mid-way cannot redirect it.
 // Throws std::system_error naming the path that could not be removed.
 void remove_tree(const std::filesystem::path& path);
+
+// Extended attributes as name and value, in the order the file system lists them.
+using xattr_list = std::vector<std::pair<std::string, std::string>>;
+
+// The extended attributes of the inode at `path`, not following a symlink; empty where its file
+// system keeps none. Throws std::system_error.
+xattr_list read_xattrs(const std::filesystem::path& path);
+
+// Sets `xattrs` on the inode at `path`, not following a symlink. As in copy_tree, a file system
+// without xattrs (ENOTSUP) and, when not root, a namespace we may not write (EPERM) lose them
+// silently. Throws std::system_error for any other failure.
+void write_xattrs(const std::filesystem::path& path, const xattr_list& xattrs);
 
 }  // namespace sm::checkpoint

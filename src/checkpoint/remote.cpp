@@ -3,9 +3,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <exception>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <optional>
+#include <set>
+#include <system_error>
+#include <utility>
 #include <vector>
 
 #include <asio/co_spawn.hpp>
@@ -17,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
+#include "base/hex.hpp"
 #include "checkpoint/copy_tree.hpp"
 #include "checkpoint/local_store.hpp"
 
@@ -30,20 +37,63 @@ constexpr unsigned in_flight = 8;
 
 struct entry {
   std::string path;  // relative to the checkpoint's directory
-  char type = 'f';   // f(ile), d(irectory), l(ink)
+  // f(ile), d(irectory), l(ink: a symlink), h(ard link: another name of an earlier 'f' entry,
+  // which alone is uploaded)
+  char type = 'f';
   std::uint32_t mode = 0;
   std::int64_t mtime_ns = 0;
   std::uint64_t size = 0;
-  std::string target;  // symlinks
+  std::string target;  // l: what the symlink points to; h: the earlier name
+  std::optional<std::uint32_t> uid, gid;  // absent in an index written before they were kept
+  xattr_list xattrs;
 };
 
+// Paths, link targets and xattr names are bytes; JSON strings must be UTF-8. What is not goes in
+// "<key>_hex" instead, so that no name makes an upload fail or comes back altered.
+bool valid_utf8(const std::string& text) {
+  try {
+    (void)json(text).dump();
+    return true;
+  } catch (const json::type_error&) {
+    return false;
+  }
+}
+
+void put_bytes(json& j, const std::string& key, const std::string& bytes) {
+  if (valid_utf8(bytes)) {
+    j[key] = bytes;
+  } else {
+    j[key + "_hex"] = hex(bytes);
+  }
+}
+
+std::string get_bytes(const json& j, const std::string& key) {
+  if (const auto it = j.find(key + "_hex"); it != j.end() && it->is_string()) {
+    if (auto bytes = unhex(it->get<std::string>())) return *bytes;
+    throw std::runtime_error("a checkpoint's index has a malformed " + key + "_hex");
+  }
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 json to_json(const entry& e) {
-  json j = {{"path", e.path},
-            {"type", std::string(1, e.type)},
+  json j = {{"type", std::string(1, e.type)},
             {"mode", e.mode},
             {"mtime_ns", e.mtime_ns},
             {"size", e.size}};
-  if (e.type == 'l') j["target"] = e.target;
+  put_bytes(j, "path", e.path);
+  if (e.type == 'l' || e.type == 'h') put_bytes(j, "target", e.target);
+  if (e.uid) j["uid"] = *e.uid;
+  if (e.gid) j["gid"] = *e.gid;
+  if (!e.xattrs.empty()) {
+    json xattrs = json::array();
+    for (const auto& [name, value] : e.xattrs) {
+      json x = {{"value_hex", hex(value)}};
+      put_bytes(x, "name", name);
+      xattrs.push_back(std::move(x));
+    }
+    j["xattrs"] = std::move(xattrs);
+  }
   return j;
 }
 
@@ -102,11 +152,14 @@ std::string remote_prefix(const std::string& id) {
 }
 
 asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store& local,
-                                      std::string id, std::function<void(std::uint64_t)> progress) {
+                                      std::string id, std::function<void(std::uint64_t)> progress,
+                                      std::function<bool()> cancelled) {
   const std::filesystem::path root = local.path_of(id);
   std::vector<entry> entries;
   std::string manifest_text, index_text;
   co_await offload([&] {
+    // The first name of each inode with several: later names become 'h' entries.
+    std::map<std::pair<dev_t, ino_t>, std::string> first_name;
     for (auto it = std::filesystem::recursive_directory_iterator(root);
          it != std::filesystem::recursive_directory_iterator(); ++it) {
       struct stat st {};
@@ -116,6 +169,8 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
       if (e.path == "manifest.json") continue;
       e.mode = st.st_mode & 07777;
       e.mtime_ns = std::int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+      e.uid = st.st_uid;
+      e.gid = st.st_gid;
       if (S_ISDIR(st.st_mode)) {
         e.type = 'd';
       } else if (S_ISLNK(st.st_mode)) {
@@ -123,9 +178,19 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
         e.target = std::filesystem::read_symlink(it->path()).string();
       } else if (S_ISREG(st.st_mode)) {
         e.size = std::uint64_t(st.st_size);
+        if (st.st_nlink > 1) {
+          const auto [at, first] = first_name.try_emplace({st.st_dev, st.st_ino}, e.path);
+          if (!first) {
+            e.type = 'h';
+            e.target = at->second;
+            entries.push_back(std::move(e));
+            continue;  // the inode's owner, xattrs and times come with its first name
+          }
+        }
       } else {
         continue;  // FIFOs and the like carry no data worth a copy elsewhere
       }
+      e.xattrs = read_xattrs(it->path());
       entries.push_back(std::move(e));
     }
     std::ifstream in(root / "manifest.json");
@@ -143,6 +208,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
   }
   std::uint64_t done = 0;
   co_await for_each_parallel(files.size(), [&](std::size_t i) -> asio::awaitable<void> {
+    if (cancelled && cancelled()) throw upload_cancelled();
     const entry& e = *files[i];
     co_await store.put_file(prefix + "files/" + e.path, root / e.path);
     done += e.size;
@@ -150,6 +216,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
   });
   s3::put_options json_type;
   json_type.content_type = "application/json";
+  if (cancelled && cancelled()) throw upload_cancelled();
   co_await store.put(prefix + "index.json", std::move(index_text), json_type);
   // Last: its presence is what says the checkpoint is whole in the store.
   co_await store.put(prefix + "manifest.json", manifest_text, json_type);
@@ -182,9 +249,11 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     if (!index.is_array()) {
       throw std::runtime_error("checkpoint " + id + " in the store is not readable");
     }
+    std::set<std::string> files;  // what an 'h' entry may name: an earlier regular file
     for (const json& j : index) {
+      if (!j.is_object()) throw std::runtime_error("checkpoint " + id + " in the store is not readable");
       entry e;
-      e.path = j.value("path", "");
+      e.path = get_bytes(j, "path");
       const std::string type = j.value("type", "");
       if (!safe_relative(e.path) || type.size() != 1) {
         throw std::runtime_error("checkpoint " + id + " in the store names a path out of it");
@@ -193,7 +262,21 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
       e.mode = j.value("mode", 0644u) & 07777;
       e.mtime_ns = j.value("mtime_ns", std::int64_t(0));
       e.size = j.value("size", std::uint64_t(0));
-      e.target = j.value("target", "");
+      e.target = get_bytes(j, "target");
+      if (j.contains("uid") && j.contains("gid")) {
+        e.uid = j.at("uid").get<std::uint32_t>();
+        e.gid = j.at("gid").get<std::uint32_t>();
+      }
+      for (const json& x : j.value("xattrs", json::array())) {
+        const auto value = unhex(x.value("value_hex", ""));
+        if (!value) throw std::runtime_error("checkpoint " + id + " in the store is not readable");
+        e.xattrs.emplace_back(get_bytes(x, "name"), *value);
+      }
+      if (e.type == 'f') files.insert(e.path);
+      if (e.type == 'h' && !files.contains(e.target)) {
+        throw std::runtime_error("checkpoint " + id + " in the store links " + e.path +
+                                 " to a file it does not hold");
+      }
       entries.push_back(std::move(e));
     }
   });
@@ -216,12 +299,25 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
       co_await store.get_file(prefix + "files/" + e.path, partial / e.path);
     });
     co_await offload([&] {
-      // Links, then modes and times, deepest first (a directory's time after its contents).
+      // Links; then owners, xattrs, modes and times, deepest first (a directory's time after
+      // its contents). chown goes first: it clears set-id bits and file capabilities.
       for (const entry& e : entries) {
         if (e.type == 'l') std::filesystem::create_symlink(e.target, partial / e.path);
+        if (e.type == 'h' &&
+            ::link((partial / e.target).c_str(), (partial / e.path).c_str()) != 0) {
+          throw std::system_error(errno, std::generic_category(), "link " + e.path);
+        }
       }
+      const bool root = ::geteuid() == 0;
       for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+        if (it->type == 'h') continue;  // the same inode as its first name
         const std::filesystem::path p = partial / it->path;
+        // Without privilege the files are ours, as with `tar x` by a user.
+        if (it->uid && it->gid && ::lchown(p.c_str(), *it->uid, *it->gid) != 0 &&
+            (root || errno != EPERM)) {
+          throw std::system_error(errno, std::generic_category(), "chown " + it->path);
+        }
+        write_xattrs(p, it->xattrs);
         const timespec times[2] = {{it->mtime_ns / 1'000'000'000, it->mtime_ns % 1'000'000'000},
                                    {it->mtime_ns / 1'000'000'000, it->mtime_ns % 1'000'000'000}};
         if (it->type != 'l') ::chmod(p.c_str(), it->mode);

@@ -1,13 +1,17 @@
 // Checkpoints in the object store, so that another machine can restore them. Under
 // <key_prefix>checkpoints/<id>/: files/<path> for each regular file of the checkpoint (its
-// database copy, configuration and mount/ tree), index.json (every entry: path, type, mode,
-// mtime, size, symlink target), and manifest.json last, whose presence says the upload is whole.
+// database copy, configuration and mount/ tree; an inode with several names goes up once, under
+// its first), index.json (every entry: path, type, mode, owner, mtime, size, extended
+// attributes, the target of a symlink or of another name of a file), and manifest.json last,
+// whose presence says the upload is whole. A download rebuilds all of that, hard links included;
+// owners need root (without it the files are ours), and holes come back as zeros.
 // Uploads run 8 objects at a time on the executor; the file system work goes through offload().
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <stdexcept>
 #include <string>
 
 #include <asio/awaitable.hpp>
@@ -21,9 +25,17 @@ class local_store;
 std::string remote_prefix(const std::string& id);  // "checkpoints/<id>/"
 
 // Uploads the complete local checkpoint `id`. `progress` gets the bytes uploaded so far.
-// Throws what the store throws (after its retries).
+// Throws what the store throws (after its retries), and upload_cancelled once `cancelled`
+// (asked before each object; may be empty) says so: the objects in flight finish first, the
+// manifest is not written.
 asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store& local,
-                                      std::string id, std::function<void(std::uint64_t)> progress);
+                                      std::string id, std::function<void(std::uint64_t)> progress,
+                                      std::function<bool()> cancelled);
+
+class upload_cancelled : public std::runtime_error {
+ public:
+  upload_cancelled() : std::runtime_error("upload cancelled") {}
+};
 
 // Whether the store holds a whole checkpoint `id` (its manifest.json).
 asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <fstream>
@@ -19,6 +20,7 @@
 
 #include "async/offload.hpp"
 #include "base/file.hpp"
+#include "base/hex.hpp"
 #include "base/log.hpp"
 #include "db/compress.hpp"
 #include "db/database.hpp"
@@ -121,27 +123,13 @@ constexpr const char* bump_sql =
     "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1";
 
 std::string to_hex(std::span<const std::byte> bytes) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  for (std::byte b : bytes) {
-    out += digits[std::to_integer<unsigned>(b) >> 4];
-    out += digits[std::to_integer<unsigned>(b) & 15];
-  }
-  return out;
+  return hex(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 bool from_hex(std::string_view text, std::span<std::byte> out) {
-  if (text.size() != out.size() * 2) return false;
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    const int hi = nibble(text[2 * i]), lo = nibble(text[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out[i] = std::byte(hi * 16 + lo);
-  }
+  const std::optional<std::string> bytes = unhex(text);
+  if (!bytes || bytes->size() != out.size()) return false;
+  std::memcpy(out.data(), bytes->data(), out.size());
   return true;
 }
 

@@ -19,6 +19,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include "async/offload.hpp"
+#include "base/hex.hpp"
 #include "s3/curl_multi.hpp"
 #include "s3/dynamic.hpp"
 #include "s3/responses.hpp"
@@ -38,22 +39,11 @@ constexpr unsigned parts_in_flight = 4;
 constexpr std::uint64_t range_size = 8u << 20;
 constexpr unsigned ranges_in_flight = 8;
 
-std::string hex(const unsigned char* data, std::size_t size) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(size * 2);
-  for (std::size_t i = 0; i < size; ++i) {
-    out += digits[data[i] >> 4];
-    out += digits[data[i] & 0xF];
-  }
-  return out;
-}
-
 std::string sha256_hex(std::string_view data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
   lib::crypto().digest(data.data(), data.size(), digest, &size, lib::crypto().sha256(), nullptr);
-  return hex(digest, size);
+  return hex(std::string_view(reinterpret_cast<const char*>(digest), size));
 }
 
 std::string md5_base64(std::string_view data) {

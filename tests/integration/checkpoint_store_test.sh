@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Checkpoints through the object store: what a restore on another machine gets back (hard links,
+# owners, set-group-ID bits, extended attributes, names that are not UTF-8), release-lease
+# waiting for an upload under way, a failed upload going up again at the next start, and
+# shut-down waiting for an upload.
+source "$(dirname "$0")/harness.sh"
+
+config() {  # config KEY_PREFIX
+  printf '{"storage": {"bucket": "env-bucket", "endpoint": "file://%s/objects", "key_prefix": "%s"},
+  "stacks": ["database"]}' "$TEST_DIR" "$1"
+}
+store=$TEST_DIR/objects/env-bucket
+upload_state() {  # upload_state ID: the upload's state as GET /checkpoints/ID shows it
+  curl -s "$SM_URL/checkpoints/$1" |
+    python3 -c 'import json,sys; u=json.load(sys.stdin).get("upload") or {}; print(u.get("state"))'
+}
+
+# --- Machine a makes a checkpoint whose files carry every kind of metadata.
+mkdir -p a/data/env/sub a/data/env/dir
+cd a
+echo "linked" >data/env/sub/file
+ln data/env/sub/file data/env/hard
+ln -s sub/file data/env/symlink
+bad=$'bad\xffname'
+echo "not UTF-8" >"data/env/$bad"
+python3 - <<'EOF'
+import os
+os.setxattr("data/env/sub/file", "user.binary", b"\x00\xff\x01 bytes")
+os.setxattr("data/env/dir", "user.note", b"on a directory")
+EOF
+as_root=0
+if ((EUID == 0)); then
+  as_root=1
+  chown 1234:5678 data/env/sub/file
+  chown -h 4321:8765 data/env/symlink
+fi
+chmod 2750 data/env/sub/file  # after the chown, which would clear it
+touch -d '2020-02-02 02:02:02.123456789' data/env/dir
+sm_start -- sleep 1000
+req POST /config -d "$(config "")"
+expect_status 200
+req POST /checkpoint -d '{"id": "meta"}'
+expect_status 200
+# release-lease answers once the checkpoint is in the store: the next owner needs it.
+req POST /release-lease
+expect_status 200
+[[ -e $store/checkpoints/meta/manifest.json ]] || fail "release-lease answered before the upload ended"
+expect_json 'j["released"] is True'
+# The second name of the inode is not uploaded twice.
+[[ -e $store/checkpoints/meta/files/mount/sub/file ]] || fail "the linked file is not in the store"
+[[ ! -e $store/checkpoints/meta/files/mount/hard ]] || fail "a hard link's second name was uploaded again"
+python3 - "$store/checkpoints/meta/index.json" <<'EOF' || fail "the index does not describe the link"
+import json, sys
+index = {e.get("path"): e for e in json.load(open(sys.argv[1]))}
+hard = index["mount/hard"]
+assert hard["type"] == "h" and hard["target"] == "mount/sub/file", hard
+assert "path_hex" in [k for e in json.load(open(sys.argv[1])) for k in e], "no hex-encoded name"
+EOF
+sm_stop
+((SM_EXIT == 0)) || fail "a exited $SM_EXIT"
+cd "$TEST_DIR"
+
+# --- Machine b (its own directory, the same bucket) restores it from the store.
+mkdir b
+cd b
+sm_start -- sleep 1000
+req POST /config -d "$(config "")"
+expect_status 200
+req POST /restore -d '{"id": "meta"}'
+expect_status 200
+[[ $(cat data/env/hard) == linked ]] || fail "the hard link's content"
+[[ $(stat -c %i data/env/hard) == $(stat -c %i data/env/sub/file) ]] ||
+  fail "the two names are separate files after the restore"
+[[ $(stat -c %h data/env/sub/file) == 2 ]] || fail "link count $(stat -c %h data/env/sub/file)"
+[[ $(readlink data/env/symlink) == sub/file ]] || fail "the symlink"
+[[ $(cat "data/env/$bad") == "not UTF-8" ]] || fail "the file whose name is not UTF-8"
+[[ $(stat -c %a data/env/sub/file) == 2750 ]] || fail "mode $(stat -c %a data/env/sub/file), not 2750"
+[[ $(stat -c %y data/env/dir) == "2020-02-02 02:02:02.123456789"* ]] ||
+  fail "the directory's time: $(stat -c %y data/env/dir)"
+python3 - <<'EOF' || fail "extended attributes were not restored"
+import os
+assert os.getxattr("data/env/sub/file", "user.binary") == b"\x00\xff\x01 bytes"
+assert os.getxattr("data/env/dir", "user.note") == b"on a directory"
+EOF
+if ((as_root)); then
+  [[ $(stat -c %u:%g data/env/sub/file) == 1234:5678 ]] || fail "owner $(stat -c %u:%g data/env/sub/file)"
+  [[ $(stat -c %u:%g data/env/symlink) == 4321:8765 ]] || fail "the symlink's owner"
+fi
+sm_stop
+cd "$TEST_DIR"
+
+# --- An upload that fails (the store refuses its keys) goes up again at the next start.
+mkdir -p c/data/env "$store/c"
+echo "retry me" >c/data/env/file
+: >"$store/c/checkpoints"  # a file where the store needs a directory
+cd c
+sm_start -- sleep 1000
+req POST /config -d "$(config c/)"
+expect_status 200
+req POST /checkpoint -d '{"id": "retried"}'
+expect_status 200
+wait_until "the upload to fail" sh -c "[ \"\$(curl -s '$SM_URL/checkpoints/retried' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"upload\"][\"state\"])')\" = failed ]"
+sm_stop
+rm "$store/c/checkpoints"
+sm_start -- sleep 1000
+wait_until "the upload to be resumed" test -e "$store/c/checkpoints/retried/manifest.json"
+grep -q 'uploading it again' "$SM_LOG" || fail "no log line for the resumed upload"
+wait_until "the upload's status" sh -c "[ \"\$(curl -s '$SM_URL/checkpoints/retried' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"upload\"][\"state\"])')\" = done ]"
+[[ $(cat "$store/c/checkpoints/retried/files/mount/file") == "retry me" ]] || fail "the resumed upload's file"
+sm_stop
+cd "$TEST_DIR"
+
+# --- SIGTERM while an upload runs: shut-down waits for it before it frees the lease.
+mkdir -p d/data/env
+for i in $(seq 1 24); do head -c 4000000 /dev/urandom >"d/data/env/big-$i"; done
+cd d
+sm_start -- sleep 1000
+req POST /config -d "$(config d/)"
+expect_status 200
+req POST /checkpoint -d '{"id": "at-exit"}'
+expect_status 200
+sm_stop
+((SM_EXIT == 0)) || fail "d exited $SM_EXIT"
+[[ -e $store/d/checkpoints/at-exit/manifest.json ]] || fail "shut-down did not wait for the upload"
+for i in $(seq 1 24); do
+  cmp "data/env/big-$i" "$store/d/checkpoints/at-exit/files/mount/big-$i" || fail "big-$i in the store"
+done
+log "ok"
