@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
+#include <set>
+#include <string>
 #include <thread>
 
 #include <asio/co_spawn.hpp>
@@ -538,18 +540,32 @@ int run_app(const options& opts) {
   };
   // Checkpoint uploads to the store, in the background. A checkpoint is usable here at once;
   // release-lease waits for its upload, shut-down for `upload_grace`, and one that did not
-  // finish goes up again when a configuration is next applied (resume_uploads).
-  unsigned uploads_running = 0;
-  bool uploads_cancelled = false;  // shut-down gave up waiting: stop between two objects
+  // finish goes up again when a configuration is next applied (resume_uploads). Once this
+  // machine lets go of the lease (release, shut-down, loss) no upload starts any more: the
+  // prefix may be another owner's by then.
+  std::set<std::string> uploading;  // ids whose upload runs
+  bool resume_scanning = false;     // resume_uploads is looking for what to upload
+  bool uploads_cancelled = false;   // shut-down gave up waiting: stop between two objects
+  std::string uploads_closed;       // why no upload may start ("" while they may)
   auto start_upload = [&](const std::string& id) {
-    if (!env.store() || uploads_cancelled) return;
-    ++uploads_running;
+    if (!env.store() || uploading.contains(id)) return;
+    if (!uploads_closed.empty()) {
+      env.set_upload_status(id, {{"state", "failed"}, {"bytes", 0}, {"error", uploads_closed}});
+      return;
+    }
+    uploading.insert(id);
     env.set_upload_status(id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
     asio::co_spawn(
         io,
         [&, id]() -> asio::awaitable<void> {
+          struct done_guard {
+            std::set<std::string>& set;
+            const std::string& id;
+            ~done_guard() { set.erase(id); }
+          } guard{uploading, id};
           env.set_upload_status(id, {{"state", "uploading"}, {"bytes", 0}, {"error", nullptr}});
           std::string failure;
+          bool cancelled = false;
           std::uint64_t bytes = 0;
           try {
             const checkpoint::local_store local(env.paths().checkpoints_dir());
@@ -558,12 +574,15 @@ int run_app(const options& opts) {
             };
             bytes = co_await checkpoint::upload(*env.store(), local, id, progress,
                                                 [&] { return uploads_cancelled; });
+          } catch (const checkpoint::upload_cancelled& e) {
+            failure = e.what();
+            cancelled = true;
           } catch (const std::exception& e) {
             failure = e.what();
           }
-          const char* state = failure.empty() ? "done" : uploads_cancelled ? "stopped" : "failed";
-          if (uploads_cancelled && !failure.empty()) {
-            log::warn("checkpoint upload stopped by shut-down; it resumes at the next start",
+          const char* state = failure.empty() ? "done" : cancelled ? "stopped" : "failed";
+          if (cancelled) {
+            log::warn("checkpoint upload stopped; it resumes at the next start",
                       {{"id", id}});
           } else if (!failure.empty()) {
             log::error("checkpoint upload failed", {{"id", id}, {"error", failure}});
@@ -571,41 +590,59 @@ int run_app(const options& opts) {
           env.set_upload_status(id, {{"state", state},
                                      {"bytes", bytes},
                                      {"error", failure.empty() ? nlohmann::json(nullptr)
-                                                                : nlohmann::json(failure)}});
+                                                               : nlohmann::json(failure)}});
           publish("operation", {{"kind", "upload"}, {"id", id}, {"step", state}});
-          --uploads_running;
         },
         asio::detached);
   };
-  // True once no upload runs; false when `bound` passed first.
+  // True once no upload runs nor is about to; false when `bound` passed first.
   auto wait_for_uploads = [&](std::chrono::steady_clock::duration bound) -> asio::awaitable<bool> {
     const auto deadline = std::chrono::steady_clock::now() + bound;
-    while (uploads_running > 0 && std::chrono::steady_clock::now() < deadline) {
+    auto busy = [&] { return !uploading.empty() || resume_scanning; };
+    while (busy() && std::chrono::steady_clock::now() < deadline) {
       asio::steady_timer tick(io, 20ms);
       std::error_code ec;
       co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    co_return uploads_running == 0;
+    co_return !busy();
   };
+  constexpr auto forever = std::chrono::hours(24 * 365);
   // The local checkpoints whose manifest the store lacks (an upload cut short by a crash or a
   // shut-down, a store that was down) go up now, one at a time, in the background.
   auto resume_uploads = [&] {
-    if (!env.store()) return;
+    if (!env.store() || resume_scanning) return;
+    resume_scanning = true;
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
+          struct done_guard {
+            bool& flag;
+            ~done_guard() { flag = false; }
+          } guard{resume_scanning};
           std::vector<checkpoint::manifest> local;
           try {
             co_await offload([&] {
               local = checkpoint::local_store(env.paths().checkpoints_dir()).list();
             });
             for (const auto& m : local) {
-              if (uploads_cancelled || !env.store()) co_return;
-              if (!env.upload_status(m.id).is_null()) continue;  // under way already
-              if (co_await checkpoint::exists_remotely(*env.store(), m.id)) continue;
+              if (uploads_cancelled || !uploads_closed.empty() || !env.store()) co_return;
+              if (uploading.contains(m.id)) continue;
+              if (co_await checkpoint::exists_remotely(*env.store(), m.id)) {
+                // Uploaded by an earlier run (or downloaded from the store): say so.
+                if (env.upload_status(m.id).is_null()) {
+                  env.set_upload_status(m.id,
+                                        {{"state", "done"}, {"bytes", nullptr}, {"error", nullptr}});
+                }
+                continue;
+              }
+              if (uploading.contains(m.id) || !uploads_closed.empty()) continue;
               log::info("checkpoint not in the store; uploading it again", {{"id", m.id}});
               start_upload(m.id);
-              co_await wait_for_uploads(std::chrono::hours(24 * 365));
+              while (uploading.contains(m.id)) {
+                asio::steady_timer tick(io, 20ms);
+                std::error_code ec;
+                co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+              }
             }
           } catch (const std::exception& e) {
             log::warn("could not check which checkpoints the store lacks", {{"error", e.what()}});
@@ -632,6 +669,8 @@ int run_app(const options& opts) {
   // Fencing: once the lease is lost, what writes to the store must stop.
   env.on_lease_lost = [&](std::string why) {
     log::error("lease lost: stopping the components (fenced)", {{"why", why}});
+    uploads_closed = "not uploaded: the lease was lost (" + why + ")";
+    uploads_cancelled = true;  // those under way stop between two objects
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
@@ -648,9 +687,8 @@ int run_app(const options& opts) {
     nlohmann::json flushed = nlohmann::json::array();
     if (database) flushed.push_back(co_await database->stop());  // the final sync
     // The checkpoints made here are state too: the next owner restores them from the store.
-    if (uploads_running > 0) {
-      co_await wait_for_uploads(std::chrono::hours(24 * 365));  // each ends on its own
-    }
+    co_await wait_for_uploads(forever);  // each ends on its own
+    uploads_closed = "not uploaded: this machine released the lease";
     publish_system_state();
     co_return flushed;
   };
@@ -1191,13 +1229,14 @@ int run_app(const options& opts) {
         if (database) co_await database->stop();      // the final sync
         // Checkpoint uploads went on meanwhile; they get a bound, then stop between two objects
         // (the manifest goes last, so the store never shows half a checkpoint as whole).
-        if (uploads_running > 0) {
-          log::info("waiting for checkpoint uploads", {{"count", std::to_string(uploads_running)}});
-          if (!co_await wait_for_uploads(upload_grace)) {
-            uploads_cancelled = true;
-            co_await wait_for_uploads(std::chrono::hours(24 * 365));
-          }
+        if (!uploading.empty()) {
+          log::info("waiting for checkpoint uploads", {{"count", std::to_string(uploading.size())}});
         }
+        if (!co_await wait_for_uploads(upload_grace)) {
+          uploads_cancelled = true;
+          co_await wait_for_uploads(forever);
+        }
+        uploads_closed = "not uploaded: state-manager is shutting down";
         // All state is in the store now: another machine may take over at once.
         co_await env.release_lease();
         // What they wrote last still reaches our output (--log-prefix), within a bound.

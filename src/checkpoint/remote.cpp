@@ -249,7 +249,11 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     if (!index.is_array()) {
       throw std::runtime_error("checkpoint " + id + " in the store is not readable");
     }
+    // Each entry's parent must be an earlier directory entry (or the checkpoint itself), and
+    // no path may come twice: nothing made from the index can then lead through a symlink it
+    // made, out of the checkpoint.
     std::set<std::string> files;  // what an 'h' entry may name: an earlier regular file
+    std::set<std::string> dirs, seen;
     for (const json& j : index) {
       if (!j.is_object()) throw std::runtime_error("checkpoint " + id + " in the store is not readable");
       entry e;
@@ -259,6 +263,15 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
         throw std::runtime_error("checkpoint " + id + " in the store names a path out of it");
       }
       e.type = type[0];
+      if (e.type != 'f' && e.type != 'd' && e.type != 'l' && e.type != 'h') {
+        throw std::runtime_error("checkpoint " + id + " in the store has an entry of unknown type " +
+                                 type + " (made by a newer state-manager?)");
+      }
+      const std::string parent = std::filesystem::path(e.path).parent_path().string();
+      if ((!parent.empty() && !dirs.contains(parent)) || !seen.insert(e.path).second) {
+        throw std::runtime_error("checkpoint " + id + " in the store names " + e.path +
+                                 " outside a directory it holds");
+      }
       e.mode = j.value("mode", 0644u) & 07777;
       e.mtime_ns = j.value("mtime_ns", std::int64_t(0));
       e.size = j.value("size", std::uint64_t(0));
@@ -273,6 +286,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
         e.xattrs.emplace_back(get_bytes(x, "name"), *value);
       }
       if (e.type == 'f') files.insert(e.path);
+      if (e.type == 'd') dirs.insert(e.path);
       if (e.type == 'h' && !files.contains(e.target)) {
         throw std::runtime_error("checkpoint " + id + " in the store links " + e.path +
                                  " to a file it does not hold");
@@ -313,8 +327,9 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
         if (it->type == 'h') continue;  // the same inode as its first name
         const std::filesystem::path p = partial / it->path;
         // Without privilege the files are ours, as with `tar x` by a user.
+        // EINVAL: an id this user namespace does not map.
         if (it->uid && it->gid && ::lchown(p.c_str(), *it->uid, *it->gid) != 0 &&
-            (root || errno != EPERM)) {
+            (root || (errno != EPERM && errno != EINVAL))) {
           throw std::system_error(errno, std::generic_category(), "chown " + it->path);
         }
         write_xattrs(p, it->xattrs);

@@ -86,6 +86,32 @@ if ((as_root)); then
   [[ $(stat -c %u:%g data/env/sub/file) == 1234:5678 ]] || fail "owner $(stat -c %u:%g data/env/sub/file)"
   [[ $(stat -c %u:%g data/env/symlink) == 4321:8765 ]] || fail "the symlink's owner"
 fi
+# A checkpoint in the store whose index leads out of it (through a symlink it makes, or by an
+# entry of a type we do not know) is refused, and nothing is written outside.
+mkdir -p "$TEST_DIR/outside"
+for evil in through-link unknown-type; do
+  mkdir -p "$store/checkpoints/$evil/files/mount"
+  sed "s/\"id\": \"meta\"/\"id\": \"$evil\"/" "$store/checkpoints/meta/manifest.json" \
+    >"$store/checkpoints/$evil/manifest.json"
+  echo pwn >"$store/checkpoints/$evil/files/mount/f"
+done
+cat >"$store/checkpoints/through-link/index.json" <<EOF
+[{"path": "mount", "type": "d", "mode": 493, "mtime_ns": 0, "size": 0},
+ {"path": "mount/a", "type": "l", "target": "$TEST_DIR/outside", "mode": 511, "mtime_ns": 0, "size": 0},
+ {"path": "mount/f", "type": "f", "mode": 420, "mtime_ns": 0, "size": 4},
+ {"path": "mount/a/pwn", "type": "h", "target": "mount/f", "mode": 420, "mtime_ns": 0, "size": 4}]
+EOF
+cat >"$store/checkpoints/unknown-type/index.json" <<EOF
+[{"path": "mount", "type": "d", "mode": 493, "mtime_ns": 0, "size": 0},
+ {"path": "mount/x", "type": "x", "mode": 511, "mtime_ns": 0, "size": 0, "uid": 0, "gid": 0}]
+EOF
+for evil in through-link unknown-type; do
+  req POST /restore -d "{\"id\": \"$evil\"}"
+  expect_status 502
+  [[ ! -e tmp/checkpoints/$evil && ! -e tmp/checkpoints/$evil.partial ]] || fail "$evil was kept"
+done
+[[ -z $(ls -A "$TEST_DIR/outside") ]] || fail "a download wrote outside the checkpoint: $(ls "$TEST_DIR/outside")"
+[[ $(cat data/env/hard) == linked ]] || fail "a refused download changed the environment"
 sm_stop
 cd "$TEST_DIR"
 
@@ -107,6 +133,11 @@ wait_until "the upload to be resumed" test -e "$store/c/checkpoints/retried/mani
 grep -q 'uploading it again' "$SM_LOG" || fail "no log line for the resumed upload"
 wait_until "the upload's status" sh -c "[ \"\$(curl -s '$SM_URL/checkpoints/retried' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"upload\"][\"state\"])')\" = done ]"
 [[ $(cat "$store/c/checkpoints/retried/files/mount/file") == "retry me" ]] || fail "the resumed upload's file"
+sm_stop
+# The next start finds it in the store and says so, without uploading it again.
+sm_start -- sleep 1000
+wait_until "the upload found done" sh -c "[ \"\$(curl -s '$SM_URL/checkpoints/retried' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"upload\"][\"state\"])')\" = done ]"
+! grep -q 'uploading it again' "$SM_LOG" || fail "an uploaded checkpoint was uploaded again"
 sm_stop
 cd "$TEST_DIR"
 

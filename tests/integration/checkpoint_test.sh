@@ -215,4 +215,23 @@ sm_start -- sleep 1000
 [[ $(sqlite3 data/database.sqlite "SELECT count(*) FROM t") == 2 ]] || fail "the database was not put back"
 grep -q "an interrupted restore was undone" "$SM_LOG" || fail "no log line for the undone restore"
 sm_stop
+
+# A COMMAND that ignores SIGTERM: killed at the stop timeout, and the checkpoint goes on.
+mkdir -p "$TEST_DIR/stubborn/data/env"
+cd "$TEST_DIR/stubborn"
+echo "kept" >data/env/file
+sm_start --timeout-stop 1s -- sh -c 'trap "" TERM; while :; do sleep 0.1; done'
+req POST /config -d "{\"storage\": {\"bucket\": \"env-bucket\", \"endpoint\": \"file://$TEST_DIR/objects\", \"key_prefix\": \"stubborn/\"},
+  \"stacks\": []}"
+expect_status 200
+req GET /
+pid_before=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["process"]["pid"])' "$BODY_FILE")
+req POST /checkpoint -d '{"id": "stubborn"}'
+expect_status 200
+expect_json 'j["manifest"]["steps_ms"]["quiesce"] >= 900'
+[[ $(cat tmp/checkpoints/stubborn/mount/file) == kept ]] || fail "the checkpoint of a stubborn COMMAND"
+grep -q 'killed by SIGKILL' "$SM_LOG" || fail "no SIGKILL logged for the COMMAND that ignored SIGTERM"
+wait_until "COMMAND running again" sh -c "curl -s '$SM_URL/' | python3 -c 'import json,sys; p=json.load(sys.stdin)[\"process\"]; sys.exit(0 if p[\"state\"] == \"running\" and p[\"pid\"] not in (None, $pid_before) else 1)'"
+sm_stop
+cd "$TEST_DIR"
 log "ok"
