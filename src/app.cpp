@@ -850,7 +850,7 @@ int run_app(const options& opts) {
     std::string failure;
     int failure_errno = 0;
     const uring::data_mover mover = data_mover();
-    co_await offload([&] {
+    co_await offload_bulk([&] {
       try {
         std::filesystem::create_directories(partial);
         // Beside the tree copy, on a thread of its own: the progress total, the configuration
@@ -992,7 +992,7 @@ int run_app(const options& opts) {
         co_return std::make_pair(502, std::move(error));
       }
     }
-    co_await offload([&] {
+    co_await offload_bulk([&] {
       m = store.read(id);
       if (!m || !m->database) return;
       try {
@@ -1042,7 +1042,7 @@ int run_app(const options& opts) {
     const bool swap_database = m->database.has_value();
     int failure_errno = 0;
     const uring::data_mover mover = data_mover();
-    co_await offload([&] {
+    co_await offload_bulk([&] {
       static constexpr const char* suffixes[] = {"", "-wal", "-shm"};
       bool env_moved = false, env_in_place = false;
       try {
@@ -1159,7 +1159,7 @@ int run_app(const options& opts) {
     asio::co_spawn(
         io,
         [aside_trash, env_trash]() -> asio::awaitable<void> {
-          co_await offload([&] {
+          co_await offload_bulk([&] {
             try {
               checkpoint::remove_tree(aside_trash);
               checkpoint::remove_tree(env_trash);

@@ -17,10 +17,12 @@ namespace sm {
 
 namespace {
 std::mutex pool_mutex;
-std::unique_ptr<asio::thread_pool> pool;  // guarded by pool_mutex; created on first use
+// guarded by pool_mutex; each created on first use: [0] short calls, [1] bulk work
+std::unique_ptr<asio::thread_pool> pools[2];
 
-asio::thread_pool& worker() {
+asio::thread_pool& worker(int lane) {
   std::lock_guard lock(pool_mutex);
+  auto& pool = pools[lane];
   if (!pool) {
     // The worker blocks every signal (it inherits the mask it is created with): signals are
     // the executor's to receive, through signalfd and signal_set, never a default action
@@ -33,16 +35,15 @@ asio::thread_pool& worker() {
   }
   return *pool;
 }
-}  // namespace
 
-asio::awaitable<void> offload(std::function<void()> work) {
+asio::awaitable<void> run_on(int lane, std::function<void()> work) {
   auto executor = co_await asio::this_coro::executor;
   std::exception_ptr failure;
   co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
       [&](auto handler) {
         // The guard keeps the executor's run() from returning while the work is away.
-        asio::post(worker(), [&, executor, guard = asio::make_work_guard(executor),
-                              handler = std::move(handler)]() mutable {
+        asio::post(worker(lane), [&, executor, guard = asio::make_work_guard(executor),
+                                  handler = std::move(handler)]() mutable {
           try {
             work();
           } catch (...) {
@@ -54,12 +55,23 @@ asio::awaitable<void> offload(std::function<void()> work) {
       asio::use_awaitable);
   if (failure) std::rethrow_exception(failure);
 }
+}  // namespace
+
+asio::awaitable<void> offload(std::function<void()> work) {
+  return run_on(0, std::move(work));
+}
+
+asio::awaitable<void> offload_bulk(std::function<void()> work) {
+  return run_on(1, std::move(work));
+}
 
 void stop_offload_worker() {
   std::lock_guard lock(pool_mutex);
-  if (pool) {
-    pool->join();
-    pool.reset();
+  for (auto& pool : pools) {
+    if (pool) {
+      pool->join();
+      pool.reset();
+    }
   }
 }
 

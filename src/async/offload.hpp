@@ -15,7 +15,13 @@ namespace sm {
 
 asio::awaitable<void> offload(std::function<void()> work);
 
-// Joins the worker; called once at shut-down, after the executor stopped.
+// The same on a second worker, for work that takes long: a checkpoint's or a restore's copy,
+// the removal of a replaced tree, an upload's walk of 10,000 files. The calls above never queue
+// behind it (an answer waited 60 ms for an upload's walk, GET /checkpoints for a whole copy).
+// Calls of either kind run in order among themselves.
+asio::awaitable<void> offload_bulk(std::function<void()> work);
+
+// Joins the workers; called once at shut-down, after the executor stopped.
 void stop_offload_worker();
 
 }  // namespace sm

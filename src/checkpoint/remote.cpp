@@ -157,7 +157,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
   const std::filesystem::path root = local.path_of(id);
   std::vector<entry> entries;
   std::string manifest_text, index_text;
-  co_await offload([&] {
+  co_await offload_bulk([&] {
     // The first name of each inode with several: later names become 'h' entries.
     std::map<std::pair<dev_t, ino_t>, std::string> first_name;
     for (auto it = std::filesystem::recursive_directory_iterator(root);
@@ -244,7 +244,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
   }
   // Read off the executor: the index of 10,000 files is a few MB of JSON.
   std::vector<entry> entries;
-  co_await offload([&] {
+  co_await offload_bulk([&] {
     const json index = json::parse(index_text, nullptr, false);
     if (!index.is_array()) {
       throw std::runtime_error("checkpoint " + id + " in the store is not readable");
@@ -295,7 +295,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     }
   });
   const std::filesystem::path partial = local.partial_of(id);
-  co_await offload([&] {
+  co_await offload_bulk([&] {
     remove_tree(partial);
     std::filesystem::create_directories(partial);
     for (const entry& e : entries) {
@@ -312,7 +312,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
       const entry& e = *files[i];
       co_await store.get_file(prefix + "files/" + e.path, partial / e.path);
     });
-    co_await offload([&] {
+    co_await offload_bulk([&] {
       // Links; then owners, xattrs, modes and times, deepest first (a directory's time after
       // its contents). chown goes first: it clears set-id bits and file capabilities.
       for (const entry& e : entries) {
@@ -344,7 +344,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     failure = std::current_exception();
   }
   if (failure) {
-    co_await offload([&] {
+    co_await offload_bulk([&] {
       try {
         remove_tree(partial);
       } catch (const std::exception&) {
