@@ -335,7 +335,7 @@ class api {
     bool removed = false;
     std::vector<checkpoint::manifest> left;
     std::string failure;
-    co_await offload([&] {
+    co_await offload_bulk([&] {  // 10,000 files take a while to remove
       try {
         removed = store.remove(id);
       } catch (const std::exception& e) {
