@@ -285,31 +285,50 @@ std::string describe_deleted(const json& answer) {
   return out;
 }
 
-// A table: ID, CREATED, FILES, SIZE, DATABASE; numbers aligned right, no trailing spaces.
+// Where a checkpoint of GET /checkpoints is: "local", "local+store" (uploaded), "store".
+std::string where_of(const json& manifest) {
+  if (text_of(manifest, "location") == "store") return "store";
+  const json& upload = object_or_null(manifest, "upload");
+  return upload.is_object() && text_of(upload, "state") == "done" ? "local+store" : "local";
+}
+
+// A table: ID, CREATED, WHERE, FILES, SIZE, DATABASE; words aligned left, numbers right, no
+// trailing spaces.
 std::string describe_list(const json& answer) {
   const json& all = object_or_null(answer, "checkpoints");
-  if (!all.is_array() || all.empty()) return "no checkpoints";
-  std::vector<std::array<std::string, 5>> rows{{"ID", "CREATED", "FILES", "SIZE", "DATABASE"}};
+  std::string note;
+  if (const json* error = field(answer, "store_error"); error && error->is_string()) {
+    note = "(the object store could not be listed: " + error->get<std::string>() + ")";
+  }
+  if (!all.is_array() || all.empty()) return note.empty() ? "no checkpoints" : "no checkpoints\n" + note;
+  constexpr std::size_t columns = 6, words = 3;
+  std::vector<std::array<std::string, columns>> rows{
+      {"ID", "CREATED", "WHERE", "FILES", "SIZE", "DATABASE"}};
   for (const json& manifest : all) {
     const json& mount = object_or_null(manifest, "mount");
     const json& database = object_or_null(manifest, "database");
-    rows.push_back({text_of(manifest, "id"), text_of(manifest, "created_at"),
+    rows.push_back({text_of(manifest, "id"), text_of(manifest, "created_at"), where_of(manifest),
                     number_text(mount, "files"), size_text(mount, "bytes"),
                     database.is_object() ? size_text(database, "bytes") : "-"});
   }
-  std::array<std::size_t, 5> width{};
+  std::array<std::size_t, columns> width{};
   for (const auto& row : rows) {
-    for (std::size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+    for (std::size_t c = 0; c < columns; ++c) width[c] = std::max(width[c], row[c].size());
   }
   std::string out;
   for (const auto& row : rows) {
     if (!out.empty()) out += '\n';
-    out += row[0] + std::string(width[0] - row[0].size() + 2, ' ');
-    out += row[1] + std::string(width[1] - row[1].size(), ' ');
-    for (std::size_t c = 2; c < row.size(); ++c) {
-      out += std::string(width[c] - row[c].size() + 2, ' ') + row[c];
+    std::string line;
+    for (std::size_t c = 0; c < columns; ++c) {
+      if (c < words) {
+        line += row[c] + std::string(c + 1 < words ? width[c] - row[c].size() + 2 : width[c] - row[c].size(), ' ');
+      } else {
+        line += std::string(width[c] - row[c].size() + 2, ' ') + row[c];
+      }
     }
+    out += line;
   }
+  if (!note.empty()) out += "\n" + note;
   return out;
 }
 

@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 
 #include <memory>
+#include <set>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -289,19 +291,40 @@ class api {
                                   {"lease", env_.status()["lease"]}});
   }
 
-  // The checkpoints on this machine (tmp/checkpoints/), oldest first.
+  // The checkpoints on this machine (tmp/checkpoints/), oldest first, then those only in the
+  // object store (made on another machine; a restore downloads them), each with its
+  // "location". A store that cannot be listed leaves its part out and says why.
   asio::awaitable<response> get_checkpoints(const request&, const params&) {
     std::vector<checkpoint::manifest> all;
     const checkpoint::local_store store(env_.paths().checkpoints_dir());
     co_await offload([&] { all = store.list(); });
     json list = json::array();
+    std::set<std::string> here;
     for (const auto& m : all) {
       json item = checkpoint::to_json(m);
+      item["location"] = "local";
       item["upload"] = env_.upload_status(m.id);
       list.push_back(std::move(item));
+      here.insert(m.id);
     }
     env_.set_checkpoints_summary(summary_of(all));
-    co_return json_response(200, {{"count", all.size()}, {"checkpoints", std::move(list)}});
+    json out = {{"count", 0}, {"checkpoints", nullptr}};
+    if (s3::object_store* objects = env_.store()) {
+      try {
+        for (const auto& m : co_await checkpoint::list_remote(*objects, here)) {
+          json item = checkpoint::to_json(m);
+          item["location"] = "store";
+          item["upload"] = nullptr;
+          list.push_back(std::move(item));
+        }
+        out["store_error"] = nullptr;
+      } catch (const std::exception& e) {
+        out["store_error"] = e.what();
+      }
+    }
+    out["count"] = list.size();
+    out["checkpoints"] = std::move(list);
+    co_return json_response(200, std::move(out));
   }
 
   asio::awaitable<response> get_checkpoint(const request&, const params& ids) {
@@ -310,8 +333,19 @@ class api {
     std::optional<checkpoint::manifest> m;
     const checkpoint::local_store store(env_.paths().checkpoints_dir());
     co_await offload([&] { m = store.read(id); });
+    const char* location = "local";
+    if (!m && env_.store()) {
+      try {
+        m = co_await checkpoint::read_remote(*env_.store(), id);
+      } catch (const std::exception& e) {
+        co_return json_error(502, std::string("cannot read the object store: ") + e.what(),
+                             {{"id", id}});
+      }
+      location = "store";
+    }
     if (!m) co_return json_error(404, "no such checkpoint", {{"id", id}});
     json out = checkpoint::to_json(*m);
+    out["location"] = location;
     out["upload"] = env_.upload_status(id);
     co_return json_response(200, std::move(out));
   }

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <exception>
 #include <fstream>
@@ -24,6 +25,7 @@
 
 #include "async/offload.hpp"
 #include "base/hex.hpp"
+#include "checkpoint/checkpoint_id.hpp"
 #include "checkpoint/copy_tree.hpp"
 #include "checkpoint/local_store.hpp"
 
@@ -221,6 +223,47 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
   // Last: its presence is what says the checkpoint is whole in the store.
   co_await store.put(prefix + "manifest.json", manifest_text, json_type);
   co_return done;
+}
+
+asio::awaitable<std::optional<manifest>> read_remote(s3::object_store& store, std::string id) {
+  std::string text;
+  try {
+    text = co_await store.get(remote_prefix(id) + "manifest.json");
+  } catch (const s3::error& e) {
+    if (e.status() == 404) co_return std::nullopt;
+    throw;
+  }
+  std::optional<manifest> m = manifest_from_json(json::parse(text, nullptr, false));
+  if (m && m->id != id) m.reset();
+  co_return m;
+}
+
+asio::awaitable<std::vector<manifest>> list_remote(s3::object_store& store,
+                                                   std::set<std::string> skip) {
+  std::vector<std::string> ids;
+  std::string token;
+  do {
+    const s3::list_page page = co_await store.list("checkpoints/", "/", token, 1000);
+    for (const std::string& prefix : page.common_prefixes) {
+      // "checkpoints/<id>/"; anything else under checkpoints/ is not ours to show.
+      std::string id = prefix.substr(std::string("checkpoints/").size());
+      if (!id.empty() && id.back() == '/') id.pop_back();
+      if (valid_checkpoint_id(id) && !skip.contains(id)) ids.push_back(std::move(id));
+    }
+    token = page.next_token;
+  } while (!token.empty());
+  std::vector<std::optional<manifest>> found(ids.size());
+  co_await for_each_parallel(ids.size(), [&](std::size_t i) -> asio::awaitable<void> {
+    found[i] = co_await read_remote(store, ids[i]);  // none: an upload under way or cut short
+  });
+  std::vector<manifest> out;
+  for (auto& m : found) {
+    if (m) out.push_back(std::move(*m));
+  }
+  std::sort(out.begin(), out.end(), [](const manifest& a, const manifest& b) {
+    return a.created_at != b.created_at ? a.created_at < b.created_at : a.id < b.id;
+  });
+  co_return out;
 }
 
 asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id) {

@@ -11,16 +11,18 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <asio/awaitable.hpp>
 
+#include "checkpoint/local_store.hpp"
 #include "s3/object_store.hpp"
 
 namespace sm::checkpoint {
-
-class local_store;
 
 std::string remote_prefix(const std::string& id);  // "checkpoints/<id>/"
 
@@ -36,6 +38,15 @@ class upload_cancelled : public std::runtime_error {
  public:
   upload_cancelled() : std::runtime_error("upload cancelled") {}
 };
+
+// The manifest of checkpoint `id` in the store; nullopt when the store has no whole checkpoint
+// of that id (no manifest.json, or one that does not describe `id`).
+asio::awaitable<std::optional<manifest>> read_remote(s3::object_store& store, std::string id);
+
+// The whole checkpoints in the store, oldest first, except those named in `skip` (the ones
+// here already). One listing of checkpoints/ and a GET of each manifest, 8 at a time.
+asio::awaitable<std::vector<manifest>> list_remote(s3::object_store& store,
+                                                   std::set<std::string> skip);
 
 // Whether the store holds a whole checkpoint `id` (its manifest.json).
 asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id);

@@ -44,7 +44,7 @@ expect_out_json 'j["id"] == "v2" and "manifest" in j'
 # List: a header and one row a checkpoint, oldest first.
 run_cli checkpoint list --url "$SM_URL"
 expect_cli_exit 0
-expect_out '^ID +CREATED +FILES +SIZE +DATABASE$'
+expect_out '^ID +CREATED +WHERE +FILES +SIZE +DATABASE$'
 [[ $(tail -n +2 "$CLI_OUT" | awk '{print $1}' | tr '\n' ' ') == "test1 v1 v2 " ]] ||
   fail "list does not show test1 v1 v2: $(cat "$CLI_OUT")"
 run_cli checkpoint list --json --url "$SM_URL"

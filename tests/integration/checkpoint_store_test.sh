@@ -66,8 +66,24 @@ cd b
 sm_start -- sleep 1000
 req POST /config -d "$(config "")"
 expect_status 200
+# Before any restore, b lists what a made: in the store only.
+req GET /checkpoints
+expect_status 200
+expect_json 'j["count"] == 1 and j["store_error"] is None'
+expect_json 'j["checkpoints"][0]["id"] == "meta" and j["checkpoints"][0]["location"] == "store"'
+expect_json 'j["checkpoints"][0]["mount"]["files"] == 2  # a hard link counts once'
+req GET /checkpoints/meta
+expect_status 200
+expect_json 'j["location"] == "store" and j["id"] == "meta"'
+req GET /checkpoints/nosuch
+expect_status 404
+run_cli checkpoint list --url "$SM_URL"
+((CLI_EXIT == 0)) || fail "checkpoint list: exit $CLI_EXIT"
+grep -Eq '^meta +[^ ]+ +store ' "$CLI_OUT" || fail "checkpoint list: $(cat "$CLI_OUT")"
 req POST /restore -d '{"id": "meta"}'
 expect_status 200
+req GET /checkpoints/meta
+expect_json 'j["location"] == "local"'
 [[ $(cat data/env/hard) == linked ]] || fail "the hard link's content"
 [[ $(stat -c %i data/env/hard) == $(stat -c %i data/env/sub/file) ]] ||
   fail "the two names are separate files after the restore"

@@ -225,13 +225,23 @@ BOOST_AUTO_TEST_CASE(summaries) {
 
   BOOST_TEST(sm::describe_answer(verb::list, json{{"count", 0}, {"checkpoints", json::array()}}) ==
              "no checkpoints");
-  const json list = json::parse(R"({"count": 2, "checkpoints": [
+  const json list = json::parse(R"({"count": 3, "checkpoints": [
       {"id": "test1", "created_at": "2026-11-22T20:09:13.592Z", "database": {"bytes": 12288},
-       "mount": {"files": 1, "bytes": 5000000}},
+       "mount": {"files": 1, "bytes": 5000000}, "location": "local",
+       "upload": {"state": "done", "bytes": 5012288}},
+      {"id": "v2", "created_at": "2026-11-22T20:09:50.000Z", "database": null,
+       "mount": {"files": 3, "bytes": 3000}, "location": "local",
+       "upload": {"state": "uploading", "bytes": 0}},
       {"id": "a-longer-id", "created_at": "2026-11-22T20:10:00.000Z", "database": null,
-       "mount": {"files": 12, "bytes": 100}}]})");
+       "mount": {"files": 12, "bytes": 100}, "location": "store", "upload": null}]})");
   BOOST_TEST(sm::describe_answer(verb::list, list) ==
-             "ID           CREATED                   FILES     SIZE  DATABASE\n"
-             "test1        2026-11-22T20:09:13.592Z      1  4.8 MiB    12 KiB\n"
-             "a-longer-id  2026-11-22T20:10:00.000Z     12    100 B         -");
+             "ID           CREATED                   WHERE        FILES     SIZE  DATABASE\n"
+             "test1        2026-11-22T20:09:13.592Z  local+store      1  4.8 MiB    12 KiB\n"
+             "v2           2026-11-22T20:09:50.000Z  local            3  2.9 KiB         -\n"
+             "a-longer-id  2026-11-22T20:10:00.000Z  store           12    100 B         -");
+  // A store that could not be listed is said, under what is here.
+  BOOST_TEST(sm::describe_answer(verb::list, json{{"count", 0},
+                                                  {"checkpoints", json::array()},
+                                                  {"store_error", "connection refused"}}) ==
+             "no checkpoints\n(the object store could not be listed: connection refused)");
 }
