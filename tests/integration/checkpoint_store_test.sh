@@ -10,9 +10,9 @@ config() {  # config KEY_PREFIX
   "stacks": ["database"]}' "$TEST_DIR" "$1"
 }
 store=$TEST_DIR/objects/env-bucket
-upload_state() {  # upload_state ID: the upload's state as GET /checkpoints/ID shows it
-  curl -s "$SM_URL/checkpoints/$1" |
-    python3 -c 'import json,sys; u=json.load(sys.stdin).get("upload") or {}; print(u.get("state"))'
+upload_is() {  # upload_is ID STATE: whether GET /checkpoints/ID says its upload is STATE
+  [[ $(curl -s "$SM_URL/checkpoints/$1" |
+    python3 -c 'import json,sys; u=json.load(sys.stdin).get("upload") or {}; print(u.get("state"))') == "$2" ]]
 }
 
 # --- Machine a makes a checkpoint whose files carry every kind of metadata.
@@ -141,18 +141,18 @@ req POST /config -d "$(config c/)"
 expect_status 200
 req POST /checkpoint -d '{"id": "retried"}'
 expect_status 200
-wait_until "the upload to fail" sh -c "[ \"\$(curl -s '$SM_URL/checkpoints/retried' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"upload\"][\"state\"])')\" = failed ]"
+wait_until "the upload to fail" upload_is retried failed
 sm_stop
 rm "$store/c/checkpoints"
 sm_start -- sleep 1000
 wait_until "the upload to be resumed" test -e "$store/c/checkpoints/retried/manifest.json"
 grep -q 'uploading it again' "$SM_LOG" || fail "no log line for the resumed upload"
-wait_until "the upload's status" sh -c "[ \"\$(curl -s '$SM_URL/checkpoints/retried' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"upload\"][\"state\"])')\" = done ]"
+wait_until "the upload's status" upload_is retried done
 [[ $(cat "$store/c/checkpoints/retried/files/mount/file") == "retry me" ]] || fail "the resumed upload's file"
 sm_stop
 # The next start finds it in the store and says so, without uploading it again.
 sm_start -- sleep 1000
-wait_until "the upload found done" sh -c "[ \"\$(curl -s '$SM_URL/checkpoints/retried' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"upload\"][\"state\"])')\" = done ]"
+wait_until "the upload found done" upload_is retried done
 ! grep -q 'uploading it again' "$SM_LOG" || fail "an uploaded checkpoint was uploaded again"
 sm_stop
 cd "$TEST_DIR"
