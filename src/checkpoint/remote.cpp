@@ -1,5 +1,6 @@
 #include "checkpoint/remote.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,7 +49,36 @@ struct entry {
   std::string target;  // l: what the symlink points to; h: the earlier name
   std::optional<std::uint32_t> uid, gid;  // absent in an index written before they were kept
   xattr_list xattrs;
+  // f: the holes of a sparse file, [offset, length) each; the object holds zeros there, and a
+  // download punches them again.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> holes;
 };
+
+// At most this many holes are kept per file (a pathological file could have millions); a file
+// with more comes back with its zeros written.
+constexpr std::size_t max_holes = 4096;
+
+// The holes of the regular file at `path` whose blocks cover less than its size; none for a
+// file that is not sparse or whose file system cannot say.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> holes_of(const std::filesystem::path& path,
+                                                              const struct stat& st) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> holes;
+  if (std::uint64_t(st.st_blocks) * 512 >= std::uint64_t(st.st_size)) return holes;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return holes;
+  const off_t size = st.st_size;
+  for (off_t at = 0; at < size && holes.size() <= max_holes;) {
+    const off_t hole = ::lseek(fd, at, SEEK_HOLE);
+    if (hole < 0 || hole >= size) break;
+    off_t data = ::lseek(fd, hole, SEEK_DATA);
+    if (data < 0) data = size;  // ENXIO: a hole up to the end
+    holes.emplace_back(std::uint64_t(hole), std::uint64_t(data - hole));
+    at = data;
+  }
+  ::close(fd);
+  if (holes.size() > max_holes) holes.clear();
+  return holes;
+}
 
 // Paths, link targets and xattr names are bytes; JSON strings must be UTF-8. What is not goes in
 // "<key>_hex" instead, so that no name makes an upload fail or comes back altered.
@@ -85,6 +115,7 @@ json to_json(const entry& e) {
             {"size", e.size}};
   put_bytes(j, "path", e.path);
   if (e.type == 'l' || e.type == 'h') put_bytes(j, "target", e.target);
+  if (!e.holes.empty()) j["holes"] = e.holes;
   if (e.uid) j["uid"] = *e.uid;
   if (e.gid) j["gid"] = *e.gid;
   if (!e.xattrs.empty()) {
@@ -193,6 +224,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
         continue;  // FIFOs and the like carry no data worth a copy elsewhere
       }
       e.xattrs = read_xattrs(it->path());
+      if (e.type == 'f') e.holes = holes_of(it->path(), st);
       entries.push_back(std::move(e));
     }
     std::ifstream in(root / "manifest.json");
@@ -328,6 +360,14 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
         if (!value) throw std::runtime_error("checkpoint " + id + " in the store is not readable");
         e.xattrs.emplace_back(get_bytes(x, "name"), *value);
       }
+      for (const json& h : j.value("holes", json::array())) {
+        const auto [offset, length] = h.get<std::pair<std::uint64_t, std::uint64_t>>();
+        if (offset > e.size || length > e.size - offset) {
+          throw std::runtime_error("checkpoint " + id + " in the store has a hole past the end of " +
+                                   e.path);
+        }
+        if (e.holes.size() < max_holes) e.holes.emplace_back(offset, length);
+      }
       if (e.type == 'f') files.insert(e.path);
       if (e.type == 'd') dirs.insert(e.path);
       if (e.type == 'h' && !files.contains(e.target)) {
@@ -364,6 +404,20 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
             ::link((partial / e.target).c_str(), (partial / e.path).c_str()) != 0) {
           throw std::system_error(errno, std::generic_category(), "link " + e.path);
         }
+      }
+      // Holes again where the file had them (best effort: a file system that cannot punch
+      // keeps the zeros).
+      for (const entry& e : entries) {
+        if (e.type != 'f' || e.holes.empty()) continue;
+        const int fd = ::open((partial / e.path).c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) continue;
+        for (const auto& [offset, length] : e.holes) {
+          if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(offset),
+                          off_t(length)) != 0) {
+            break;
+          }
+        }
+        ::close(fd);
       }
       const bool root = ::geteuid() == 0;
       for (auto it = entries.rbegin(); it != entries.rend(); ++it) {

@@ -2,9 +2,10 @@
 // <key_prefix>checkpoints/<id>/: files/<path> for each regular file of the checkpoint (its
 // database copy, configuration and mount/ tree; an inode with several names goes up once, under
 // its first), index.json (every entry: path, type, mode, owner, mtime, size, extended
-// attributes, the target of a symlink or of another name of a file), and manifest.json last,
-// whose presence says the upload is whole. A download rebuilds all of that, hard links included;
-// owners need root (without it the files are ours), and holes come back as zeros.
+// attributes, holes, the target of a symlink or of another name of a file), and manifest.json last,
+// whose presence says the upload is whole. A download rebuilds all of that, hard links and
+// the holes of sparse files included (the objects hold zeros there; the index lists the holes);
+// owners need root (without it the files are ours).
 // Uploads run 8 objects at a time on the executor; the file system work goes through offload().
 #pragma once
 

@@ -21,6 +21,9 @@ cd a
 echo "linked" >data/env/sub/file
 ln data/env/sub/file data/env/hard
 ln -s sub/file data/env/symlink
+# 40 MiB apparent, 1 MiB of data in the middle.
+truncate -s 40M data/env/sparse
+head -c 1048576 /dev/urandom | dd of=data/env/sparse bs=1M seek=20 conv=notrunc status=none
 bad=$'bad\xffname'
 echo "not UTF-8" >"data/env/$bad"
 python3 - <<'EOF'
@@ -71,7 +74,7 @@ req GET /checkpoints
 expect_status 200
 expect_json 'j["count"] == 1 and j["store_error"] is None'
 expect_json 'j["checkpoints"][0]["id"] == "meta" and j["checkpoints"][0]["location"] == "store"'
-expect_json 'j["checkpoints"][0]["mount"]["files"] == 2  # a hard link counts once'
+expect_json 'j["checkpoints"][0]["mount"]["files"] == 3  # a hard link counts once'
 req GET /checkpoints/meta
 expect_status 200
 expect_json 'j["location"] == "store" and j["id"] == "meta"'
@@ -90,6 +93,8 @@ expect_json 'j["location"] == "local"'
 [[ $(stat -c %h data/env/sub/file) == 2 ]] || fail "link count $(stat -c %h data/env/sub/file)"
 [[ $(readlink data/env/symlink) == sub/file ]] || fail "the symlink"
 [[ $(cat "data/env/$bad") == "not UTF-8" ]] || fail "the file whose name is not UTF-8"
+cmp data/env/sparse "$TEST_DIR/a/data/env/sparse" || fail "the sparse file's content"
+(($(du -k data/env/sparse | cut -f1) < 4096)) || fail "the sparse file came back without its holes: $(du -k data/env/sparse)"
 [[ $(stat -c %a data/env/sub/file) == 2750 ]] || fail "mode $(stat -c %a data/env/sub/file), not 2750"
 [[ $(stat -c %y data/env/dir) == "2020-02-02 02:02:02.123456789"* ]] ||
   fail "the directory's time: $(stat -c %y data/env/dir)"
