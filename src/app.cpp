@@ -582,15 +582,14 @@ int run_app(const options& opts) {
           }
           const char* state = failure.empty() ? "done" : cancelled ? "stopped" : "failed";
           if (cancelled) {
-            log::warn("checkpoint upload stopped; it resumes at the next start",
-                      {{"id", id}});
+            log::warn("checkpoint upload stopped; it resumes at the next start", {{"id", id}});
           } else if (!failure.empty()) {
             log::error("checkpoint upload failed", {{"id", id}, {"error", failure}});
           }
-          env.set_upload_status(id, {{"state", state},
-                                     {"bytes", bytes},
-                                     {"error", failure.empty() ? nlohmann::json(nullptr)
-                                                               : nlohmann::json(failure)}});
+          env.set_upload_status(
+              id, {{"state", state},
+                   {"bytes", bytes},
+                   {"error", failure.empty() ? nlohmann::json(nullptr) : nlohmann::json(failure)}});
           publish("operation", {{"kind", "upload"}, {"id", id}, {"step", state}});
         },
         asio::detached);
@@ -621,17 +620,16 @@ int run_app(const options& opts) {
           } guard{resume_scanning};
           std::vector<checkpoint::manifest> local;
           try {
-            co_await offload([&] {
-              local = checkpoint::local_store(env.paths().checkpoints_dir()).list();
-            });
+            co_await offload(
+                [&] { local = checkpoint::local_store(env.paths().checkpoints_dir()).list(); });
             for (const auto& m : local) {
               if (uploads_cancelled || !uploads_closed.empty() || !env.store()) co_return;
               if (uploading.contains(m.id)) continue;
               if (co_await checkpoint::exists_remotely(*env.store(), m.id)) {
                 // Uploaded by an earlier run (or downloaded from the store): say so.
                 if (env.upload_status(m.id).is_null()) {
-                  env.set_upload_status(m.id,
-                                        {{"state", "done"}, {"bytes", nullptr}, {"error", nullptr}});
+                  env.set_upload_status(
+                      m.id, {{"state", "done"}, {"bytes", nullptr}, {"error", nullptr}});
                 }
                 continue;
               }
@@ -1230,7 +1228,8 @@ int run_app(const options& opts) {
         // Checkpoint uploads went on meanwhile; they get a bound, then stop between two objects
         // (the manifest goes last, so the store never shows half a checkpoint as whole).
         if (!uploading.empty()) {
-          log::info("waiting for checkpoint uploads", {{"count", std::to_string(uploading.size())}});
+          log::info("waiting for checkpoint uploads",
+                    {{"count", std::to_string(uploading.size())}});
         }
         if (!co_await wait_for_uploads(upload_grace)) {
           uploads_cancelled = true;

@@ -300,7 +300,8 @@ std::string describe_list(const json& answer) {
   if (const json* error = field(answer, "store_error"); error && error->is_string()) {
     note = "(the object store could not be listed: " + error->get<std::string>() + ")";
   }
-  if (!all.is_array() || all.empty()) return note.empty() ? "no checkpoints" : "no checkpoints\n" + note;
+  if (!all.is_array() || all.empty())
+    return note.empty() ? "no checkpoints" : "no checkpoints\n" + note;
   constexpr std::size_t columns = 6, words = 3;
   std::vector<std::array<std::string, columns>> rows{
       {"ID", "CREATED", "WHERE", "FILES", "SIZE", "DATABASE"}};
@@ -321,7 +322,8 @@ std::string describe_list(const json& answer) {
     std::string line;
     for (std::size_t c = 0; c < columns; ++c) {
       if (c < words) {
-        line += row[c] + std::string(c + 1 < words ? width[c] - row[c].size() + 2 : width[c] - row[c].size(), ' ');
+        const std::size_t gap = c + 1 < words ? 2 : 0;  // the numbers bring their own
+        line += row[c] + std::string(width[c] - row[c].size() + gap, ' ');
       } else {
         line += std::string(width[c] - row[c].size() + 2, ' ') + row[c];
       }

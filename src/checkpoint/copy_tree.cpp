@@ -296,8 +296,8 @@ class tree_copier {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     count_method(copy_data(source.get(), target.get(), size, from_, to_));
     // Not under a set-group-ID directory, a new file is ours already.
-    const bool ours = st.st_uid == euid_ && st.st_gid == egid_ &&
-                      (stat_fd(target.get(), to_).st_gid == egid_);
+    const bool ours =
+        st.st_uid == euid_ && st.st_gid == egid_ && (stat_fd(target.get(), to_).st_gid == egid_);
     finish_inode_fd(source.get(), target.get(), st, from_, to_, !ours);
     ++stats_.files;
     stats_.bytes += size;

@@ -46,7 +46,7 @@ struct entry {
   std::uint32_t mode = 0;
   std::int64_t mtime_ns = 0;
   std::uint64_t size = 0;
-  std::string target;  // l: what the symlink points to; h: the earlier name
+  std::string target;                     // l: what the symlink points to; h: the earlier name
   std::optional<std::uint32_t> uid, gid;  // absent in an index written before they were kept
   xattr_list xattrs;
   // f: the holes of a sparse file, [offset, length) each; the object holds zeros there, and a
@@ -330,7 +330,8 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     std::set<std::string> files;  // what an 'h' entry may name: an earlier regular file
     std::set<std::string> dirs, seen;
     for (const json& j : index) {
-      if (!j.is_object()) throw std::runtime_error("checkpoint " + id + " in the store is not readable");
+      if (!j.is_object())
+        throw std::runtime_error("checkpoint " + id + " in the store is not readable");
       entry e;
       e.path = get_bytes(j, "path");
       const std::string type = j.value("type", "");
@@ -339,8 +340,9 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
       }
       e.type = type[0];
       if (e.type != 'f' && e.type != 'd' && e.type != 'l' && e.type != 'h') {
-        throw std::runtime_error("checkpoint " + id + " in the store has an entry of unknown type " +
-                                 type + " (made by a newer state-manager?)");
+        throw std::runtime_error("checkpoint " + id +
+                                 " in the store has an entry of unknown type " + type +
+                                 " (made by a newer state-manager?)");
       }
       const std::string parent = std::filesystem::path(e.path).parent_path().string();
       if ((!parent.empty() && !dirs.contains(parent)) || !seen.insert(e.path).second) {
@@ -363,8 +365,8 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
       for (const json& h : j.value("holes", json::array())) {
         const auto [offset, length] = h.get<std::pair<std::uint64_t, std::uint64_t>>();
         if (offset > e.size || length > e.size - offset) {
-          throw std::runtime_error("checkpoint " + id + " in the store has a hole past the end of " +
-                                   e.path);
+          throw std::runtime_error("checkpoint " + id +
+                                   " in the store has a hole past the end of " + e.path);
         }
         if (e.holes.size() < max_holes) e.holes.emplace_back(offset, length);
       }
