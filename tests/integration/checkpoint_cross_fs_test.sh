@@ -47,3 +47,20 @@ for f in blob sub/small.txt empty sparse; do
 done
 (($(du -k data/env/sparse | cut -f1) < 4096)) || fail "the restore filled the sparse file's holes"
 [[ $(stat -f -c %T data/env) == tmpfs ]] || fail "the restore replaced the mount point instead of filling it"
+
+# A restore that runs out of space half-way: 507, the state before it is put back as it was, and
+# COMMAND runs again.
+echo "before the failed restore" >data/env/sub/small.txt
+head -c 57M /dev/zero >data/env/filler 2>/dev/null || true  # the 64 MiB tmpfs, nearly full
+sha_before=$(cd data/env && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+req POST /restore -d '{"id": "x1"}'
+expect_status 507
+expect_json '"No space left" in j["error"]'
+sha_after=$(cd data/env && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+[[ $sha_before == "$sha_after" ]] || fail "a failed restore changed the environment directory: $(ls -la data/env)"
+[[ -z $(ls -A data/env | grep state-manager-restore) ]] || fail "the failed restore left its reserved directories: $(ls -A data/env)"
+wait_until "COMMAND running after the failed restore" sh -c "curl -s '$SM_URL/' | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)[\"process\"][\"state\"] == \"running\" else 1)'"
+rm data/env/filler
+req POST /restore -d '{"id": "x1"}'
+expect_status 200
+cmp data/env/blob tmp/checkpoints/x1/mount/blob || fail "the restore after freeing space"
