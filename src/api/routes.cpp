@@ -388,8 +388,12 @@ class api {
         for (const auto& o : page.objects) keys.push_back(o.key);
         token = page.next_token;
       } while (!token.empty());
-      if (!keys.empty()) co_await objects->remove_many(keys);
+      // The manifest first: once it is gone no one takes the rest for a whole checkpoint, even
+      // if the removal stops half-way.
       remote = keys.size();
+      const std::string manifest = prefix + "manifest.json";
+      if (std::erase(keys, manifest) > 0) co_await objects->remove(manifest);
+      if (!keys.empty()) co_await objects->remove_many(keys);
     }
     env_.set_checkpoints_summary(summary_of(left));
     if (!removed && remote == 0) co_return json_error(404, "no such checkpoint", {{"id", id}});

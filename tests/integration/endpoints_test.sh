@@ -143,7 +143,7 @@ expect_json 'j["configured"] is True and j["operation"] is None and j["checkpoin
 req GET /checkpoints
 expect_status 200
 expect_json_response
-expect_json 'j == {"count": 0, "checkpoints": []}'
+expect_json 'j == {"count": 0, "checkpoints": [], "store_error": None}'
 mkdir -p tmp/checkpoints/handmade/mount tmp/checkpoints/nomanifest
 cat >tmp/checkpoints/handmade/manifest.json <<'JSON'
 {"id": "handmade", "created_at_unix_ms": 1795000000000, "parent": null, "version": "0.1.0",
