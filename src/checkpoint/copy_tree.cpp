@@ -10,12 +10,17 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -34,6 +39,8 @@ constexpr std::uint64_t copy_chunk = 64 * 1024 * 1024;
 // options.move_data is asked for at most this much at a time, for the same reason: it copies
 // at a few hundred MiB/s, where a 64 MiB chunk would leave a cancel unseen for a long while.
 constexpr std::uint64_t move_data_chunk = 16 * 1024 * 1024;
+// Files created and waiting for the filler at most (two descriptors each).
+constexpr std::size_t max_fill_jobs = 32;
 
 [[noreturn]] void throw_errno(int error, std::string_view step, const fs::path& path) {
   throw std::system_error(error, std::generic_category(), std::string(step) + " " + path.string());
@@ -275,7 +282,17 @@ class tree_copier {
     // directories we make are never set-group-ID, they are ours, user and group.
     new_inodes_ours_ = (stat_fd(root_.get(), to_).st_mode & S_ISGID) == 0;
     ++stats_.dirs;
-    copy_contents(source.get(), root_.get(), {});
+    if (options_.parallel) filler_ = std::thread([this] { fill_loop(); });
+    try {
+      copy_contents(source.get(), root_.get(), {});
+    } catch (...) {
+      stop_filler();
+      // The filler's failure is the first one when it made the walk stop.
+      if (fill_failure_) std::rethrow_exception(fill_failure_);
+      throw;
+    }
+    stop_filler();
+    if (fill_failure_) std::rethrow_exception(fill_failure_);
     finish_inode_fd(source.get(), root_.get(), st, from_, to_);
     // Durable, every file and directory at once: one syncfs() of the file system instead of an
     // fsync() per inode (10,000 files took 1.7 s of fsyncs, most of a checkpoint's time). The
@@ -305,7 +322,81 @@ class tree_copier {
     return stats_;
   }
 
+  ~tree_copier() { stop_filler(); }
+
  private:
+  // A regular file made by the walk whose data and metadata are still to come.
+  struct fill_job {
+    unique_fd source, target;
+    struct stat st {};
+    fs::path relative;
+  };
+  // Thrown on the walk when the filler failed: the filler's exception is the one to report.
+  struct filler_stopped {};
+
+  // The filler: a second thread that copies each file's data (reflink, copy_file_range, reads
+  // and writes) and sets its metadata, while this one walks, creates directories and files and
+  // makes links. On a reflink file system the two halves cost about the same, so 10,000 files
+  // take about half the time. Stats: the filler alone counts files, bytes and methods; the walk
+  // alone counts the rest.
+  void fill_loop() {
+    for (;;) {
+      fill_job job;
+      {
+        std::unique_lock lock(jobs_mutex_);
+        jobs_cv_.wait(lock, [&] { return !jobs_.empty() || jobs_closed_; });
+        if (jobs_.empty()) return;  // closed and drained
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      jobs_cv_.notify_all();  // room for the walk
+      try {
+        fill(job);
+      } catch (...) {
+        std::lock_guard lock(jobs_mutex_);
+        fill_failure_ = std::current_exception();
+        jobs_.clear();  // their descriptors close; the caller removes the partial copy
+        jobs_closed_ = true;
+        jobs_cv_.notify_all();
+        return;
+      }
+    }
+  }
+
+  void enqueue(fill_job job) {
+    {
+      std::unique_lock lock(jobs_mutex_);
+      // Bounded: each job holds two descriptors.
+      jobs_cv_.wait(lock, [&] { return jobs_.size() < max_fill_jobs || jobs_closed_; });
+      if (jobs_closed_) throw filler_stopped();
+      jobs_.push_back(std::move(job));
+    }
+    jobs_cv_.notify_all();
+  }
+
+  // Lets the filler finish what is queued (or drop it after a failure), and joins it.
+  void stop_filler() {
+    if (!filler_.joinable()) return;
+    {
+      std::lock_guard lock(jobs_mutex_);
+      jobs_closed_ = true;
+    }
+    jobs_cv_.notify_all();
+    filler_.join();
+  }
+
+  void fill(const fill_job& job) {
+    check_cancel();
+    const fs::path source_shown = from_ / job.relative, target_shown = to_ / job.relative;
+    const auto size = static_cast<std::uint64_t>(job.st.st_size);
+    count_method(copy_data(job.source.get(), job.target.get(), size, source_shown, target_shown));
+    finish_inode_fd(job.source.get(), job.target.get(), job.st, source_shown, target_shown,
+                    needs_chown(job.st));
+    ++stats_.files;
+    stats_.bytes += size;
+    if (options_.progress) options_.progress(stats_.bytes);
+  }
+
   void check_cancel() const {
     if (options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed)) {
       throw copy_cancelled();
@@ -338,11 +429,11 @@ class tree_copier {
     if (link_if_seen(st, target_dir, relative, name)) return;
     if (S_ISREG(st.st_mode)) {
       const fs::path source_shown = from_ / relative;
-      const unique_fd source = open_regular(source_dir, name, source_shown);
+      unique_fd source = open_regular(source_dir, name, source_shown);
       if (!source) throw_errno("open", source_shown);
       const struct stat now = stat_fd(source.get(), source_shown);
       if (!S_ISREG(now.st_mode)) throw_errno(EAGAIN, "changed type during copy", source_shown);
-      copy_regular(source.get(), now, target_dir, relative, name);
+      copy_regular(std::move(source), now, target_dir, relative, name);
     } else if (S_ISLNK(st.st_mode)) {
       copy_symlink(source_dir, target_dir, relative, name, st);
     } else if (S_ISFIFO(st.st_mode)) {
@@ -392,7 +483,7 @@ class tree_copier {
   bool copy_regular_by_name(int source_dir, int target_dir, const fs::path& relative,
                             const std::string& name) {
     const fs::path source_shown = from_ / relative;
-    const unique_fd source = open_regular(source_dir, name, source_shown);
+    unique_fd source = open_regular(source_dir, name, source_shown);
     if (!source) {
       if (errno == ENOENT) return true;                    // removed meanwhile
       if (errno == ELOOP || errno == ENXIO) return false;  // a symlink, a socket by now
@@ -401,23 +492,24 @@ class tree_copier {
     const struct stat st = stat_fd(source.get(), source_shown);
     if (!S_ISREG(st.st_mode)) return false;
     if (link_if_seen(st, target_dir, relative, name)) return true;
-    copy_regular(source.get(), st, target_dir, relative, name);
+    copy_regular(std::move(source), st, target_dir, relative, name);
     if (st.st_nlink > 1) copied_inodes_.emplace(id_of(st), relative);
     return true;
   }
 
-  void copy_regular(int source, const struct stat& st, int target_dir, const fs::path& relative,
-                    const std::string& name) {
-    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
-    const unique_fd target(::openat(target_dir, name.c_str(),
-                                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!target) throw_errno("create", target_shown);
-    const auto size = static_cast<std::uint64_t>(st.st_size);
-    count_method(copy_data(source, target.get(), size, source_shown, target_shown));
-    finish_inode_fd(source, target.get(), st, source_shown, target_shown, needs_chown(st));
-    ++stats_.files;
-    stats_.bytes += size;
-    if (options_.progress) options_.progress(stats_.bytes);
+  // Creates the copy; its data and metadata follow on the filler (or here, without one). A
+  // second name may be linked to it before they arrive: it is the same inode.
+  void copy_regular(unique_fd source, const struct stat& st, int target_dir,
+                    const fs::path& relative, const std::string& name) {
+    unique_fd target(::openat(target_dir, name.c_str(),
+                              O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!target) throw_errno("create", to_ / relative);
+    fill_job job{std::move(source), std::move(target), st, relative};
+    if (filler_.joinable()) {
+      enqueue(std::move(job));
+    } else {
+      fill(job);
+    }
   }
 
   void count_method(data_method method) {
@@ -579,8 +671,14 @@ class tree_copier {
   const gid_t egid_ = ::getegid();
   // Inodes with more than one name, by the path of their copy relative to `to`.
   std::map<file_id, fs::path> copied_inodes_;
-  std::vector<char> buffer_;  // for read/write, allocated on first need
+  std::vector<char> buffer_;  // for read/write (the filler's), allocated on first need
   copy_stats stats_;
+  std::thread filler_;  // with options_.parallel, during run()
+  std::mutex jobs_mutex_;
+  std::condition_variable jobs_cv_;  // a job queued, taken, or the queue closed
+  std::deque<fill_job> jobs_;        // guarded by jobs_mutex_
+  bool jobs_closed_ = false;         // guarded by jobs_mutex_
+  std::exception_ptr fill_failure_;  // set by the filler before it closes the queue
 };
 
 std::uint64_t directory_size(int dir, const fs::path& shown, std::set<file_id>& seen) {

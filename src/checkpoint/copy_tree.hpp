@@ -44,6 +44,10 @@ struct copy_options {
   // False skips FICLONE and copy_file_range: every file's data goes by reads and writes (for
   // tests and benchmarks of that path, on any filesystem).
   bool kernel_copy = true;
+  // Fill the files' data and metadata on a second thread while this one walks the tree and
+  // creates them (about twice as fast on 2 cores where reflinks make the data cheap). `progress`
+  // and `move_data` are then called from that thread.
+  bool parallel = true;
   // False leaves out the final syncfs(): for a caller that makes the same file system durable
   // itself right after (a checkpoint's commit does), so that it is not paid twice.
   bool sync = true;

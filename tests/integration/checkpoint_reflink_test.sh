@@ -44,8 +44,9 @@ expect_json 'j["manifest"]["mount"]["files"] == 41'
 expect_json 'j["manifest"]["mount"]["copied_by"]["reflink"] == 41'
 expect_json 'j["manifest"]["database"]["method"] == "reflink"'
 after=$(used_kib)
-# 68 MiB copied would add 70,000 KiB; shared extents add only metadata.
-((after - before < 2048)) || fail "the checkpoint took $((after - before)) KiB: not reflinked"
+# 68 MiB copied would add 70,000 KiB; shared extents add only metadata (and whatever xfs
+# preallocates for the files being written meanwhile: a few MiB at most).
+((after - before < 8192)) || fail "the checkpoint took $((after - before)) KiB: not reflinked"
 shared=$(filefrag -v tmp/checkpoints/r1/mount/a/b/f7 | grep -c shared || true)
 ((shared > 0)) || fail "filefrag sees no shared extent: $(filefrag -v tmp/checkpoints/r1/mount/a/b/f7)"
 for i in 1 20 40; do
@@ -70,7 +71,7 @@ done
   fail "the rows were not restored"
 wait_until "the replaced state removed" sh -c '! ls -A data | grep -q restore'
 after=$(used_kib)
-((after - before < 2048)) || fail "the restore took $((after - before)) KiB: not reflinked"
+((after - before < 8192)) || fail "the restore took $((after - before)) KiB: not reflinked"
 for f in data/env/a/b/f9 data/database.sqlite; do
   shared=$(filefrag -v "$f" | grep -c shared || true)
   ((shared > 0)) || fail "the restored $f shares no extent with the checkpoint"
