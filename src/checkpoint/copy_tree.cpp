@@ -282,7 +282,7 @@ class tree_copier {
     // directories we make are never set-group-ID, they are ours, user and group.
     new_inodes_ours_ = (stat_fd(root_.get(), to_).st_mode & S_ISGID) == 0;
     ++stats_.dirs;
-    if (options_.parallel) filler_ = std::thread([this] { fill_loop(); });
+    if (options_.parallel == copy_options::filler::always) start_filler();
     try {
       copy_contents(source.get(), root_.get(), {});
     } catch (...) {
@@ -372,6 +372,10 @@ class tree_copier {
       jobs_.push_back(std::move(job));
     }
     jobs_cv_.notify_all();
+  }
+
+  void start_filler() {
+    filler_ = std::thread([this] { fill_loop(); });
   }
 
   // Lets the filler finish what is queued (or drop it after a failure), and joins it.
@@ -505,11 +509,11 @@ class tree_copier {
                               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!target) throw_errno("create", to_ / relative);
     fill_job job{std::move(source), std::move(target), st, relative};
-    if (filler_.joinable()) {
-      enqueue(std::move(job));
-    } else {
-      fill(job);
-    }
+    if (filler_.joinable()) return enqueue(std::move(job));
+    const std::uint64_t reflinked = stats_.reflinked;
+    fill(job);
+    if (options_.parallel == copy_options::filler::when_reflinking && stats_.reflinked > reflinked)
+      start_filler();
   }
 
   void count_method(data_method method) {
@@ -673,7 +677,7 @@ class tree_copier {
   std::map<file_id, fs::path> copied_inodes_;
   std::vector<char> buffer_;  // for read/write (the filler's), allocated on first need
   copy_stats stats_;
-  std::thread filler_;  // with options_.parallel, during run()
+  std::thread filler_;  // see copy_options::parallel; during run() only
   std::mutex jobs_mutex_;
   std::condition_variable jobs_cv_;  // a job queued, taken, or the queue closed
   std::deque<fill_job> jobs_;        // guarded by jobs_mutex_

@@ -288,8 +288,8 @@ BOOST_AUTO_TEST_CASE(the_filler_thread_copies_what_one_thread_does) {
     fs::create_hard_link(from / "d0" / "f7", from / ("d" + std::to_string(d)) / "inner" / "link");
   }
   copy_options sequential, parallel;
-  sequential.parallel = false;
-  parallel.parallel = true;
+  sequential.parallel = copy_options::filler::off;
+  parallel.parallel = copy_options::filler::always;
   std::uint64_t progress_last = 0;
   parallel.progress = [&](std::uint64_t done) { progress_last = done; };
   const copy_stats one = copy_tree(from, scratch.dir / "one", sequential);
