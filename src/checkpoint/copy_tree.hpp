@@ -47,9 +47,10 @@ struct copy_options {
   // Whether the files' data and metadata are filled on a second thread while this one walks
   // the tree and creates them. `when_reflinking` (the default) starts it once a file has been
   // reflinked: there the two halves cost about the same, and a checkpoint of 10,000 files on
-  // xfs took ~20% less time (restores ~27% less). Where data is really copied, the disk is the
-  // limit and the second thread only made ext4's runs slower and noisier. `progress` and
-  // `move_data` are called from the filler once it runs.
+  // xfs took ~20% less time (restores ~27% less). Where data is really copied the disk is the
+  // limit; on ext4 runs with and without the filler differed less than the disk's own slowdown
+  // over a benchmark run, so it stays where it was measured to help. `progress` and `move_data`
+  // are called from the filler once it runs.
   enum class filler { off, when_reflinking, always };
   filler parallel = filler::when_reflinking;
   // False leaves out the final syncfs(): for a caller that makes the same file system durable
