@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -594,18 +595,22 @@ int run_app(const options& opts) {
         },
         asio::detached);
   };
-  // True once no upload runs nor is about to; false when `bound` passed first.
-  auto wait_for_uploads = [&](std::chrono::steady_clock::duration bound) -> asio::awaitable<bool> {
+  // Looks every 20 ms until `done` says so; false when `bound` passed first.
+  constexpr auto forever = std::chrono::hours(24 * 365);
+  auto poll_until = [&](std::function<bool()> done,
+                        std::chrono::steady_clock::duration bound) -> asio::awaitable<bool> {
     const auto deadline = std::chrono::steady_clock::now() + bound;
-    auto busy = [&] { return !uploading.empty() || resume_scanning; };
-    while (busy() && std::chrono::steady_clock::now() < deadline) {
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
       asio::steady_timer tick(io, 20ms);
       std::error_code ec;
       co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    co_return !busy();
+    co_return done();
   };
-  constexpr auto forever = std::chrono::hours(24 * 365);
+  // True once no upload runs nor is about to; false when `bound` passed first.
+  auto wait_for_uploads = [&](std::chrono::steady_clock::duration bound) {
+    return poll_until([&] { return uploading.empty() && !resume_scanning; }, bound);
+  };
   // The local checkpoints whose manifest the store lacks (an upload cut short by a crash or a
   // shut-down, a store that was down) go up now, one at a time, in the background.
   auto resume_uploads = [&] {
@@ -633,14 +638,10 @@ int run_app(const options& opts) {
                 }
                 continue;
               }
-              if (uploading.contains(m.id) || !uploads_closed.empty()) continue;
+              if (!uploads_closed.empty()) co_return;  // closed while we asked the store
               log::info("checkpoint not in the store; uploading it again", {{"id", m.id}});
-              start_upload(m.id);
-              while (uploading.contains(m.id)) {
-                asio::steady_timer tick(io, 20ms);
-                std::error_code ec;
-                co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-              }
+              start_upload(m.id);  // nothing when a new checkpoint's upload of it runs already
+              co_await poll_until([&] { return !uploading.contains(m.id); }, forever);
             }
           } catch (const std::exception& e) {
             log::warn("could not check which checkpoints the store lacks", {{"error", e.what()}});
@@ -1216,10 +1217,7 @@ int run_app(const options& opts) {
         env.shut_down();  // a wait for the lease or a retry pause ends now
         // A checkpoint or restore under way finishes first (it restarts nothing once shut-down
         // has begun): stopping underneath it could leave half a swap.
-        while (operation_running) {
-          asio::steady_timer wait(io, std::chrono::milliseconds(20));
-          co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        }
+        co_await poll_until([&] { return !operation_running; }, forever);
         // Shut-down, the reverse of start-up: COMMAND first (SIGTERM, SIGKILL after
         // --timeout-stop), then the server (in-flight requests finish), then the watchers.
         if (process) co_await process->stop();

@@ -308,7 +308,7 @@ class api {
       here.insert(m.id);
     }
     env_.set_checkpoints_summary(summary_of(all));
-    json out = {{"count", 0}, {"checkpoints", nullptr}};
+    json out = json::object();
     if (s3::object_store* objects = env_.store()) {
       try {
         for (const auto& m : co_await checkpoint::list_remote(*objects, here)) {

@@ -163,8 +163,11 @@ sm_stop
 cd "$TEST_DIR"
 
 # --- SIGTERM while an upload runs: shut-down waits for it before it frees the lease.
-mkdir -p d/data/env
+# 600 small files besides: an object each, fsynced by the file:// store, so that the upload is
+# still running when SIGTERM comes.
+mkdir -p d/data/env/small
 for i in $(seq 1 24); do head -c 4000000 /dev/urandom >"d/data/env/big-$i"; done
+for i in $(seq 1 600); do echo "$i" >"d/data/env/small/$i"; done
 cd d
 sm_start -- sleep 1000
 req POST /config -d "$(config d/)"
@@ -174,6 +177,13 @@ expect_status 200
 sm_stop
 ((SM_EXIT == 0)) || fail "d exited $SM_EXIT"
 [[ -e $store/d/checkpoints/at-exit/manifest.json ]] || fail "shut-down did not wait for the upload"
+# The lease was freed (lease.json rewritten) only after the manifest: the next owner finds it.
+python3 - "$store/d" <<'EOF' || fail "the lease was freed before the upload ended"
+import os, sys
+manifest = os.stat(sys.argv[1] + "/checkpoints/at-exit/manifest.json").st_mtime_ns
+lease = os.stat(sys.argv[1] + "/lease.json").st_mtime_ns
+sys.exit(0 if lease >= manifest else 1)
+EOF
 for i in $(seq 1 24); do
   cmp "data/env/big-$i" "$store/d/checkpoints/at-exit/files/mount/big-$i" || fail "big-$i in the store"
 done
