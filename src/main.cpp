@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <iostream>
 
-#include "app.hpp"
+#include "app/app.hpp"
 #include "checkpoint_cli.hpp"
 #include "config/config.hpp"
 #include "options.hpp"

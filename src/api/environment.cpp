@@ -1,5 +1,7 @@
 #include "api/environment.hpp"
 
+#include "api/control.hpp"
+
 #include <unistd.h>
 
 #include <asio/co_spawn.hpp>
@@ -23,8 +25,8 @@ using json = nlohmann::json;
 
 namespace {
 
-// Every component named in `stacks` that this build cannot run yet. Each later issue removes
-// its component from here; until then, asking for it is an honest 501, never a pretend start.
+// The first component named in `stacks` that this build has no implementation of: asking for
+// it is an honest 501, never a pretend start.
 std::optional<environment::apply_result> not_built_yet(const config::configuration& config) {
   for (const std::string& stack : config.stacks) {
     std::string message;
@@ -145,7 +147,7 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   lease_ = std::move(held);
   const auto alive = alive_;
   lease_->keep([this, alive](std::string why) {
-    if (*alive && on_lease_lost) on_lease_lost(std::move(why));
+    if (*alive && system_) system_->lease_lost(std::move(why));
   });
   co_return std::nullopt;
 }
@@ -278,13 +280,13 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   // Configured from here on (a second POST is refused), but the answer waits for the
   // components to be started.
   try {
-    if (initialise_components) co_await initialise_components(*config_);
+    if (system_) co_await system_->start_components(*config_);
   } catch (...) {
     applying_ = false;  // never leave later requests answered 409 forever
     throw;
   }
   applying_ = false;
-  if (on_applied) on_applied();
+  if (system_) system_->configuration_applied();
   co_return apply_result(kind::applied);
 }
 
@@ -347,14 +349,14 @@ void environment::set_checkpoints_summary(json summary) {
 json environment::status() const {
   return {
       {"configured", configured()},
-      {"state", state_view     ? state_view()
+      {"state", system_        ? system_->state()
                 : configured() ? "running"
                                : "unconfigured"},
-      {"process", process_view ? process_view() : json(nullptr)},
-      {"components", components_view ? components_view() : json::object()},
+      {"process", system_ ? system_->process_status() : json(nullptr)},
+      {"components", system_ ? system_->components_status() : json::object()},
       {"lease", lease_ ? lease_->status() : json(nullptr)},
       {"storage", storage_status()},
-      {"operation", operation_view ? operation_view() : json(nullptr)},
+      {"operation", system_ ? system_->operation_status() : json(nullptr)},
       {"checkpoints", checkpoints_summary_ ? *checkpoints_summary_ : json(nullptr)},
       {"version", STATE_MANAGER_VERSION},
   };

@@ -1,6 +1,6 @@
 // The sandbox's environment as the API sees it: its configuration lifecycle (unconfigured ->
-// configured, persisted in tmp/config.json) and its status. Later issues hang the lease, the
-// supervised process and the components off it.
+// configured, persisted in tmp/config.json), the object store and the lease on it, and its
+// status (GET /), with the system's part asked of the attached control.
 #pragma once
 
 #include <chrono>
@@ -28,6 +28,8 @@ class lease;
 
 namespace sm::api {
 
+class control;
+
 struct environment_paths {
   std::filesystem::path data_dir = "data";
   std::filesystem::path tmp_dir = "tmp";
@@ -37,7 +39,7 @@ struct environment_paths {
   std::filesystem::path owner_file() const { return tmp_dir / "lease-owner"; }
 };
 
-// The object store and the lease on it (issue 4).
+// The object store and the lease on it.
 struct storage_settings {
   duration lease_ttl = std::chrono::seconds(30);
   bool wait_for_lease = false;  // else another live owner's lease answers 409
@@ -109,42 +111,19 @@ class environment {
   // The lease was last acquired from another owner (expired or released by them): what this
   // machine holds locally may be older than the store's state.
   bool lease_taken_over() const;
-  // Called when the lease is lost while running (taken, or not renewed in time): the
-  // orchestrator fences, stopping what writes to the store.
-  std::function<void(std::string why)> on_lease_lost;
-  // POST /release-lease, before the lease goes: flush what the components hold and stop what
-  // writes to the store. Returns what was flushed (a JSON array).
-  std::function<asio::awaitable<nlohmann::json>()> before_release;
-
-  // Set by the orchestrator: what GET / shows as "process" (null when unset), and what to do
-  // once a POST /config has been applied (start a process that waited for a configuration).
-  std::function<nlohmann::json()> process_view;
-  // GET / "state": the system's state, derived by the orchestrator from what it runs; unset:
-  // "running" once configured, "unconfigured" before.
-  std::function<std::string()> state_view;
-  // GET /metrics: Prometheus text lines of everything the orchestrator runs.
-  std::function<std::string()> metrics_view;
-  std::function<void()> on_applied;
-  // Starts the configured components (after the configuration is saved, before POST /config
-  // answers); what GET / shows as "components".
-  std::function<asio::awaitable<void>(const config::configuration&)> initialise_components;
-  std::function<nlohmann::json()> components_view;
+  // The system that runs what the configuration names: told when a configuration is saved
+  // and applied and when the lease is lost, asked for its part of GET /. Must outlive this.
+  void attach(control& system) { system_ = &system; }
   // GET / "checkpoints": {"count", "latest"}, kept up to date by whoever changes them (no file
   // system walk on the executor for a status request).
   void set_checkpoints_summary(nlohmann::json summary);
-  // POST /checkpoint, run by the orchestrator (it stops and restarts what it runs): the id
-  // (valid; empty: the next v<N>) in, the HTTP status and body out.
-  std::function<asio::awaitable<std::pair<int, nlohmann::json>>(std::string id)> create_checkpoint;
-  // POST /restore, likewise: the checkpoint's id (valid, present locally) in.
-  std::function<asio::awaitable<std::pair<int, nlohmann::json>>(std::string id)> restore_checkpoint;
   // The upload of each checkpoint to the store: {"state": pending|uploading|done|failed,
   // "bytes", "error"}; null when this process did not upload it.
   void set_upload_status(const std::string& id, nlohmann::json status);
   nlohmann::json upload_status(const std::string& id) const;
-  // GET / "operation": the checkpoint or restore under way (null when none).
-  std::function<nlohmann::json()> operation_view;
 
  private:
+  control* system_ = nullptr;
   environment_paths paths_;
   config::environment_lookup env_;
   std::optional<config::configuration> config_;

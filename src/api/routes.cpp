@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "api/control.hpp"
 #include "api/environment.hpp"
 #include "async/event_bus.hpp"
 #include "async/offload.hpp"
@@ -124,7 +125,8 @@ json summary_of(const std::vector<checkpoint::manifest>& all) {
 
 class api {
  public:
-  api(environment& env, api_options options) : env_(env), options_(std::move(options)) {
+  api(environment& env, control& system, api_options options)
+      : env_(env), system_(system), options_(std::move(options)) {
     // Once, before anything is served (start-up may block); kept current by the routes.
     env_.set_checkpoints_summary(
         summary_of(checkpoint::local_store(env_.paths().checkpoints_dir()).list()));
@@ -232,17 +234,38 @@ class api {
     if (!body) co_return error;
     std::optional<std::string> id = checkpoint_id_of(*body, /*required=*/false, error);
     if (!id) co_return error;
-    if (!env_.create_checkpoint) co_return not_built("checkpoints are");
     if (releasing_) co_return json_error(409, "the lease is being released");
-    auto [status, answer] = co_await env_.create_checkpoint(*id);
-    if (status == 200) {
-      std::vector<checkpoint::manifest> all;
-      const checkpoint::local_store store(env_.paths().checkpoints_dir());
-      co_await offload([&] { all = store.list(); });
-      env_.set_checkpoints_summary(summary_of(all));
+    const checkpoint::create_outcome made = co_await system_.create_checkpoint(*id);
+    using kind = checkpoint::create_outcome::kind;
+    switch (made.outcome) {
+      case kind::created: {
+        std::vector<checkpoint::manifest> all;
+        const checkpoint::local_store store(env_.paths().checkpoints_dir());
+        co_await offload([&] { all = store.list(); });
+        env_.set_checkpoints_summary(summary_of(all));
+        co_return json_response(200, {{"id", made.id},
+                                      {"manifest", checkpoint::to_json(made.made)},
+                                      {"upload", env_.upload_status(made.id)}});
+      }
+      case kind::id_taken:
+        co_return json_error(409, "a checkpoint with this id exists", {{"id", made.id}});
+      case kind::busy:
+        co_return busy();
+      case kind::shutting_down:
+        co_return shutting_down();
+      case kind::failed:
+      case kind::no_space:
+        co_return json_error(made.outcome == kind::no_space ? 507 : 500,
+                             "checkpoint failed: " + made.error, {{"id", made.id}});
     }
-    co_return json_response(status, std::move(answer));
+    co_return json_error(500, "unexpected outcome");
   }
+
+  response busy() const {
+    return json_error(409, "another checkpoint or restore is running",
+                      {{"operation", system_.operation_status()}});
+  }
+  static response shutting_down() { return json_error(503, "state-manager is shutting down"); }
 
   asio::awaitable<response> post_restore(const request& req, const params&) {
     if (!env_.configured()) co_return not_configured();
@@ -251,7 +274,7 @@ class api {
     if (!body) co_return error;
     std::optional<std::string> id = checkpoint_id_of(*body, /*required=*/true, error);
     if (!id) co_return error;
-    // Whether it exists is a fact we can state now; restoring it is the part not built yet.
+    // Whether it exists is known before anything is stopped for it.
     const std::filesystem::path dir = env_.paths().checkpoints_dir() / *id;
     bool exists = false;
     co_await offload([&] {
@@ -263,10 +286,32 @@ class api {
       exists = co_await checkpoint::exists_remotely(*env_.store(), *id);
     }
     if (!exists) co_return json_error(404, "no such checkpoint", {{"id", *id}});
-    if (!env_.restore_checkpoint) co_return not_built("restore is");
     if (releasing_) co_return json_error(409, "the lease is being released");
-    auto [status, answer] = co_await env_.restore_checkpoint(*id);
-    co_return json_response(status, std::move(answer));
+    const checkpoint::restore_outcome r = co_await system_.restore_checkpoint(*id);
+    using kind = checkpoint::restore_outcome::kind;
+    switch (r.outcome) {
+      case kind::restored:
+        co_return json_response(
+            200,
+            {{"id", r.id}, {"restored", checkpoint::to_json(*r.restored)}, {"took_ms", r.took_ms}});
+      case kind::busy:
+        co_return busy();
+      case kind::shutting_down:
+        co_return shutting_down();
+      case kind::not_found:
+        co_return json_error(404, "no such checkpoint (or its manifest is unreadable)",
+                             {{"id", r.id}});
+      case kind::download_failed:
+        co_return json_error(502, "could not download the checkpoint: " + r.error, {{"id", r.id}});
+      case kind::damaged:
+        co_return json_error(500, r.error + "; nothing was changed", {{"id", r.id}});
+      case kind::failed:
+      case kind::no_space:
+        co_return json_error(r.outcome == kind::no_space ? 507 : 500,
+                             "restore failed, the state before it is back: " + r.error,
+                             {{"id", r.id}});
+    }
+    co_return json_error(500, "unexpected outcome");
   }
 
   asio::awaitable<response> post_release_lease(const request&, const params&) {
@@ -277,7 +322,7 @@ class api {
     bool released = false;
     std::string failure;
     try {
-      if (env_.before_release) flushed = co_await env_.before_release();
+      flushed = co_await system_.stop_for_release();
       released = co_await env_.release_lease();
     } catch (const std::exception& e) {
       failure = e.what();
@@ -361,7 +406,7 @@ class api {
       co_return json_error(409, "the checkpoint is being uploaded; try again once it is done",
                            {{"id", id}, {"upload", upload}});
     }
-    const json operation = env_.operation_view ? env_.operation_view() : json(nullptr);
+    const json operation = system_.operation_status();
     if (operation.is_object() && operation.value("id", "") == id) {
       co_return json_error(409, "the checkpoint is in use", {{"id", id}, {"operation", operation}});
     }
@@ -435,11 +480,12 @@ class api {
         "# TYPE state_manager_configured gauge\n"
         "state_manager_configured ";
     r.body += env_.configured() ? "1\n" : "0\n";
-    if (env_.metrics_view) r.body += env_.metrics_view();
+    r.body += system_.metrics();
     co_return r;
   }
 
   environment& env_;
+  control& system_;
   bool releasing_ = false;  // a POST /release-lease is at work
   api_options options_;
   http::router routes_;
@@ -453,8 +499,8 @@ http::head_check make_head_check(api_options options) {
   };
 }
 
-http::request_handler make_handler(environment& env, api_options options) {
-  auto shared = std::make_shared<api>(env, std::move(options));
+http::request_handler make_handler(environment& env, control& system, api_options options) {
+  auto shared = std::make_shared<api>(env, system, std::move(options));
   return [shared](const request& req) { return shared->handle(req); };
 }
 

@@ -13,6 +13,7 @@ class event_bus;
 
 namespace sm::api {
 
+class control;
 class environment;
 
 struct api_options {
@@ -25,8 +26,8 @@ struct api_options {
   std::chrono::milliseconds events_heartbeat = std::chrono::seconds(15);
 };
 
-// The request handler for http::server. `env` must outlive it.
-http::request_handler make_handler(environment& env, api_options options);
+// The request handler for http::server. `env` and `system` must outlive it.
+http::request_handler make_handler(environment& env, control& system, api_options options);
 // The head check for http::server: refuses a request without the token before its body.
 http::head_check make_head_check(api_options options);
 

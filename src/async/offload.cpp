@@ -6,6 +6,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
@@ -20,18 +21,24 @@ std::mutex pool_mutex;
 // guarded by pool_mutex; each created on first use: [0] short calls, [1] bulk work
 std::unique_ptr<asio::thread_pool> pools[2];
 
+// Every signal blocked on the calling thread while `start` runs: a thread started then inherits
+// the mask. Signals are the executor's to receive, through signalfd and signal_set, never a
+// default action taken on a worker.
+template <class F>
+auto with_signals_blocked(F start) {
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &previous);
+  auto made = start();
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  return made;
+}
+
 asio::thread_pool& worker(int lane) {
   std::lock_guard lock(pool_mutex);
   auto& pool = pools[lane];
   if (!pool) {
-    // The worker blocks every signal (it inherits the mask it is created with): signals are
-    // the executor's to receive, through signalfd and signal_set, never a default action
-    // taken on this thread.
-    sigset_t all, previous;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &previous);
-    pool = std::make_unique<asio::thread_pool>(1);
-    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+    pool = with_signals_blocked([] { return std::make_unique<asio::thread_pool>(1); });
   }
   return *pool;
 }
@@ -63,6 +70,26 @@ asio::awaitable<void> offload(std::function<void()> work) {
 
 asio::awaitable<void> offload_bulk(std::function<void()> work) {
   return run_on(1, std::move(work));
+}
+
+asio::awaitable<void> offload_thread(std::function<void()> work) {
+  auto executor = co_await asio::this_coro::executor;
+  std::exception_ptr failure;
+  co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+      [&](auto handler) {
+        auto body = [&, executor, guard = asio::make_work_guard(executor),
+                     handler = std::move(handler)]() mutable {
+          try {
+            work();
+          } catch (...) {
+            failure = std::current_exception();
+          }
+          asio::post(executor, std::move(handler));
+        };
+        with_signals_blocked([&] { return std::thread(std::move(body)); }).detach();
+      },
+      asio::use_awaitable);
+  if (failure) std::rethrow_exception(failure);
 }
 
 void stop_offload_worker() {

@@ -21,6 +21,11 @@ asio::awaitable<void> offload(std::function<void()> work);
 // Calls of either kind run in order among themselves.
 asio::awaitable<void> offload_bulk(std::function<void()> work);
 
+// The same on a thread of its own, started for this call and ended with it: for a long piece
+// of work that must run beside a bulk one (a checkpoint's database copy beside its tree copy)
+// without holding up the short calls.
+asio::awaitable<void> offload_thread(std::function<void()> work);
+
 // Joins the workers; called once at shut-down, after the executor stopped.
 void stop_offload_worker();
 

@@ -1,5 +1,7 @@
 #include "db/component.hpp"
 
+#include <utility>
+
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/redirect_error.hpp>
@@ -10,6 +12,8 @@
 #include "base/clock.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
+#include "checkpoint/copy_tree.hpp"
+#include "db/backup.hpp"
 #include "db/database.hpp"
 #include "db/replicator.hpp"
 
@@ -17,32 +21,13 @@ namespace sm::db {
 
 using json = nlohmann::json;
 
-std::string_view component::name_of(state s) {
-  switch (s) {
-    case state::pending:
-      return "pending";
-    case state::starting:
-      return "starting";
-    case state::running:
-      return "running";
-    case state::degraded:
-      return "degraded";
-    case state::stopping:
-      return "stopping";
-    case state::stopped:
-      return "stopped";
-    case state::failed:
-      return "failed";
-  }
-  return "unknown";
-}
-
 component::component(asio::any_io_executor executor, s3::object_store& store,
-                     std::filesystem::path file, config::database_config settings)
+                     std::filesystem::path file, config::database_config settings, bool taken_over)
     : executor_(executor),
       store_(store),
       file_(std::move(file)),
       settings_(settings),
+      taken_over_(taken_over),
       started_(executor, std::chrono::steady_clock::time_point::max()) {}
 
 component::~component() = default;
@@ -59,8 +44,16 @@ void component::refresh_health() {
   move_to(replicator_->last_error().empty() ? state::running : state::degraded);
 }
 
-asio::awaitable<void> component::start(bool taken_over) {
-  if (state_ != state::pending) co_return;
+asio::awaitable<void> component::start() {
+  if (state_ != state::pending && state_ != state::stopped) co_return;
+  // Started again after a stop: what the last run reported goes with it.
+  const bool taken_over = std::exchange(taken_over_, false);
+  replicator_.reset();
+  restored_.reset();
+  last_error_.clear();
+  created_ = false;
+  stop_requested_ = fence_requested_ = false;
+  started_.expires_at(std::chrono::steady_clock::time_point::max());
   move_to(state::starting);
   std::string failure;
   try {
@@ -75,7 +68,7 @@ asio::awaitable<void> component::start(bool taken_over) {
     if (!exists || taken_over) {
       restore_request request;
       request.to = file_;
-      restore_report report = co_await restore(store_, request);
+      restore_report report = co_await db::restore(store_, request);
       if (report.found) {
         log::info("database: restored from the store",
                   {{"generation", report.generation},
@@ -141,7 +134,17 @@ asio::awaitable<void> component::wait_started() {
   }
 }
 
-asio::awaitable<json> component::stop() {
+asio::awaitable<json> component::stop(supervisor::stop_reason why) {
+  using supervisor::stop_reason;
+  if (why == stop_reason::quiesce) co_return nullptr;
+  if (why == stop_reason::fence) {
+    co_await fence();
+    co_return nullptr;
+  }
+  co_return co_await final_sync();
+}
+
+asio::awaitable<json> component::final_sync() {
   json flushed = {{"component", "database"}};
   stop_requested_ = true;
   co_await wait_started();
@@ -178,8 +181,123 @@ asio::awaitable<void> component::fence() {
   move_to(state::stopped);
 }
 
+namespace {
+
+// The database's files, in the order they are set aside: the main file last, so that an aside
+// directory holding it holds all of them.
+constexpr const char* suffixes[] = {"-wal", "-shm", ""};
+
+std::filesystem::path with_suffix(const std::filesystem::path& file, const char* suffix) {
+  std::filesystem::path p = file;
+  p += suffix;
+  return p;
+}
+std::filesystem::path aside_dir(const std::filesystem::path& file) {
+  return file.parent_path() / ".restore-aside";
+}
+std::filesystem::path trash_dir(const std::filesystem::path& file) {
+  return file.parent_path() / ".restore-trash";
+}
+
+// Puts back what `aside` holds. Once it holds the main file (everything was set aside), the
+// files it lacks did not exist before and are removed; otherwise nothing is removed.
+void put_back(const std::filesystem::path& file, const std::filesystem::path& aside) {
+  const bool complete = std::filesystem::exists(aside / file.filename());
+  for (const char* suffix : suffixes) {
+    const std::filesystem::path saved = aside / with_suffix(file.filename(), suffix);
+    const std::filesystem::path back = with_suffix(file, suffix);
+    if (std::filesystem::exists(saved)) {
+      std::filesystem::rename(saved, back);
+    } else if (complete) {
+      std::filesystem::remove(back);
+    }
+  }
+  std::filesystem::remove(with_suffix(file, ".restoring"));
+  checkpoint::remove_tree(aside);
+}
+
+}  // namespace
+
+asio::awaitable<supervisor::snapshot_info> component::snapshot(const std::filesystem::path& into) {
+  supervisor::snapshot_info info;
+  co_await offload_thread([&] {
+    const std::filesystem::path to = into / file_.filename();
+    std::optional<backup_result> b = clone(file_, to);
+    info.method = b ? "reflink" : "backup API";
+    if (!b) b = backup(file_, to);
+    info.file = file_.filename().string();
+    info.bytes = b->bytes;
+    info.pages = b->pages;
+    info.sha256 = b->sha256;
+  });
+  co_return info;
+}
+
+asio::awaitable<void> component::verify(const std::filesystem::path& from,
+                                        const supervisor::snapshot_info& copy) {
+  std::string digest;
+  co_await offload_bulk([&] { digest = sha256_file(from / copy.file); });
+  if (digest != copy.sha256) {
+    throw std::runtime_error("the checkpoint's database copy fails its checksum");
+  }
+}
+
+asio::awaitable<void> component::restore(const std::filesystem::path& from,
+                                         const supervisor::snapshot_info& copy) {
+  co_await offload_bulk([&] {
+    const std::filesystem::path aside = aside_dir(file_);
+    checkpoint::remove_tree(aside);
+    std::filesystem::create_directories(aside);
+    for (const char* suffix : suffixes) {
+      const std::filesystem::path current = with_suffix(file_, suffix);
+      if (std::filesystem::exists(current)) {
+        std::filesystem::rename(current, aside / with_suffix(file_.filename(), suffix));
+      }
+    }
+    // By reflink where the file system can: a restore costs no copy of the data there.
+    const std::filesystem::path staged = with_suffix(file_, ".restoring");
+    std::filesystem::remove(staged);
+    checkpoint::copy_file(from / copy.file, staged);
+    std::filesystem::rename(staged, file_);
+  });
+}
+
+asio::awaitable<void> component::keep_restored() {
+  co_await offload_bulk([&] {
+    checkpoint::remove_tree(trash_dir(file_));
+    std::filesystem::rename(aside_dir(file_), trash_dir(file_));
+  });
+}
+
+asio::awaitable<void> component::undo_restore() {
+  co_await offload_bulk([&] {
+    if (std::filesystem::exists(aside_dir(file_))) put_back(file_, aside_dir(file_));
+  });
+}
+
+asio::awaitable<void> component::remove_replaced() {
+  co_await offload_bulk([&] { checkpoint::remove_tree(trash_dir(file_)); });
+}
+
+bool component::recover_interrupted_restore(const std::filesystem::path& file) {
+  bool put = false;
+  if (std::filesystem::exists(aside_dir(file))) {
+    put_back(file, aside_dir(file));
+    put = true;
+  }
+  checkpoint::remove_tree(trash_dir(file));
+  return put;
+}
+
+json component::event_fields() const {
+  // Degraded: why replication fails; otherwise why it cannot start (or null).
+  const json s = status();
+  return {
+      {"last_error", state_ == state::degraded ? s["replication"]["last_error"] : s["last_error"]}};
+}
+
 json component::status() const {
-  json out = {{"state", name_of(state_)},
+  json out = {{"state", supervisor::name_of(state_)},
               {"file", file_.string()},
               {"created", created_},
               {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)}};
@@ -233,7 +351,7 @@ void component::append_metrics(std::string& out) const {
       "# TYPE state_manager_database_state gauge\n";
   for (state s : {state::pending, state::starting, state::running, state::degraded, state::stopping,
                   state::stopped, state::failed}) {
-    out += "state_manager_database_state{state=\"" + std::string(name_of(s)) + "\"} " +
+    out += "state_manager_database_state{state=\"" + std::string(supervisor::name_of(s)) + "\"} " +
            (s == state_ ? "1" : "0") + "\n";
   }
   if (!replicator_) return;

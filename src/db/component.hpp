@@ -22,50 +22,72 @@
 #include "config/config.hpp"
 #include "db/restore.hpp"
 #include "s3/object_store.hpp"
+#include "supervisor/component.hpp"
 
 namespace sm::db {
 
 class replicator;
 
-class component {
+class component final : public supervisor::component {
  public:
-  // pending -> starting -> running <-> degraded (replication failing) -> stopping -> stopped;
-  // failed when it cannot start (the file is not a database, the restore failed).
-  enum class state { pending, starting, running, degraded, stopping, stopped, failed };
-  static std::string_view name_of(state s);
+  using state = supervisor::state;
 
-  // `store` must outlive the component. `file`: data/database.sqlite.
+  // `store` must outlive the component. `file`: data/database.sqlite. `taken_over`: the lease
+  // came from another owner, so the first start restores from the store even over a local file.
   component(asio::any_io_executor executor, s3::object_store& store, std::filesystem::path file,
-            config::database_config settings);
-  ~component();
+            config::database_config settings, bool taken_over);
+  ~component() override;
   component(const component&) = delete;
   component& operator=(const component&) = delete;
 
-  // Restores when the file is missing or `taken_over` (the lease came from another owner) and
-  // the store has a replica, prepares the file, starts replicating. Never throws: a failure
-  // leaves the component failed, with the reason in status().
-  asio::awaitable<void> start(bool taken_over);
-  // A final sync (everything committed reaches the store), then replication stops. Returns
-  // what was flushed: {"component": "database", "generation", "bytes", "error"}.
-  asio::awaitable<nlohmann::json> stop();
-  // The lease was lost: replication ends without writing anything more to the store.
-  asio::awaitable<void> fence();
+  const std::string& name() const override { return name_; }
+  // Restores when the file is missing or the lease was taken over (first start only) and the
+  // store has a replica, prepares the file, starts replicating (a new generation when the file
+  // was replaced meanwhile, by a restore). Never throws: a failure leaves the component failed,
+  // with the reason in status().
+  asio::awaitable<void> start() override;
+  // shutdown, release, restore: a final sync (everything committed reaches the store), then
+  // replication stops; returns {"component": "database", "generation", "bytes", "error"}.
+  // fence: replication ends without writing anything more to the store. quiesce: nothing (a
+  // snapshot is consistent while it runs).
+  asio::awaitable<nlohmann::json> stop(supervisor::stop_reason why) override;
 
-  state current() const { return state_; }
-  nlohmann::json status() const;  // components.database in GET /
-  // state_manager_database_* families.
-  void append_metrics(std::string& out) const;
+  state current() const override { return state_; }
+  nlohmann::json status() const override;                // components.database in GET /
+  void append_metrics(std::string& out) const override;  // state_manager_database_*
+  nlohmann::json event_fields() const override;
 
-  std::function<void(state from, state to)> on_transition;
+  // The database copied by reflink under a write lock where the file system can, else through
+  // SQLite's backup API; both on a thread of their own.
+  bool holds_state() const override { return true; }
+  asio::awaitable<supervisor::snapshot_info> snapshot(const std::filesystem::path& into) override;
+  asio::awaitable<void> verify(const std::filesystem::path& from,
+                               const supervisor::snapshot_info& copy) override;
+  // The current file (and its -wal, -shm) goes to <data>/.restore-aside/ until keep_restored()
+  // (then .restore-trash/, removed by remove_replaced()) or undo_restore().
+  asio::awaitable<void> restore(const std::filesystem::path& from,
+                                const supervisor::snapshot_info& copy) override;
+  asio::awaitable<void> keep_restored() override;
+  asio::awaitable<void> undo_restore() override;
+  asio::awaitable<void> remove_replaced() override;
+
+  // Start-up, before any component exists: a restore that a crash cut short is undone (the
+  // file set aside is put back) or, once it had been kept, its leftovers removed. True if a
+  // database was put back. Blocking.
+  static bool recover_interrupted_restore(const std::filesystem::path& file);
 
  private:
   void move_to(state next);
   void refresh_health();  // running <-> degraded from the replicator's last error
+  asio::awaitable<nlohmann::json> final_sync();
+  asio::awaitable<void> fence();
 
   asio::any_io_executor executor_;
   s3::object_store& store_;
   std::filesystem::path file_;
   config::database_config settings_;
+  std::string name_ = "database";
+  bool taken_over_;
   state state_ = state::pending;
   std::string last_error_;  // why it failed to start
   std::unique_ptr<replicator> replicator_;

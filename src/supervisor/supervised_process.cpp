@@ -22,27 +22,6 @@ std::optional<restart_policy> parse_restart_policy(std::string_view text) {
   return std::nullopt;
 }
 
-std::string_view supervised_process::name_of(state s) {
-  switch (s) {
-    case state::pending:
-      return "pending";
-    case state::starting:
-      return "starting";
-    case state::running:
-      return "running";
-    case state::degraded:
-      return "degraded";
-    case state::restarting:
-      return "restarting";
-    case state::stopping:
-      return "stopping";
-    case state::stopped:
-      return "stopped";
-    case state::failed:
-      return "failed";
-  }
-  return "unknown";
-}
 
 std::optional<duration> restart_schedule::after_exit(std::chrono::steady_clock::time_point now,
                                                      duration ran) {

@@ -23,6 +23,7 @@
 #include "base/duration.hpp"
 #include "proc/child.hpp"
 #include "proc/output.hpp"
+#include "supervisor/component.hpp"
 
 namespace sm::supervisor {
 
@@ -83,8 +84,8 @@ class supervised_process {
   // plus `failed` (it ended and, by policy, stays ended with a failure). `degraded`: running,
   // but its health check (health_interval) fails. An intentional stop may be undone by
   // rearm(): stopped -> pending.
-  enum class state { pending, starting, running, degraded, restarting, stopping, stopped, failed };
-  static std::string_view name_of(state s);
+  using state = supervisor::state;
+  static std::string_view name_of(state s) { return supervisor::name_of(s); }
 
   // The transition table: every change of state the supervisor may make. Anything else is a
   // bug, refused (the state stays) rather than applied.
@@ -149,6 +150,7 @@ class supervised_process {
   bool forward_signal(int signal);
 
   state current() const { return state_; }
+  const process_settings& settings() const { return settings_; }
   // Set once run() has returned because the process ended for good (not after stop()).
   const std::optional<proc::exit_status>& final_status() const { return final_status_; }
   // The last exit, whatever its cause.

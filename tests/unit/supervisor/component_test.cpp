@@ -1,13 +1,14 @@
-#define BOOST_TEST_MODULE supervisor_component_group
+#define BOOST_TEST_MODULE supervisor_component
 #include <boost/test/unit_test.hpp>
 
 #include <nlohmann/json.hpp>
 
-#include "supervisor/component_group.hpp"
+#include "supervisor/component.hpp"
+#include "supervisor/process_component.hpp"
 
 using sm::supervisor::cascade;
 using sm::supervisor::start_order;
-using state = sm::supervisor::supervised_process::state;
+using state = sm::supervisor::state;
 
 BOOST_AUTO_TEST_CASE(cascade_from_parts_to_system) {
   using v = std::vector<state>;

@@ -1,0 +1,328 @@
+// The system's checkpoints, restores and checkpoint uploads (see system.hpp).
+#include <algorithm>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "api/environment.hpp"
+#include "app/system.hpp"
+#include "async/offload.hpp"
+#include "base/log.hpp"
+#include "checkpoint/local_store.hpp"
+#include "checkpoint/remote.hpp"
+#include "proc/freezer.hpp"
+#include "supervisor/process_component.hpp"
+#include "uring/copy.hpp"
+#include "uring/ring.hpp"
+#include "version.h"
+
+namespace sm::app {
+
+namespace {
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+constexpr auto forever = std::chrono::hours(24 * 365);
+}  // namespace
+
+// --- Holding still -------------------------------------------------------------------------
+
+asio::awaitable<checkpoint::quiesced> system::quiesce(bool may_freeze) {
+  checkpoint::quiesced q;
+  // Processes are what writes to the state; the stateful components hold still on their own
+  // (their snapshots are consistent while they run).
+  const bool command_runs = command_ && command_->current() != supervisor::state::pending;
+  const bool declared = std::any_of(components_.begin(), components_.end(),
+                                    [](const auto& c) { return !c->holds_state(); });
+  if (!command_runs && !declared) co_return q;
+  // The cgroup freezer pauses the processes, which keep their PIDs; otherwise, or when
+  // freezing is not possible here, they stop and start again with new PIDs.
+  if (may_freeze && env_.current()->checkpoint == config::checkpoint_mode::freeze) {
+    try {
+      if (!freezer_) {
+        co_await offload(
+            [&] { freezer_ = std::make_unique<proc::freezer>(proc::freezer::open()); });
+      }
+      q.frozen = co_await proc::freeze(*freezer_, opts_.timeout_stop);
+      if (!q.frozen) q.note = "the processes did not freeze within the stop timeout";
+    } catch (const std::exception& e) {
+      q.note = e.what();
+    }
+    if (q.frozen) co_return q;
+    log::warn("cannot freeze the processes; stopping them instead", {{"reason", q.note}});
+  }
+  q.stopped_any = true;
+  std::vector<supervisor::component*> parts = all();
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    const supervisor::state before = (*it)->current();
+    co_await (*it)->stop(supervisor::stop_reason::quiesce);
+    if ((*it)->current() == supervisor::state::stopped && before != supervisor::state::stopped) {
+      q.stopped.insert(q.stopped.begin(), *it);
+    }
+  }
+  co_return q;
+}
+
+asio::awaitable<void> system::resume(const checkpoint::quiesced& q) {
+  if (q.frozen) {
+    // Thawed even at shut-down: a frozen process would never see its SIGTERM.
+    try {
+      freezer_->request(false);
+    } catch (const std::exception& e) {
+      log::error("cannot thaw the processes", {{"error", e.what()}});
+    }
+    co_return;
+  }
+  if (shutting_down_) co_return;
+  // The components first, in dependency order, then COMMAND: as at start-up.
+  co_await start_all(&q.stopped);
+  if (std::find(q.stopped.begin(), q.stopped.end(), command_.get()) != q.stopped.end()) {
+    start_command();
+  }
+}
+
+std::vector<supervisor::component*> system::stateful_components() {
+  std::vector<supervisor::component*> out;
+  for (auto& c : components_) {
+    if (c->holds_state()) out.push_back(c.get());
+  }
+  return out;
+}
+
+// --- Operations ----------------------------------------------------------------------------
+
+json system::operation_status() const {
+  if (operation_.is_null()) return nullptr;
+  json out = operation_;
+  out["done_bytes"] = progress_.done.load();
+  out["total_bytes"] = progress_.total.load();
+  return out;
+}
+
+void system::step(const std::string& id, const std::string& step) {
+  if (operation_.is_null()) return;
+  operation_["id"] = id;
+  operation_["step"] = step;
+  publish(operation_step{operation_["kind"], operation_["id"], step});
+}
+
+template <class Outcome>
+std::optional<Outcome> system::refuse(const std::string& id) const {
+  Outcome refused;
+  refused.id = id;
+  if (operation_running_) {
+    refused.outcome = Outcome::kind::busy;
+    return refused;
+  }
+  if (shutting_down_) {
+    refused.outcome = Outcome::kind::shutting_down;
+    return refused;
+  }
+  return std::nullopt;
+}
+
+void system::begin_operation(const char* kind, const std::string& id) {
+  operation_running_ = true;
+  operation_ = {{"kind", kind}, {"id", id}, {"step", "prepare"}};
+  publish_state();
+}
+
+void system::end_operation(bool ok) {
+  const std::string kind = operation_["kind"], id = operation_["id"];
+  operation_ = nullptr;
+  operation_running_ = false;
+  publish(operation_step{kind, id, ok ? "done" : "failed"});
+  publish_state();
+}
+
+checkpoint::paths system::checkpoint_paths() const {
+  return {env_.paths().checkpoints_dir(), env_.current()->storage.env_dir,
+          env_.paths().config_file()};
+}
+
+decltype(checkpoint::copy_options::move_data) system::data_mover() {
+  // copy_tree's read/write fallback (file systems that neither reflink nor copy_file_range
+  // between them) as io_uring requests awaited here; empty, so copy_tree's own pread/pwrite on
+  // its worker thread, where the kernel refuses a ring. Made on the first use, kept until exit.
+  if (!copy_ring_ && !copy_ring_refused_) {
+    try {
+      copy_ring_ = std::make_shared<uring::ring>(executor_);
+    } catch (const std::system_error& e) {
+      copy_ring_refused_ = true;
+      log::warn("no io_uring; copies that need reads and writes make them on a thread",
+                {{"error", e.what()}});
+    }
+  }
+  if (!copy_ring_) return {};
+  return uring::executor_data_mover(executor_, copy_ring_);
+}
+
+asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::string id) {
+  if (auto refused = refuse<checkpoint::create_outcome>(id)) co_return *refused;
+  begin_operation("checkpoint", id);
+  checkpoint::create_request request{id, STATE_MANAGER_VERSION, data_mover()};
+  checkpoint::create_outcome made;
+  try {
+    made = co_await checkpoint::create(*this, checkpoint_paths(), std::move(request), progress_);
+  } catch (const std::exception& e) {
+    made.outcome = checkpoint::create_outcome::kind::failed;
+    made.error = e.what();
+  }
+  if (made.outcome == checkpoint::create_outcome::kind::id_taken) {
+    operation_ = nullptr;
+    operation_running_ = false;
+    publish_state();
+    co_return made;
+  }
+  operation_["id"] = made.id;
+  const bool ok = made.outcome == checkpoint::create_outcome::kind::created;
+  end_operation(ok);
+  if (!ok) {
+    log::error("checkpoint failed", {{"id", made.id}, {"error", made.error}});
+    co_return made;
+  }
+  log::info("checkpoint", {{"id", made.id},
+                           {"ms", std::to_string(made.made.steps_ms["total"])},
+                           {"files", std::to_string(made.made.mount.files)}});
+  // Usable here already; the copy in the store follows in the background.
+  start_upload(made.id);
+  co_return made;
+}
+
+asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::string id) {
+  if (auto refused = refuse<checkpoint::restore_outcome>(id)) co_return *refused;
+  begin_operation("restore", id);
+  checkpoint::restore_request request{id, env_.store(), data_mover()};
+  checkpoint::restore_outcome r;
+  try {
+    r = co_await checkpoint::restore(*this, checkpoint_paths(), std::move(request), progress_);
+  } catch (const std::exception& e) {
+    r.outcome = checkpoint::restore_outcome::kind::failed;
+    r.error = e.what();
+  }
+  using kind = checkpoint::restore_outcome::kind;
+  end_operation(r.outcome == kind::restored);
+  if (r.outcome == kind::failed || r.outcome == kind::no_space) {
+    log::error("restore failed; the state before it is back", {{"id", id}, {"error", r.error}});
+  }
+  if (r.outcome != kind::restored) co_return r;
+  log::info("restored", {{"id", id}, {"ms", std::to_string(r.took_ms)}});
+  // The old state's files go in the background (removing 10,000 files takes seconds).
+  asio::co_spawn(
+      executor_,
+      [stateful = stateful_components(),
+       env_dir = env_.current()->storage.env_dir]() -> asio::awaitable<void> {
+        try {
+          co_await checkpoint::remove_replaced(stateful, env_dir);
+        } catch (const std::exception& e) {
+          log::warn("cannot remove what a restore replaced", {{"error", e.what()}});
+        }
+      },
+      asio::detached);
+  co_return r;
+}
+
+// --- Uploads -------------------------------------------------------------------------------
+
+void system::start_upload(const std::string& id) {
+  if (!env_.store() || uploading_.contains(id)) return;
+  if (!uploads_closed_.empty()) {
+    env_.set_upload_status(id, {{"state", "failed"}, {"bytes", 0}, {"error", uploads_closed_}});
+    return;
+  }
+  uploading_.insert(id);
+  env_.set_upload_status(id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
+  asio::co_spawn(executor_, upload(id), asio::detached);
+}
+
+asio::awaitable<void> system::upload(std::string id) {
+  struct done_guard {
+    std::set<std::string>& set;
+    const std::string& id;
+    ~done_guard() { set.erase(id); }
+  } guard{uploading_, id};
+  env_.set_upload_status(id, {{"state", "uploading"}, {"bytes", 0}, {"error", nullptr}});
+  std::string failure;
+  bool cancelled = false;
+  std::uint64_t bytes = 0;
+  try {
+    const checkpoint::local_store local(env_.paths().checkpoints_dir());
+    auto progress = [this, id](std::uint64_t n) {
+      env_.set_upload_status(id, {{"state", "uploading"}, {"bytes", n}, {"error", nullptr}});
+    };
+    bytes = co_await checkpoint::upload(*env_.store(), local, id, progress,
+                                        [this] { return uploads_cancelled_; });
+  } catch (const checkpoint::upload_cancelled& e) {
+    failure = e.what();
+    cancelled = true;
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  const char* state = failure.empty() ? "done" : cancelled ? "stopped" : "failed";
+  if (cancelled) {
+    log::warn("checkpoint upload stopped; it resumes at the next start", {{"id", id}});
+  } else if (!failure.empty()) {
+    log::error("checkpoint upload failed", {{"id", id}, {"error", failure}});
+  }
+  env_.set_upload_status(id, {{"state", state},
+                              {"bytes", bytes},
+                              {"error", failure.empty() ? json(nullptr) : json(failure)}});
+  publish(operation_step{"upload", id, state});
+}
+
+asio::awaitable<bool> system::poll_until(std::function<bool()> done,
+                                         std::chrono::steady_clock::duration bound) {
+  // Looks every 20 ms until `done` says so; false when `bound` passed first.
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    asio::steady_timer tick(executor_, 20ms);
+    std::error_code ec;
+    co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  co_return done();
+}
+
+asio::awaitable<bool> system::wait_for_uploads(std::chrono::steady_clock::duration bound) {
+  return poll_until([this] { return uploading_.empty() && !resume_scanning_; }, bound);
+}
+
+void system::resume_uploads() {
+  if (!env_.store() || resume_scanning_) return;
+  resume_scanning_ = true;
+  asio::co_spawn(executor_, resume_uploads_now(), asio::detached);
+}
+
+asio::awaitable<void> system::resume_uploads_now() {
+  // The local checkpoints whose manifest the store lacks (an upload cut short by a crash or a
+  // shut-down, a store that was down) go up now, one at a time.
+  struct done_guard {
+    bool& flag;
+    ~done_guard() { flag = false; }
+  } guard{resume_scanning_};
+  std::vector<checkpoint::manifest> local;
+  try {
+    co_await offload(
+        [&] { local = checkpoint::local_store(env_.paths().checkpoints_dir()).list(); });
+    for (const auto& m : local) {
+      if (uploads_cancelled_ || !uploads_closed_.empty() || !env_.store()) co_return;
+      if (uploading_.contains(m.id)) continue;
+      if (co_await checkpoint::exists_remotely(*env_.store(), m.id)) {
+        // Uploaded by an earlier run (or downloaded from the store): say so.
+        if (env_.upload_status(m.id).is_null()) {
+          env_.set_upload_status(m.id, {{"state", "done"}, {"bytes", nullptr}, {"error", nullptr}});
+        }
+        continue;
+      }
+      if (!uploads_closed_.empty()) co_return;  // closed while we asked the store
+      log::info("checkpoint not in the store; uploading it again", {{"id", m.id}});
+      start_upload(m.id);  // nothing when a new checkpoint's upload of it runs already
+      co_await poll_until([&] { return !uploading_.contains(m.id); }, forever);
+    }
+  } catch (const std::exception& e) {
+    log::warn("could not check which checkpoints the store lacks", {{"error", e.what()}});
+  }
+}
+
+}  // namespace sm::app
