@@ -46,7 +46,9 @@ system::system(asio::any_io_executor executor, const options& opts, api::environ
       env_(env),
       events_(events),
       reaper_(reaper),
-      shutdown_timer_(executor, std::chrono::steady_clock::time_point::max()) {
+      shutdown_timer_(executor, std::chrono::steady_clock::time_point::max()),
+      operations_(executor),
+      uploads_(executor) {
   if (opts.log_prefix) {
     for (int i = 0; i < 2; ++i) {
       prefixed_output_[i] = std::make_shared<proc::line_output>(executor, i + 1);
@@ -177,8 +179,7 @@ asio::awaitable<json> system::stop_all(stop_reason why) {
 
 void system::lease_lost(std::string why) {
   log::error("lease lost: stopping the components (fenced)", {{"why", why}});
-  uploads_closed_ = "not uploaded: the lease was lost (" + why + ")";
-  uploads_cancelled_ = true;  // those under way stop between two objects
+  uploads_.cancel("not uploaded: the lease was lost (" + why + ")");
   asio::co_spawn(
       executor_, [this]() -> asio::awaitable<void> { co_await stop_all(stop_reason::fence); },
       asio::detached);
@@ -187,8 +188,8 @@ void system::lease_lost(std::string why) {
 asio::awaitable<json> system::stop_for_release() {
   json flushed = co_await stop_all(stop_reason::release);
   // The checkpoints made here are state too: the next owner restores them from the store.
-  co_await wait_for_uploads(forever);  // each ends on its own
-  uploads_closed_ = "not uploaded: this machine released the lease";
+  co_await uploads_.wait_idle(forever);  // each ends on its own
+  uploads_.close("not uploaded: this machine released the lease");
   publish_state();
   co_return flushed;
 }
@@ -213,7 +214,7 @@ asio::awaitable<int> system::shut_down() {
   env_.shut_down();  // a wait for the lease or a retry pause ends now
   // A checkpoint or restore under way finishes first (it restarts nothing once shut-down has
   // begun): stopping underneath it could leave half a swap.
-  co_await poll_until([this] { return !operation_running_; }, forever);
+  co_await operations_.wait_idle(forever);
   // COMMAND first (SIGTERM, SIGKILL after --timeout-stop), then the components in reverse
   // dependency order (the database's final sync).
   co_await stop_all(stop_reason::shutdown);
@@ -222,11 +223,12 @@ asio::awaitable<int> system::shut_down() {
   if (!uploading_.empty()) {
     log::info("waiting for checkpoint uploads", {{"count", std::to_string(uploading_.size())}});
   }
-  if (!co_await wait_for_uploads(upload_grace)) {
-    uploads_cancelled_ = true;
-    co_await wait_for_uploads(forever);
+  const std::string closing = "not uploaded: state-manager is shutting down";
+  if (!co_await uploads_.wait_idle(upload_grace)) {
+    uploads_.cancel(closing);
+    co_await uploads_.wait_idle(forever);
   }
-  uploads_closed_ = "not uploaded: state-manager is shutting down";
+  uploads_.close(closing);
   // All state is in the store now: another machine may take over at once.
   co_await env_.release_lease();
   // What they wrote last still reaches our output (--log-prefix), within a bound.

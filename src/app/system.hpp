@@ -21,6 +21,7 @@
 
 #include "api/control.hpp"
 #include "app/events.hpp"
+#include "async/gate.hpp"
 #include "checkpoint/pipeline.hpp"
 #include "options.hpp"
 #include "supervisor/component.hpp"
@@ -107,21 +108,18 @@ class system final : public api::control, private checkpoint::host {
   void watch(supervisor::component& c, part_changed::source of);
   void publish(const event& e);
   void publish_state();
-  // Operations: refused (busy, shutting down) or begun.
+  // Operations: refused (busy, shutting down) or begun (holding a pass of operations_).
   template <class Outcome>
   std::optional<Outcome> refuse(const std::string& id) const;
-  void begin_operation(const char* kind, const std::string& id);
+  gate::pass begin_operation(const char* kind, const std::string& id);
   void end_operation(bool ok);
   checkpoint::paths checkpoint_paths() const;
   decltype(checkpoint::copy_options::move_data) data_mover();
   // Uploads of checkpoints to the store, in the background.
   void start_upload(const std::string& id);
-  asio::awaitable<void> upload(std::string id);
+  asio::awaitable<void> upload(std::string id);  // under a pass of uploads_
   void resume_uploads();
-  asio::awaitable<void> resume_uploads_now();
-  asio::awaitable<bool> wait_for_uploads(std::chrono::steady_clock::duration bound);
-  asio::awaitable<bool> poll_until(std::function<bool()> done,
-                                   std::chrono::steady_clock::duration bound);
+  asio::awaitable<void> resume_uploads_now(gate::pass scanning);  // held until it ends
 
   asio::any_io_executor executor_;
   const options& opts_;
@@ -145,8 +143,9 @@ class system final : public api::control, private checkpoint::host {
   std::uint64_t event_id_ = 0;
   std::string last_state_;
 
-  // The checkpoint or restore under way (one at a time).
-  bool operation_running_ = false;
+  // The checkpoint or restore under way: one at a time, each under a pass; shut-down waits for
+  // it (stopping underneath it could leave half a swap).
+  gate operations_;
   nlohmann::json operation_ = nullptr;
   checkpoint::progress progress_;
   std::unique_ptr<proc::freezer> freezer_;  // made on the first freeze
@@ -156,11 +155,11 @@ class system final : public api::control, private checkpoint::host {
 
   // A checkpoint is usable here at once; release-lease waits for its upload, shut-down for a
   // bound, and one that did not finish goes up again when a configuration is next applied.
-  // Once this machine lets go of the lease no upload starts: the prefix may be another's.
-  std::set<std::string> uploading_;
+  // Once this machine lets go of the lease the gate closes (no upload starts: the prefix may be
+  // another's), and a loss or shut-down's bound cancels those under way between two objects.
+  gate uploads_;
+  std::set<std::string> uploading_;  // ids whose upload runs
   bool resume_scanning_ = false;
-  bool uploads_cancelled_ = false;  // stop between two objects
-  std::string uploads_closed_;      // why no upload may start ("" while they may)
 };
 
 }  // namespace sm::app

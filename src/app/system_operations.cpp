@@ -24,7 +24,6 @@ namespace sm::app {
 namespace {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
-constexpr auto forever = std::chrono::hours(24 * 365);
 }  // namespace
 
 // --- Holding still -------------------------------------------------------------------------
@@ -112,7 +111,7 @@ template <class Outcome>
 std::optional<Outcome> system::refuse(const std::string& id) const {
   Outcome refused;
   refused.id = id;
-  if (operation_running_) {
+  if (operations_.held() > 0) {
     refused.outcome = Outcome::kind::busy;
     return refused;
   }
@@ -123,16 +122,15 @@ std::optional<Outcome> system::refuse(const std::string& id) const {
   return std::nullopt;
 }
 
-void system::begin_operation(const char* kind, const std::string& id) {
-  operation_running_ = true;
+gate::pass system::begin_operation(const char* kind, const std::string& id) {
   operation_ = {{"kind", kind}, {"id", id}, {"step", "prepare"}};
   publish_state();
+  return *operations_.enter();  // never closed: shut-down waits for it instead
 }
 
 void system::end_operation(bool ok) {
   const std::string kind = operation_["kind"], id = operation_["id"];
   operation_ = nullptr;
-  operation_running_ = false;
   publish(operation_step{kind, id, ok ? "done" : "failed"});
   publish_state();
 }
@@ -161,7 +159,7 @@ decltype(checkpoint::copy_options::move_data) system::data_mover() {
 
 asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::string id) {
   if (auto refused = refuse<checkpoint::create_outcome>(id)) co_return *refused;
-  begin_operation("checkpoint", id);
+  const gate::pass running = begin_operation("checkpoint", id);
   checkpoint::create_request request{id, STATE_MANAGER_VERSION, data_mover()};
   checkpoint::create_outcome made;
   try {
@@ -172,7 +170,6 @@ asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::strin
   }
   if (made.outcome == checkpoint::create_outcome::kind::id_taken) {
     operation_ = nullptr;
-    operation_running_ = false;
     publish_state();
     co_return made;
   }
@@ -193,7 +190,7 @@ asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::strin
 
 asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::string id) {
   if (auto refused = refuse<checkpoint::restore_outcome>(id)) co_return *refused;
-  begin_operation("restore", id);
+  const gate::pass running = begin_operation("restore", id);
   checkpoint::restore_request request{id, env_.store(), data_mover()};
   checkpoint::restore_outcome r;
   try {
@@ -228,16 +225,21 @@ asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::str
 
 void system::start_upload(const std::string& id) {
   if (!env_.store() || uploading_.contains(id)) return;
-  if (!uploads_closed_.empty()) {
-    env_.set_upload_status(id, {{"state", "failed"}, {"bytes", 0}, {"error", uploads_closed_}});
+  std::optional<gate::pass> pass = uploads_.enter();
+  if (!pass) {
+    env_.set_upload_status(id,
+                           {{"state", "failed"}, {"bytes", 0}, {"error", uploads_.closed_why()}});
     return;
   }
-  uploading_.insert(id);
   env_.set_upload_status(id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
-  asio::co_spawn(executor_, upload(id), asio::detached);
+  asio::co_spawn(
+      executor_,
+      [this, id, pass = std::move(*pass)]() -> asio::awaitable<void> { co_await upload(id); },
+      asio::detached);
 }
 
 asio::awaitable<void> system::upload(std::string id) {
+  uploading_.insert(id);
   struct done_guard {
     std::set<std::string>& set;
     const std::string& id;
@@ -253,7 +255,7 @@ asio::awaitable<void> system::upload(std::string id) {
       env_.set_upload_status(id, {{"state", "uploading"}, {"bytes", n}, {"error", nullptr}});
     };
     bytes = co_await checkpoint::upload(*env_.store(), local, id, progress,
-                                        [this] { return uploads_cancelled_; });
+                                        [this] { return uploads_.cancelled(); });
   } catch (const checkpoint::upload_cancelled& e) {
     failure = e.what();
     cancelled = true;
@@ -272,31 +274,17 @@ asio::awaitable<void> system::upload(std::string id) {
   publish(operation_step{"upload", id, state});
 }
 
-asio::awaitable<bool> system::poll_until(std::function<bool()> done,
-                                         std::chrono::steady_clock::duration bound) {
-  // Looks every 20 ms until `done` says so; false when `bound` passed first.
-  const auto deadline = std::chrono::steady_clock::now() + bound;
-  while (!done() && std::chrono::steady_clock::now() < deadline) {
-    asio::steady_timer tick(executor_, 20ms);
-    std::error_code ec;
-    co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-  }
-  co_return done();
-}
-
-asio::awaitable<bool> system::wait_for_uploads(std::chrono::steady_clock::duration bound) {
-  return poll_until([this] { return uploading_.empty() && !resume_scanning_; }, bound);
-}
-
 void system::resume_uploads() {
   if (!env_.store() || resume_scanning_) return;
+  std::optional<gate::pass> pass = uploads_.enter();
+  if (!pass) return;
   resume_scanning_ = true;
-  asio::co_spawn(executor_, resume_uploads_now(), asio::detached);
+  asio::co_spawn(executor_, resume_uploads_now(std::move(*pass)), asio::detached);
 }
 
-asio::awaitable<void> system::resume_uploads_now() {
+asio::awaitable<void> system::resume_uploads_now(gate::pass) {
   // The local checkpoints whose manifest the store lacks (an upload cut short by a crash or a
-  // shut-down, a store that was down) go up now, one at a time.
+  // shut-down, a store that was down) go up now, one at a time, under this scan's pass.
   struct done_guard {
     bool& flag;
     ~done_guard() { flag = false; }
@@ -306,8 +294,8 @@ asio::awaitable<void> system::resume_uploads_now() {
     co_await offload(
         [&] { local = checkpoint::local_store(env_.paths().checkpoints_dir()).list(); });
     for (const auto& m : local) {
-      if (uploads_cancelled_ || !uploads_closed_.empty() || !env_.store()) co_return;
-      if (uploading_.contains(m.id)) continue;
+      if (uploads_.closed() || !env_.store()) co_return;
+      if (uploading_.contains(m.id)) continue;  // a new checkpoint's upload of it runs already
       if (co_await checkpoint::exists_remotely(*env_.store(), m.id)) {
         // Uploaded by an earlier run (or downloaded from the store): say so.
         if (env_.upload_status(m.id).is_null()) {
@@ -315,10 +303,10 @@ asio::awaitable<void> system::resume_uploads_now() {
         }
         continue;
       }
-      if (!uploads_closed_.empty()) co_return;  // closed while we asked the store
+      if (uploads_.closed() || uploading_.contains(m.id)) continue;  // changed while we asked
       log::info("checkpoint not in the store; uploading it again", {{"id", m.id}});
-      start_upload(m.id);  // nothing when a new checkpoint's upload of it runs already
-      co_await poll_until([&] { return !uploading_.contains(m.id); }, forever);
+      env_.set_upload_status(m.id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
+      co_await upload(m.id);
     }
   } catch (const std::exception& e) {
     log::warn("could not check which checkpoints the store lacks", {{"error", e.what()}});
