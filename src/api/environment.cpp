@@ -90,7 +90,7 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     store = s3::make_store(executor, sc);
   } catch (const std::exception& e) {
     apply_result failed(kind::storage_failed, e.what());
-    failed.status = 400;
+    failed.store = apply_result::store_problem::refused;
     failed.code = "InvalidEndpoint";
     co_return failed;
   }
@@ -103,7 +103,7 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     std::optional<apply_result> failure;
     if (stopping_) {
       failure.emplace(kind::storage_failed, "state-manager is shutting down");
-      failure->status = 503;
+      failure->store = apply_result::store_problem::shutting_down;
       failure->code = "ShuttingDown";
       co_return failure;
     }
@@ -122,13 +122,14 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
         failure->holder_until = format_rfc3339(h.holder().expires_at, true);
       }
     } catch (const s3::error& e) {
-      // No answer at all: 502 (the store is unreachable); an answer refusing us: 400.
+      // No answer at all: unreachable; an answer refusing us: refused.
       failure.emplace(kind::storage_failed, e.message().empty() ? e.what() : e.message());
-      failure->status = e.status() == 0 ? 502 : 400;
+      failure->store = e.status() == 0 ? apply_result::store_problem::unreachable
+                                       : apply_result::store_problem::refused;
       failure->code = e.code();
     } catch (const std::exception& e) {
       failure.emplace(kind::storage_failed, e.what());
-      failure->status = 502;
+      failure->store = apply_result::store_problem::unreachable;
       failure->code = "InternalError";
     }
     if (failure) co_return failure;
@@ -139,7 +140,7 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     // Had while shut-down began: given back, nothing applied.
     co_await held->release();
     apply_result late(kind::storage_failed, "state-manager is shutting down");
-    late.status = 503;
+    late.store = apply_result::store_problem::shutting_down;
     late.code = "ShuttingDown";
     co_return late;
   }

@@ -202,16 +202,21 @@ class api {
         co_return json_error(501, result.message, {{"stack", result.stack}});
       case kind::failed:
         co_return json_error(500, result.message);
-      case kind::storage_failed:
+      case kind::storage_failed: {
         // The store's own code and message, where the operator can act on them; nothing saved.
+        using problem = environment::apply_result::store_problem;
+        const auto [status, error] = result.store == problem::shutting_down
+                                         ? std::pair(503, "state-manager is shutting down")
+                                     : result.store == problem::unreachable
+                                         ? std::pair(502, "object store unreachable")
+                                         : std::pair(400, "object store refused the configuration");
         co_return json_response(
-            result.status,
-            {{"error", result.status == 503   ? "state-manager is shutting down"
-                       : result.status == 502 ? "object store unreachable"
-                                              : "object store refused the configuration"},
+            status,
+            {{"error", error},
              {"details",
               json::array(
                   {{{"path", "storage"}, {"code", result.code}, {"message", result.message}}})}});
+      }
       case kind::lease_held:
         co_return json_error(409, "the environment is held by another state-manager",
                              {{"holder", result.holder},

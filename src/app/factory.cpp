@@ -42,10 +42,10 @@ std::unique_ptr<supervisor::process_component> make_command(
   settings.restart_max = opts.restart_max;
   settings.restart_window = opts.restart_window;
   if (opts.log_prefix) {
-    // Appended piecewise: GCC 12 warns falsely (-Wrestrict) on "[" + string.
-    settings.output_prefix = "[";
-    settings.output_prefix += std::filesystem::path(opts.command.front()).filename().string();
-    settings.output_prefix += "] ";
+    // Built by insert: GCC 12 warns falsely (-Wrestrict) on "[" + string and its variants.
+    settings.output_prefix = std::filesystem::path(opts.command.front()).filename().string();
+    settings.output_prefix.insert(0, 1, '[');
+    settings.output_prefix.append("] ");
     settings.output_to[0] = output[0];
     settings.output_to[1] = output[1];
   }

@@ -7,9 +7,55 @@
 
 namespace sm::app {
 
+namespace {
+
+std::string text_of(const nlohmann::json& v) {
+  return v.is_string() ? v.get<std::string>() : v.is_null() ? std::string() : v.dump();
+}
+
+// A component that holds state (the database): what its status says about the change.
+void log_stateful_transition(const supervisor::component& c, const std::string& who,
+                             supervisor::state to) {
+  using state = supervisor::state;
+  const nlohmann::json s = c.status();
+  const nlohmann::json none;
+  const nlohmann::json& restored = s.contains("restored") ? s["restored"] : none;
+  const nlohmann::json& replication = s.contains("replication") ? s["replication"] : none;
+  switch (to) {
+    case state::running:
+      if (restored.is_object()) {
+        log::info(who + " restored from the store",
+                  {{"generation", text_of(restored["generation"])},
+                   {"segments", text_of(restored["segments"])},
+                   {"why", text_of(restored["because"])}});
+        if (!restored["stopped_early"].is_null()) {
+          log::warn(who + " restore stopped at the last verified transaction",
+                    {{"why", text_of(restored["stopped_early"])}});
+        }
+      }
+      log::info(
+          who + " running",
+          {{"generation", replication.is_object() ? text_of(replication["generation"]) : ""}});
+      break;
+    case state::degraded:
+      log::warn(who + " degraded", {{"error", text_of(c.event_fields()["last_error"])}});
+      break;
+    case state::failed:
+      log::error(who + " cannot start", {{"error", text_of(s["last_error"])}});
+      break;
+    case state::stopped:
+      log::info(who + " stopped", {{"note", text_of(s["last_error"])}});
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
 void log_transition(const supervisor::component& c, const std::string& who, supervisor::state to) {
   const auto* p = dynamic_cast<const supervisor::process_component*>(&c);
-  if (!p) return;
+  if (!p) return log_stateful_transition(c, who, to);
   using state = supervisor::state;
   const nlohmann::json s = p->process().status();
   const std::string name(supervisor::name_of(to));

@@ -172,7 +172,18 @@ asio::awaitable<json> system::stop_all(stop_reason why) {
   const std::vector<supervisor::component*> parts = all();
   for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
     json f = co_await (*it)->stop(why);
-    if (!f.is_null()) flushed.push_back(std::move(f));
+    if (f.is_null()) continue;
+    if (!f.contains("error")) {
+      // It had nothing to flush (it was not running).
+    } else if (!f["error"].is_null()) {
+      log::error("component " + (*it)->name() +
+                     ": flushing to the store failed; what was not shipped stays local",
+                 {{"reason", std::string(supervisor::name_of(why))}, {"error", f["error"].dump()}});
+    } else {
+      log::info("component " + (*it)->name() + ": everything is in the store",
+                {{"reason", std::string(supervisor::name_of(why))}});
+    }
+    flushed.push_back(std::move(f));
   }
   co_return flushed;
 }

@@ -70,15 +70,8 @@ asio::awaitable<void> component::start() {
       request.to = file_;
       restore_report report = co_await db::restore(store_, request);
       if (report.found) {
-        log::info("database: restored from the store",
-                  {{"generation", report.generation},
-                   {"segments", std::to_string(report.segments)},
-                   {"why", exists ? "the lease was taken over" : "no local database"}});
-        if (!report.stopped_early.empty()) {
-          log::warn("database: restore stopped at the last verified transaction",
-                    {{"why", report.stopped_early}});
-        }
         restored_ = std::move(report);
+        restored_because_ = exists ? "the lease was taken over" : "no local database";
       }
     }
     init_result init;
@@ -96,7 +89,6 @@ asio::awaitable<void> component::start() {
   }
   if (!failure.empty()) {
     last_error_ = failure;
-    log::error("database: cannot start", {{"file", file_.string()}, {"error", failure}});
     replicator_.reset();
     move_to(state::failed);
     started_.cancel();
@@ -119,9 +111,6 @@ asio::awaitable<void> component::start() {
   schedule.retention = std::chrono::duration_cast<std::chrono::milliseconds>(settings_.retention);
   // Stopping already (shut-down during the restore): stop() does the final sync.
   if (!stop_requested_) asio::co_spawn(executor_, replicator_->run(schedule), asio::detached);
-  log::info("database: replicating", {{"file", file_.string()},
-                                      {"generation", replicator_->generation()},
-                                      {"sync_interval", format_duration(settings_.sync_interval)}});
   move_to(state::running);
   refresh_health();  // degraded if the store did not answer yet
   started_.cancel();
@@ -156,13 +145,6 @@ asio::awaitable<json> component::final_sync() {
     co_await replicator_->stop();  // the final sync
   } catch (const std::exception& e) {
     failure = e.what();
-  }
-  if (!failure.empty()) {
-    log::error("database: the final sync failed; what was not shipped stays in the local WAL",
-               {{"error", failure}});
-  } else {
-    log::info("database: replication stopped, everything committed is in the store",
-              {{"generation", replicator_->generation()}});
   }
   flushed["generation"] = replicator_->generation();
   flushed["backlog_bytes_before"] = backlog;
@@ -308,6 +290,7 @@ json component::status() const {
         {"commits", restored_->commits},
         {"bytes", restored_->bytes},
         {"took_ms", restored_->took.count()},
+        {"because", restored_because_},
         {"stopped_early",
          restored_->stopped_early.empty() ? json(nullptr) : json(restored_->stopped_early)}};
   } else {

@@ -92,6 +92,7 @@ class component final : public supervisor::component {
   std::string last_error_;  // why it failed to start
   std::unique_ptr<replicator> replicator_;
   std::optional<restore_report> restored_;
+  std::string restored_because_;  // no local database, or the lease was taken over
   bool created_ = false;
   bool stop_requested_ = false, fence_requested_ = false;  // while starting
   asio::steady_timer started_;                             // cancelled once start() is over
