@@ -141,10 +141,12 @@ class fake_host : public cp::host {
   std::vector<sv::component*> stateful;
   std::vector<std::pair<std::string, std::string>> steps;  // (id, step)
   int quiesces = 0, resumes = 0;
-  bool held = false;  // between a quiesce that succeeded and its resume
+  std::vector<bool> may_freeze;  // each quiesce's
+  bool held = false;             // between a quiesce that succeeded and its resume
 
-  asio::awaitable<cp::quiesced> quiesce(bool) override {
+  asio::awaitable<cp::quiesced> quiesce(bool freeze) override {
     ++quiesces;
+    may_freeze.push_back(freeze);
     log_.push_back("host.quiesce");
     if (fail_quiesce) throw std::runtime_error("cannot hold the processes still");
     held = true;
@@ -338,6 +340,7 @@ struct environment {
     log.clear();
     host.steps.clear();
     host.quiesces = host.resumes = 0;
+    host.may_freeze.clear();
     return at_checkpoint;
   }
 };
@@ -378,6 +381,8 @@ BOOST_AUTO_TEST_CASE(create_commits_the_tree_and_the_components_copy_between_qui
   BOOST_TEST(env.host.quiesces == 1);
   BOOST_TEST(env.host.resumes == 1);
   BOOST_TEST(!env.host.held);
+  // A checkpoint may freeze the processes (they keep their PIDs).
+  BOOST_TEST(env.host.may_freeze == std::vector<bool>{true}, boost::test_tools::per_element());
   const event_log expected{"host.quiesce", "database.snapshot", "host.resume"};
   BOOST_TEST(env.log == expected, boost::test_tools::per_element());
   const strings steps{"quiesce", "snapshot", "resume", "commit"};
@@ -522,6 +527,8 @@ BOOST_AUTO_TEST_CASE(restore_swaps_in_the_checkpoints_state_and_starts_the_compo
   BOOST_TEST(env.host.quiesces == 1);
   BOOST_TEST(env.host.resumes == 1);
   BOOST_TEST(!env.host.held);
+  // A restore stops the processes (they start again on the restored state), never freezes.
+  BOOST_TEST(env.host.may_freeze == std::vector<bool>{false}, boost::test_tools::per_element());
   const strings steps{"quiesce", "final sync", "swap", "resume"};
   BOOST_TEST(env.host.step_names() == steps, boost::test_tools::per_element());
 
