@@ -5,7 +5,12 @@
 #define BOOST_TEST_MODULE checkpoint_pipeline
 #include <boost/test/unit_test.hpp>
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 #include <algorithm>
+
 #include <cerrno>
 #include <exception>
 #include <filesystem>
@@ -272,6 +277,21 @@ std::function<void()> throws_runtime(std::string what) {
 }
 std::function<void()> throws_enospc() {
   return [] { throw std::system_error(ENOSPC, std::generic_category(), "writing the copy"); };
+}
+
+// Sets or clears a file's immutable flag (which not even root can remove); false where the
+// file system or the capabilities do not allow it.
+bool set_immutable(const fs::path& file, bool on) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  int flags = 0;
+  bool done = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+  if (done) {
+    flags = on ? (flags | FS_IMMUTABLE_FL) : (flags & ~FS_IMMUTABLE_FL);
+    done = ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
+  }
+  ::close(fd);
+  return done;
 }
 
 // Runs one pipeline on a fresh io_context to its end (and whatever it spawned).
@@ -615,6 +635,64 @@ BOOST_AUTO_TEST_CASE(a_restore_whose_second_component_fails_puts_the_first_back)
   BOOST_TEST((other.current() == sv::state::running));
   BOOST_TEST(env.host.resumes == 1);
   BOOST_TEST(!env.host.held);
+}
+
+// Once every copy is in, the restore is done: what was set aside is then only marked as garbage
+// (keep_restored, env_dir's rename to .restore-trash). A failure there must not undo part of the
+// restore: a component whose keep_restored() returned cannot undo_restore() any more (its
+// contract says exactly one of the two), so the state would be half the checkpoint's while the
+// outcome says that the state before is back.
+BOOST_AUTO_TEST_CASE(a_second_component_that_cannot_mark_its_replaced_state_undoes_nothing) {
+  environment env;
+  const auto at_checkpoint = env.checkpoint_then_change("c1");
+  fake_component other("database", env.scratch.dir / "state" / "other.file", env.log);
+  write(other.file(), "other-before");
+  other.fail["keep_restored"] = throws_runtime("cannot mark the replaced copy");
+  env.host.stateful = {&env.db, &other};
+
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST(count(env.log, "database.keep_restored") == 2u, join(env.log));
+  BOOST_TEST(count(env.log, "database.undo_restore") == 0u, join(env.log));
+  BOOST_TEST((out.outcome == restore_kind::restored), out.error);
+  BOOST_TEST(out.error.find("cannot mark the replaced copy") != std::string::npos, out.error);
+  BOOST_TEST(read(env.db.file()) == "db-v1");
+  BOOST_TEST(read(other.file()) == "db-v1");
+  BOOST_TEST(same(tree_of(env.where.env_dir), at_checkpoint));
+  BOOST_TEST(count(env.log, "database.start") == 2u, join(env.log));
+  BOOST_TEST(env.host.resumes == 1);
+  BOOST_TEST(!env.host.held);
+}
+
+BOOST_AUTO_TEST_CASE(an_env_dir_whose_replaced_tree_cannot_be_marked_undoes_nothing) {
+  environment env;
+  const auto at_checkpoint = env.checkpoint_then_change("c1");
+  // A leftover of an earlier restore that cannot be removed: env_dir's old tree cannot be
+  // renamed to .restore-trash.
+  const fs::path trash = env.where.env_dir.string() + ".restore-trash";
+  const fs::path stuck = trash / "stuck";
+  write(stuck, "x");
+  if (!set_immutable(stuck, true)) {
+    BOOST_TEST_MESSAGE("no immutable flag here (file system or capability): skipped");
+    return;
+  }
+  struct unstick {
+    fs::path file;
+    ~unstick() { set_immutable(file, false); }
+  } unstuck{stuck};
+
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST(count(env.log, "database.keep_restored") == 1u, join(env.log));
+  BOOST_TEST(count(env.log, "database.undo_restore") == 0u, join(env.log));
+  BOOST_TEST((out.outcome == restore_kind::restored), out.error);
+  BOOST_TEST(read(env.db.file()) == "db-v1");
+  BOOST_TEST(same(tree_of(env.where.env_dir), at_checkpoint));
+  // Nothing is left that would put the old tree back at the next start.
+  BOOST_TEST(!fs::exists(fs::path(env.where.env_dir.string() + ".restore-aside")));
+  set_immutable(stuck, false);
+  BOOST_TEST(cp::recover_interrupted_restore(env.where.env_dir).empty());
+  BOOST_TEST(same(tree_of(env.where.env_dir), at_checkpoint));
+  BOOST_TEST((env.db.current() == sv::state::running));
+  BOOST_TEST(env.host.resumes == 1);
 }
 
 BOOST_AUTO_TEST_CASE(a_damaged_copy_changes_nothing_and_quiesces_nothing) {
