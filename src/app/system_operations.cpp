@@ -206,6 +206,7 @@ asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::str
   }
   if (r.outcome != kind::restored) co_return r;
   log::info("restored", {{"id", id}, {"ms", std::to_string(r.took_ms)}});
+  if (!r.error.empty()) log::warn("restored, with a problem", {{"id", id}, {"error", r.error}});
   // The old state's files go in the background (removing 10,000 files takes seconds).
   asio::co_spawn(
       executor_,

@@ -255,8 +255,17 @@ struct env_swap {
   // What was moved aside becomes garbage by one rename (so that a crash from here on is not
   // undone at start); a mount point's old contents go at once (COMMAND would see them).
   void keep() {
-    remove_tree(trash);
-    if (moved) std::filesystem::rename(aside, trash);
+    if (moved) {
+      try {
+        remove_tree(trash);
+        std::filesystem::rename(aside, trash);
+      } catch (const std::exception&) {
+        // An earlier restore's garbage that cannot be removed is in the way (remove_replaced
+        // reports it): the old tree goes at once instead, for left as .restore-aside the next
+        // start would put it back under the restored components.
+        remove_tree(aside);
+      }
+    }
     if (in_place) finish_contents_swap(dir);
   }
   void undo() {
@@ -346,12 +355,34 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
         copy.move_data = request.move_data;
         env.swap_in(source / "mount", copy);
       });
-      for (supervisor::component* c : restored) co_await c->keep_restored();
-      co_await offload_bulk([&] { env.keep(); });
     } catch (const std::exception& e) {
       failed.take(e);
     }
-    if (!failed.empty()) {
+    if (failed.empty()) {
+      // Every copy is in: the restore is done, and nothing from here undoes any of it. What was
+      // set aside only becomes garbage now; a component whose keep_restored() returned can no
+      // longer undo_restore(), so undoing after a later failure would leave half the
+      // checkpoint's state under an outcome that says the state before is back.
+      std::string unmarked;
+      for (supervisor::component* c : restored) {
+        try {
+          co_await c->keep_restored();
+        } catch (const std::exception& e) {
+          unmarked += (unmarked.empty() ? "" : "; ") + c->name() + ": " + e.what();
+        }
+      }
+      co_await offload_bulk([&] {
+        try {
+          env.keep();
+        } catch (const std::exception& e) {
+          unmarked += (unmarked.empty() ? "" : "; ") + std::string("env_dir: ") + e.what();
+        }
+      });
+      if (!unmarked.empty()) {
+        out.error =
+            "restored, but what it replaced could not all be set aside as garbage: " + unmarked;
+      }
+    } else {
       // The state from before goes back, as it was.
       std::string again;
       co_await offload_bulk([&] {

@@ -4,7 +4,9 @@
 //            the configuration) into <id>.partial/ -> resume -> commit (manifest, fsync, rename)
 //   restore: (download) -> read and verify the copies -> quiesce -> stop the stateful
 //            components (final sync) -> swap in each one's copy and env_dir's -> start them ->
-//            resume; anything failing puts the state from before back.
+//            resume; anything failing before every copy is in puts the state from before back
+//            (after it, the restore stands: a failure to mark the replaced state as garbage is
+//            reported in the outcome's `error`).
 //
 // The system holds the processes still and lets them go (quiesce, resume) and names the
 // stateful components; the pipelines know nothing else of it, so unit tests drive them with
@@ -110,7 +112,7 @@ struct restore_outcome {
   } outcome = kind::restored;
   std::string id;
   std::optional<manifest> restored;
-  std::string error;
+  std::string error;  // restored: what it replaced that could not be set aside as garbage
   std::int64_t took_ms = 0;
 };
 
