@@ -96,7 +96,7 @@ class environment {
   const config::configuration* current() const { return config_ ? &*config_ : nullptr; }
   const environment_paths& paths() const { return paths_; }
 
-  // GET / (DESIGN.md 2.4).
+  // GET /.
   nlohmann::json status() const;
 
   // Boot with a saved configuration: the store and the lease, retried (with the reason in

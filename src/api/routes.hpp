@@ -1,4 +1,4 @@
-// The product's HTTP API (DESIGN.md 2.4): routes, authentication, JSON bodies.
+// The product's HTTP API: routes, authentication, JSON bodies.
 #pragma once
 
 #include <chrono>

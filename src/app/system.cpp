@@ -75,7 +75,7 @@ void system::declare_command() {
 void system::begin() {
   if (env_.configured()) {
     // Booted with a saved configuration: the store and the lease first, retried until had
-    // (GET / says why not yet), then the components, then COMMAND (DESIGN.md 2.1a).
+    // (GET / says why not yet), then the components, then COMMAND.
     asio::co_spawn(
         executor_,
         [this]() -> asio::awaitable<void> {
@@ -100,8 +100,8 @@ void system::start_command() {
 
 asio::awaitable<void> system::start_components(const config::configuration& config) {
   // COMMAND ran before there was a configuration: it is stopped first, so that it never sees
-  // state from before the restore, and starts again once the components are up (DESIGN.md
-  // 2.1a). Its history (restarts, last exit) stays.
+  // state from before the restore, and starts again once the components are up. Its history
+  // (restarts, last exit) stays.
   if (command_ && command_->current() != supervisor::state::pending && !shutting_down_) {
     log::info("stopping COMMAND to apply the configuration");
     co_await command_->stop(stop_reason::restore);

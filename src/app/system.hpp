@@ -1,5 +1,5 @@
-// The system (DESIGN.md 3.1): owns COMMAND and the components the configuration names, starts
-// them in dependency order and stops them in reverse, for every reason through one path
+// The system (docs/architecture.md): owns COMMAND and the components the configuration names,
+// starts them in dependency order and stops them in reverse, for every reason through one path
 // (stop_all); derives the system's state; publishes typed events that GET /events streams; runs
 // checkpoints and restores through the pipelines of src/checkpoint, and uploads checkpoints to
 // the store in the background. The configuration, the store and the lease live in

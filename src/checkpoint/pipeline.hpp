@@ -1,4 +1,4 @@
-// Checkpoint and restore as pipelines over the component interface (DESIGN.md 3.1):
+// Checkpoint and restore as pipelines over the component interface (docs/architecture.md):
 //
 //   create:  id -> quiesce -> snapshot (each stateful component, beside the copy of env_dir and
 //            the configuration) into <id>.partial/ -> resume -> commit (manifest, fsync, rename)

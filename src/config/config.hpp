@@ -1,4 +1,4 @@
-// The environment's configuration (DESIGN.md 2.3): its types, its validation and its JSON
+// The environment's configuration: its types, its validation and its JSON
 // forms. Pure data: no I/O; the environment is read through a lookup function.
 #pragma once
 

@@ -1,5 +1,5 @@
 // Where the database's replica lives in the object store, and how a restore finds its way
-// through it (DESIGN.md 2.5; ../shared/notes/litestream.md 6.2 and 6.7). Under <key_prefix>:
+// through it. Under <key_prefix>:
 //   db/<generation>/meta.json
 //   db/<generation>/snapshot/<walidx>.db<ext>
 //   db/<generation>/wal/<walidx>/<start>-<end>.wal<ext>

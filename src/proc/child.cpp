@@ -21,7 +21,7 @@ namespace sm::proc {
 
 namespace {
 
-// glibc 2.36 has no pidfd_open wrapper that C++ can include cleanly (DESIGN.md section 4).
+// glibc 2.36 has no pidfd_open wrapper that C++ can include cleanly.
 int pidfd_open(pid_t pid) {
   return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
 }

@@ -558,7 +558,7 @@ class s3_client final : public object_store {
     lib::curl().easy_setopt(e, CURLOPT_HEADERDATA, &answer);
 
     std::vector<std::string> headers = r.headers;
-    // curl 7.88 signs with the empty body's hash unless told (DESIGN.md section 4).
+    // curl 7.88 signs with the empty body's hash unless told.
     // Over https the payload is left unsigned, as the AWS SDKs do: TLS already protects it, and
     // hashing was half of an upload's CPU. Over plain http it is signed.
     headers.push_back(std::string("x-amz-content-sha256: ") +

@@ -1,4 +1,4 @@
-// What curl's CURLOPT_AWS_SIGV4 leaves to us (DESIGN.md section 4): the canonical path and
+// What curl's CURLOPT_AWS_SIGV4 leaves to us: the canonical path and
 // query in the URL (curl signs them as given), the payload hash header, and the URL's shape
 // (path-style or virtual-host). Pure functions.
 #pragma once

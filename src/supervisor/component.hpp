@@ -1,6 +1,7 @@
-// The one interface of everything that starts and stops with the configuration (DESIGN.md 3.1):
-// the database, each process declared under "components", and COMMAND. The system starts them
-// in dependency order and stops them in reverse, for every reason, through this interface only.
+// The one interface of everything that starts and stops with the configuration
+// (docs/architecture.md): the database, each process declared under "components", and COMMAND. The
+// system starts them in dependency order and stops them in reverse, for every reason, through this
+// interface only.
 #pragma once
 
 #include <chrono>

@@ -1,5 +1,5 @@
 // File data moved by io_uring reads and writes: the checkpoint copy's third method, after
-// FICLONE and copy_file_range (DESIGN.md section 3), for filesystem pairs that do neither.
+// FICLONE and copy_file_range, for filesystem pairs that do neither.
 #pragma once
 
 #include <cstddef>

@@ -1,7 +1,7 @@
 // One io_uring whose reads and writes are awaited on the executor. Every request is submitted
 // with IOSQE_ASYNC, so that the kernel runs it on its own worker threads (io-wq) instead of
-// inline in io_uring_submit, where a buffered read or write stalled a 1 ms timer by up to 56 ms
-// (DESIGN.md section 4). The ring signals an eventfd for each completion; one wait on that
+// inline in io_uring_submit, where a buffered read or write stalled a 1 ms timer by up to 56 ms.
+// The ring signals an eventfd for each completion; one wait on that
 // eventfd is all the executor does while requests are in the kernel.
 //
 // The header names no liburing type (the ring is behind a pointer), so that the heavy Asio
