@@ -200,7 +200,7 @@ supervisor::supervised_process::state as_process_state(db::component::state s) {
 
 }  // namespace
 
-int run_app(const options& opts) {
+int run_app(const cli::server_options& opts) {
   log::configure(opts.log_level, opts.log_format);
   // A peer that closes early must cost an EPIPE, not the process (PID 1 least of all). Children
   // get every signal back at its default (proc::spawn).

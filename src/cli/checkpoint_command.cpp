@@ -1,4 +1,4 @@
-#include "checkpoint_cli.hpp"
+#include "cli/checkpoint_command.hpp"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -28,7 +28,7 @@
 #include "base/file.hpp"
 #include "http/ascii.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 namespace {
 
@@ -55,7 +55,7 @@ constexpr std::size_t max_answer_bytes = 64 * 1024 * 1024;
 // ---------------------------------------------------------------------------------------------
 // The command line.
 
-std::string set_url(checkpoint_cli_options& o, const std::string& value) {
+std::string set_url(checkpoint_options& o, const std::string& value) {
   if (value.size() >= 8 && http::iequals(std::string_view(value).substr(0, 8), "https://")) {
     return "https is not supported: the API speaks plain HTTP (use http://, through a tunnel "
            "if it crosses a network)";
@@ -67,25 +67,25 @@ std::string set_url(checkpoint_cli_options& o, const std::string& value) {
   return {};
 }
 
-// One row per flag, as in options.cpp: its name, its environment variable (nullptr: none),
+// One row per flag, as in server_options.cpp: its name, its environment variable (nullptr: none),
 // whether it takes a value, and how to apply the value.
 struct flag {
   const char* name;
   const char* variable;
   bool takes_value;
-  std::string (*apply)(checkpoint_cli_options&, const std::string& value);
+  std::string (*apply)(checkpoint_options&, const std::string& value);
 };
 
 const flag flags[] = {
     {"url", "STATE_MANAGER_URL", true, set_url},
     {"token-file", "STATE_MANAGER_TOKEN_FILE", true,
-     [](checkpoint_cli_options& o, const std::string& v) -> std::string {
+     [](checkpoint_options& o, const std::string& v) -> std::string {
        if (v.empty()) return "must not be empty";
        o.token_file = v;
        return {};
      }},
     {"json", nullptr, false,
-     [](checkpoint_cli_options& o, const std::string&) -> std::string {
+     [](checkpoint_options& o, const std::string&) -> std::string {
        o.json = true;
        return {};
      }},
@@ -107,7 +107,7 @@ std::optional<checkpoint_verb> verb_of(std::string_view word) {
 }
 
 // The verb and its ID from the words that are not options; empty when they fit.
-std::string apply_words(checkpoint_cli_options& o, const std::vector<std::string>& words) {
+std::string apply_words(checkpoint_options& o, const std::vector<std::string>& words) {
   if (words.empty()) return "expected create, restore, list or delete (see checkpoint --help)";
   const std::optional<checkpoint_verb> verb = verb_of(words[0]);
   if (!verb) {
@@ -478,7 +478,7 @@ struct api_request {
   bool long_running;  // create and restore: no limit on the wait, a progress bar
 };
 
-api_request request_for(const checkpoint_cli_options& o) {
+api_request request_for(const checkpoint_options& o) {
   switch (o.verb) {
     case checkpoint_verb::create:
       return {"POST", "/checkpoint", (o.id.empty() ? json::object() : json{{"id", o.id}}).dump(),
@@ -495,7 +495,7 @@ api_request request_for(const checkpoint_cli_options& o) {
 
 // The server's operation from GET /, or nullopt when there is none or the poll failed: the
 // progress bar then just waits for the next one.
-std::optional<json> poll_operation(const checkpoint_cli_options& o,
+std::optional<json> poll_operation(const checkpoint_options& o,
                                    const std::optional<std::string>& token) {
   try {
     const unique_fd fd = connect_to(o.url, progress_connect_timeout);
@@ -536,7 +536,7 @@ class progress_line {
   bool drawn_ = false;
 };
 
-std::optional<std::string> token_of(const checkpoint_cli_options& o) {
+std::optional<std::string> token_of(const checkpoint_options& o) {
   std::optional<std::string> token = o.token;
   if (o.token_file) {
     try {
@@ -556,7 +556,7 @@ std::optional<std::string> token_of(const checkpoint_cli_options& o) {
 }
 
 // Sends the verb's request and returns the server's answer; draws progress meanwhile.
-http_reply exchange(const checkpoint_cli_options& o, const std::optional<std::string>& token) {
+http_reply exchange(const checkpoint_options& o, const std::optional<std::string>& token) {
   const api_request request = request_for(o);
   unique_fd fd;
   try {
@@ -591,7 +591,7 @@ void print_body(const std::string& body) {
   if (!body.empty() && body.back() != '\n') std::cout << '\n';
 }
 
-int report(const checkpoint_cli_options& o, const http_reply& reply) {
+int report(const checkpoint_options& o, const http_reply& reply) {
   const json answer = json::parse(reply.body, nullptr, false);
   if (reply.status < 200 || reply.status > 299) {
     // A script asking for JSON gets the details too (409's running operation, 400's rule).
@@ -841,7 +841,7 @@ std::string describe_answer(checkpoint_verb verb, const nlohmann::json& answer) 
   return {};
 }
 
-int run_checkpoint_cli(const std::vector<std::string>& args, const env_lookup& env) {
+int run_checkpoint_command(const std::vector<std::string>& args, const env_lookup& env) {
   const checkpoint_command_line cli = parse_checkpoint_command_line(args, env);
   switch (cli.what) {
     case checkpoint_command_line::action::help:
@@ -862,4 +862,4 @@ int run_checkpoint_cli(const std::vector<std::string>& args, const env_lookup& e
   }
 }
 
-}  // namespace sm
+}  // namespace sm::cli

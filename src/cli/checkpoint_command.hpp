@@ -3,7 +3,7 @@
 // the other side of a port forward), never in its place: it only sends requests.
 //
 // The parsing, the URL, the HTTP answer and the human summaries are pure functions, tested
-// without a socket; run_checkpoint_cli does the blocking I/O (a client process, so blocking is
+// without a socket; run_checkpoint_command does the blocking I/O (a client process, so blocking is
 // fine: nothing else waits on this thread).
 #pragma once
 
@@ -16,9 +16,9 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "options.hpp"
+#include "cli/server_options.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 // Where the API is: http://HOST[:PORT][/PREFIX]. HOST is an IPv4 address, [IPv6] or a name
 // (resolved with getaddrinfo); PREFIX is for an API behind a reverse proxy.
@@ -34,7 +34,7 @@ std::optional<http_url> parse_http_url(std::string_view text);
 
 enum class checkpoint_verb { create, restore, list, remove };
 
-struct checkpoint_cli_options {
+struct checkpoint_options {
   checkpoint_verb verb = checkpoint_verb::list;
   std::string id;  // create: optional (the server picks v1, v2, ...); restore, delete: required
   std::string url_text = "http://127.0.0.1:8080";
@@ -48,7 +48,7 @@ struct checkpoint_cli_options {
 
 struct checkpoint_command_line {
   enum class action { run, help, error } what = action::run;
-  checkpoint_cli_options opts;
+  checkpoint_options opts;
   std::string error;  // for action::error: one line saying what is wrong
 };
 
@@ -80,6 +80,6 @@ std::string describe_answer(checkpoint_verb verb, const nlohmann::json& answer);
 
 // The whole subcommand. Returns the exit status: 0 done, 1 the server answered an error or could
 // not be reached, 2 a bad command line.
-int run_checkpoint_cli(const std::vector<std::string>& args, const env_lookup& env);
+int run_checkpoint_command(const std::vector<std::string>& args, const env_lookup& env);
 
-}  // namespace sm
+}  // namespace sm::cli

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "base/clock.hpp"
-#include "options.hpp"
+#include "cli/server_options.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 struct restore_db_options {
   std::filesystem::path to;
@@ -46,6 +46,6 @@ std::optional<wall_time> parse_rfc3339(std::string_view text);
 // The whole subcommand: parses `args`, restores, prints a summary on stdout. Returns the exit
 // status: 0 restored, 1 failed (no configuration, the store unreachable, nothing to restore,
 // the result broken, `to` exists without --force), 2 a bad command line.
-int run_restore_db(const std::vector<std::string>& args, const env_lookup& env);
+int run_restore_db_command(const std::vector<std::string>& args, const env_lookup& env);
 
-}  // namespace sm
+}  // namespace sm::cli

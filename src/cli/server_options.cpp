@@ -1,4 +1,4 @@
-#include "options.hpp"
+#include "cli/server_options.hpp"
 
 #include <arpa/inet.h>
 
@@ -6,7 +6,7 @@
 #include <cstring>
 #include <map>
 
-namespace sm {
+namespace sm::cli {
 
 namespace {
 
@@ -16,7 +16,7 @@ struct flag {
   const char* name;
   bool takes_value;
   // Returns an error message, or empty when the value was applied.
-  std::string (*apply)(options&, const std::string& value);
+  std::string (*apply)(server_options&, const std::string& value);
 };
 
 std::string set_duration(duration& target, const std::string& value) {
@@ -41,7 +41,7 @@ std::optional<bool> parse_bool(const std::string& value) {
 
 const flag flags[] = {
     {"listen", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        std::optional<listen_address> a = parse_listen_address(v);
        if (!a)
          return "invalid address \"" + v + "\" (use ADDR:PORT, e.g. 0.0.0.0:8080 or [::1]:8080)";
@@ -50,23 +50,23 @@ const flag flags[] = {
        return {};
      }},
     {"data-dir", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        if (v.empty()) return "must not be empty";
        o.data_dir = v;
        return {};
      }},
     {"tmp-dir", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        if (v.empty()) return "must not be empty";
        o.tmp_dir = v;
        return {};
      }},
     {"restart-delay", true,
-     [](options& o, const std::string& v) { return set_duration(o.restart_delay, v); }},
+     [](server_options& o, const std::string& v) { return set_duration(o.restart_delay, v); }},
     {"timeout-stop", true,
-     [](options& o, const std::string& v) { return set_duration(o.timeout_stop, v); }},
+     [](server_options& o, const std::string& v) { return set_duration(o.timeout_stop, v); }},
     {"restart", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        if (v != "always" && v != "on-failure" && v != "never") {
          return "expected always, on-failure or never, got \"" + v + "\"";
        }
@@ -74,9 +74,11 @@ const flag flags[] = {
        return {};
      }},
     {"restart-backoff-max", true,
-     [](options& o, const std::string& v) { return set_duration(o.restart_backoff_max, v); }},
+     [](server_options& o, const std::string& v) {
+       return set_duration(o.restart_backoff_max, v);
+     }},
     {"restart-max", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        unsigned n = 0;
        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
        if (ec != std::errc() || end != v.data() + v.size() || v.empty()) {
@@ -86,60 +88,66 @@ const flag flags[] = {
        return {};
      }},
     {"restart-window", true,
-     [](options& o, const std::string& v) { return set_positive_duration(o.restart_window, v); }},
+     [](server_options& o, const std::string& v) {
+       return set_positive_duration(o.restart_window, v);
+     }},
     {"wait-for-config", false,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        std::optional<bool> b = parse_bool(v);
        if (!b) return "expected true or false, got \"" + v + "\"";
        o.wait_for_config = *b;
        return {};
      }},
     {"lease-ttl", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        if (std::string e = set_positive_duration(o.lease_ttl, v); !e.empty()) return e;
        if (o.lease_ttl < std::chrono::seconds(1)) return "must be at least 1s";
        return {};
      }},
     {"wait-for-lease", false,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        std::optional<bool> b = parse_bool(v);
        if (!b) return "expected true or false, got \"" + v + "\"";
        o.wait_for_lease = *b;
        return {};
      }},
     {"log-prefix", false,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        std::optional<bool> b = parse_bool(v);
        if (!b) return "expected true or false, got \"" + v + "\"";
        o.log_prefix = *b;
        return {};
      }},
     {"token-file", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        if (v.empty()) return "must not be empty";
        o.token_file = v;
        return {};
      }},
     {"log-format", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        std::optional<log::format> f = log::parse_format(v);
        if (!f) return "expected text or json, got \"" + v + "\"";
        o.log_format = *f;
        return {};
      }},
     {"log-level", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        std::optional<log::level> l = log::parse_level(v);
        if (!l) return "expected debug, info, warn or error, got \"" + v + "\"";
        o.log_level = *l;
        return {};
      }},
     {"header-timeout", true,
-     [](options& o, const std::string& v) { return set_positive_duration(o.header_timeout, v); }},
+     [](server_options& o, const std::string& v) {
+       return set_positive_duration(o.header_timeout, v);
+     }},
     {"idle-timeout", true,
-     [](options& o, const std::string& v) { return set_positive_duration(o.idle_timeout, v); }},
+     [](server_options& o, const std::string& v) {
+       return set_positive_duration(o.idle_timeout, v);
+     }},
     {"max-connections", true,
-     [](options& o, const std::string& v) -> std::string {
+     [](server_options& o, const std::string& v) -> std::string {
        std::size_t n = 0;
        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
        if (ec != std::errc() || end != v.data() + v.size() || n == 0 || n > 1'000'000) {
@@ -196,10 +204,11 @@ std::optional<listen_address> parse_listen_address(const std::string& text) {
   return listen_address{host, static_cast<unsigned short>(port)};
 }
 
-command_line parse_command_line(const std::vector<std::string>& args, const env_lookup& env) {
-  command_line out;
+server_command_line parse_server_command_line(const std::vector<std::string>& args,
+                                              const env_lookup& env) {
+  server_command_line out;
   auto error = [&](std::string message) {
-    out.what = command_line::action::error;
+    out.what = server_command_line::action::error;
     out.error = std::move(message);
     return out;
   };
@@ -214,11 +223,11 @@ command_line parse_command_line(const std::vector<std::string>& args, const env_
       break;
     }
     if (arg == "-h" || arg == "--help") {
-      out.what = command_line::action::help;
+      out.what = server_command_line::action::help;
       return out;
     }
     if (arg == "-V" || arg == "--version") {
-      out.what = command_line::action::version;
+      out.what = server_command_line::action::version;
       return out;
     }
     if (arg.rfind("--", 0) != 0) {
@@ -265,7 +274,7 @@ command_line parse_command_line(const std::vector<std::string>& args, const env_
   return out;
 }
 
-std::string usage_text() {
+std::string server_usage_text() {
   return R"(Usage: state-manager [OPTIONS] [-- COMMAND [ARG...]]
        state-manager restore-db --to FILE [--at TIME] [--generation G] [--force]
        state-manager checkpoint create|restore|list|delete [ID] [--url URL] [--json]
@@ -347,4 +356,4 @@ Exit status: 0 after an orderly shut-down (SIGTERM, SIGINT); COMMAND's status wi
 )";
 }
 
-}  // namespace sm
+}  // namespace sm::cli

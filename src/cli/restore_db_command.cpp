@@ -1,4 +1,4 @@
-#include "restore_db.hpp"
+#include "cli/restore_db_command.hpp"
 
 #include <cstdio>
 #include <exception>
@@ -19,7 +19,7 @@
 #include "db/restore.hpp"
 #include "s3/object_store.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 namespace {
 
@@ -37,7 +37,7 @@ std::string set_path(fs::path& target, const std::string& value) {
   return {};
 }
 
-// One row per flag, as in options.cpp: its name, whether it takes a value, how to apply it.
+// One row per flag, as in server_options.cpp: its name, whether it takes a value, how to apply it.
 struct flag {
   const char* name;
   bool takes_value;
@@ -333,7 +333,7 @@ found nothing to restore (FILE is then untouched); 2 for a bad command line.
 )";
 }
 
-int run_restore_db(const std::vector<std::string>& args, const env_lookup& env) {
+int run_restore_db_command(const std::vector<std::string>& args, const env_lookup& env) {
   const restore_db_command_line cli = parse_restore_db_command_line(args, env);
   switch (cli.what) {
     case restore_db_command_line::action::help:
@@ -368,4 +368,4 @@ int run_restore_db(const std::vector<std::string>& args, const env_lookup& env) 
   return 1;
 }
 
-}  // namespace sm
+}  // namespace sm::cli
