@@ -26,6 +26,7 @@
 
 #include "base/fd.hpp"
 #include "base/file.hpp"
+#include "base/percent.hpp"
 #include "http/ascii.hpp"
 
 namespace sm::cli {
@@ -161,24 +162,6 @@ std::optional<std::string> decode_chunked(std::string_view in) {
     out.append(in.substr(0, *size));
     in.remove_prefix(*size + 2);
   }
-}
-
-// Unreserved characters as they are, everything else %XX: an ID is a path segment.
-std::string percent_encode(std::string_view segment) {
-  static constexpr char hex[] = "0123456789ABCDEF";
-  std::string out;
-  for (const char c : segment) {
-    const auto u = static_cast<unsigned char>(c);
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-        c == '.' || c == '_' || c == '~') {
-      out += c;
-    } else {
-      out += '%';
-      out += hex[u >> 4];
-      out += hex[u & 15];
-    }
-  }
-  return out;
 }
 
 std::string request_text(std::string_view method, const http_url& url, std::string_view path,

@@ -3,7 +3,9 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
+#include "base/percent.hpp"
 #include "s3/xml.hpp"
 
 namespace sm::s3 {
@@ -126,31 +128,11 @@ std::chrono::system_clock::time_point parse_timestamp(std::string_view text) {
   return time_point_cast<system_clock::duration>(exact);
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 // encoding-type=url: S3 writes a space as '+' (and a '+' as %2B), as in a form.
 std::string url_decoded(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '+') {
-      out += ' ';
-    } else if (text[i] != '%') {
-      out += text[i];
-    } else {
-      const int high = i + 2 < text.size() ? hex_value(text[i + 1]) : -1;
-      const int low = high >= 0 ? hex_value(text[i + 2]) : -1;
-      if (low < 0) malformed("bad percent-encoding in \"" + std::string(text) + "\"");
-      out += static_cast<char>(high * 16 + low);
-      i += 2;
-    }
-  }
-  return out;
+  std::optional<std::string> out = percent_decode(text, plus_sign::space);
+  if (!out) malformed("bad percent-encoding in \"" + std::string(text) + "\"");
+  return std::move(*out);
 }
 
 std::string relative_key(std::string_view full_key, std::string_view key_prefix) {
