@@ -38,11 +38,6 @@ restore_db_command_line parse_restore_db_command_line(const std::vector<std::str
 
 std::string restore_db_usage_text();
 
-// RFC 3339: "2026-11-22T13:00:00Z", "2026-11-22T13:00:00.250Z", "2026-11-22T14:00:00+01:00"
-// ('t', 'z' and a space for 'T' accepted too). nullopt for anything else, or an impossible
-// date or time.
-std::optional<wall_time> parse_rfc3339(std::string_view text);
-
 // The whole subcommand: parses `args`, restores, prints a summary on stdout. Returns the exit
 // status: 0 restored, 1 failed (no configuration, the store unreachable, nothing to restore,
 // the result broken, `to` exists without --force), 2 a bad command line.
