@@ -2,9 +2,8 @@
 // state-manager's HTTP API, for an operator's shell or a script. It runs beside the server (or on
 // the other side of a port forward), never in its place: it only sends requests.
 //
-// The parsing, the URL, the HTTP answer and the human summaries are pure functions, tested
-// without a socket; run_checkpoint_command does the blocking I/O (a client process, so blocking is
-// fine: nothing else waits on this thread).
+// The command line and the human summaries are pure functions, tested without a socket; the
+// requests go through cli/http_client, a blocking client (nothing else waits on this thread).
 #pragma once
 
 #include <cstdint>
@@ -16,21 +15,10 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "cli/http_client.hpp"
 #include "cli/server_options.hpp"
 
 namespace sm::cli {
-
-// Where the API is: http://HOST[:PORT][/PREFIX]. HOST is an IPv4 address, [IPv6] or a name
-// (resolved with getaddrinfo); PREFIX is for an API behind a reverse proxy.
-struct http_url {
-  std::string host;       // without brackets
-  std::string port;       // "80" when not given
-  std::string authority;  // HOST[:PORT] as written, for the Host header
-  std::string base_path;  // "" or "/prefix", without a trailing '/'
-};
-
-// nullopt for anything else: another scheme, user info, a query, a bad port.
-std::optional<http_url> parse_http_url(std::string_view text);
 
 enum class checkpoint_verb { create, restore, list, remove };
 
@@ -58,16 +46,6 @@ checkpoint_command_line parse_checkpoint_command_line(const std::vector<std::str
                                                       const env_lookup& env);
 
 std::string checkpoint_usage_text();
-
-struct http_reply {
-  int status = 0;
-  std::string body;
-};
-
-// A whole HTTP/1.x response, as read until the server closed the connection: the status line,
-// the headers, and the body by Content-Length, chunked, or up to the end. nullopt when it is
-// malformed or cut short.
-std::optional<http_reply> parse_http_response(std::string_view raw);
 
 // 1536 -> "1.5 KiB", 16384 -> "16 KiB", 999 -> "999 B".
 std::string format_size(std::uint64_t bytes);

@@ -136,57 +136,6 @@ BOOST_AUTO_TEST_CASE(environment) {
   BOOST_TEST(c.opts.token_file.value_or("") == "/g");
 }
 
-BOOST_AUTO_TEST_CASE(urls) {
-  std::optional<sm::cli::http_url> u = sm::cli::parse_http_url("http://127.0.0.1:8080");
-  BOOST_REQUIRE(u);
-  BOOST_TEST(u->host == "127.0.0.1");
-  BOOST_TEST(u->port == "8080");
-  BOOST_TEST(u->authority == "127.0.0.1:8080");
-  BOOST_TEST(u->base_path == "");
-
-  u = sm::cli::parse_http_url("HTTP://example.internal/api/v1//");
-  BOOST_REQUIRE(u);
-  BOOST_TEST(u->host == "example.internal");
-  BOOST_TEST(u->port == "80");
-  BOOST_TEST(u->base_path == "/api/v1");
-
-  for (const char* bad :
-       {"", "http://", "127.0.0.1:8080", "https://h", "http://:80", "http://h:", "http://h:0",
-        "http://h:65536", "http://h:8x", "http://::1:80", "http://[::1", "http://[]:80",
-        "http://[::1]x", "http://user@h", "http://h/p?q", "http://h/p#f", "http://h /"}) {
-    BOOST_TEST(!sm::cli::parse_http_url(bad), bad);
-  }
-}
-
-BOOST_AUTO_TEST_CASE(responses) {
-  std::optional<sm::cli::http_reply> r = sm::cli::parse_http_response(
-      "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
-      "content-length: 7\r\n\r\n{\"a\":1}extra");
-  BOOST_REQUIRE(r);
-  BOOST_TEST(r->status == 404);
-  BOOST_TEST(r->body == "{\"a\":1}");
-
-  r = sm::cli::parse_http_response(
-      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nA;x=y\r\n0123456789\r\n"
-      "0\r\nTrailer: 1\r\n\r\n");
-  BOOST_REQUIRE(r);
-  BOOST_TEST(r->body == "abc0123456789");
-
-  // Without a length the body runs to the close; a reason phrase is optional.
-  r = sm::cli::parse_http_response("HTTP/1.0 200\r\n\r\nto the end");
-  BOOST_REQUIRE(r);
-  BOOST_TEST(r->body == "to the end");
-
-  for (const char* bad :
-       {"", "HTTP/1.1 200 OK\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc",
-        "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 2x0 OK\r\n\r\n", "garbage\r\n\r\n",
-        "HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nx"}) {
-    BOOST_TEST(!sm::cli::parse_http_response(bad), bad);
-  }
-}
-
 BOOST_AUTO_TEST_CASE(sizes) {
   BOOST_TEST(sm::cli::format_size(0) == "0 B");
   BOOST_TEST(sm::cli::format_size(1023) == "1023 B");
