@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <functional>
 #include <iostream>
-#include <map>
 #include <stdexcept>
 #include <system_error>
 
@@ -55,35 +54,23 @@ std::string set_url(checkpoint_options& o, const std::string& value) {
   return {};
 }
 
-// One row per flag, as in server_options.cpp: its name, its environment variable (nullptr: none),
-// whether it takes a value, and how to apply the value.
-struct flag {
-  const char* name;
-  const char* variable;
-  bool takes_value;
-  std::string (*apply)(checkpoint_options&, const std::string& value);
-};
-
-const flag flags[] = {
-    {"url", "STATE_MANAGER_URL", true, set_url},
-    {"token-file", "STATE_MANAGER_TOKEN_FILE", true,
-     [](checkpoint_options& o, const std::string& v) -> std::string {
-       if (v.empty()) return "must not be empty";
-       o.token_file = v;
-       return {};
-     }},
-    {"json", nullptr, false,
-     [](checkpoint_options& o, const std::string&) -> std::string {
-       o.json = true;
-       return {};
-     }},
-};
-
-const flag* find_flag(std::string_view name) {
-  for (const flag& f : flags) {
-    if (name == f.name) return &f;
-  }
-  return nullptr;
+// The subcommand's options (cli/option_table.hpp).
+std::vector<option> checkpoint_flags(checkpoint_options& o) {
+  return {
+      {"url", arity::value, "STATE_MANAGER_URL",
+       [&o](const std::string& v) { return set_url(o, v); }},
+      {"token-file", arity::value, "STATE_MANAGER_TOKEN_FILE",
+       [&o](const std::string& v) -> std::string {
+         if (v.empty()) return "must not be empty";
+         o.token_file = v;
+         return {};
+       }},
+      {"json", arity::bare, "",
+       [&o](const std::string&) -> std::string {
+         o.json = true;
+         return {};
+       }},
+  };
 }
 
 std::optional<checkpoint_verb> verb_of(std::string_view word) {
@@ -423,62 +410,21 @@ int report(const checkpoint_options& o, const http::parsed_response& reply) {
 checkpoint_command_line parse_checkpoint_command_line(const std::vector<std::string>& args,
                                                       const env_lookup& env) {
   checkpoint_command_line out;
-  auto error = [&](std::string message) {
-    out.what = checkpoint_command_line::action::error;
-    out.error = std::move(message);
-    return out;
+  grammar rules;
+  rules.help_hint = "checkpoint --help";
+  rules.words = words_rule::anywhere;  // an ID that starts with '-' comes after "--"
+  rules.take_words = [&](const std::vector<std::string>& words) {
+    return apply_words(out.opts, words);
   };
-
-  // First the words: the flags given (the last of a repeated flag wins), the verb and the ID.
-  std::map<std::string, std::string> given;
-  std::vector<std::string> words;
-  bool options_ended = false;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (options_ended || arg == "-" || arg.empty() || arg[0] != '-') {
-      words.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      options_ended = true;
-      continue;
-    }
-    if (arg == "-h" || arg == "--help") {
-      out.what = checkpoint_command_line::action::help;
-      return out;
-    }
-    if (arg.rfind("--", 0) != 0) return error("unknown option " + arg + " (see checkpoint --help)");
-    const std::size_t equals = arg.find('=');
-    const std::string name =
-        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
-    const flag* f = find_flag(name);
-    if (!f) return error("unknown option --" + name + " (see checkpoint --help)");
-    if (equals != std::string::npos) {
-      if (!f->takes_value) return error("option --" + name + " takes no value");
-      given[name] = arg.substr(equals + 1);
-    } else if (!f->takes_value) {
-      given[name] = "";
-    } else if (i + 1 < args.size()) {
-      given[name] = args[++i];
-    } else {
-      return error("option --" + name + " needs a value");
-    }
-  }
-  if (std::string why = apply_words(out.opts, words); !why.empty()) return error(why);
-
-  // Then each setting from its flag, or else from its variable (a flag replaces its variable).
-  for (const flag& f : flags) {
-    if (const auto value = given.find(f.name); value != given.end()) {
-      if (std::string why = f.apply(out.opts, value->second); !why.empty()) {
-        return error(std::string("--") + f.name + ": " + why);
-      }
-    } else if (f.variable) {
-      if (std::optional<std::string> value = env(f.variable)) {
-        if (std::string why = f.apply(out.opts, *value); !why.empty()) {
-          return error(std::string(f.variable) + ": " + why);
-        }
-      }
-    }
+  const parse_outcome parsed = parse_options(args, checkpoint_flags(out.opts), rules, env);
+  switch (parsed.what) {
+    case parse_outcome::action::run:
+      break;
+    case parse_outcome::action::help:
+    case parse_outcome::action::version:  // not in this grammar
+      return {checkpoint_command_line::action::help, {}, {}};
+    case parse_outcome::action::error:
+      return {checkpoint_command_line::action::error, {}, parsed.error};
   }
   // As the server: STATE_MANAGER_TOKEN holds the token itself, a token file wins, and an empty
   // token is no token.

@@ -37,50 +37,39 @@ std::string set_path(fs::path& target, const std::string& value) {
   return {};
 }
 
-// One row per flag, as in server_options.cpp: its name, whether it takes a value, how to apply it.
-struct flag {
-  const char* name;
-  bool takes_value;
-  std::string (*apply)(restore_db_options&, const std::string& value);
-};
-
-const flag flags[] = {
-    {"to", true, [](restore_db_options& o, const std::string& v) { return set_path(o.to, v); }},
-    {"at", true,
-     [](restore_db_options& o, const std::string& v) -> std::string {
-       o.at = parse_rfc3339(v);
-       if (!o.at) return "expected an RFC 3339 time like 2026-11-22T13:00:00Z, got \"" + v + "\"";
-       return {};
-     }},
-    {"generation", true,
-     [](restore_db_options& o, const std::string& v) -> std::string {
-       if (!db::layout::valid_generation(v)) {
-         return "expected 32 lower-case hex digits, got \"" + v + "\"";
-       }
-       o.generation = v;
-       return {};
-     }},
-    {"config", true,
-     [](restore_db_options& o, const std::string& v) -> std::string {
-       fs::path file;
-       std::string why = set_path(file, v);
-       if (why.empty()) o.config_file = file;
-       return why;
-     }},
-    {"tmp-dir", true,
-     [](restore_db_options& o, const std::string& v) { return set_path(o.tmp_dir, v); }},
-    {"force", false,
-     [](restore_db_options& o, const std::string&) -> std::string {
-       o.force = true;
-       return {};
-     }},
-};
-
-const flag* find_flag(std::string_view name) {
-  for (const flag& f : flags) {
-    if (name == f.name) return &f;
-  }
-  return nullptr;
+// The subcommand's options (cli/option_table.hpp). --tmp-dir reads the server's variable.
+std::vector<option> restore_db_flags(restore_db_options& o) {
+  return {
+      {"to", arity::value, "", [&o](const std::string& v) { return set_path(o.to, v); }},
+      {"at", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         o.at = parse_rfc3339(v);
+         if (!o.at) return "expected an RFC 3339 time like 2026-11-22T13:00:00Z, got \"" + v + "\"";
+         return {};
+       }},
+      {"generation", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         if (!db::layout::valid_generation(v)) {
+           return "expected 32 lower-case hex digits, got \"" + v + "\"";
+         }
+         o.generation = v;
+         return {};
+       }},
+      {"config", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         fs::path file;
+         std::string why = set_path(file, v);
+         if (why.empty()) o.config_file = file;
+         return why;
+       }},
+      {"tmp-dir", arity::value, "STATE_MANAGER_TMP_DIR",
+       [&o](const std::string& v) { return set_path(o.tmp_dir, v); }},
+      {"force", arity::bare, "",
+       [&o](const std::string&) -> std::string {
+         o.force = true;
+         return {};
+       }},
+  };
 }
 
 // The storage settings of the applied configuration, secrets resolved from the environment.
@@ -195,47 +184,24 @@ std::string nothing_found(const restore_db_options& o) {
 restore_db_command_line parse_restore_db_command_line(const std::vector<std::string>& args,
                                                       const env_lookup& env) {
   restore_db_command_line out;
-  auto error = [&](std::string message) {
-    out.what = restore_db_command_line::action::error;
-    out.error = std::move(message);
-    return out;
-  };
-  bool tmp_dir_given = false;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "-h" || arg == "--help") {
-      out.what = restore_db_command_line::action::help;
-      return out;
-    }
-    if (arg.rfind("--", 0) != 0) {
-      return error("unexpected argument \"" + arg + "\" (see restore-db --help)");
-    }
-    const std::size_t equals = arg.find('=');
-    const std::string name =
-        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
-    const flag* f = find_flag(name);
-    if (!f) return error("unknown option --" + name + " (see restore-db --help)");
-    std::string value = "true";
-    if (equals != std::string::npos) {
-      if (!f->takes_value) return error("option --" + name + " takes no value");
-      value = arg.substr(equals + 1);
-    } else if (f->takes_value) {
-      if (i + 1 == args.size()) return error("option --" + name + " needs a value");
-      value = args[++i];
-    }
-    if (std::string why = f->apply(out.opts, value); !why.empty()) {
-      return error("--" + name + ": " + why);
-    }
-    tmp_dir_given = tmp_dir_given || name == "tmp-dir";
+  grammar rules;
+  rules.help_hint = "restore-db --help";
+  rules.words = words_rule::none;
+  const parse_outcome parsed = parse_options(args, restore_db_flags(out.opts), rules, env);
+  switch (parsed.what) {
+    case parse_outcome::action::run:
+      break;
+    case parse_outcome::action::help:
+    case parse_outcome::action::version:  // not in this grammar
+      return {restore_db_command_line::action::help, {}, {}};
+    case parse_outcome::action::error:
+      return {restore_db_command_line::action::error, {}, parsed.error};
   }
-  if (!tmp_dir_given) {
-    if (std::optional<std::string> value = env("STATE_MANAGER_TMP_DIR")) {
-      if (std::string why = set_path(out.opts.tmp_dir, *value); !why.empty()) {
-        return error("STATE_MANAGER_TMP_DIR: " + why);
-      }
-    }
+  if (out.opts.to.empty()) {
+    return {restore_db_command_line::action::error,
+            {},
+            "--to FILE is required (see restore-db --help)"};
   }
-  if (out.opts.to.empty()) return error("--to FILE is required (see restore-db --help)");
   return out;
 }
 

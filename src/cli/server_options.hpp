@@ -4,13 +4,13 @@
 
 #include <cstddef>
 #include <filesystem>
-#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "base/duration.hpp"
 #include "base/log.hpp"
+#include "cli/option_table.hpp"
 
 namespace sm::cli {
 
@@ -55,8 +55,6 @@ struct server_command_line {
   server_options opts;
   std::string error;  // for action::error: one line saying what is wrong
 };
-
-using env_lookup = std::function<std::optional<std::string>(const std::string& name)>;
 
 // `args` excludes argv[0]. Each flag also reads STATE_MANAGER_<FLAG> (dashes as underscores,
 // upper case); a flag given on the command line wins over its variable.
