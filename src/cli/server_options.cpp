@@ -218,9 +218,9 @@ std::string server_usage_text() {
        state-manager checkpoint create|restore|list|delete [ID] [--url URL] [--json]
 
 The init process of a stateful sandbox: supervises COMMAND (restarting it by policy, reaping
-orphans, forwarding signals to its process group), serves an HTTP control API, and keeps the
-sandbox's configuration; later versions replicate its database to S3 and checkpoint and
-restore its state.
+orphans, forwarding signals to its process group), serves an HTTP control API, keeps the
+sandbox's configuration, replicates its database to the object store the configuration names,
+and checkpoints and restores its state.
 
 Options (each also read from the environment variable shown; a flag wins over its variable):
   --listen ADDR:PORT      where the HTTP API listens; port 0 picks a free port, which is
@@ -280,8 +280,9 @@ checkpoint asks a running state-manager, through its HTTP API (--url, default
 http://127.0.0.1:8080), to checkpoint the environment, restore a checkpoint, list the
 checkpoints or delete one; see `state-manager checkpoint --help`.
 
-HTTP API: GET / (status), GET /config, POST /config, GET /healthz, POST /checkpoint,
-POST /restore, POST /release-lease. Example:
+HTTP API: GET / (status), GET /healthz, GET /metrics, GET /events, GET /config,
+POST /config, POST /checkpoint, POST /restore, GET /checkpoints, GET /checkpoints/ID,
+DELETE /checkpoints/ID, POST /release-lease. Example:
   curl -X POST http://localhost:8080/config -d '{"storage": {"bucket": "env-bucket",
        "endpoint": "file:///var/lib/objects"}, "stacks": []}'
 
