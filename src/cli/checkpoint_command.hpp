@@ -16,7 +16,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "cli/http_client.hpp"
-#include "cli/server_options.hpp"
+#include "cli/option_table.hpp"
 
 namespace sm::cli {
 

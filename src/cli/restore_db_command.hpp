@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "base/clock.hpp"
-#include "cli/server_options.hpp"
+#include "cli/option_table.hpp"
 
 namespace sm::cli {
 
