@@ -4,10 +4,10 @@
 #include <iostream>
 
 #include "app/app.hpp"
-#include "checkpoint_cli.hpp"
+#include "cli/checkpoint_command.hpp"
+#include "cli/restore_db_command.hpp"
+#include "cli/server_options.hpp"
 #include "config/config.hpp"
-#include "options.hpp"
-#include "restore_db.hpp"
 #include "version.h"
 
 int main(int argc, char** argv) {
@@ -15,25 +15,28 @@ int main(int argc, char** argv) {
 
   // A subcommand runs on its own and exits: no server, no COMMAND, no lease.
   if (!args.empty() && args.front() == "restore-db") {
-    return sm::run_restore_db({args.begin() + 1, args.end()}, sm::config::process_environment);
+    return sm::cli::run_restore_db_command({args.begin() + 1, args.end()},
+                                           sm::config::process_environment);
   }
   if (!args.empty() && args.front() == "checkpoint") {
-    return sm::run_checkpoint_cli({args.begin() + 1, args.end()}, sm::config::process_environment);
+    return sm::cli::run_checkpoint_command({args.begin() + 1, args.end()},
+                                           sm::config::process_environment);
   }
 
   // Read the command line and the environment (pure; errors are exit status 2).
-  const sm::command_line cli = sm::parse_command_line(args, sm::config::process_environment);
+  const sm::cli::server_command_line cli =
+      sm::cli::parse_server_command_line(args, sm::config::process_environment);
   switch (cli.what) {
-    case sm::command_line::action::help:
-      std::cout << sm::usage_text();
+    case sm::cli::server_command_line::action::help:
+      std::cout << sm::cli::server_usage_text();
       return 0;
-    case sm::command_line::action::version:
+    case sm::cli::server_command_line::action::version:
       std::cout << "state-manager " << STATE_MANAGER_VERSION << "\n";
       return 0;
-    case sm::command_line::action::error:
+    case sm::cli::server_command_line::action::error:
       std::cerr << "state-manager: " << cli.error << "\n";
       return 2;
-    case sm::command_line::action::run:
+    case sm::cli::server_command_line::action::run:
       break;
   }
 

@@ -121,7 +121,7 @@ void remove_interrupted_checkpoints(const api::environment& env) {
 }
 
 // A restore cut short by a crash: what it had set aside is the state, put back.
-void recover_interrupted_restore(const options& opts, const api::environment& env) {
+void recover_interrupted_restore(const cli::server_options& opts, const api::environment& env) {
   try {
     if (db::component::recover_interrupted_restore(opts.data_dir / "database.sqlite")) {
       log::warn("an interrupted restore was undone: the database is as before it");
@@ -138,8 +138,9 @@ void recover_interrupted_restore(const options& opts, const api::environment& en
 }
 
 // Binds the API's socket, last, so that a client never reaches a half-started server.
-void listen(std::optional<http::server>& server, asio::io_context& io, const options& opts,
-            api::environment& env, app::system& system, const api::api_options& api_opts) {
+void listen(std::optional<http::server>& server, asio::io_context& io,
+            const cli::server_options& opts, api::environment& env, app::system& system,
+            const api::api_options& api_opts) {
   http::server_limits limits;
   limits.header_timeout = opts.header_timeout;
   limits.idle_timeout = opts.idle_timeout;
@@ -161,7 +162,7 @@ void listen(std::optional<http::server>& server, asio::io_context& io, const opt
 
 }  // namespace
 
-int run_app(const options& opts) {
+int run_app(const cli::server_options& opts) {
   log::configure(opts.log_level, opts.log_format);
   // A peer that closes early must cost an EPIPE, not the process (PID 1 least of all). Children
   // get every signal back at its default (proc::spawn).

@@ -9,7 +9,7 @@
 namespace sm::app {
 
 std::vector<std::unique_ptr<supervisor::component>> make_components(
-    asio::any_io_executor executor, proc::reaper& reaper, const options& opts,
+    asio::any_io_executor executor, proc::reaper& reaper, const cli::server_options& opts,
     const config::configuration& config, const api::environment& env,
     const std::shared_ptr<proc::line_output> (&output)[2]) {
   std::vector<std::unique_ptr<supervisor::component>> made;
@@ -31,7 +31,7 @@ std::vector<std::unique_ptr<supervisor::component>> make_components(
 }
 
 std::unique_ptr<supervisor::process_component> make_command(
-    asio::any_io_executor executor, proc::reaper& reaper, const options& opts,
+    asio::any_io_executor executor, proc::reaper& reaper, const cli::server_options& opts,
     const std::shared_ptr<proc::line_output> (&output)[2]) {
   supervisor::process_settings settings;
   settings.command = opts.command;

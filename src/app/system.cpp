@@ -39,8 +39,8 @@ constexpr auto forever = std::chrono::hours(24 * 365);
 
 }  // namespace
 
-system::system(asio::any_io_executor executor, const options& opts, api::environment& env,
-               event_bus& events, proc::reaper& reaper)
+system::system(asio::any_io_executor executor, const cli::server_options& opts,
+               api::environment& env, event_bus& events, proc::reaper& reaper)
     : executor_(executor),
       opts_(opts),
       env_(env),

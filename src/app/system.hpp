@@ -23,7 +23,7 @@
 #include "app/events.hpp"
 #include "async/gate.hpp"
 #include "checkpoint/pipeline.hpp"
-#include "options.hpp"
+#include "cli/server_options.hpp"
 #include "supervisor/component.hpp"
 
 namespace sm {
@@ -51,7 +51,7 @@ namespace sm::app {
 
 class system final : public api::control, private checkpoint::host {
  public:
-  system(asio::any_io_executor executor, const options& opts, api::environment& env,
+  system(asio::any_io_executor executor, const cli::server_options& opts, api::environment& env,
          event_bus& events, proc::reaper& reaper);
   ~system() override;
   system(const system&) = delete;
@@ -122,7 +122,7 @@ class system final : public api::control, private checkpoint::host {
   asio::awaitable<void> resume_uploads_now(gate::pass scanning);  // held until it ends
 
   asio::any_io_executor executor_;
-  const options& opts_;
+  const cli::server_options& opts_;
   api::environment& env_;
   event_bus& events_;
   proc::reaper& reaper_;

@@ -1,8 +1,9 @@
 #include "http/router.hpp"
 
-#include "http/ascii.hpp"
-
 #include <algorithm>
+#include <optional>
+
+#include "base/percent.hpp"
 
 namespace sm::http {
 
@@ -31,19 +32,10 @@ bool is_parameter(std::string_view segment) {
 
 bool percent_decode(std::string_view in, std::string& out) {
   out.clear();
-  out.reserve(in.size());
-  for (std::size_t i = 0; i < in.size(); ++i) {
-    char c = in[i];
-    if (c == '%') {
-      if (i + 2 >= in.size()) return false;
-      const int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
-      if (hi < 0 || lo < 0) return false;
-      c = char(hi * 16 + lo);
-      i += 2;
-    }
-    if (c == '\0') return false;
-    out += c;
-  }
+  std::optional<std::string> decoded = sm::percent_decode(in);
+  // A NUL would end the segment early for whatever C API it reaches (a file name, a key).
+  if (!decoded || decoded->find('\0') != std::string::npos) return false;
+  out = std::move(*decoded);
   return true;
 }
 

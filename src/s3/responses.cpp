@@ -3,7 +3,10 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
+#include "base/clock.hpp"
+#include "base/percent.hpp"
 #include "s3/xml.hpp"
 
 namespace sm::s3 {
@@ -62,95 +65,18 @@ std::uint64_t parse_size(std::string_view text) {
   return size;
 }
 
-bool read_digits(std::string_view text, std::size_t at, std::size_t count, int& out) {
-  if (at + count > text.size()) return false;
-  out = 0;
-  for (std::size_t i = at; i < at + count; ++i) {
-    if (text[i] < '0' || text[i] > '9') return false;
-    out = out * 10 + (text[i] - '0');
-  }
-  return true;
-}
-
-// ISO 8601 as S3 writes it, "2026-11-22T13:00:00.000Z": any number of fraction digits (up to
-// nanoseconds are kept), and "Z" or a "+hh:mm" / "-hh:mm" offset. Years are held to 1900-2200:
-// libstdc++'s system_clock counts nanoseconds in 64 bits, which end in 2262.
+// ISO 8601 as S3 writes it, "2026-11-22T13:00:00.000Z", which is RFC 3339.
 std::chrono::system_clock::time_point parse_timestamp(std::string_view text) {
-  using namespace std::chrono;
-  const auto unreadable = [&]() {
-    malformed("unreadable LastModified \"" + std::string(text) + "\"");
-  };
-  int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
-  if (!read_digits(text, 0, 4, y) || text.size() < 20 || text[4] != '-' ||
-      !read_digits(text, 5, 2, mo) || text[7] != '-' || !read_digits(text, 8, 2, d) ||
-      text[10] != 'T' || !read_digits(text, 11, 2, h) || text[13] != ':' ||
-      !read_digits(text, 14, 2, mi) || text[16] != ':' || !read_digits(text, 17, 2, s)) {
-    unreadable();
-  }
-  std::size_t i = 19;
-  std::int64_t fraction_ns = 0;
-  if (text[i] == '.') {
-    ++i;
-    int kept = 0;
-    const std::size_t first_digit = i;
-    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
-      if (kept < 9) {
-        fraction_ns = fraction_ns * 10 + (text[i] - '0');
-        ++kept;
-      }
-    }
-    if (i == first_digit) unreadable();
-    for (; kept < 9; ++kept) fraction_ns *= 10;
-  }
-  minutes offset{0};
-  if (i < text.size() && text[i] == 'Z') {
-    ++i;
-  } else if (i < text.size() && (text[i] == '+' || text[i] == '-')) {
-    int oh = 0, om = 0;
-    if (!read_digits(text, i + 1, 2, oh) || i + 3 >= text.size() || text[i + 3] != ':' ||
-        !read_digits(text, i + 4, 2, om) || oh > 23 || om > 59) {
-      unreadable();
-    }
-    offset = hours(oh) + minutes(om);
-    if (text[i] == '-') offset = -offset;
-    i += 6;
-  } else {
-    unreadable();
-  }
-  if (i != text.size()) unreadable();
-  const year_month_day date{year{y}, month{static_cast<unsigned>(mo)},
-                            day{static_cast<unsigned>(d)}};
-  if (y < 1900 || y > 2200 || !date.ok() || h > 23 || mi > 59 || s > 59) unreadable();
-  const auto exact =
-      sys_days(date) + hours(h) + minutes(mi) + seconds(s) + nanoseconds(fraction_ns) - offset;
-  return time_point_cast<system_clock::duration>(exact);
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
+  std::optional<wall_time> t = parse_rfc3339(text);
+  if (!t) malformed("unreadable LastModified \"" + std::string(text) + "\"");
+  return *t;
 }
 
 // encoding-type=url: S3 writes a space as '+' (and a '+' as %2B), as in a form.
 std::string url_decoded(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '+') {
-      out += ' ';
-    } else if (text[i] != '%') {
-      out += text[i];
-    } else {
-      const int high = i + 2 < text.size() ? hex_value(text[i + 1]) : -1;
-      const int low = high >= 0 ? hex_value(text[i + 2]) : -1;
-      if (low < 0) malformed("bad percent-encoding in \"" + std::string(text) + "\"");
-      out += static_cast<char>(high * 16 + low);
-      i += 2;
-    }
-  }
-  return out;
+  std::optional<std::string> out = percent_decode(text, plus_sign::space);
+  if (!out) malformed("bad percent-encoding in \"" + std::string(text) + "\"");
+  return std::move(*out);
 }
 
 std::string relative_key(std::string_view full_key, std::string_view key_prefix) {

@@ -2,26 +2,12 @@
 
 #include <algorithm>
 
+#include "base/percent.hpp"
+
 namespace sm::s3 {
 
 std::string uri_encode(std::string_view text, bool keep_slash) {
-  static constexpr char hex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(text.size() * 3);
-  for (const char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    const bool unreserved = (byte >= 'A' && byte <= 'Z') || (byte >= 'a' && byte <= 'z') ||
-                            (byte >= '0' && byte <= '9') || byte == '-' || byte == '.' ||
-                            byte == '_' || byte == '~';
-    if (unreserved || (keep_slash && byte == '/')) {
-      out += c;
-    } else {
-      out += '%';
-      out += hex[byte >> 4];
-      out += hex[byte & 0xF];
-    }
-  }
-  return out;
+  return percent_encode(text, keep_slash ? "/" : "");
 }
 
 std::string canonical_query(query_params params) {

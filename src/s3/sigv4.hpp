@@ -10,8 +10,9 @@
 
 namespace sm::s3 {
 
-// RFC 3986 percent-encoding as SigV4 wants it: A-Z a-z 0-9 - . _ ~ stay, every other byte is
-// %XX (upper-case hex); '/' stays only when `keep_slash` (object keys in paths).
+// RFC 3986 percent-encoding as SigV4 wants it (base/percent.hpp's): A-Z a-z 0-9 - . _ ~ stay,
+// every other byte is %XX (upper-case hex); '/' stays only when `keep_slash` (object keys in
+// paths).
 std::string uri_encode(std::string_view text, bool keep_slash);
 
 // Parameters encoded, sorted by encoded name then value, joined: "a=1&b=&list-type=2".

@@ -6,34 +6,34 @@
 #include <string>
 #include <vector>
 
-#include "options.hpp"
+#include "cli/server_options.hpp"
 
 using namespace std::chrono_literals;
-using sm::command_line;
-using sm::parse_command_line;
-using sm::parse_listen_address;
-using action = command_line::action;
+using sm::cli::parse_listen_address;
+using sm::cli::parse_server_command_line;
+using sm::cli::server_command_line;
+using action = server_command_line::action;
 using args = std::vector<std::string>;
 
-namespace sm {
-std::ostream& operator<<(std::ostream& os, command_line::action a) {
+namespace sm::cli {
+std::ostream& operator<<(std::ostream& os, server_command_line::action a) {
   switch (a) {
-    case command_line::action::run:
+    case server_command_line::action::run:
       return os << "run";
-    case command_line::action::help:
+    case server_command_line::action::help:
       return os << "help";
-    case command_line::action::version:
+    case server_command_line::action::version:
       return os << "version";
-    case command_line::action::error:
+    case server_command_line::action::error:
       return os << "error";
   }
   return os << "action(" << static_cast<int>(a) << ")";
 }
-}  // namespace sm
+}  // namespace sm::cli
 
 namespace {
 
-sm::env_lookup env_of(std::map<std::string, std::string> vars) {
+sm::cli::env_lookup env_of(std::map<std::string, std::string> vars) {
   return [vars = std::move(vars)](const std::string& name) -> std::optional<std::string> {
     auto it = vars.find(name);
     if (it == vars.end()) return std::nullopt;
@@ -41,12 +41,12 @@ sm::env_lookup env_of(std::map<std::string, std::string> vars) {
   };
 }
 
-command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
-  return parse_command_line(a, env_of(std::move(env)));
+server_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
+  return parse_server_command_line(a, env_of(std::move(env)));
 }
 
-command_line parse_ok(const args& a, std::map<std::string, std::string> env = {}) {
-  command_line c = parse(a, std::move(env));
+server_command_line parse_ok(const args& a, std::map<std::string, std::string> env = {}) {
+  server_command_line c = parse(a, std::move(env));
   BOOST_REQUIRE_MESSAGE(c.what == action::run, "error: " << c.error);
   return c;
 }
@@ -54,7 +54,7 @@ command_line parse_ok(const args& a, std::map<std::string, std::string> env = {}
 // Requires an error whose message names `what` (the flag or the variable).
 void expect_error(const args& a, const std::string& what,
                   std::map<std::string, std::string> env = {}) {
-  const command_line c = parse(a, std::move(env));
+  const server_command_line c = parse(a, std::move(env));
   BOOST_TEST(c.what == action::error);
   BOOST_TEST(!c.error.empty());
   BOOST_TEST(c.error.find(what) != std::string::npos,
@@ -68,8 +68,8 @@ void expect_error(const args& a, const std::string& what,
 BOOST_AUTO_TEST_SUITE(command_line_parsing)
 
 BOOST_AUTO_TEST_CASE(defaults) {
-  const command_line c = parse_ok({});
-  const sm::options& o = c.opts;
+  const server_command_line c = parse_ok({});
+  const sm::cli::server_options& o = c.opts;
   BOOST_TEST(c.error.empty());
   BOOST_TEST(o.listen == "0.0.0.0:8080");
   BOOST_TEST(o.address.host == "0.0.0.0");
@@ -99,7 +99,7 @@ BOOST_AUTO_TEST_CASE(each_flag_both_forms) {
       auto one = [&](const std::string& name, const std::string& value) {
         return parse_ok(flag(name, value)).opts;
       };
-      const sm::options listen = one("listen", "127.0.0.1:9090");
+      const sm::cli::server_options listen = one("listen", "127.0.0.1:9090");
       BOOST_TEST(listen.listen == "127.0.0.1:9090");
       BOOST_TEST(listen.address.host == "127.0.0.1");
       BOOST_TEST(listen.address.port == 9090);
@@ -127,7 +127,7 @@ BOOST_AUTO_TEST_CASE(wait_for_config_is_a_switch) {
   BOOST_TEST(parse_ok({"--wait-for-config=true"}).opts.wait_for_config);
   BOOST_TEST(!parse_ok({"--wait-for-config=false"}).opts.wait_for_config);
   // A switch does not eat the next word.
-  const command_line c = parse_ok({"--wait-for-config", "--listen", ":1234"});
+  const server_command_line c = parse_ok({"--wait-for-config", "--listen", ":1234"});
   BOOST_TEST(c.opts.wait_for_config);
   BOOST_TEST(c.opts.address.port == 1234);
   BOOST_TEST(c.opts.command.empty());
@@ -135,8 +135,8 @@ BOOST_AUTO_TEST_CASE(wait_for_config_is_a_switch) {
 }
 
 BOOST_AUTO_TEST_CASE(several_flags_together) {
-  const command_line c = parse_ok({"--listen", "[::1]:80", "--data-dir=/d", "--log-level", "warn",
-                                   "--wait-for-config", "--", "sleep", "1000"});
+  const server_command_line c = parse_ok({"--listen", "[::1]:80", "--data-dir=/d", "--log-level",
+                                          "warn", "--wait-for-config", "--", "sleep", "1000"});
   BOOST_TEST(c.opts.address.host == "::1");
   BOOST_TEST(c.opts.address.port == 80);
   BOOST_TEST(c.opts.data_dir == "/d");
@@ -155,21 +155,21 @@ BOOST_AUTO_TEST_CASE(value_may_start_with_dash_or_contain_equals) {
 }
 
 BOOST_AUTO_TEST_CASE(double_dash_then_command) {
-  const command_line c = parse_ok({"--listen", ":9000", "--", "sh", "-c", "echo --listen"});
+  const server_command_line c = parse_ok({"--listen", ":9000", "--", "sh", "-c", "echo --listen"});
   BOOST_TEST((c.opts.command == args{"sh", "-c", "echo --listen"}));
   BOOST_TEST(c.opts.address.port == 9000);
   // After "--", flags belong to the command.
-  const command_line d = parse_ok({"--", "--help"});
+  const server_command_line d = parse_ok({"--", "--help"});
   BOOST_TEST((d.opts.command == args{"--help"}));
 }
 
 BOOST_AUTO_TEST_CASE(double_dash_without_command) {
-  const command_line c = parse({"--"});
+  const server_command_line c = parse({"--"});
   BOOST_TEST((c.what == action::error || (c.what == action::run && c.opts.command.empty())));
 }
 
 BOOST_AUTO_TEST_CASE(first_word_starts_command) {
-  const command_line c = parse_ok({"--data-dir", "/d", "sleep", "--listen", "x", "--", "y"});
+  const server_command_line c = parse_ok({"--data-dir", "/d", "sleep", "--listen", "x", "--", "y"});
   BOOST_TEST(c.opts.data_dir == "/d");
   BOOST_TEST((c.opts.command == args{"sleep", "--listen", "x", "--", "y"}));
   BOOST_TEST(c.opts.listen == "0.0.0.0:8080");
@@ -187,7 +187,7 @@ BOOST_AUTO_TEST_CASE(help_and_version) {
 }
 
 BOOST_AUTO_TEST_CASE(usage_mentions_every_flag) {
-  const std::string usage = sm::usage_text();
+  const std::string usage = sm::cli::server_usage_text();
   for (const char* flag : {"--listen", "--data-dir", "--tmp-dir", "--restart-delay",
                            "--timeout-stop", "--wait-for-config", "--token-file", "--log-format",
                            "--log-level", "--help", "--version"}) {
@@ -228,7 +228,7 @@ BOOST_AUTO_TEST_CASE(bad_values) {
 }
 
 BOOST_AUTO_TEST_CASE(error_stops_at_first_problem_and_keeps_command_empty) {
-  const command_line c = parse({"--restart-delay", "5", "sleep", "1"});
+  const server_command_line c = parse({"--restart-delay", "5", "sleep", "1"});
   BOOST_TEST(c.what == action::error);
 }
 
@@ -238,19 +238,19 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(environment)
 
 BOOST_AUTO_TEST_CASE(variables_are_used) {
-  const command_line c = parse_ok({}, {{"STATE_MANAGER_LISTEN", "127.0.0.1:7000"},
-                                       {"STATE_MANAGER_DATA_DIR", "/env/data"},
-                                       {"STATE_MANAGER_TMP_DIR", "/env/tmp"},
-                                       {"STATE_MANAGER_RESTART_DELAY", "3s"},
-                                       {"STATE_MANAGER_TIMEOUT_STOP", "10s"},
-                                       {"STATE_MANAGER_WAIT_FOR_CONFIG", "true"},
-                                       {"STATE_MANAGER_TOKEN_FILE", "/env/token"},
-                                       {"STATE_MANAGER_LOG_FORMAT", "json"},
-                                       {"STATE_MANAGER_LOG_LEVEL", "warn"},
-                                       {"STATE_MANAGER_HEADER_TIMEOUT", "2s"},
-                                       {"STATE_MANAGER_IDLE_TIMEOUT", "5m"},
-                                       {"STATE_MANAGER_MAX_CONNECTIONS", "7"}});
-  const sm::options& o = c.opts;
+  const server_command_line c = parse_ok({}, {{"STATE_MANAGER_LISTEN", "127.0.0.1:7000"},
+                                              {"STATE_MANAGER_DATA_DIR", "/env/data"},
+                                              {"STATE_MANAGER_TMP_DIR", "/env/tmp"},
+                                              {"STATE_MANAGER_RESTART_DELAY", "3s"},
+                                              {"STATE_MANAGER_TIMEOUT_STOP", "10s"},
+                                              {"STATE_MANAGER_WAIT_FOR_CONFIG", "true"},
+                                              {"STATE_MANAGER_TOKEN_FILE", "/env/token"},
+                                              {"STATE_MANAGER_LOG_FORMAT", "json"},
+                                              {"STATE_MANAGER_LOG_LEVEL", "warn"},
+                                              {"STATE_MANAGER_HEADER_TIMEOUT", "2s"},
+                                              {"STATE_MANAGER_IDLE_TIMEOUT", "5m"},
+                                              {"STATE_MANAGER_MAX_CONNECTIONS", "7"}});
+  const sm::cli::server_options& o = c.opts;
   BOOST_TEST(o.listen == "127.0.0.1:7000");
   BOOST_TEST(o.address.host == "127.0.0.1");
   BOOST_TEST(o.address.port == 7000);
@@ -268,13 +268,13 @@ BOOST_AUTO_TEST_CASE(variables_are_used) {
 }
 
 BOOST_AUTO_TEST_CASE(flags_win_over_variables) {
-  const command_line c = parse_ok({"--listen", "127.0.0.1:1", "--data-dir=/flag", "--restart-delay",
-                                   "0", "--log-level", "error"},
-                                  {{"STATE_MANAGER_LISTEN", "127.0.0.1:7000"},
-                                   {"STATE_MANAGER_DATA_DIR", "/env/data"},
-                                   {"STATE_MANAGER_RESTART_DELAY", "3s"},
-                                   {"STATE_MANAGER_LOG_LEVEL", "debug"},
-                                   {"STATE_MANAGER_TMP_DIR", "/env/tmp"}});
+  const server_command_line c = parse_ok({"--listen", "127.0.0.1:1", "--data-dir=/flag",
+                                          "--restart-delay", "0", "--log-level", "error"},
+                                         {{"STATE_MANAGER_LISTEN", "127.0.0.1:7000"},
+                                          {"STATE_MANAGER_DATA_DIR", "/env/data"},
+                                          {"STATE_MANAGER_RESTART_DELAY", "3s"},
+                                          {"STATE_MANAGER_LOG_LEVEL", "debug"},
+                                          {"STATE_MANAGER_TMP_DIR", "/env/tmp"}});
   BOOST_TEST(c.opts.address.port == 1);
   BOOST_TEST(c.opts.listen == "127.0.0.1:1");
   BOOST_TEST(c.opts.data_dir == "/flag");
@@ -298,7 +298,7 @@ BOOST_AUTO_TEST_CASE(bad_variable_named_in_error) {
 
 BOOST_AUTO_TEST_CASE(flag_replaces_a_bad_variable) {
   // The variable is never consulted once its flag is given, so its bad value is no error.
-  const command_line c =
+  const server_command_line c =
       parse_ok({"--listen", "127.0.0.1:80", "--restart-delay=2s"},
                {{"STATE_MANAGER_LISTEN", "garbage"}, {"STATE_MANAGER_RESTART_DELAY", "5"}});
   BOOST_TEST(c.opts.address.port == 80);
@@ -306,8 +306,9 @@ BOOST_AUTO_TEST_CASE(flag_replaces_a_bad_variable) {
 }
 
 BOOST_AUTO_TEST_CASE(restart_policy_and_breaker_flags) {
-  const command_line c = parse_ok({"--restart", "on-failure", "--restart-backoff-max=1m",
-                                   "--restart-max", "5", "--restart-window", "30s", "--", "true"});
+  const server_command_line c =
+      parse_ok({"--restart", "on-failure", "--restart-backoff-max=1m", "--restart-max", "5",
+                "--restart-window", "30s", "--", "true"});
   BOOST_TEST(c.opts.restart == "on-failure");
   BOOST_TEST(c.opts.restart_backoff_max.count() == 60000);
   BOOST_TEST(c.opts.restart_max == 5u);
@@ -320,19 +321,21 @@ BOOST_AUTO_TEST_CASE(restart_policy_and_breaker_flags) {
 }
 
 BOOST_AUTO_TEST_CASE(token_from_environment) {
-  const command_line c = parse_ok({}, {{"STATE_MANAGER_TOKEN", "s3cret"}});
+  const server_command_line c = parse_ok({}, {{"STATE_MANAGER_TOKEN", "s3cret"}});
   BOOST_TEST(c.opts.token.value() == "s3cret");
   BOOST_TEST(!c.opts.token_file.has_value());
 }
 
 BOOST_AUTO_TEST_CASE(token_file_flag_wins_over_token_variable) {
-  const command_line c = parse_ok({"--token-file", "/run/t"}, {{"STATE_MANAGER_TOKEN", "s3cret"}});
+  const server_command_line c =
+      parse_ok({"--token-file", "/run/t"}, {{"STATE_MANAGER_TOKEN", "s3cret"}});
   BOOST_TEST(c.opts.token_file.value() == "/run/t");
   BOOST_TEST(!c.opts.token.has_value());
 }
 
 BOOST_AUTO_TEST_CASE(unrelated_variables_ignored) {
-  const command_line c = parse_ok({}, {{"STATE_MANAGER_NOPE", "x"}, {"LISTEN", "1.2.3.4:5"}});
+  const server_command_line c =
+      parse_ok({}, {{"STATE_MANAGER_NOPE", "x"}, {"LISTEN", "1.2.3.4:5"}});
   BOOST_TEST(c.opts.listen == "0.0.0.0:8080");
 }
 

@@ -2,9 +2,8 @@
 // state-manager's HTTP API, for an operator's shell or a script. It runs beside the server (or on
 // the other side of a port forward), never in its place: it only sends requests.
 //
-// The parsing, the URL, the HTTP answer and the human summaries are pure functions, tested
-// without a socket; run_checkpoint_cli does the blocking I/O (a client process, so blocking is
-// fine: nothing else waits on this thread).
+// The command line and the human summaries are pure functions, tested without a socket; the
+// requests go through cli/http_client, a blocking client (nothing else waits on this thread).
 #pragma once
 
 #include <cstdint>
@@ -16,25 +15,14 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "options.hpp"
+#include "cli/http_client.hpp"
+#include "cli/option_table.hpp"
 
-namespace sm {
-
-// Where the API is: http://HOST[:PORT][/PREFIX]. HOST is an IPv4 address, [IPv6] or a name
-// (resolved with getaddrinfo); PREFIX is for an API behind a reverse proxy.
-struct http_url {
-  std::string host;       // without brackets
-  std::string port;       // "80" when not given
-  std::string authority;  // HOST[:PORT] as written, for the Host header
-  std::string base_path;  // "" or "/prefix", without a trailing '/'
-};
-
-// nullopt for anything else: another scheme, user info, a query, a bad port.
-std::optional<http_url> parse_http_url(std::string_view text);
+namespace sm::cli {
 
 enum class checkpoint_verb { create, restore, list, remove };
 
-struct checkpoint_cli_options {
+struct checkpoint_options {
   checkpoint_verb verb = checkpoint_verb::list;
   std::string id;  // create: optional (the server picks v1, v2, ...); restore, delete: required
   std::string url_text = "http://127.0.0.1:8080";
@@ -48,7 +36,7 @@ struct checkpoint_cli_options {
 
 struct checkpoint_command_line {
   enum class action { run, help, error } what = action::run;
-  checkpoint_cli_options opts;
+  checkpoint_options opts;
   std::string error;  // for action::error: one line saying what is wrong
 };
 
@@ -58,16 +46,6 @@ checkpoint_command_line parse_checkpoint_command_line(const std::vector<std::str
                                                       const env_lookup& env);
 
 std::string checkpoint_usage_text();
-
-struct http_reply {
-  int status = 0;
-  std::string body;
-};
-
-// A whole HTTP/1.x response, as read until the server closed the connection: the status line,
-// the headers, and the body by Content-Length, chunked, or up to the end. nullopt when it is
-// malformed or cut short.
-std::optional<http_reply> parse_http_response(std::string_view raw);
 
 // 1536 -> "1.5 KiB", 16384 -> "16 KiB", 999 -> "999 B".
 std::string format_size(std::uint64_t bytes);
@@ -80,6 +58,6 @@ std::string describe_answer(checkpoint_verb verb, const nlohmann::json& answer);
 
 // The whole subcommand. Returns the exit status: 0 done, 1 the server answered an error or could
 // not be reached, 2 a bad command line.
-int run_checkpoint_cli(const std::vector<std::string>& args, const env_lookup& env);
+int run_checkpoint_command(const std::vector<std::string>& args, const env_lookup& env);
 
-}  // namespace sm
+}  // namespace sm::cli

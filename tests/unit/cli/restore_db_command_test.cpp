@@ -1,4 +1,4 @@
-#define BOOST_TEST_MODULE restore_db
+#define BOOST_TEST_MODULE restore_db_command
 #include <boost/test/unit_test.hpp>
 
 #include "support/db_helpers.hpp"
@@ -18,17 +18,17 @@
 
 #include "async/offload.hpp"
 #include "base/clock.hpp"
+#include "cli/restore_db_command.hpp"
 #include "db/database.hpp"
 #include "db/replicator.hpp"
-#include "restore_db.hpp"
 #include "s3/object_store.hpp"
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using action = sm::restore_db_command_line::action;
+using action = sm::cli::restore_db_command_line::action;
 using args = std::vector<std::string>;
 
-namespace sm {
+namespace sm::cli {
 std::ostream& operator<<(std::ostream& os, action a) {
   switch (a) {
     case action::run:
@@ -40,11 +40,11 @@ std::ostream& operator<<(std::ostream& os, action a) {
   }
   return os << "action(" << static_cast<int>(a) << ")";
 }
-}  // namespace sm
+}  // namespace sm::cli
 
 namespace {
 
-sm::env_lookup env_of(std::map<std::string, std::string> vars) {
+sm::cli::env_lookup env_of(std::map<std::string, std::string> vars) {
   return [vars = std::move(vars)](const std::string& name) -> std::optional<std::string> {
     auto it = vars.find(name);
     if (it == vars.end()) return std::nullopt;
@@ -52,12 +52,12 @@ sm::env_lookup env_of(std::map<std::string, std::string> vars) {
   };
 }
 
-sm::restore_db_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
-  return sm::parse_restore_db_command_line(a, env_of(std::move(env)));
+sm::cli::restore_db_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
+  return sm::cli::parse_restore_db_command_line(a, env_of(std::move(env)));
 }
 
 void expect_error(const args& a, const std::string& what) {
-  const sm::restore_db_command_line c = parse(a);
+  const sm::cli::restore_db_command_line c = parse(a);
   BOOST_TEST(c.what == action::error);
   BOOST_TEST(c.error.find(what) != std::string::npos, "\"" << c.error << "\" lacks " << what);
 }
@@ -68,7 +68,7 @@ sm::wall_time utc(int hour, int minute, int second) {
          std::chrono::hours(hour) + std::chrono::minutes(minute) + std::chrono::seconds(second);
 }
 
-// What run_restore_db printed on stdout, and its exit status.
+// What run_restore_db_command printed on stdout, and its exit status.
 struct outcome {
   int status;
   std::string out;
@@ -76,7 +76,7 @@ struct outcome {
 outcome run_cli(const args& a, std::map<std::string, std::string> env = {}) {
   std::ostringstream captured;
   std::streambuf* previous = std::cout.rdbuf(captured.rdbuf());
-  const int status = sm::run_restore_db(a, env_of(std::move(env)));
+  const int status = sm::cli::run_restore_db_command(a, env_of(std::move(env)));
   std::cout.rdbuf(previous);
   return {status, captured.str()};
 }
@@ -91,29 +91,8 @@ void change(const fs::path& file, const std::string& sql) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_CASE(rfc3339_times) {
-  BOOST_TEST((sm::parse_rfc3339("2026-11-22T13:00:00Z") == utc(13, 0, 0)));
-  BOOST_TEST((sm::parse_rfc3339("2026-11-22t13:00:00z") == utc(13, 0, 0)));
-  BOOST_TEST((sm::parse_rfc3339("2026-11-22 13:00:00Z") == utc(13, 0, 0)));
-  BOOST_TEST((sm::parse_rfc3339("2026-11-22T14:30:00+01:30") == utc(13, 0, 0)));
-  BOOST_TEST((sm::parse_rfc3339("2026-11-22T08:00:00-05:00") == utc(13, 0, 0)));
-  BOOST_TEST((sm::parse_rfc3339("2026-11-22T13:00:00.25Z") == utc(13, 0, 0) + 250ms));
-  BOOST_TEST(
-      (sm::parse_rfc3339("2026-11-22T13:00:00.123456789123Z") == utc(13, 0, 0) + 123456789ns));
-  BOOST_TEST((sm::parse_rfc3339("2026-11-22T12:59:60Z") == utc(13, 0, 0)));  // leap second
-  BOOST_TEST((sm::parse_rfc3339("2024-02-29T00:00:00Z").has_value()));
-  for (const char* bad :
-       {"", "2026-11-22", "2026-11-22T13:00Z", "2026-11-22T13:00:00", "2026-11-22T13:00:00.Z",
-        "2026-11-22T13:00:00+0100", "2026-11-22T13:00:00Z ", "2026-13-01T00:00:00Z",
-        "2025-02-29T00:00:00Z", "2026-11-22T24:00:00Z", "2026-11-22T13:60:00Z",
-        "2026-11-22T13:00:00+24:00", "26-11-22T13:00:00Z", "yesterday"}) {
-    BOOST_TEST_INFO(bad);
-    BOOST_TEST(!sm::parse_rfc3339(bad).has_value());
-  }
-}
-
 BOOST_AUTO_TEST_CASE(flags_and_defaults) {
-  const sm::restore_db_command_line c =
+  const sm::cli::restore_db_command_line c =
       parse({"--to", "out.sqlite", "--at=2026-11-22T13:00:00Z", "--generation",
              std::string(32, 'a'), "--config", "c.json", "--force"});
   BOOST_TEST_REQUIRE(c.what == action::run, c.error);
@@ -123,7 +102,7 @@ BOOST_AUTO_TEST_CASE(flags_and_defaults) {
   BOOST_TEST((c.opts.config_file == fs::path("c.json")));
   BOOST_TEST(c.opts.force);
 
-  const sm::restore_db_command_line d = parse({"--to", "x"});
+  const sm::cli::restore_db_command_line d = parse({"--to", "x"});
   BOOST_TEST_REQUIRE(d.what == action::run, d.error);
   BOOST_TEST(!d.opts.at.has_value());
   BOOST_TEST(!d.opts.force);
@@ -149,7 +128,7 @@ BOOST_AUTO_TEST_CASE(bad_command_lines) {
   expect_error({"--to", "x", "extra"}, "extra");
   BOOST_TEST(parse({"--to", "x", "--help"}).what == action::help);
   BOOST_TEST(parse({"-h"}).what == action::help);
-  BOOST_TEST(sm::run_restore_db({}, env_of({})) == 2);
+  BOOST_TEST(sm::cli::run_restore_db_command({}, env_of({})) == 2);
   BOOST_TEST(run_cli({"--help"}).status == 0);
   BOOST_TEST(run_cli({"--help"}).out.find("--at TIME") != std::string::npos);
 }

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "base/clock.hpp"
-#include "options.hpp"
+#include "cli/option_table.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 struct restore_db_options {
   std::filesystem::path to;
@@ -38,14 +38,9 @@ restore_db_command_line parse_restore_db_command_line(const std::vector<std::str
 
 std::string restore_db_usage_text();
 
-// RFC 3339: "2026-11-22T13:00:00Z", "2026-11-22T13:00:00.250Z", "2026-11-22T14:00:00+01:00"
-// ('t', 'z' and a space for 'T' accepted too). nullopt for anything else, or an impossible
-// date or time.
-std::optional<wall_time> parse_rfc3339(std::string_view text);
-
 // The whole subcommand: parses `args`, restores, prints a summary on stdout. Returns the exit
 // status: 0 restored, 1 failed (no configuration, the store unreachable, nothing to restore,
 // the result broken, `to` exists without --force), 2 a bad command line.
-int run_restore_db(const std::vector<std::string>& args, const env_lookup& env);
+int run_restore_db_command(const std::vector<std::string>& args, const env_lookup& env);
 
-}  // namespace sm
+}  // namespace sm::cli

@@ -1,4 +1,4 @@
-#include "restore_db.hpp"
+#include "cli/restore_db_command.hpp"
 
 #include <cstdio>
 #include <exception>
@@ -19,7 +19,7 @@
 #include "db/restore.hpp"
 #include "s3/object_store.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 namespace {
 
@@ -37,50 +37,39 @@ std::string set_path(fs::path& target, const std::string& value) {
   return {};
 }
 
-// One row per flag, as in options.cpp: its name, whether it takes a value, how to apply it.
-struct flag {
-  const char* name;
-  bool takes_value;
-  std::string (*apply)(restore_db_options&, const std::string& value);
-};
-
-const flag flags[] = {
-    {"to", true, [](restore_db_options& o, const std::string& v) { return set_path(o.to, v); }},
-    {"at", true,
-     [](restore_db_options& o, const std::string& v) -> std::string {
-       o.at = parse_rfc3339(v);
-       if (!o.at) return "expected an RFC 3339 time like 2026-11-22T13:00:00Z, got \"" + v + "\"";
-       return {};
-     }},
-    {"generation", true,
-     [](restore_db_options& o, const std::string& v) -> std::string {
-       if (!db::layout::valid_generation(v)) {
-         return "expected 32 lower-case hex digits, got \"" + v + "\"";
-       }
-       o.generation = v;
-       return {};
-     }},
-    {"config", true,
-     [](restore_db_options& o, const std::string& v) -> std::string {
-       fs::path file;
-       std::string why = set_path(file, v);
-       if (why.empty()) o.config_file = file;
-       return why;
-     }},
-    {"tmp-dir", true,
-     [](restore_db_options& o, const std::string& v) { return set_path(o.tmp_dir, v); }},
-    {"force", false,
-     [](restore_db_options& o, const std::string&) -> std::string {
-       o.force = true;
-       return {};
-     }},
-};
-
-const flag* find_flag(std::string_view name) {
-  for (const flag& f : flags) {
-    if (name == f.name) return &f;
-  }
-  return nullptr;
+// The subcommand's options (cli/option_table.hpp). --tmp-dir reads the server's variable.
+std::vector<option> restore_db_flags(restore_db_options& o) {
+  return {
+      {"to", arity::value, "", [&o](const std::string& v) { return set_path(o.to, v); }},
+      {"at", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         o.at = parse_rfc3339(v);
+         if (!o.at) return "expected an RFC 3339 time like 2026-11-22T13:00:00Z, got \"" + v + "\"";
+         return {};
+       }},
+      {"generation", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         if (!db::layout::valid_generation(v)) {
+           return "expected 32 lower-case hex digits, got \"" + v + "\"";
+         }
+         o.generation = v;
+         return {};
+       }},
+      {"config", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         fs::path file;
+         std::string why = set_path(file, v);
+         if (why.empty()) o.config_file = file;
+         return why;
+       }},
+      {"tmp-dir", arity::value, "STATE_MANAGER_TMP_DIR",
+       [&o](const std::string& v) { return set_path(o.tmp_dir, v); }},
+      {"force", arity::bare, "",
+       [&o](const std::string&) -> std::string {
+         o.force = true;
+         return {};
+       }},
+  };
 }
 
 // The storage settings of the applied configuration, secrets resolved from the environment.
@@ -192,116 +181,27 @@ std::string nothing_found(const restore_db_options& o) {
 
 }  // namespace
 
-std::optional<wall_time> parse_rfc3339(std::string_view text) {
-  std::size_t at = 0;
-  auto number = [&](std::size_t width) -> std::optional<int> {
-    if (text.size() - at < width) return std::nullopt;
-    int value = 0;
-    for (std::size_t i = 0; i < width; ++i) {
-      const char c = text[at + i];
-      if (c < '0' || c > '9') return std::nullopt;
-      value = value * 10 + (c - '0');
-    }
-    at += width;
-    return value;
-  };
-  auto one_of = [&](std::string_view choices) {
-    if (at >= text.size() || choices.find(text[at]) == std::string_view::npos) return false;
-    ++at;
-    return true;
-  };
-  const auto year = number(4);
-  if (!year || !one_of("-")) return std::nullopt;
-  const auto month = number(2);
-  if (!month || !one_of("-")) return std::nullopt;
-  const auto day = number(2);
-  if (!day || !one_of("Tt ")) return std::nullopt;
-  const auto hour = number(2);
-  if (!hour || !one_of(":")) return std::nullopt;
-  const auto minute = number(2);
-  if (!minute || !one_of(":")) return std::nullopt;
-  const auto second = number(2);
-  if (!second) return std::nullopt;
-  const std::chrono::year_month_day date{std::chrono::year(*year),
-                                         std::chrono::month(unsigned(*month)),
-                                         std::chrono::day(unsigned(*day))};
-  // 60: a leap second, which RFC 3339 allows; it lands on the next minute's first.
-  if (!date.ok() || *hour > 23 || *minute > 59 || *second > 60) return std::nullopt;
-
-  std::chrono::nanoseconds fraction{0};
-  if (one_of(".")) {
-    const std::size_t first = at;
-    long long scale = 100000000;
-    while (at < text.size() && text[at] >= '0' && text[at] <= '9') {
-      fraction += std::chrono::nanoseconds((text[at] - '0') * scale);  // beyond 9 digits: 0
-      scale /= 10;
-      ++at;
-    }
-    if (at == first) return std::nullopt;
-  }
-  std::chrono::minutes offset{0};
-  if (!one_of("Zz")) {
-    if (at >= text.size()) return std::nullopt;
-    const int sign = text[at] == '+' ? 1 : text[at] == '-' ? -1 : 0;
-    if (sign == 0) return std::nullopt;
-    ++at;
-    const auto offset_hours = number(2);
-    if (!offset_hours || !one_of(":")) return std::nullopt;
-    const auto offset_minutes = number(2);
-    if (!offset_minutes || *offset_hours > 23 || *offset_minutes > 59) return std::nullopt;
-    offset = sign * (std::chrono::hours(*offset_hours) + std::chrono::minutes(*offset_minutes));
-  }
-  if (at != text.size()) return std::nullopt;
-  const auto local = std::chrono::sys_days(date) + std::chrono::hours(*hour) +
-                     std::chrono::minutes(*minute) + std::chrono::seconds(*second) + fraction;
-  // 14:00+01:00 is 13:00 UTC.
-  return std::chrono::time_point_cast<wall_time::duration>(local - offset);
-}
-
 restore_db_command_line parse_restore_db_command_line(const std::vector<std::string>& args,
                                                       const env_lookup& env) {
   restore_db_command_line out;
-  auto error = [&](std::string message) {
-    out.what = restore_db_command_line::action::error;
-    out.error = std::move(message);
-    return out;
-  };
-  bool tmp_dir_given = false;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "-h" || arg == "--help") {
-      out.what = restore_db_command_line::action::help;
-      return out;
-    }
-    if (arg.rfind("--", 0) != 0) {
-      return error("unexpected argument \"" + arg + "\" (see restore-db --help)");
-    }
-    const std::size_t equals = arg.find('=');
-    const std::string name =
-        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
-    const flag* f = find_flag(name);
-    if (!f) return error("unknown option --" + name + " (see restore-db --help)");
-    std::string value = "true";
-    if (equals != std::string::npos) {
-      if (!f->takes_value) return error("option --" + name + " takes no value");
-      value = arg.substr(equals + 1);
-    } else if (f->takes_value) {
-      if (i + 1 == args.size()) return error("option --" + name + " needs a value");
-      value = args[++i];
-    }
-    if (std::string why = f->apply(out.opts, value); !why.empty()) {
-      return error("--" + name + ": " + why);
-    }
-    tmp_dir_given = tmp_dir_given || name == "tmp-dir";
+  grammar rules;
+  rules.help_hint = "restore-db --help";
+  rules.words = words_rule::none;
+  const parse_outcome parsed = parse_options(args, restore_db_flags(out.opts), rules, env);
+  switch (parsed.what) {
+    case parse_outcome::action::run:
+      break;
+    case parse_outcome::action::help:
+    case parse_outcome::action::version:  // not in this grammar
+      return {restore_db_command_line::action::help, {}, {}};
+    case parse_outcome::action::error:
+      return {restore_db_command_line::action::error, {}, parsed.error};
   }
-  if (!tmp_dir_given) {
-    if (std::optional<std::string> value = env("STATE_MANAGER_TMP_DIR")) {
-      if (std::string why = set_path(out.opts.tmp_dir, *value); !why.empty()) {
-        return error("STATE_MANAGER_TMP_DIR: " + why);
-      }
-    }
+  if (out.opts.to.empty()) {
+    return {restore_db_command_line::action::error,
+            {},
+            "--to FILE is required (see restore-db --help)"};
   }
-  if (out.opts.to.empty()) return error("--to FILE is required (see restore-db --help)");
   return out;
 }
 
@@ -333,7 +233,7 @@ found nothing to restore (FILE is then untouched); 2 for a bad command line.
 )";
 }
 
-int run_restore_db(const std::vector<std::string>& args, const env_lookup& env) {
+int run_restore_db_command(const std::vector<std::string>& args, const env_lookup& env) {
   const restore_db_command_line cli = parse_restore_db_command_line(args, env);
   switch (cli.what) {
     case restore_db_command_line::action::help:
@@ -368,4 +268,4 @@ int run_restore_db(const std::vector<std::string>& args, const env_lookup& env) 
   return 1;
 }
 
-}  // namespace sm
+}  // namespace sm::cli

@@ -1,23 +1,13 @@
-#include "options.hpp"
+#include "cli/server_options.hpp"
 
 #include <arpa/inet.h>
 
 #include <charconv>
 #include <cstring>
-#include <map>
 
-namespace sm {
+namespace sm::cli {
 
 namespace {
-
-// One row per flag: its name, whether it takes a value, and how to apply the value. The
-// environment variable is derived from the name, so the two can never drift apart.
-struct flag {
-  const char* name;
-  bool takes_value;
-  // Returns an error message, or empty when the value was applied.
-  std::string (*apply)(options&, const std::string& value);
-};
 
 std::string set_duration(duration& target, const std::string& value) {
   std::optional<duration> d = parse_duration(value);
@@ -39,128 +29,127 @@ std::optional<bool> parse_bool(const std::string& value) {
   return std::nullopt;
 }
 
-const flag flags[] = {
-    {"listen", true,
-     [](options& o, const std::string& v) -> std::string {
-       std::optional<listen_address> a = parse_listen_address(v);
-       if (!a)
-         return "invalid address \"" + v + "\" (use ADDR:PORT, e.g. 0.0.0.0:8080 or [::1]:8080)";
-       o.listen = v;
-       o.address = *a;
-       return {};
-     }},
-    {"data-dir", true,
-     [](options& o, const std::string& v) -> std::string {
-       if (v.empty()) return "must not be empty";
-       o.data_dir = v;
-       return {};
-     }},
-    {"tmp-dir", true,
-     [](options& o, const std::string& v) -> std::string {
-       if (v.empty()) return "must not be empty";
-       o.tmp_dir = v;
-       return {};
-     }},
-    {"restart-delay", true,
-     [](options& o, const std::string& v) { return set_duration(o.restart_delay, v); }},
-    {"timeout-stop", true,
-     [](options& o, const std::string& v) { return set_duration(o.timeout_stop, v); }},
-    {"restart", true,
-     [](options& o, const std::string& v) -> std::string {
-       if (v != "always" && v != "on-failure" && v != "never") {
-         return "expected always, on-failure or never, got \"" + v + "\"";
-       }
-       o.restart = v;
-       return {};
-     }},
-    {"restart-backoff-max", true,
-     [](options& o, const std::string& v) { return set_duration(o.restart_backoff_max, v); }},
-    {"restart-max", true,
-     [](options& o, const std::string& v) -> std::string {
-       unsigned n = 0;
-       auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-       if (ec != std::errc() || end != v.data() + v.size() || v.empty()) {
-         return "expected a whole number (0: no limit), got \"" + v + "\"";
-       }
-       o.restart_max = n;
-       return {};
-     }},
-    {"restart-window", true,
-     [](options& o, const std::string& v) { return set_positive_duration(o.restart_window, v); }},
-    {"wait-for-config", false,
-     [](options& o, const std::string& v) -> std::string {
-       std::optional<bool> b = parse_bool(v);
-       if (!b) return "expected true or false, got \"" + v + "\"";
-       o.wait_for_config = *b;
-       return {};
-     }},
-    {"lease-ttl", true,
-     [](options& o, const std::string& v) -> std::string {
-       if (std::string e = set_positive_duration(o.lease_ttl, v); !e.empty()) return e;
-       if (o.lease_ttl < std::chrono::seconds(1)) return "must be at least 1s";
-       return {};
-     }},
-    {"wait-for-lease", false,
-     [](options& o, const std::string& v) -> std::string {
-       std::optional<bool> b = parse_bool(v);
-       if (!b) return "expected true or false, got \"" + v + "\"";
-       o.wait_for_lease = *b;
-       return {};
-     }},
-    {"log-prefix", false,
-     [](options& o, const std::string& v) -> std::string {
-       std::optional<bool> b = parse_bool(v);
-       if (!b) return "expected true or false, got \"" + v + "\"";
-       o.log_prefix = *b;
-       return {};
-     }},
-    {"token-file", true,
-     [](options& o, const std::string& v) -> std::string {
-       if (v.empty()) return "must not be empty";
-       o.token_file = v;
-       return {};
-     }},
-    {"log-format", true,
-     [](options& o, const std::string& v) -> std::string {
-       std::optional<log::format> f = log::parse_format(v);
-       if (!f) return "expected text or json, got \"" + v + "\"";
-       o.log_format = *f;
-       return {};
-     }},
-    {"log-level", true,
-     [](options& o, const std::string& v) -> std::string {
-       std::optional<log::level> l = log::parse_level(v);
-       if (!l) return "expected debug, info, warn or error, got \"" + v + "\"";
-       o.log_level = *l;
-       return {};
-     }},
-    {"header-timeout", true,
-     [](options& o, const std::string& v) { return set_positive_duration(o.header_timeout, v); }},
-    {"idle-timeout", true,
-     [](options& o, const std::string& v) { return set_positive_duration(o.idle_timeout, v); }},
-    {"max-connections", true,
-     [](options& o, const std::string& v) -> std::string {
-       std::size_t n = 0;
-       auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-       if (ec != std::errc() || end != v.data() + v.size() || n == 0 || n > 1'000'000) {
-         return "expected a number from 1 to 1000000, got \"" + v + "\"";
-       }
-       o.max_connections = n;
-       return {};
-     }},
-};
-
 std::string environment_name(std::string_view flag_name) {
   std::string out = "STATE_MANAGER_";
   for (char c : flag_name) out += c == '-' ? '_' : char(c - 'a' + 'A');
   return out;
 }
 
-const flag* find_flag(std::string_view name) {
-  for (const flag& f : flags) {
-    if (name == f.name) return &f;
-  }
-  return nullptr;
+// The server's flags. Each also reads STATE_MANAGER_<FLAG>, derived from the name so that the
+// two can never drift apart.
+std::vector<option> server_flags(server_options& o) {
+  std::vector<option> flags = {
+      {"listen", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         std::optional<listen_address> a = parse_listen_address(v);
+         if (!a)
+           return "invalid address \"" + v + "\" (use ADDR:PORT, e.g. 0.0.0.0:8080 or [::1]:8080)";
+         o.listen = v;
+         o.address = *a;
+         return {};
+       }},
+      {"data-dir", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         if (v.empty()) return "must not be empty";
+         o.data_dir = v;
+         return {};
+       }},
+      {"tmp-dir", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         if (v.empty()) return "must not be empty";
+         o.tmp_dir = v;
+         return {};
+       }},
+      {"restart-delay", arity::value, "",
+       [&o](const std::string& v) { return set_duration(o.restart_delay, v); }},
+      {"timeout-stop", arity::value, "",
+       [&o](const std::string& v) { return set_duration(o.timeout_stop, v); }},
+      {"restart", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         if (v != "always" && v != "on-failure" && v != "never") {
+           return "expected always, on-failure or never, got \"" + v + "\"";
+         }
+         o.restart = v;
+         return {};
+       }},
+      {"restart-backoff-max", arity::value, "",
+       [&o](const std::string& v) { return set_duration(o.restart_backoff_max, v); }},
+      {"restart-max", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         unsigned n = 0;
+         auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+         if (ec != std::errc() || end != v.data() + v.size() || v.empty()) {
+           return "expected a whole number (0: no limit), got \"" + v + "\"";
+         }
+         o.restart_max = n;
+         return {};
+       }},
+      {"restart-window", arity::value, "",
+       [&o](const std::string& v) { return set_positive_duration(o.restart_window, v); }},
+      {"wait-for-config", arity::toggle, "",
+       [&o](const std::string& v) -> std::string {
+         std::optional<bool> b = parse_bool(v);
+         if (!b) return "expected true or false, got \"" + v + "\"";
+         o.wait_for_config = *b;
+         return {};
+       }},
+      {"lease-ttl", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         if (std::string e = set_positive_duration(o.lease_ttl, v); !e.empty()) return e;
+         if (o.lease_ttl < std::chrono::seconds(1)) return "must be at least 1s";
+         return {};
+       }},
+      {"wait-for-lease", arity::toggle, "",
+       [&o](const std::string& v) -> std::string {
+         std::optional<bool> b = parse_bool(v);
+         if (!b) return "expected true or false, got \"" + v + "\"";
+         o.wait_for_lease = *b;
+         return {};
+       }},
+      {"log-prefix", arity::toggle, "",
+       [&o](const std::string& v) -> std::string {
+         std::optional<bool> b = parse_bool(v);
+         if (!b) return "expected true or false, got \"" + v + "\"";
+         o.log_prefix = *b;
+         return {};
+       }},
+      {"token-file", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         if (v.empty()) return "must not be empty";
+         o.token_file = v;
+         return {};
+       }},
+      {"log-format", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         std::optional<log::format> f = log::parse_format(v);
+         if (!f) return "expected text or json, got \"" + v + "\"";
+         o.log_format = *f;
+         return {};
+       }},
+      {"log-level", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         std::optional<log::level> l = log::parse_level(v);
+         if (!l) return "expected debug, info, warn or error, got \"" + v + "\"";
+         o.log_level = *l;
+         return {};
+       }},
+      {"header-timeout", arity::value, "",
+       [&o](const std::string& v) { return set_positive_duration(o.header_timeout, v); }},
+      {"idle-timeout", arity::value, "",
+       [&o](const std::string& v) { return set_positive_duration(o.idle_timeout, v); }},
+      {"max-connections", arity::value, "",
+       [&o](const std::string& v) -> std::string {
+         std::size_t n = 0;
+         auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+         if (ec != std::errc() || end != v.data() + v.size() || n == 0 || n > 1'000'000) {
+           return "expected a number from 1 to 1000000, got \"" + v + "\"";
+         }
+         o.max_connections = n;
+         return {};
+       }},
+  };
+  for (option& f : flags) f.variable = environment_name(f.name);
+  return flags;
 }
 
 }  // namespace
@@ -196,84 +185,42 @@ std::optional<listen_address> parse_listen_address(const std::string& text) {
   return listen_address{host, static_cast<unsigned short>(port)};
 }
 
-command_line parse_command_line(const std::vector<std::string>& args, const env_lookup& env) {
-  command_line out;
-  auto error = [&](std::string message) {
-    out.what = command_line::action::error;
-    out.error = std::move(message);
-    return out;
+server_command_line parse_server_command_line(const std::vector<std::string>& args,
+                                              const env_lookup& env) {
+  server_command_line out;
+  grammar rules;
+  rules.help_hint = "--help";
+  rules.words = words_rule::command;
+  rules.version = true;
+  rules.take_words = [&](const std::vector<std::string>& words) {
+    out.opts.command = words;
+    return std::string();
   };
-
-  // First the words: which flags were given (the last of a repeated flag wins), and the command.
-  std::map<std::string, std::string> given;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "--") {
-      if (i + 1 == args.size()) return error("\"--\" must be followed by a command");
-      out.opts.command.assign(args.begin() + std::ptrdiff_t(i) + 1, args.end());
+  const parse_outcome parsed = parse_options(args, server_flags(out.opts), rules, env);
+  switch (parsed.what) {
+    case parse_outcome::action::run:
       break;
-    }
-    if (arg == "-h" || arg == "--help") {
-      out.what = command_line::action::help;
-      return out;
-    }
-    if (arg == "-V" || arg == "--version") {
-      out.what = command_line::action::version;
-      return out;
-    }
-    if (arg.rfind("--", 0) != 0) {
-      if (arg.size() > 1 && arg[0] == '-') return error("unknown option " + arg + " (see --help)");
-      // The first word that is not an option starts the command, as with tini and env.
-      out.opts.command.assign(args.begin() + std::ptrdiff_t(i), args.end());
-      break;
-    }
-    const std::size_t equals = arg.find('=');
-    const std::string name =
-        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
-    const flag* f = find_flag(name);
-    if (!f) return error("unknown option --" + name + " (see --help)");
-    if (equals != std::string::npos) {
-      given[name] = arg.substr(equals + 1);
-    } else if (!f->takes_value) {
-      given[name] = "true";
-    } else if (i + 1 < args.size()) {
-      given[name] = args[++i];
-    } else {
-      return error("option --" + name + " needs a value");
-    }
-  }
-
-  // Then each setting from its flag, or else from its variable: a flag replaces its variable
-  // entirely, so a bad value in the environment does not matter once the flag is given.
-  for (const flag& f : flags) {
-    const auto flag_value = given.find(f.name);
-    if (flag_value != given.end()) {
-      if (std::string why = f.apply(out.opts, flag_value->second); !why.empty()) {
-        return error(std::string("--") + f.name + ": " + why);
-      }
-      continue;
-    }
-    const std::string variable = environment_name(f.name);
-    if (std::optional<std::string> value = env(variable)) {
-      if (std::string why = f.apply(out.opts, *value); !why.empty()) {
-        return error(variable + ": " + why);
-      }
-    }
+    case parse_outcome::action::help:
+      return {server_command_line::action::help, {}, {}};
+    case parse_outcome::action::version:
+      return {server_command_line::action::version, {}, {}};
+    case parse_outcome::action::error:
+      return {server_command_line::action::error, {}, parsed.error};
   }
   // STATE_MANAGER_TOKEN holds the token itself; a token file, from a flag or its variable, wins.
   if (!out.opts.token_file) out.opts.token = env("STATE_MANAGER_TOKEN");
   return out;
 }
 
-std::string usage_text() {
+std::string server_usage_text() {
   return R"(Usage: state-manager [OPTIONS] [-- COMMAND [ARG...]]
        state-manager restore-db --to FILE [--at TIME] [--generation G] [--force]
        state-manager checkpoint create|restore|list|delete [ID] [--url URL] [--json]
 
 The init process of a stateful sandbox: supervises COMMAND (restarting it by policy, reaping
-orphans, forwarding signals to its process group), serves an HTTP control API, and keeps the
-sandbox's configuration; later versions replicate its database to S3 and checkpoint and
-restore its state.
+orphans, forwarding signals to its process group), serves an HTTP control API, keeps the
+sandbox's configuration, replicates its database to the object store the configuration names,
+and checkpoints and restores its state.
 
 Options (each also read from the environment variable shown; a flag wins over its variable):
   --listen ADDR:PORT      where the HTTP API listens; port 0 picks a free port, which is
@@ -333,8 +280,9 @@ checkpoint asks a running state-manager, through its HTTP API (--url, default
 http://127.0.0.1:8080), to checkpoint the environment, restore a checkpoint, list the
 checkpoints or delete one; see `state-manager checkpoint --help`.
 
-HTTP API: GET / (status), GET /config, POST /config, GET /healthz, POST /checkpoint,
-POST /restore, POST /release-lease. Example:
+HTTP API: GET / (status), GET /healthz, GET /metrics, GET /events, GET /config,
+POST /config, POST /checkpoint, POST /restore, GET /checkpoints, GET /checkpoints/ID,
+DELETE /checkpoints/ID, POST /release-lease. Example:
   curl -X POST http://localhost:8080/config -d '{"storage": {"bucket": "env-bucket",
        "endpoint": "file:///var/lib/objects"}, "stacks": []}'
 
@@ -347,4 +295,4 @@ Exit status: 0 after an orderly shut-down (SIGTERM, SIGINT); COMMAND's status wi
 )";
 }
 
-}  // namespace sm
+}  // namespace sm::cli

@@ -4,15 +4,15 @@
 
 #include <cstddef>
 #include <filesystem>
-#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "base/duration.hpp"
 #include "base/log.hpp"
+#include "cli/option_table.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 struct listen_address {
   std::string host;         // numeric IPv4 or IPv6 (without brackets)
@@ -23,7 +23,7 @@ struct listen_address {
 // (127.0.0.1). Host names are not resolved: that would block start-up on DNS.
 std::optional<listen_address> parse_listen_address(const std::string& text);
 
-struct options {
+struct server_options {
   std::string listen = "0.0.0.0:8080";
   listen_address address{"0.0.0.0", 8080};
   std::filesystem::path data_dir = "data";
@@ -50,18 +50,17 @@ struct options {
   std::vector<std::string> command;  // after "--" (or the first non-option word)
 };
 
-struct command_line {
+struct server_command_line {
   enum class action { run, help, version, error } what = action::run;
-  options opts;
+  server_options opts;
   std::string error;  // for action::error: one line saying what is wrong
 };
 
-using env_lookup = std::function<std::optional<std::string>(const std::string& name)>;
-
 // `args` excludes argv[0]. Each flag also reads STATE_MANAGER_<FLAG> (dashes as underscores,
 // upper case); a flag given on the command line wins over its variable.
-command_line parse_command_line(const std::vector<std::string>& args, const env_lookup& env);
+server_command_line parse_server_command_line(const std::vector<std::string>& args,
+                                              const env_lookup& env);
 
-std::string usage_text();
+std::string server_usage_text();
 
-}  // namespace sm
+}  // namespace sm::cli

@@ -1,4 +1,4 @@
-#define BOOST_TEST_MODULE checkpoint_cli
+#define BOOST_TEST_MODULE checkpoint_command
 #include <boost/test/unit_test.hpp>
 
 #include <map>
@@ -8,14 +8,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "checkpoint_cli.hpp"
+#include "cli/checkpoint_command.hpp"
 
-using action = sm::checkpoint_command_line::action;
-using verb = sm::checkpoint_verb;
+using action = sm::cli::checkpoint_command_line::action;
+using verb = sm::cli::checkpoint_verb;
 using args = std::vector<std::string>;
 using json = nlohmann::json;
 
-namespace sm {
+namespace sm::cli {
 std::ostream& operator<<(std::ostream& os, action a) {
   switch (a) {
     case action::run:
@@ -30,12 +30,12 @@ std::ostream& operator<<(std::ostream& os, action a) {
 std::ostream& operator<<(std::ostream& os, checkpoint_verb v) {
   return os << "verb(" << static_cast<int>(v) << ")";
 }
-}  // namespace sm
+}  // namespace sm::cli
 
 namespace {
 
-sm::checkpoint_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
-  return sm::parse_checkpoint_command_line(
+sm::cli::checkpoint_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
+  return sm::cli::parse_checkpoint_command_line(
       a, [env = std::move(env)](const std::string& name) -> std::optional<std::string> {
         auto it = env.find(name);
         if (it == env.end()) return std::nullopt;
@@ -44,7 +44,7 @@ sm::checkpoint_command_line parse(const args& a, std::map<std::string, std::stri
 }
 
 void expect_error(const args& a, const std::string& what) {
-  const sm::checkpoint_command_line c = parse(a);
+  const sm::cli::checkpoint_command_line c = parse(a);
   BOOST_TEST(c.what == action::error);
   BOOST_TEST(c.error.find(what) != std::string::npos,
              "\"" << c.error << "\" lacks \"" << what << "\"");
@@ -53,7 +53,7 @@ void expect_error(const args& a, const std::string& what) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(verbs_and_ids) {
-  sm::checkpoint_command_line c = parse({"create"});
+  sm::cli::checkpoint_command_line c = parse({"create"});
   BOOST_TEST(c.what == action::run);
   BOOST_TEST(c.opts.verb == verb::create);
   BOOST_TEST(c.opts.id == "");
@@ -73,7 +73,7 @@ BOOST_AUTO_TEST_CASE(verbs_and_ids) {
 }
 
 BOOST_AUTO_TEST_CASE(options_anywhere_and_double_dash) {
-  sm::checkpoint_command_line c =
+  sm::cli::checkpoint_command_line c =
       parse({"--json", "restore", "--url", "http://10.0.0.2:9000", "x"});
   BOOST_TEST(c.what == action::run);
   BOOST_TEST(c.opts.json);
@@ -108,7 +108,8 @@ BOOST_AUTO_TEST_CASE(bad_usage) {
 }
 
 BOOST_AUTO_TEST_CASE(environment) {
-  sm::checkpoint_command_line c = parse({"list"}, {{"STATE_MANAGER_URL", "http://[::1]:7000/sm/"}});
+  sm::cli::checkpoint_command_line c =
+      parse({"list"}, {{"STATE_MANAGER_URL", "http://[::1]:7000/sm/"}});
   BOOST_TEST(c.what == action::run);
   BOOST_TEST(c.opts.url.host == "::1");
   BOOST_TEST(c.opts.url.authority == "[::1]:7000");
@@ -135,66 +136,15 @@ BOOST_AUTO_TEST_CASE(environment) {
   BOOST_TEST(c.opts.token_file.value_or("") == "/g");
 }
 
-BOOST_AUTO_TEST_CASE(urls) {
-  std::optional<sm::http_url> u = sm::parse_http_url("http://127.0.0.1:8080");
-  BOOST_REQUIRE(u);
-  BOOST_TEST(u->host == "127.0.0.1");
-  BOOST_TEST(u->port == "8080");
-  BOOST_TEST(u->authority == "127.0.0.1:8080");
-  BOOST_TEST(u->base_path == "");
-
-  u = sm::parse_http_url("HTTP://example.internal/api/v1//");
-  BOOST_REQUIRE(u);
-  BOOST_TEST(u->host == "example.internal");
-  BOOST_TEST(u->port == "80");
-  BOOST_TEST(u->base_path == "/api/v1");
-
-  for (const char* bad :
-       {"", "http://", "127.0.0.1:8080", "https://h", "http://:80", "http://h:", "http://h:0",
-        "http://h:65536", "http://h:8x", "http://::1:80", "http://[::1", "http://[]:80",
-        "http://[::1]x", "http://user@h", "http://h/p?q", "http://h/p#f", "http://h /"}) {
-    BOOST_TEST(!sm::parse_http_url(bad), bad);
-  }
-}
-
-BOOST_AUTO_TEST_CASE(responses) {
-  std::optional<sm::http_reply> r = sm::parse_http_response(
-      "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
-      "content-length: 7\r\n\r\n{\"a\":1}extra");
-  BOOST_REQUIRE(r);
-  BOOST_TEST(r->status == 404);
-  BOOST_TEST(r->body == "{\"a\":1}");
-
-  r = sm::parse_http_response(
-      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nA;x=y\r\n0123456789\r\n"
-      "0\r\nTrailer: 1\r\n\r\n");
-  BOOST_REQUIRE(r);
-  BOOST_TEST(r->body == "abc0123456789");
-
-  // Without a length the body runs to the close; a reason phrase is optional.
-  r = sm::parse_http_response("HTTP/1.0 200\r\n\r\nto the end");
-  BOOST_REQUIRE(r);
-  BOOST_TEST(r->body == "to the end");
-
-  for (const char* bad :
-       {"", "HTTP/1.1 200 OK\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc",
-        "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 2x0 OK\r\n\r\n", "garbage\r\n\r\n",
-        "HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nx"}) {
-    BOOST_TEST(!sm::parse_http_response(bad), bad);
-  }
-}
-
 BOOST_AUTO_TEST_CASE(sizes) {
-  BOOST_TEST(sm::format_size(0) == "0 B");
-  BOOST_TEST(sm::format_size(1023) == "1023 B");
-  BOOST_TEST(sm::format_size(1024) == "1 KiB");
-  BOOST_TEST(sm::format_size(1536) == "1.5 KiB");
-  BOOST_TEST(sm::format_size(16384) == "16 KiB");
-  BOOST_TEST(sm::format_size(12'897'485) == "12.3 MiB");
-  BOOST_TEST(sm::format_size(1024 * 1024 - 1) == "1 MiB");  // not "1024 KiB"
-  BOOST_TEST(sm::format_size(3ull << 30) == "3 GiB");
+  BOOST_TEST(sm::cli::format_size(0) == "0 B");
+  BOOST_TEST(sm::cli::format_size(1023) == "1023 B");
+  BOOST_TEST(sm::cli::format_size(1024) == "1 KiB");
+  BOOST_TEST(sm::cli::format_size(1536) == "1.5 KiB");
+  BOOST_TEST(sm::cli::format_size(16384) == "16 KiB");
+  BOOST_TEST(sm::cli::format_size(12'897'485) == "12.3 MiB");
+  BOOST_TEST(sm::cli::format_size(1024 * 1024 - 1) == "1 MiB");  // not "1024 KiB"
+  BOOST_TEST(sm::cli::format_size(3ull << 30) == "3 GiB");
 }
 
 BOOST_AUTO_TEST_CASE(summaries) {
@@ -203,28 +153,29 @@ BOOST_AUTO_TEST_CASE(summaries) {
       "database": {"bytes": 16384, "pages": 4,
                    "sha256": "7507df69aa0b8c1e3d2f4a5b6c7d8e9f00112233445566778899aabbccddeeff"},
       "steps_ms": {"quiesce": 5, "snapshot": 8, "resume": 2, "total": 15}}})");
-  BOOST_TEST(sm::describe_answer(verb::create, created) ==
+  BOOST_TEST(sm::cli::describe_answer(verb::create, created) ==
              "checkpoint test1: 3 files, 12.3 MiB, database 16 KiB (sha256 7507df69…), 15 ms");
 
   // No database, one file, no total (summed), and an answer missing everything.
   const json small = json::parse(R"({"id": "v1", "manifest": {"database": null,
       "mount": {"files": 1, "bytes": 10}, "steps_ms": {"quiesce": 1, "snapshot": 2}}})");
-  BOOST_TEST(sm::describe_answer(verb::create, small) ==
+  BOOST_TEST(sm::cli::describe_answer(verb::create, small) ==
              "checkpoint v1: 1 file, 10 B, no database, 3 ms");
-  BOOST_TEST(sm::describe_answer(verb::create, json::array()) ==
+  BOOST_TEST(sm::cli::describe_answer(verb::create, json::array()) ==
              "checkpoint ?: ? files, ?, database ?, ?");
 
-  BOOST_TEST(sm::describe_answer(verb::restore, json{{"id", "test1"}, {"took_ms", 120}}) ==
+  BOOST_TEST(sm::cli::describe_answer(verb::restore, json{{"id", "test1"}, {"took_ms", 120}}) ==
              "restored test1 in 120 ms");
-  BOOST_TEST(sm::describe_answer(verb::remove,
-                                 json{{"deleted", "t"}, {"local", true}, {"remote_objects", 0}}) ==
+  BOOST_TEST(sm::cli::describe_answer(
+                 verb::remove, json{{"deleted", "t"}, {"local", true}, {"remote_objects", 0}}) ==
              "deleted t");
-  BOOST_TEST(sm::describe_answer(verb::remove,
-                                 json{{"deleted", "t"}, {"local", true}, {"remote_objects", 5}}) ==
+  BOOST_TEST(sm::cli::describe_answer(
+                 verb::remove, json{{"deleted", "t"}, {"local", true}, {"remote_objects", 5}}) ==
              "deleted t (and its 5 objects in the store)");
 
-  BOOST_TEST(sm::describe_answer(verb::list, json{{"count", 0}, {"checkpoints", json::array()}}) ==
-             "no checkpoints");
+  BOOST_TEST(
+      sm::cli::describe_answer(verb::list, json{{"count", 0}, {"checkpoints", json::array()}}) ==
+      "no checkpoints");
   const json list = json::parse(R"({"count": 3, "checkpoints": [
       {"id": "test1", "created_at": "2026-11-22T20:09:13.592Z", "database": {"bytes": 12288},
        "mount": {"files": 1, "bytes": 5000000}, "location": "local",
@@ -234,14 +185,14 @@ BOOST_AUTO_TEST_CASE(summaries) {
        "upload": {"state": "uploading", "bytes": 0}},
       {"id": "a-longer-id", "created_at": "2026-11-22T20:10:00.000Z", "database": null,
        "mount": {"files": 12, "bytes": 100}, "location": "store", "upload": null}]})");
-  BOOST_TEST(sm::describe_answer(verb::list, list) ==
+  BOOST_TEST(sm::cli::describe_answer(verb::list, list) ==
              "ID           CREATED                   WHERE        FILES     SIZE  DATABASE\n"
              "test1        2026-11-22T20:09:13.592Z  local+store      1  4.8 MiB    12 KiB\n"
              "v2           2026-11-22T20:09:50.000Z  local            3  2.9 KiB         -\n"
              "a-longer-id  2026-11-22T20:10:00.000Z  store           12    100 B         -");
   // A store that could not be listed is said, under what is here.
-  BOOST_TEST(sm::describe_answer(verb::list, json{{"count", 0},
-                                                  {"checkpoints", json::array()},
-                                                  {"store_error", "connection refused"}}) ==
+  BOOST_TEST(sm::cli::describe_answer(verb::list, json{{"count", 0},
+                                                       {"checkpoints", json::array()},
+                                                       {"store_error", "connection refused"}}) ==
              "no checkpoints\n(the object store could not be listed: connection refused)");
 }

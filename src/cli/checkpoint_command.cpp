@@ -1,40 +1,29 @@
-#include "checkpoint_cli.hpp"
+#include "cli/checkpoint_command.hpp"
 
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <cctype>
-#include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <iostream>
-#include <map>
-#include <memory>
 #include <stdexcept>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
 
-#include "base/fd.hpp"
 #include "base/file.hpp"
+#include "base/percent.hpp"
 #include "http/ascii.hpp"
 
-namespace sm {
+namespace sm::cli {
 
 namespace {
 
 using json = nlohmann::json;
 using std::chrono::milliseconds;
-using steady = std::chrono::steady_clock;
 
 // A failure the command reports as its one line on stderr (exit status 1).
 class failed : public std::runtime_error {
@@ -49,13 +38,11 @@ constexpr milliseconds short_request_idle_limit{60'000};
 // The progress poll is cosmetic: it must never hold up the answer it decorates.
 constexpr milliseconds progress_connect_timeout{1'000};
 constexpr milliseconds progress_idle_limit{2'000};
-constexpr milliseconds progress_interval{100};
-constexpr std::size_t max_answer_bytes = 64 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // The command line.
 
-std::string set_url(checkpoint_cli_options& o, const std::string& value) {
+std::string set_url(checkpoint_options& o, const std::string& value) {
   if (value.size() >= 8 && http::iequals(std::string_view(value).substr(0, 8), "https://")) {
     return "https is not supported: the API speaks plain HTTP (use http://, through a tunnel "
            "if it crosses a network)";
@@ -67,35 +54,23 @@ std::string set_url(checkpoint_cli_options& o, const std::string& value) {
   return {};
 }
 
-// One row per flag, as in options.cpp: its name, its environment variable (nullptr: none),
-// whether it takes a value, and how to apply the value.
-struct flag {
-  const char* name;
-  const char* variable;
-  bool takes_value;
-  std::string (*apply)(checkpoint_cli_options&, const std::string& value);
-};
-
-const flag flags[] = {
-    {"url", "STATE_MANAGER_URL", true, set_url},
-    {"token-file", "STATE_MANAGER_TOKEN_FILE", true,
-     [](checkpoint_cli_options& o, const std::string& v) -> std::string {
-       if (v.empty()) return "must not be empty";
-       o.token_file = v;
-       return {};
-     }},
-    {"json", nullptr, false,
-     [](checkpoint_cli_options& o, const std::string&) -> std::string {
-       o.json = true;
-       return {};
-     }},
-};
-
-const flag* find_flag(std::string_view name) {
-  for (const flag& f : flags) {
-    if (name == f.name) return &f;
-  }
-  return nullptr;
+// The subcommand's options (cli/option_table.hpp).
+std::vector<option> checkpoint_flags(checkpoint_options& o) {
+  return {
+      {"url", arity::value, "STATE_MANAGER_URL",
+       [&o](const std::string& v) { return set_url(o, v); }},
+      {"token-file", arity::value, "STATE_MANAGER_TOKEN_FILE",
+       [&o](const std::string& v) -> std::string {
+         if (v.empty()) return "must not be empty";
+         o.token_file = v;
+         return {};
+       }},
+      {"json", arity::bare, "",
+       [&o](const std::string&) -> std::string {
+         o.json = true;
+         return {};
+       }},
+  };
 }
 
 std::optional<checkpoint_verb> verb_of(std::string_view word) {
@@ -107,7 +82,7 @@ std::optional<checkpoint_verb> verb_of(std::string_view word) {
 }
 
 // The verb and its ID from the words that are not options; empty when they fit.
-std::string apply_words(checkpoint_cli_options& o, const std::vector<std::string>& words) {
+std::string apply_words(checkpoint_options& o, const std::vector<std::string>& words) {
   if (words.empty()) return "expected create, restore, list or delete (see checkpoint --help)";
   const std::optional<checkpoint_verb> verb = verb_of(words[0]);
   if (!verb) {
@@ -123,80 +98,6 @@ std::string apply_words(checkpoint_cli_options& o, const std::vector<std::string
     return words[0] + " needs the checkpoint's ID (see checkpoint list)";
   }
   return {};
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP, pure parts.
-
-bool all_digits(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-std::optional<std::uint64_t> parse_number(std::string_view s, int base = 10) {
-  std::uint64_t n = 0;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n, base);
-  if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
-  return n;
-}
-
-std::string_view trim_spaces(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-// RFC 9112 section 7.1; trailers are ignored. nullopt when malformed or cut short.
-std::optional<std::string> decode_chunked(std::string_view in) {
-  std::string out;
-  for (;;) {
-    const std::size_t line_end = in.find("\r\n");
-    if (line_end == std::string_view::npos) return std::nullopt;
-    std::string_view size_text = in.substr(0, line_end);
-    size_text = trim_spaces(size_text.substr(0, size_text.find(';')));
-    const std::optional<std::uint64_t> size = parse_number(size_text, 16);
-    if (!size) return std::nullopt;
-    in.remove_prefix(line_end + 2);
-    if (*size == 0) return out;
-    if (in.size() < *size + 2 || in.substr(*size, 2) != "\r\n") return std::nullopt;
-    out.append(in.substr(0, *size));
-    in.remove_prefix(*size + 2);
-  }
-}
-
-// Unreserved characters as they are, everything else %XX: an ID is a path segment.
-std::string percent_encode(std::string_view segment) {
-  static constexpr char hex[] = "0123456789ABCDEF";
-  std::string out;
-  for (const char c : segment) {
-    const auto u = static_cast<unsigned char>(c);
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-        c == '.' || c == '_' || c == '~') {
-      out += c;
-    } else {
-      out += '%';
-      out += hex[u >> 4];
-      out += hex[u & 15];
-    }
-  }
-  return out;
-}
-
-std::string request_text(std::string_view method, const http_url& url, std::string_view path,
-                         const std::optional<std::string>& body,
-                         const std::optional<std::string>& token) {
-  std::string r;
-  r.append(method).append(" ").append(url.base_path).append(path).append(" HTTP/1.1\r\n");
-  r.append("Host: ").append(url.authority).append("\r\n");
-  if (token) r.append("Authorization: Bearer ").append(*token).append("\r\n");
-  r.append("Accept: application/json\r\n");
-  if (body) {
-    r.append("Content-Type: application/json\r\n");
-    r.append("Content-Length: ").append(std::to_string(body->size())).append("\r\n");
-  }
-  // One request a connection: the answer ends where the server closes it.
-  r.append("Connection: close\r\n\r\n");
-  if (body) r.append(*body);
-  return r;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,7 +236,7 @@ std::string describe_list(const json& answer) {
 }
 
 // The one line for an answer that is not a success.
-std::string error_line(const http_reply& reply, const json& answer) {
+std::string error_line(const http::parsed_response& reply, const json& answer) {
   std::string line;
   if (const json* error = field(answer, "error"); error && error->is_string()) {
     line = error->get<std::string>() + " (HTTP " + std::to_string(reply.status) + ")";
@@ -366,110 +267,6 @@ std::string progress_text(const json& operation) {
   return out + " [" + bar + "] " + percent + "  " + format_size(done) + " / " + format_size(total);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Blocking I/O.
-
-std::string errno_text(int error) {
-  return std::generic_category().message(error);
-}
-
-// poll(2) on one descriptor, resumed after signals until `deadline`. Returns whether it is ready.
-bool wait_for(int fd, short events, steady::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady::now());
-    pollfd p{fd, events, 0};
-    const int n = ::poll(&p, 1, static_cast<int>(std::max<milliseconds::rep>(0, left.count())));
-    if (n > 0) return true;
-    if (n == 0) return false;
-    if (errno != EINTR) throw failed("poll: " + errno_text(errno));
-  }
-}
-
-// Connects to one address, waiting at most until `deadline`; returns the error otherwise.
-std::string connect_one(unique_fd& fd, const addrinfo& address, steady::time_point deadline) {
-  fd.reset(::socket(address.ai_family, address.ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    address.ai_protocol));
-  if (!fd) return errno_text(errno);
-  if (::connect(fd.get(), address.ai_addr, address.ai_addrlen) != 0) {
-    if (errno != EINPROGRESS) return errno_text(errno);
-    if (!wait_for(fd.get(), POLLOUT, deadline)) return "no connection within the time allowed";
-    int error = 0;
-    socklen_t length = sizeof error;
-    if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &error, &length) != 0) error = errno;
-    if (error != 0) return errno_text(error);
-  }
-  // Blocking from here on; reads wait with poll() where they must be bounded.
-  const int flags = ::fcntl(fd.get(), F_GETFL);
-  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) return errno_text(errno);
-  return {};
-}
-
-// The first address of `url` that accepts a connection within `timeout`. Throws `failed`
-// naming the last error.
-unique_fd connect_to(const http_url& url, milliseconds timeout) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  if (const int rc = ::getaddrinfo(url.host.c_str(), url.port.c_str(), &hints, &found); rc != 0) {
-    throw failed(std::string("cannot resolve ") + url.host + ": " + ::gai_strerror(rc));
-  }
-  const std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owner(found, ::freeaddrinfo);
-  const steady::time_point deadline = steady::now() + timeout;
-  std::string last_error = "no address";
-  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    unique_fd fd;
-    last_error = connect_one(fd, *a, deadline);
-    if (last_error.empty()) return fd;
-  }
-  throw failed(last_error);
-}
-
-void send_all(int fd, std::string_view bytes) {
-  while (!bytes.empty()) {
-    // MSG_NOSIGNAL: a server that went away is an error to report, not SIGPIPE.
-    const ssize_t sent = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-    if (sent < 0) {
-      if (errno == EINTR) continue;
-      throw failed("sending the request: " + errno_text(errno));
-    }
-    bytes.remove_prefix(std::size_t(sent));
-  }
-}
-
-// Everything the server sends until it closes the connection. `while_waiting` runs each time
-// the server has been silent for progress_interval; with `idle_limit`, a longer silence fails.
-std::string read_until_close(int fd, std::optional<milliseconds> idle_limit,
-                             const std::function<void()>& while_waiting) {
-  std::string raw;
-  char buffer[64 * 1024];
-  steady::time_point last_byte = steady::now();
-  for (;;) {
-    if (!wait_for(fd, POLLIN, steady::now() + progress_interval)) {
-      if (idle_limit && steady::now() - last_byte > *idle_limit) {
-        throw failed(
-            "no answer within " +
-            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(*idle_limit).count()) +
-            " s");
-      }
-      if (while_waiting) while_waiting();
-      continue;
-    }
-    const ssize_t got = ::recv(fd, buffer, sizeof buffer, 0);
-    if (got == 0) return raw;
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      // A reset after a whole answer (the server closing with bytes unread) loses nothing.
-      if (parse_http_response(raw)) return raw;
-      throw failed("reading the answer: " + errno_text(errno));
-    }
-    raw.append(buffer, std::size_t(got));
-    last_byte = steady::now();
-    if (raw.size() > max_answer_bytes) throw failed("the answer is larger than 64 MiB");
-  }
-}
-
 // What to send for the verb.
 struct api_request {
   const char* method;
@@ -478,7 +275,7 @@ struct api_request {
   bool long_running;  // create and restore: no limit on the wait, a progress bar
 };
 
-api_request request_for(const checkpoint_cli_options& o) {
+api_request request_for(const checkpoint_options& o) {
   switch (o.verb) {
     case checkpoint_verb::create:
       return {"POST", "/checkpoint", (o.id.empty() ? json::object() : json{{"id", o.id}}).dump(),
@@ -495,15 +292,14 @@ api_request request_for(const checkpoint_cli_options& o) {
 
 // The server's operation from GET /, or nullopt when there is none or the poll failed: the
 // progress bar then just waits for the next one.
-std::optional<json> poll_operation(const checkpoint_cli_options& o,
+std::optional<json> poll_operation(const checkpoint_options& o,
                                    const std::optional<std::string>& token) {
   try {
-    const unique_fd fd = connect_to(o.url, progress_connect_timeout);
-    send_all(fd.get(), request_text("GET", o.url, "/", std::nullopt, token));
-    const std::optional<http_reply> reply =
-        parse_http_response(read_until_close(fd.get(), progress_idle_limit, nullptr));
-    if (!reply || reply->status != 200) return std::nullopt;
-    json status = json::parse(reply->body, nullptr, false);
+    const http::parsed_response reply =
+        exchange(o.url, {"GET", "/", std::nullopt, token},
+                 {progress_connect_timeout, progress_idle_limit, nullptr});
+    if (reply.status != 200) return std::nullopt;
+    json status = json::parse(reply.body, nullptr, false);
     const json* operation = field(status, "operation");
     if (!operation || !operation->is_object()) return std::nullopt;
     return *operation;
@@ -536,7 +332,7 @@ class progress_line {
   bool drawn_ = false;
 };
 
-std::optional<std::string> token_of(const checkpoint_cli_options& o) {
+std::optional<std::string> token_of(const checkpoint_options& o) {
   std::optional<std::string> token = o.token;
   if (o.token_file) {
     try {
@@ -556,16 +352,10 @@ std::optional<std::string> token_of(const checkpoint_cli_options& o) {
 }
 
 // Sends the verb's request and returns the server's answer; draws progress meanwhile.
-http_reply exchange(const checkpoint_cli_options& o, const std::optional<std::string>& token) {
+http::parsed_response send_verb(const checkpoint_options& o,
+                                const std::optional<std::string>& token) {
   const api_request request = request_for(o);
-  unique_fd fd;
-  try {
-    fd = connect_to(o.url, connect_timeout);
-  } catch (const failed& e) {
-    throw failed("cannot reach state-manager at " + o.url_text + ": " + e.what());
-  }
-  send_all(fd.get(), request_text(request.method, o.url, request.path, request.body, token));
-
+  // Destroyed before the result or the error is printed, which erases the line.
   std::optional<progress_line> progress;
   std::function<void()> while_waiting;
   if (request.long_running && ::isatty(STDERR_FILENO)) {
@@ -574,16 +364,23 @@ http_reply exchange(const checkpoint_cli_options& o, const std::optional<std::st
       if (std::optional<json> operation = poll_operation(o, token)) progress->show(*operation);
     };
   }
-  const std::string raw = read_until_close(
-      fd.get(), request.long_running ? std::nullopt : std::optional(short_request_idle_limit),
-      while_waiting);
-  progress.reset();  // the line is erased before the result is printed
-  std::optional<http_reply> reply = parse_http_response(raw);
-  if (!reply) {
-    throw failed(raw.empty() ? "the server at " + o.url_text + " closed the connection unanswered"
-                             : "the server at " + o.url_text + " sent a malformed HTTP answer");
+  try {
+    return exchange(o.url, {request.method, request.path, request.body, token},
+                    {connect_timeout,
+                     request.long_running ? std::nullopt : std::optional(short_request_idle_limit),
+                     while_waiting});
+  } catch (const http_error& e) {
+    switch (e.failure()) {
+      case http_error::kind::connect:
+        throw failed("cannot reach state-manager at " + o.url_text + ": " + e.what());
+      case http_error::kind::unanswered:
+      case http_error::kind::malformed:
+        throw failed("the server at " + o.url_text + " " + e.what());
+      case http_error::kind::transfer:
+        break;
+    }
+    throw;
   }
-  return *reply;
 }
 
 void print_body(const std::string& body) {
@@ -591,7 +388,7 @@ void print_body(const std::string& body) {
   if (!body.empty() && body.back() != '\n') std::cout << '\n';
 }
 
-int report(const checkpoint_cli_options& o, const http_reply& reply) {
+int report(const checkpoint_options& o, const http::parsed_response& reply) {
   const json answer = json::parse(reply.body, nullptr, false);
   if (reply.status < 200 || reply.status > 299) {
     // A script asking for JSON gets the details too (409's running operation, 400's rule).
@@ -610,121 +407,24 @@ int report(const checkpoint_cli_options& o, const http_reply& reply) {
 
 }  // namespace
 
-std::optional<http_url> parse_http_url(std::string_view text) {
-  constexpr std::string_view scheme = "http://";
-  if (text.size() <= scheme.size() || !http::iequals(text.substr(0, scheme.size()), scheme)) {
-    return std::nullopt;
-  }
-  if (std::any_of(text.begin(), text.end(),
-                  [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; })) {
-    return std::nullopt;
-  }
-  text.remove_prefix(scheme.size());
-  const std::size_t slash = text.find('/');
-  const std::string_view authority = text.substr(0, slash);
-  std::string_view path = slash == std::string_view::npos ? "" : text.substr(slash);
-  if (authority.empty() || authority.find_first_of("@?#") != std::string_view::npos ||
-      path.find_first_of("?#") != std::string_view::npos) {
-    return std::nullopt;
-  }
-  http_url out;
-  out.authority = authority;
-  std::string_view port;
-  if (authority.front() == '[') {
-    const std::size_t close = authority.find(']');
-    if (close == std::string_view::npos || close == 1) return std::nullopt;
-    out.host = authority.substr(1, close - 1);
-    const std::string_view rest = authority.substr(close + 1);
-    if (!rest.empty()) {
-      if (rest.front() != ':' || rest.size() == 1) return std::nullopt;
-      port = rest.substr(1);
-    }
-  } else {
-    const std::size_t colon = authority.find(':');
-    // Two colons: an IPv6 address without its brackets, which is ambiguous.
-    if (colon != std::string_view::npos &&
-        authority.find(':', colon + 1) != std::string_view::npos) {
-      return std::nullopt;
-    }
-    out.host = authority.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      port = authority.substr(colon + 1);
-      if (port.empty()) return std::nullopt;
-    }
-    if (out.host.empty()) return std::nullopt;
-  }
-  if (port.empty()) {
-    out.port = "80";
-  } else {
-    const std::optional<std::uint64_t> number =
-        all_digits(port) ? parse_number(port) : std::nullopt;
-    if (!number || *number == 0 || *number > 65535) return std::nullopt;
-    out.port = std::to_string(*number);
-  }
-  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
-  out.base_path = path;
-  return out;
-}
-
 checkpoint_command_line parse_checkpoint_command_line(const std::vector<std::string>& args,
                                                       const env_lookup& env) {
   checkpoint_command_line out;
-  auto error = [&](std::string message) {
-    out.what = checkpoint_command_line::action::error;
-    out.error = std::move(message);
-    return out;
+  grammar rules;
+  rules.help_hint = "checkpoint --help";
+  rules.words = words_rule::anywhere;  // an ID that starts with '-' comes after "--"
+  rules.take_words = [&](const std::vector<std::string>& words) {
+    return apply_words(out.opts, words);
   };
-
-  // First the words: the flags given (the last of a repeated flag wins), the verb and the ID.
-  std::map<std::string, std::string> given;
-  std::vector<std::string> words;
-  bool options_ended = false;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (options_ended || arg == "-" || arg.empty() || arg[0] != '-') {
-      words.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      options_ended = true;
-      continue;
-    }
-    if (arg == "-h" || arg == "--help") {
-      out.what = checkpoint_command_line::action::help;
-      return out;
-    }
-    if (arg.rfind("--", 0) != 0) return error("unknown option " + arg + " (see checkpoint --help)");
-    const std::size_t equals = arg.find('=');
-    const std::string name =
-        arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
-    const flag* f = find_flag(name);
-    if (!f) return error("unknown option --" + name + " (see checkpoint --help)");
-    if (equals != std::string::npos) {
-      if (!f->takes_value) return error("option --" + name + " takes no value");
-      given[name] = arg.substr(equals + 1);
-    } else if (!f->takes_value) {
-      given[name] = "";
-    } else if (i + 1 < args.size()) {
-      given[name] = args[++i];
-    } else {
-      return error("option --" + name + " needs a value");
-    }
-  }
-  if (std::string why = apply_words(out.opts, words); !why.empty()) return error(why);
-
-  // Then each setting from its flag, or else from its variable (a flag replaces its variable).
-  for (const flag& f : flags) {
-    if (const auto value = given.find(f.name); value != given.end()) {
-      if (std::string why = f.apply(out.opts, value->second); !why.empty()) {
-        return error(std::string("--") + f.name + ": " + why);
-      }
-    } else if (f.variable) {
-      if (std::optional<std::string> value = env(f.variable)) {
-        if (std::string why = f.apply(out.opts, *value); !why.empty()) {
-          return error(std::string(f.variable) + ": " + why);
-        }
-      }
-    }
+  const parse_outcome parsed = parse_options(args, checkpoint_flags(out.opts), rules, env);
+  switch (parsed.what) {
+    case parse_outcome::action::run:
+      break;
+    case parse_outcome::action::help:
+    case parse_outcome::action::version:  // not in this grammar
+      return {checkpoint_command_line::action::help, {}, {}};
+    case parse_outcome::action::error:
+      return {checkpoint_command_line::action::error, {}, parsed.error};
   }
   // As the server: STATE_MANAGER_TOKEN holds the token itself, a token file wins, and an empty
   // token is no token.
@@ -760,56 +460,6 @@ within 60 s to list or delete); 2 for a bad command line.
 )";
 }
 
-std::optional<http_reply> parse_http_response(std::string_view raw) {
-  const std::size_t head_end = raw.find("\r\n\r\n");
-  if (head_end == std::string_view::npos) return std::nullopt;
-  std::string_view head = raw.substr(0, head_end + 2);
-  const std::string_view rest = raw.substr(head_end + 4);
-
-  // "HTTP/1.1 200 OK"
-  const std::size_t status_end = head.find("\r\n");
-  const std::string_view status_line = head.substr(0, status_end);
-  head.remove_prefix(status_end + 2);
-  if (status_line.size() < 12 || status_line.substr(0, 7) != "HTTP/1." || status_line[8] != ' ' ||
-      (status_line.size() > 12 && status_line[12] != ' ')) {
-    return std::nullopt;
-  }
-  const std::string_view code = status_line.substr(9, 3);
-  if (!all_digits(code)) return std::nullopt;
-  http_reply reply;
-  reply.status = static_cast<int>(*parse_number(code));
-
-  std::optional<std::uint64_t> content_length;
-  bool chunked = false;
-  while (!head.empty()) {
-    const std::size_t line_end = head.find("\r\n");
-    const std::string_view line = head.substr(0, line_end);
-    head.remove_prefix(line_end + 2);
-    const std::size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0) return std::nullopt;
-    const std::string_view name = line.substr(0, colon);
-    const std::string_view value = trim_spaces(line.substr(colon + 1));
-    if (http::iequals(name, "content-length")) {
-      content_length = parse_number(value);
-      if (!content_length) return std::nullopt;
-    } else if (http::iequals(name, "transfer-encoding")) {
-      chunked = http::iequals(value, "chunked");
-      if (!chunked) return std::nullopt;  // no other coding is ever sent to this client
-    }
-  }
-  if (chunked) {
-    std::optional<std::string> body = decode_chunked(rest);
-    if (!body) return std::nullopt;
-    reply.body = std::move(*body);
-  } else if (content_length) {
-    if (rest.size() < *content_length) return std::nullopt;  // cut short
-    reply.body = rest.substr(0, *content_length);
-  } else {
-    reply.body = rest;
-  }
-  return reply;
-}
-
 std::string format_size(std::uint64_t bytes) {
   if (bytes < 1024) return std::to_string(bytes) + " B";
   static constexpr const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
@@ -841,7 +491,7 @@ std::string describe_answer(checkpoint_verb verb, const nlohmann::json& answer) 
   return {};
 }
 
-int run_checkpoint_cli(const std::vector<std::string>& args, const env_lookup& env) {
+int run_checkpoint_command(const std::vector<std::string>& args, const env_lookup& env) {
   const checkpoint_command_line cli = parse_checkpoint_command_line(args, env);
   switch (cli.what) {
     case checkpoint_command_line::action::help:
@@ -855,11 +505,11 @@ int run_checkpoint_cli(const std::vector<std::string>& args, const env_lookup& e
   }
   try {
     const std::optional<std::string> token = token_of(cli.opts);
-    return report(cli.opts, exchange(cli.opts, token));
+    return report(cli.opts, send_verb(cli.opts, token));
   } catch (const std::exception& e) {
     std::cerr << "state-manager checkpoint: " << e.what() << "\n";
     return 1;
   }
 }
 
-}  // namespace sm
+}  // namespace sm::cli
