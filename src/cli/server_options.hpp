@@ -1,4 +1,4 @@
-// The command line (DESIGN.md 2.1): flags, their environment variables, their defaults.
+// The command line: flags, their environment variables, their defaults.
 // Pure: the environment comes in through a lookup function, so every case is unit-testable.
 #pragma once
 

@@ -1,5 +1,5 @@
 // Restore's last step: a WAL index's committed frames written into a database file, as
-// SQLite's own checkpoint would (../shared/notes/litestream.md 6.7, step 4): only the last
+// SQLite's own checkpoint would: only the last
 // committed version of each page, then the file cut to the last commit's size. Frames after
 // the last whole, verified transaction are not applied. Blocking file I/O: for offload().
 #pragma once

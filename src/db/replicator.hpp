@@ -1,5 +1,5 @@
-// Continuous replication of the environment's database to the object store, on the executor
-// (../shared/notes/litestream.md 6). The pin, a read transaction held on our own connection,
+// Continuous replication of the environment's database to the object store, on the executor.
+// The pin, a read transaction held on our own connection,
 // keeps SQLite from resetting the WAL past what is kept. Each sync copies the WAL's new whole
 // transactions (checksums and salts verified) into the shadow, data/database.sqlite-litestream/
 // (fsynced, with state.json saying where it stands), then uploads the shadow's segments to
@@ -43,7 +43,7 @@ class replicator {
   // Ships what was committed since the last sync (or a new generation when continuity was
   // lost). Returns the bytes shipped.
   asio::awaitable<std::uint64_t> sync();
-  // Our own checkpoint (../shared/notes/litestream.md 6.5), so that the WAL does not grow
+  // Our own checkpoint, so that the WAL does not grow
   // without bound while pinned: everything committed is shipped first; then, behind a
   // barrier (a write transaction) that keeps every writer out, the pin lets go, a PASSIVE
   // checkpoint backfills the WAL, and a small write on the barrier's connection makes SQLite

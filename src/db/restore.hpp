@@ -1,5 +1,4 @@
-// Restoring the environment's database from its replica in the object store
-// (../shared/notes/litestream.md 6.7): the chosen generation's latest snapshot (at or before
+// Restoring the environment's database from its replica in the object store: the chosen generation's latest snapshot (at or before
 // the wanted time), then each WAL index's segments in order, replayed onto it, verified with
 // PRAGMA integrity_check, and only then moved into place. Used at boot (new machine, lease
 // taken over) and by `state-manager restore-db`.

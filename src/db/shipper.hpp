@@ -1,4 +1,4 @@
-// The replicator's sync decision (../shared/notes/litestream.md 6.4), pure: given where the
+// The replicator's sync decision, pure: given where the
 // replica stands (the WAL header it follows, the durable end of what is in the store and the
 // checksum there) and the WAL file's current bytes, what happens next: nothing new, a segment
 // to ship (commit-aligned, continuing exactly where the replica ends), the next WAL index

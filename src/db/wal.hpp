@@ -2,8 +2,7 @@
 // the checksum chain that tells a frame written by the current WAL generation (valid: salts
 // and cumulative checksum match) from stale bytes left behind by an earlier one. Pure
 // functions over bytes, no SQLite, no I/O: the replicator reads the file, this says which of it
-// is whole, committed and ours. Format: https://www.sqlite.org/fileformat2.html#walformat and
-// ../shared/notes/litestream.md section 1.
+// is whole, committed and ours. Format: https://www.sqlite.org/fileformat2.html#walformat.
 #pragma once
 
 #include <cstddef>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The command line (DESIGN.md 2.1): --help, --version, bad arguments, environment variables,
+# The command line: --help, --version, bad arguments, environment variables,
 # a port already in use.
 source "$(dirname "$0")/harness.sh"
 

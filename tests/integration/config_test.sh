@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# POST /config and GET /config (DESIGN.md 2.3): validation with JSON paths, components not built
+# POST /config and GET /config: validation with JSON paths, components not built
 # yet (501), saving to tmp/config.json (0600, unresolved {"$env"}), redaction, applied once.
 source "$(dirname "$0")/harness.sh"
 

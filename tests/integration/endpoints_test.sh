@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The routes of DESIGN.md 2.4 in this stage: status codes unconfigured and configured, checkpoint
+# The routes of the HTTP API: status codes unconfigured and configured, checkpoint
 # id validation (no path leaves tmp/checkpoints), 404 / 405 with Allow, HEAD, JSON everywhere.
 source "$(dirname "$0")/harness.sh"
 

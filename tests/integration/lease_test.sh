@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lease on an environment's prefix (DESIGN.md 2.1a, 2.4), between real state-manager
+# The lease on an environment's prefix, between real state-manager
 # processes, each in its own directory (so each its own owner), all configured with the same
 # file:// store and key_prefix: the first POST /config takes it, another owner's is 409 and
 # saves nothing, POST /release-lease and shut-down free it at once, a killed owner's lease is

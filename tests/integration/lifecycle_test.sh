@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN.md 2.1a and component health: POST /config stops a COMMAND that runs before there is a
+# The lifecycle of COMMAND and component health: POST /config stops a COMMAND that runs before there is a
 # configuration, starts the components, then starts COMMAND again (so the application never
 # sees state from before the restore); a component whose health check fails is `degraded` and
 # comes back to `running`; bad health settings are refused.

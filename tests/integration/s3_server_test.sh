@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/s3-test-server (DESIGN.md section 5): OpenStack Swift with s3api, the real S3 server of the
+# tools/s3-test-server: OpenStack Swift with s3api, the real S3 server of the
 # tests, answers boto3 (path style, SigV4, region us-east-1): buckets, keys that need encoding,
 # byte-exact bodies, listings; rejects a wrong secret (signatures are checked for real); answers
 # a conditional PUT 501 without writing; loopback only; stop leaves no process behind.

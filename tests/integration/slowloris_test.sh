@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A header block that trickles in (a byte every 0.2 s, "slowloris") must time out too: the
 # header timeout bounds the whole header block, not each read, or one client can hold a
-# connection slot for ever (DESIGN.md 2.4: "slow clients time out").
+# connection slot for ever.
 source "$(dirname "$0")/harness.sh"
 
 sm_start --header-timeout 1s --idle-timeout 2s
