@@ -160,6 +160,55 @@ void listen(std::optional<http::server>& server, asio::io_context& io,
                           {"auth", api_opts.token ? "bearer token" : "none"}});
 }
 
+// Signals once serving. TERM and INT shut down (a second one exits at once, for the operator
+// who really means it); the other catchable ones are forwarded to COMMAND's process group,
+// through a signalfd: one wake and one read per signal, tini's path in effect.
+class signal_handling {
+ public:
+  // `stop_signals` was set up first thing, so that none is lost during start-up.
+  signal_handling(asio::signal_set& stop_signals, app::system& system)
+      : stop_signals_(stop_signals),
+        system_(system),
+        forwarded_(stop_signals.get_executor(),
+                   {SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN,
+                    SIGTTOU, SIGURG, SIGIO, SIGPWR, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ}) {
+    asio::co_spawn(stop_signals.get_executor(), forward(), asio::detached);
+    stop_signals_.async_wait([this](std::error_code ec, int signal) {
+      if (ec || closed_) return;
+      // With --restart never, the exit status is COMMAND's, as with tini; it is filled in once
+      // COMMAND has stopped.
+      system_.request_shutdown(strsignal(signal), -1);
+      stop_signals_.async_wait([this](std::error_code e, int again) {
+        if (e || closed_) return;
+        log::warn("second signal during shut-down; exiting now", {{"signal", strsignal(again)}});
+        std::_Exit(128 + again);
+      });
+    });
+  }
+  // The end of shut-down: no handler may wait again.
+  void close() {
+    closed_ = true;
+    stop_signals_.cancel();
+    forwarded_.close();
+  }
+
+ private:
+  asio::awaitable<void> forward() {
+    while (!closed_) {  // until shut-down has stopped COMMAND (close() ends next())
+      const int signal = co_await forwarded_.next();
+      if (signal == 0 || closed_) co_return;
+      if (!system_.forward_signal(signal)) {
+        log::debug("signal not forwarded: no COMMAND running", {{"signal", strsignal(signal)}});
+      }
+    }
+  }
+
+  asio::signal_set& stop_signals_;
+  app::system& system_;
+  proc::signal_stream forwarded_;
+  bool closed_ = false;
+};
+
 }  // namespace
 
 int run_app(const cli::server_options& opts) {
@@ -229,37 +278,8 @@ int run_app(const cli::server_options& opts) {
   asio::co_spawn(io, server->run(), asio::detached);
   system.attach(*server);
 
-  // Signals. TERM and INT shut down (a second one exits at once, for the operator who really
-  // means it); the other catchable ones are forwarded to COMMAND's process group, through a
-  // signalfd: one wake and one read per signal, tini's path in effect.
-  bool signals_closed = false;  // set at the end of shut-down: no handler may wait again
-  proc::signal_stream forwarded(
-      io.get_executor(),
-      {SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU,
-       SIGURG, SIGIO, SIGPWR, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ});
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        while (!signals_closed) {  // until shut-down has stopped COMMAND (close() ends next())
-          const int signal = co_await forwarded.next();
-          if (signal == 0 || signals_closed) co_return;
-          if (!system.forward_signal(signal)) {
-            log::debug("signal not forwarded: no COMMAND running", {{"signal", strsignal(signal)}});
-          }
-        }
-      },
-      asio::detached);
-  stop_signals.async_wait([&](std::error_code ec, int signal) {
-    if (ec || signals_closed) return;
-    // With --restart never, the exit status is COMMAND's, as with tini; it is filled in once
-    // COMMAND has stopped.
-    system.request_shutdown(strsignal(signal), -1);
-    stop_signals.async_wait([&](std::error_code e, int again) {
-      if (e || signals_closed) return;
-      log::warn("second signal during shut-down; exiting now", {{"signal", strsignal(again)}});
-      std::_Exit(128 + again);
-    });
-  });
+  // Signals: TERM and INT shut down, the others go to COMMAND.
+  signal_handling signals(stop_signals, system);
 
   // Start the system: the configuration's components, then COMMAND.
   system.begin();
@@ -275,9 +295,7 @@ int run_app(const cli::server_options& opts) {
         exit_status = co_await system.shut_down();
         system.stopped();
         co_await server->stop(drain_grace);
-        signals_closed = true;
-        stop_signals.cancel();
-        forwarded.close();
+        signals.close();
         reaper.stop();
         log::info("stopped", {{"exit_status", std::to_string(exit_status)}});
       },

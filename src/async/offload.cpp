@@ -43,14 +43,17 @@ asio::thread_pool& worker(int lane) {
   return *pool;
 }
 
-asio::awaitable<void> run_on(int lane, std::function<void()> work) {
+// Runs `work` where `dispatch` sends it (dispatch(body) must run body once, on another thread)
+// and resumes the awaiting coroutine on its executor with the outcome.
+template <class Dispatch>
+asio::awaitable<void> run_away(std::function<void()> work, Dispatch dispatch) {
   auto executor = co_await asio::this_coro::executor;
   std::exception_ptr failure;
   co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
       [&](auto handler) {
         // The guard keeps the executor's run() from returning while the work is away.
-        asio::post(worker(lane), [&, executor, guard = asio::make_work_guard(executor),
-                                  handler = std::move(handler)]() mutable {
+        dispatch([&, executor, guard = asio::make_work_guard(executor),
+                  handler = std::move(handler)]() mutable {
           try {
             work();
           } catch (...) {
@@ -61,6 +64,11 @@ asio::awaitable<void> run_on(int lane, std::function<void()> work) {
       },
       asio::use_awaitable);
   if (failure) std::rethrow_exception(failure);
+}
+
+asio::awaitable<void> run_on(int lane, std::function<void()> work) {
+  return run_away(std::move(work),
+                  [lane](auto body) { asio::post(worker(lane), std::move(body)); });
 }
 }  // namespace
 
@@ -73,23 +81,9 @@ asio::awaitable<void> offload_bulk(std::function<void()> work) {
 }
 
 asio::awaitable<void> offload_thread(std::function<void()> work) {
-  auto executor = co_await asio::this_coro::executor;
-  std::exception_ptr failure;
-  co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-      [&](auto handler) {
-        auto body = [&, executor, guard = asio::make_work_guard(executor),
-                     handler = std::move(handler)]() mutable {
-          try {
-            work();
-          } catch (...) {
-            failure = std::current_exception();
-          }
-          asio::post(executor, std::move(handler));
-        };
-        with_signals_blocked([&] { return std::thread(std::move(body)); }).detach();
-      },
-      asio::use_awaitable);
-  if (failure) std::rethrow_exception(failure);
+  return run_away(std::move(work), [](auto body) {
+    with_signals_blocked([&] { return std::thread(std::move(body)); }).detach();
+  });
 }
 
 void stop_offload_worker() {

@@ -258,23 +258,30 @@ BOOST_AUTO_TEST_CASE(a_write_burst_keeps_the_wal_bounded_and_a_huge_transaction_
     // The application, on a thread of its own: as fast as it can, then one transaction larger
     // than the replicator's read window (16 MiB).
     std::atomic<bool> done = false;
+    // Set on the executor once one of our checkpoints restarted the WAL. The writer waits for it
+    // after the burst: on a loaded machine the burst can end before the executor's first turn.
+    std::atomic<bool> checkpointed = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     std::thread writer([&] {
       sqlite3* app = nullptr;
       sqlite3_open(db.c_str(), &app);
       sqlite3_busy_timeout(app, 5000);
       exec(app, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
       for (int i = 0; i < burst; ++i) exec(app, "INSERT INTO t(v) VALUES (hex(randomblob(100)))");
+      while (!checkpointed && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
       exec(app, "INSERT INTO t(v) VALUES (hex(randomblob(10000000)))");  // 20 MB of text
       sqlite3_close(app);
       done = true;
     });
     asio::steady_timer pause(io);
     std::uintmax_t largest = 0;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (!done && std::chrono::steady_clock::now() < deadline) {
       pause.expires_after(std::chrono::milliseconds(10));
       std::error_code ec;
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (replicator.position() && replicator.position()->walidx >= 1) checkpointed = true;
       if (query(db, "SELECT count(*) FROM t") == std::to_string(burst)) {
         // Until the huge one: the burst's own WAL, which our checkpoints keep small.
         largest = std::max(largest, fs::file_size(db.string() + "-wal", ec));
