@@ -417,15 +417,7 @@ checkpoint_command_line parse_checkpoint_command_line(const std::vector<std::str
     return apply_words(out.opts, words);
   };
   const parse_outcome parsed = parse_options(args, checkpoint_flags(out.opts), rules, env);
-  switch (parsed.what) {
-    case parse_outcome::action::run:
-      break;
-    case parse_outcome::action::help:
-    case parse_outcome::action::version:  // not in this grammar
-      return {checkpoint_command_line::action::help, {}, {}};
-    case parse_outcome::action::error:
-      return {checkpoint_command_line::action::error, {}, parsed.error};
-  }
+  if (parsed.what != action::run) return {parsed.what, {}, parsed.error};
   // As the server: STATE_MANAGER_TOKEN holds the token itself, a token file wins, and an empty
   // token is no token.
   if (!out.opts.token_file) {
@@ -494,13 +486,14 @@ std::string describe_answer(checkpoint_verb verb, const nlohmann::json& answer) 
 int run_checkpoint_command(const std::vector<std::string>& args, const env_lookup& env) {
   const checkpoint_command_line cli = parse_checkpoint_command_line(args, env);
   switch (cli.what) {
-    case checkpoint_command_line::action::help:
+    case action::help:
+    case action::version:  // not in this grammar (parse_options never answers it here)
       std::cout << checkpoint_usage_text();
       return 0;
-    case checkpoint_command_line::action::error:
+    case action::error:
       std::cerr << "state-manager checkpoint: " << cli.error << "\n";
       return 2;
-    case checkpoint_command_line::action::run:
+    case action::run:
       break;
   }
   try {

@@ -35,7 +35,8 @@ struct checkpoint_options {
 };
 
 struct checkpoint_command_line {
-  enum class action { run, help, error } what = action::run;
+  using action = cli::action;  // never version: the grammar has no --version
+  action what = action::run;
   checkpoint_options opts;
   std::string error;  // for action::error: one line saying what is wrong
 };

@@ -24,7 +24,7 @@ parse_outcome parse_options(const std::vector<std::string>& args, const std::vec
                             const grammar& rules, const env_lookup& env) {
   parse_outcome out;
   auto error = [&](std::string message) {
-    out.what = parse_outcome::action::error;
+    out.what = action::error;
     out.error = std::move(message);
     return out;
   };
@@ -50,11 +50,11 @@ parse_outcome parse_options(const std::vector<std::string>& args, const std::vec
       continue;
     }
     if (arg == "-h" || arg == "--help") {
-      out.what = parse_outcome::action::help;
+      out.what = action::help;
       return out;
     }
     if (rules.version && (arg == "-V" || arg == "--version")) {
-      out.what = parse_outcome::action::version;
+      out.what = action::version;
       return out;
     }
     if (is_word(arg)) {
@@ -104,6 +104,20 @@ parse_outcome parse_options(const std::vector<std::string>& args, const std::vec
     }
   }
   return out;
+}
+
+std::string_view name_of(action a) {
+  switch (a) {
+    case action::run:
+      return "run";
+    case action::help:
+      return "help";
+    case action::version:
+      return "version";
+    case action::error:
+      return "error";
+  }
+  return "unknown";
 }
 
 }  // namespace sm::cli

@@ -50,8 +50,13 @@ struct grammar {
   std::function<std::string(const std::vector<std::string>& words)> take_words;
 };
 
+// What a command line asks for, the same for every command: run, print the help or the version,
+// or refuse (with one line saying why).
+enum class action { run, help, version, error };
+std::string_view name_of(action a);
+
 struct parse_outcome {
-  enum class action { run, help, version, error } what = action::run;
+  action what = action::run;
   std::string error;  // for action::error: one line saying what is wrong
 };
 

@@ -188,15 +188,7 @@ restore_db_command_line parse_restore_db_command_line(const std::vector<std::str
   rules.help_hint = "restore-db --help";
   rules.words = words_rule::none;
   const parse_outcome parsed = parse_options(args, restore_db_flags(out.opts), rules, env);
-  switch (parsed.what) {
-    case parse_outcome::action::run:
-      break;
-    case parse_outcome::action::help:
-    case parse_outcome::action::version:  // not in this grammar
-      return {restore_db_command_line::action::help, {}, {}};
-    case parse_outcome::action::error:
-      return {restore_db_command_line::action::error, {}, parsed.error};
-  }
+  if (parsed.what != action::run) return {parsed.what, {}, parsed.error};
   if (out.opts.to.empty()) {
     return {restore_db_command_line::action::error,
             {},
@@ -236,13 +228,14 @@ found nothing to restore (FILE is then untouched); 2 for a bad command line.
 int run_restore_db_command(const std::vector<std::string>& args, const env_lookup& env) {
   const restore_db_command_line cli = parse_restore_db_command_line(args, env);
   switch (cli.what) {
-    case restore_db_command_line::action::help:
+    case action::help:
+    case action::version:  // not in this grammar (parse_options never answers it here)
       std::cout << restore_db_usage_text();
       return 0;
-    case restore_db_command_line::action::error:
+    case action::error:
       std::cerr << "state-manager restore-db: " << cli.error << "\n";
       return 2;
-    case restore_db_command_line::action::run:
+    case action::run:
       break;
   }
   const restore_db_options& o = cli.opts;

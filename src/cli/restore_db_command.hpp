@@ -26,7 +26,8 @@ struct restore_db_options {
 };
 
 struct restore_db_command_line {
-  enum class action { run, help, error } what = action::run;
+  using action = cli::action;  // never version: the grammar has no --version
+  action what = action::run;
   restore_db_options opts;
   std::string error;  // for action::error: one line saying what is wrong
 };

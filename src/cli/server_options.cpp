@@ -197,16 +197,7 @@ server_command_line parse_server_command_line(const std::vector<std::string>& ar
     return std::string();
   };
   const parse_outcome parsed = parse_options(args, server_flags(out.opts), rules, env);
-  switch (parsed.what) {
-    case parse_outcome::action::run:
-      break;
-    case parse_outcome::action::help:
-      return {server_command_line::action::help, {}, {}};
-    case parse_outcome::action::version:
-      return {server_command_line::action::version, {}, {}};
-    case parse_outcome::action::error:
-      return {server_command_line::action::error, {}, parsed.error};
-  }
+  if (parsed.what != action::run) return {parsed.what, {}, parsed.error};
   // STATE_MANAGER_TOKEN holds the token itself; a token file, from a flag or its variable, wins.
   if (!out.opts.token_file) out.opts.token = env("STATE_MANAGER_TOKEN");
   return out;

@@ -51,7 +51,8 @@ struct server_options {
 };
 
 struct server_command_line {
-  enum class action { run, help, version, error } what = action::run;
+  using action = cli::action;
+  action what = action::run;
   server_options opts;
   std::string error;  // for action::error: one line saying what is wrong
 };

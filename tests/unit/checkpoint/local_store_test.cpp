@@ -19,7 +19,7 @@ manifest sample(const std::string& id, int minute) {
   m.id = id;
   m.created_at = std::chrono::system_clock::time_point(std::chrono::minutes(minute));
   m.version = "0.1.0";
-  m.database = manifest::database_copy{"database.sqlite", 8192, 2, std::string(64, 'a')};
+  m.database = manifest::database_copy{"database.sqlite", 8192, 2, std::string(64, 'a'), ""};
   m.mount = {3, 2, 1, 12345, 1, 1, 1};
   m.steps_ms = {{"quiesce", 4}, {"snapshot", 20}};
   m.quiesce = "stop";

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/checkpoint_command.hpp"
+#include "support/cli.hpp"
 
 using action = sm::cli::checkpoint_command_line::action;
 using verb = sm::cli::checkpoint_verb;
@@ -16,17 +17,6 @@ using args = std::vector<std::string>;
 using json = nlohmann::json;
 
 namespace sm::cli {
-std::ostream& operator<<(std::ostream& os, action a) {
-  switch (a) {
-    case action::run:
-      return os << "run";
-    case action::help:
-      return os << "help";
-    case action::error:
-      return os << "error";
-  }
-  return os << "action(" << static_cast<int>(a) << ")";
-}
 std::ostream& operator<<(std::ostream& os, checkpoint_verb v) {
   return os << "verb(" << static_cast<int>(v) << ")";
 }
@@ -35,12 +25,7 @@ std::ostream& operator<<(std::ostream& os, checkpoint_verb v) {
 namespace {
 
 sm::cli::checkpoint_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
-  return sm::cli::parse_checkpoint_command_line(
-      a, [env = std::move(env)](const std::string& name) -> std::optional<std::string> {
-        auto it = env.find(name);
-        if (it == env.end()) return std::nullopt;
-        return it->second;
-      });
+  return sm::cli::parse_checkpoint_command_line(a, test_support::env_of(std::move(env)));
 }
 
 void expect_error(const args& a, const std::string& what) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/option_table.hpp"
+#include "support/cli.hpp"
 
 using sm::cli::arity;
 using sm::cli::grammar;
@@ -14,14 +15,8 @@ using sm::cli::option;
 using sm::cli::parse_options;
 using sm::cli::parse_outcome;
 using sm::cli::words_rule;
-using action = parse_outcome::action;
+using sm::cli::action;
 using args = std::vector<std::string>;
-
-namespace sm::cli {
-std::ostream& operator<<(std::ostream& os, parse_outcome::action a) {
-  return os << "action(" << static_cast<int>(a) << ")";
-}
-}  // namespace sm::cli
 
 namespace {
 

@@ -22,35 +22,16 @@
 #include "db/database.hpp"
 #include "db/replicator.hpp"
 #include "s3/object_store.hpp"
+#include "support/cli.hpp"
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using action = sm::cli::restore_db_command_line::action;
 using args = std::vector<std::string>;
 
-namespace sm::cli {
-std::ostream& operator<<(std::ostream& os, action a) {
-  switch (a) {
-    case action::run:
-      return os << "run";
-    case action::help:
-      return os << "help";
-    case action::error:
-      return os << "error";
-  }
-  return os << "action(" << static_cast<int>(a) << ")";
-}
-}  // namespace sm::cli
+using test_support::env_of;
 
 namespace {
-
-sm::cli::env_lookup env_of(std::map<std::string, std::string> vars) {
-  return [vars = std::move(vars)](const std::string& name) -> std::optional<std::string> {
-    auto it = vars.find(name);
-    if (it == vars.end()) return std::nullopt;
-    return it->second;
-  };
-}
 
 sm::cli::restore_db_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
   return sm::cli::parse_restore_db_command_line(a, env_of(std::move(env)));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/server_options.hpp"
+#include "support/cli.hpp"
 
 using namespace std::chrono_literals;
 using sm::cli::parse_listen_address;
@@ -15,31 +16,9 @@ using sm::cli::server_command_line;
 using action = server_command_line::action;
 using args = std::vector<std::string>;
 
-namespace sm::cli {
-std::ostream& operator<<(std::ostream& os, server_command_line::action a) {
-  switch (a) {
-    case server_command_line::action::run:
-      return os << "run";
-    case server_command_line::action::help:
-      return os << "help";
-    case server_command_line::action::version:
-      return os << "version";
-    case server_command_line::action::error:
-      return os << "error";
-  }
-  return os << "action(" << static_cast<int>(a) << ")";
-}
-}  // namespace sm::cli
+using test_support::env_of;
 
 namespace {
-
-sm::cli::env_lookup env_of(std::map<std::string, std::string> vars) {
-  return [vars = std::move(vars)](const std::string& name) -> std::optional<std::string> {
-    auto it = vars.find(name);
-    if (it == vars.end()) return std::nullopt;
-    return it->second;
-  };
-}
 
 server_command_line parse(const args& a, std::map<std::string, std::string> env = {}) {
   return parse_server_command_line(a, env_of(std::move(env)));
