@@ -221,14 +221,12 @@ int run_app(const cli::server_options& opts) {
   // First of all: from here on SIGTERM and SIGINT are caught (and queued until the shut-down
   // handler below waits for them), so a signal during start-up is not lost, even as PID 1.
   asio::signal_set stop_signals(io, SIGTERM, SIGINT);
-  api::environment env({opts.data_dir, opts.tmp_dir},
-                       api::storage_settings{opts.lease_ttl, opts.wait_for_lease, {}});
   event_bus events(io.get_executor());
   api::api_options api_opts;
   api_opts.events = &events;
   proc::reaper reaper(io.get_executor());
-  app::system system(io.get_executor(), opts, env, events, reaper);
-  env.attach(system);
+  app::system system(io.get_executor(), opts, events, reaper);
+  api::environment& env = system.environment();
   std::optional<http::server> server;
 
   // Start-up, in order. Shut-down below undoes it in reverse.

@@ -39,11 +39,14 @@ constexpr auto forever = std::chrono::hours(24 * 365);
 
 }  // namespace
 
-system::system(asio::any_io_executor executor, const cli::server_options& opts,
-               api::environment& env, event_bus& events, proc::reaper& reaper)
+system::system(asio::any_io_executor executor, const cli::server_options& opts, event_bus& events,
+               proc::reaper& reaper)
     : executor_(executor),
       opts_(opts),
-      env_(env),
+      env_holder_(std::make_unique<api::environment>(
+          api::environment_paths{opts.data_dir, opts.tmp_dir},
+          api::storage_settings{opts.lease_ttl, opts.wait_for_lease, {}})),
+      env_(*env_holder_),
       events_(events),
       reaper_(reaper),
       shutdown_timer_(executor, std::chrono::steady_clock::time_point::max()),
@@ -54,6 +57,7 @@ system::system(asio::any_io_executor executor, const cli::server_options& opts,
       prefixed_output_[i] = std::make_shared<proc::line_output>(executor, i + 1);
     }
   }
+  env_.attach(*this);
   last_state_ = state();
 }
 

@@ -2,8 +2,9 @@
 // starts them in dependency order and stops them in reverse, for every reason through one path
 // (stop_all); derives the system's state; publishes typed events that GET /events streams; runs
 // checkpoints and restores through the pipelines of src/checkpoint, and uploads checkpoints to
-// the store in the background. The configuration, the store and the lease live in
-// api::environment, which it is attached to. The one place that logs what the parts do.
+// the store in the background. It owns the api::environment (the configuration, the store and
+// the lease on it), which tells it through api::control when a configuration is applied and
+// when the lease is lost. It logs what the parts do.
 #pragma once
 
 #include <atomic>
@@ -51,11 +52,17 @@ namespace sm::app {
 
 class system final : public api::control, private checkpoint::host {
  public:
-  system(asio::any_io_executor executor, const cli::server_options& opts, api::environment& env,
-         event_bus& events, proc::reaper& reaper);
+  // The environment (configuration, store, lease) is made here, from the command line's
+  // directories and lease settings, and attached to this system.
+  system(asio::any_io_executor executor, const cli::server_options& opts, event_bus& events,
+         proc::reaper& reaper);
   ~system() override;
   system(const system&) = delete;
   system& operator=(const system&) = delete;
+
+  // The configuration, the object store and the lease on it: the system's, and what the routes
+  // read and apply configurations through.
+  api::environment& environment() { return *env_holder_; }
 
   // Start-up: COMMAND is declared (it starts in begin()).
   void declare_command();
@@ -123,7 +130,8 @@ class system final : public api::control, private checkpoint::host {
 
   asio::any_io_executor executor_;
   const cli::server_options& opts_;
-  api::environment& env_;
+  std::unique_ptr<api::environment> env_holder_;
+  api::environment& env_;  // *env_holder_
   event_bus& events_;
   proc::reaper& reaper_;
   const http::server* server_ = nullptr;
