@@ -131,9 +131,12 @@ asio::awaitable<void> system::start_all(const std::vector<supervisor::component*
   for (std::size_t i = 0; i < components_.size(); ++i) {
     supervisor::component& c = *components_[i];
     if (shutting_down_) break;
-    if (only && std::find(only->begin(), only->end(), &c) == only->end()) continue;
-    if (c.current() != supervisor::state::pending && c.current() != supervisor::state::stopped)
-      continue;  // failed, or stopped before its turn
+    // A first start takes what is pending: one stopped before its turn (a lost lease during the
+    // database's restore) stays stopped. A resume takes what its quiesce stopped.
+    const bool startable = only ? std::find(only->begin(), only->end(), &c) != only->end() &&
+                                      c.current() == supervisor::state::stopped
+                                : c.current() == supervisor::state::pending;
+    if (!startable) continue;
     std::string failed_dependency;
     for (const std::string& dep : c.depends_on()) {
       const auto it = std::find_if(components_.begin(), components_.end(),
@@ -180,9 +183,11 @@ asio::awaitable<json> system::stop_all(stop_reason why) {
     if (!f.contains("error")) {
       // It had nothing to flush (it was not running).
     } else if (!f["error"].is_null()) {
+      const json& error = f["error"];
       log::error("component " + (*it)->name() +
                      ": flushing to the store failed; what was not shipped stays local",
-                 {{"reason", std::string(supervisor::name_of(why))}, {"error", f["error"].dump()}});
+                 {{"reason", std::string(supervisor::name_of(why))},
+                  {"error", error.is_string() ? error.get<std::string>() : error.dump()}});
     } else {
       log::info("component " + (*it)->name() + ": everything is in the store",
                 {{"reason", std::string(supervisor::name_of(why))}});

@@ -105,6 +105,12 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
   fsync_directory_of(path);
 }
 
+std::filesystem::path with_suffix(const std::filesystem::path& path, std::string_view suffix) {
+  std::filesystem::path out = path;
+  out += std::string(suffix);
+  return out;
+}
+
 std::filesystem::path set_file_aside(const std::filesystem::path& path, std::string_view suffix) {
   std::filesystem::path target = path;
   target += std::string(suffix);

@@ -34,6 +34,9 @@ std::string read_token_file(const std::filesystem::path& file);
 void write_file_atomically(const std::filesystem::path& path, std::string_view content,
                            mode_t mode);
 
+// `<path><suffix>`: a name beside `path` ("data/env" -> "data/env.restore-aside").
+std::filesystem::path with_suffix(const std::filesystem::path& path, std::string_view suffix);
+
 // Renames `path` to `<path><suffix>`, or `<path><suffix>.N` with the first free N, so that an
 // earlier file set aside is never overwritten; then fsyncs the directory. Returns the new name.
 std::filesystem::path set_file_aside(const std::filesystem::path& path, std::string_view suffix);

@@ -59,12 +59,6 @@ std::optional<supervisor::snapshot_info> recorded(const manifest& m, const std::
                                    m.database->sha256, m.database->method};
 }
 
-std::filesystem::path beside(const std::filesystem::path& dir, const char* suffix) {
-  std::filesystem::path p = dir;
-  p += suffix;
-  return p;
-}
-
 // Copies env_dir (and the configuration, and the progress total beside it) into
 // <partial>/mount. On the bulk worker.
 asio::awaitable<void> snapshot_tree(const paths& where, const std::filesystem::path& partial,
@@ -228,8 +222,8 @@ struct env_swap {
 
   explicit env_swap(const std::filesystem::path& env_dir)
       : dir(env_dir),
-        aside(beside(env_dir, ".restore-aside")),
-        trash(beside(env_dir, ".restore-trash")) {}
+        aside(with_suffix(env_dir, ".restore-aside")),
+        trash(with_suffix(env_dir, ".restore-trash")) {}
 
   void swap_in(const std::filesystem::path& from, const copy_options& copy) {
     remove_tree(aside);
@@ -439,7 +433,7 @@ std::vector<std::string> recover_interrupted_restore(const std::filesystem::path
 asio::awaitable<void> remove_replaced(std::vector<supervisor::component*> stateful,
                                       std::filesystem::path env_dir) {
   for (supervisor::component* c : stateful) co_await c->remove_replaced();
-  co_await offload_bulk([&] { remove_tree(beside(env_dir, ".restore-trash")); });
+  co_await offload_bulk([&] { remove_tree(with_suffix(env_dir, ".restore-trash")); });
 }
 
 }  // namespace sm::checkpoint

@@ -169,11 +169,6 @@ namespace {
 // directory holding it holds all of them.
 constexpr const char* suffixes[] = {"-wal", "-shm", ""};
 
-std::filesystem::path with_suffix(const std::filesystem::path& file, const char* suffix) {
-  std::filesystem::path p = file;
-  p += suffix;
-  return p;
-}
 std::filesystem::path aside_dir(const std::filesystem::path& file) {
   return file.parent_path() / ".restore-aside";
 }
