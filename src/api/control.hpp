@@ -7,12 +7,24 @@
 #include <string>
 
 #include <asio/awaitable.hpp>
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 
 #include "checkpoint/pipeline.hpp"
 #include "config/config.hpp"
 
 namespace sm::api {
+
+// POST /release-lease: the lease goes only once the whole state is in the store (DESIGN 3.2).
+struct release_outcome {
+  enum class kind {
+    released,     // everything is in the store and the lease is free (or was not held)
+    incomplete,   // `missing` is not in the store: the lease is kept, everything runs again
+    shutting_down,
+  } outcome = kind::released;
+  bool was_held = false;                              // released: this call freed it
+  nlohmann::json flushed = nlohmann::json::array();   // what the components flushed
+  nlohmann::json missing = nlohmann::json::array();   // incomplete: {"part", "id"?, "error"}
+};
 
 class control {
  public:
@@ -35,10 +47,14 @@ class control {
   virtual void configuration_applied() = 0;
   // The lease was lost while running: what writes to the store stops (fenced).
   virtual void lease_lost(std::string why) = 0;
-  // POST /release-lease, before the lease goes: COMMAND and the components stop as at
-  // shut-down and flush their state to the store; the checkpoint uploads under way end.
-  // Returns what was flushed (a JSON array).
-  virtual asio::awaitable<nlohmann::json> stop_for_release() = 0;
+  // Why this machine may no longer write to the store (the lease was released or lost), until
+  // it restarts; empty while it may. Checkpoint, restore and delete answer 409 then.
+  virtual std::string fenced() const = 0;
+  // POST /release-lease: COMMAND and the components stop as at shut-down and flush their state
+  // to the store, the checkpoints made here go up, and only then the lease goes (the system is
+  // fenced from then on). When part of the state could not reach the store, the lease is kept
+  // and what stopped starts again (the database keeps shipping, uploads are retried).
+  virtual asio::awaitable<release_outcome> release_lease() = 0;
 
   // POST /checkpoint (id valid; empty: the next v<N>) and POST /restore (id valid).
   virtual asio::awaitable<checkpoint::create_outcome> create_checkpoint(std::string id) = 0;

@@ -51,6 +51,11 @@ environment::~environment() {
   lease_.reset();  // before the store it uses
 }
 
+std::string environment::config_backup_problem() const {
+  if (!store_ || backup_.state == "done" || backup_.state == "none") return {};
+  return backup_.last_error.empty() ? "not written yet" : backup_.last_error;
+}
+
 bool environment::lease_held() const {
   return lease_ && lease_->held();
 }
@@ -160,6 +165,12 @@ asio::awaitable<void> environment::back_up_config(std::string document) {
   std::chrono::seconds backoff(1);
   backup_.state = "pending";
   while (*alive && store_ && !stopping_) {
+    // Nothing is written under the prefix without the lease (DESIGN 3.2).
+    if (!lease_held()) {
+      backup_.state = "failed";
+      backup_.last_error = "not written: the lease is not held";
+      co_return;
+    }
     ++backup_.attempts;
     std::string failure;
     try {

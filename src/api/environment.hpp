@@ -108,6 +108,9 @@ class environment {
   // Stops renewing and frees the lease (POST /release-lease, shut-down). True if it was held.
   asio::awaitable<bool> release_lease();
   s3::object_store* store() const { return store_.get(); }
+  // Why the configuration's backup is not in the store yet (pending, or failing); empty when
+  // it is, or when there is no store.
+  std::string config_backup_problem() const;
   bool lease_held() const;
   // The lease was last acquired from another owner (expired or released by them): what this
   // machine holds locally may be older than the store's state.

@@ -240,6 +240,7 @@ class api {
     std::optional<std::string> id = checkpoint_id_of(*body, /*required=*/false, error);
     if (!id) co_return error;
     if (releasing_) co_return json_error(409, "the lease is being released");
+    if (const std::string why = system_.fenced(); !why.empty()) co_return lease_not_held(why);
     const checkpoint::create_outcome made = co_await system_.create_checkpoint(*id);
     using kind = checkpoint::create_outcome::kind;
     switch (made.outcome) {
@@ -258,6 +259,8 @@ class api {
         co_return busy();
       case kind::shutting_down:
         co_return shutting_down();
+      case kind::fenced:
+        co_return lease_not_held(made.error);
       case kind::failed:
       case kind::no_space:
         co_return json_error(made.outcome == kind::no_space ? 507 : 500,
@@ -271,6 +274,10 @@ class api {
                       {{"operation", system_.operation_status()}});
   }
   static response shutting_down() { return json_error(503, "state-manager is shutting down"); }
+  // DESIGN 3.2: after a release or a loss nothing is written to the store until a restart.
+  static response lease_not_held(const std::string& why) {
+    return json_error(409, "lease not held", {{"reason", why}});
+  }
 
   asio::awaitable<response> post_restore(const request& req, const params&) {
     if (!env_.configured()) co_return not_configured();
@@ -279,6 +286,7 @@ class api {
     if (!body) co_return error;
     std::optional<std::string> id = checkpoint_id_of(*body, /*required=*/true, error);
     if (!id) co_return error;
+    if (const std::string why = system_.fenced(); !why.empty()) co_return lease_not_held(why);
     // Whether it exists is known before anything is stopped for it.
     const std::filesystem::path dir = env_.paths().checkpoints_dir() / *id;
     bool exists = false;
@@ -303,6 +311,8 @@ class api {
         co_return busy();
       case kind::shutting_down:
         co_return shutting_down();
+      case kind::fenced:
+        co_return lease_not_held(r.error);
       case kind::not_found:
         co_return json_error(404, "no such checkpoint (or its manifest is unreadable)",
                              {{"id", r.id}});
@@ -323,22 +333,35 @@ class api {
     if (!env_.configured()) co_return not_configured();
     if (releasing_) co_return json_error(409, "the lease is being released");
     releasing_ = true;
-    json flushed = json::array();
-    bool released = false;
+    release_outcome out;
     std::string failure;
     try {
-      flushed = co_await system_.stop_for_release();
-      released = co_await env_.release_lease();
+      out = co_await system_.release_lease();
     } catch (const std::exception& e) {
       failure = e.what();
     }
     releasing_ = false;
     if (!failure.empty()) co_return json_error(500, "release failed: " + failure);
-    // Released now, or not held to begin with (already released, or lost): either way nobody
-    // here holds it any more.
-    co_return json_response(200, {{"released", released},
-                                  {"flushed", std::move(flushed)},
-                                  {"lease", env_.status()["lease"]}});
+    using kind = release_outcome::kind;
+    switch (out.outcome) {
+      case kind::released:
+        // Released now, or not held to begin with (already released, or lost): either way
+        // nobody here holds it any more.
+        co_return json_response(200, {{"released", out.was_held},
+                                      {"flushed", std::move(out.flushed)},
+                                      {"lease", env_.status()["lease"]}});
+      case kind::incomplete:
+        co_return json_error(503,
+                             "not released: part of the state is not in the store; the lease "
+                             "is kept and everything runs again, try again later",
+                             {{"released", false},
+                              {"missing", std::move(out.missing)},
+                              {"flushed", std::move(out.flushed)},
+                              {"lease", env_.status()["lease"]}});
+      case kind::shutting_down:
+        co_return shutting_down();
+    }
+    co_return json_error(500, "unexpected outcome");
   }
 
   // The checkpoints on this machine (tmp/checkpoints/), oldest first, then those only in the
@@ -404,6 +427,8 @@ class api {
   asio::awaitable<response> delete_checkpoint(const request&, const params& ids) {
     const std::string& id = ids.front();
     if (!checkpoint::valid_checkpoint_id(id)) co_return invalid_id(id);
+    // The store's copy may be the next owner's to use now; the local one goes with it.
+    if (const std::string why = system_.fenced(); !why.empty()) co_return lease_not_held(why);
     // In use: being uploaded (deleting under the upload would leave half of it in the store),
     // or being made or restored.
     const json upload = env_.upload_status(id);

@@ -51,7 +51,8 @@ system::system(asio::any_io_executor executor, const cli::server_options& opts, 
       reaper_(reaper),
       shutdown_timer_(executor, std::chrono::steady_clock::time_point::max()),
       operations_(executor),
-      uploads_(executor) {
+      uploads_(executor),
+      upload_retry_(executor) {
   if (opts.log_prefix) {
     for (int i = 0; i < 2; ++i) {
       prefixed_output_[i] = std::make_shared<proc::line_output>(executor, i + 1);
@@ -95,7 +96,7 @@ void system::begin() {
 }
 
 void system::start_command() {
-  if (!command_ || shutting_down_) return;
+  if (!command_ || shutting_down_ || !fenced_.empty()) return;
   const auto s = command_->current();
   if (s != supervisor::state::pending && s != supervisor::state::stopped) return;
   log::info("starting COMMAND", {{"command", opts_.command.front()}});
@@ -130,7 +131,7 @@ asio::awaitable<void> system::start_all(const std::vector<supervisor::component*
   };
   for (std::size_t i = 0; i < components_.size(); ++i) {
     supervisor::component& c = *components_[i];
-    if (shutting_down_) break;
+    if (shutting_down_ || !fenced_.empty()) break;
     // A first start takes what is pending: one stopped before its turn (a lost lease during the
     // database's restore) stays stopped. A resume takes what its quiesce stopped.
     const bool startable = only ? std::find(only->begin(), only->end(), &c) != only->end() &&
@@ -174,11 +175,17 @@ std::vector<supervisor::component*> system::all() {
   return out;
 }
 
-asio::awaitable<json> system::stop_all(stop_reason why) {
+asio::awaitable<json> system::stop_all(stop_reason why,
+                                       std::vector<supervisor::component*>* stopped) {
   json flushed = json::array();
   const std::vector<supervisor::component*> parts = all();
   for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    const supervisor::state before = (*it)->current();
     json f = co_await (*it)->stop(why);
+    if (stopped && before != supervisor::state::stopped &&
+        (*it)->current() == supervisor::state::stopped) {
+      stopped->insert(stopped->begin(), *it);
+    }
     if (f.is_null()) continue;
     if (!f.contains("error")) {
       // It had nothing to flush (it was not running).
@@ -197,21 +204,78 @@ asio::awaitable<json> system::stop_all(stop_reason why) {
   co_return flushed;
 }
 
+void system::fence(std::string why) {
+  if (!fenced_.empty()) return;
+  fenced_ = why;
+  cancel_upload_retry();
+  uploads_.cancel("not uploaded: " + why);
+  publish_state();
+}
+
 void system::lease_lost(std::string why) {
   log::error("lease lost: stopping the components (fenced)", {{"why", why}});
-  uploads_.cancel("not uploaded: the lease was lost (" + why + ")");
+  fence("the lease was lost (" + why + ")");
   asio::co_spawn(
       executor_, [this]() -> asio::awaitable<void> { co_await stop_all(stop_reason::fence); },
       asio::detached);
 }
 
-asio::awaitable<json> system::stop_for_release() {
-  json flushed = co_await stop_all(stop_reason::release);
-  // The checkpoints made here are state too: the next owner restores them from the store.
-  co_await uploads_.wait_idle(forever);  // each ends on its own
+asio::awaitable<api::release_outcome> system::release_lease() {
+  using kind = api::release_outcome::kind;
+  api::release_outcome out;
+  if (shutting_down_) {
+    out.outcome = kind::shutting_down;
+    co_return out;
+  }
+  // Already fenced (released before, or lost): there is nothing left to hand over from here;
+  // what still runs (COMMAND outlives a loss) stops, writing nothing.
+  if (!fenced_.empty()) {
+    out.flushed = co_await stop_all(stop_reason::release);
+    co_return out;
+  }
+  // A checkpoint or restore under way finishes first: stopping underneath it could leave half
+  // a swap, and its checkpoint is state to hand over too.
+  co_await operations_.wait_idle(forever);
+  cancel_upload_retry();  // the retry comes now, awaited
+  std::vector<supervisor::component*> stopped;
+  out.flushed = co_await stop_all(stop_reason::release, &stopped);
+  for (const json& f : out.flushed) {
+    if (f.contains("error") && !f["error"].is_null()) {
+      out.missing.push_back({{"part", f.value("component", "component")}, {"error", f["error"]}});
+    }
+  }
+  // The checkpoints made here are state too: the next owner restores them from the store. The
+  // uploads under way end on their own; what failed before is tried once more now.
+  co_await uploads_.wait_idle(forever);
+  if (env_.store() && fenced_.empty()) {
+    for (json& m : co_await upload_missing()) out.missing.push_back(std::move(m));
+  }
+  if (const std::string backup = env_.config_backup_problem(); !backup.empty()) {
+    out.missing.push_back({{"part", "configuration backup"}, {"error", backup}});
+  }
+  if (!fenced_.empty()) {
+    // Lost while releasing: nothing more to do here.
+    co_return out;
+  }
+  if (!out.missing.empty()) {
+    // Not everything is in the store: the lease stays ours, and what stopped for the release
+    // starts again, so that the database keeps shipping; the uploads are retried. A later
+    // release can succeed.
+    log::error("release refused: part of the state is not in the store; keeping the lease",
+               {{"missing", out.missing.dump()}});
+    out.outcome = kind::incomplete;
+    co_await start_all(&stopped);
+    if (std::find(stopped.begin(), stopped.end(), command_.get()) != stopped.end()) {
+      start_command();
+    }
+    schedule_upload_retry();
+    publish_state();
+    co_return out;
+  }
   uploads_.close("not uploaded: this machine released the lease");
-  publish_state();
-  co_return flushed;
+  out.was_held = co_await env_.release_lease();
+  fence("this machine released the lease");
+  co_return out;
 }
 
 void system::request_shutdown(std::string_view reason, int status) {
@@ -244,8 +308,10 @@ asio::awaitable<int> system::shut_down() {
     log::info("waiting for checkpoint uploads", {{"count", std::to_string(uploading_.size())}});
   }
   const std::string closing = "not uploaded: state-manager is shutting down";
+  cancel_upload_retry();
   if (!co_await uploads_.wait_idle(upload_grace)) {
     uploads_.cancel(closing);
+    cancel_upload_retry();
     co_await uploads_.wait_idle(forever);
   }
   uploads_.close(closing);

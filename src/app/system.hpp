@@ -93,7 +93,8 @@ class system final : public api::control, private checkpoint::host {
   asio::awaitable<void> start_components(const config::configuration& config) override;
   void configuration_applied() override;
   void lease_lost(std::string why) override;
-  asio::awaitable<nlohmann::json> stop_for_release() override;
+  std::string fenced() const override { return fenced_; }
+  asio::awaitable<api::release_outcome> release_lease() override;
   asio::awaitable<checkpoint::create_outcome> create_checkpoint(std::string id) override;
   asio::awaitable<checkpoint::restore_outcome> restore_checkpoint(std::string id) override;
 
@@ -109,8 +110,12 @@ class system final : public api::control, private checkpoint::host {
   // Starts the components (those in `only`, when given) in dependency order.
   asio::awaitable<void> start_all(const std::vector<supervisor::component*>* only = nullptr);
   // The one stop path: COMMAND first, then the components in reverse start order, each for
-  // `why`. Returns what they flushed.
-  asio::awaitable<nlohmann::json> stop_all(supervisor::stop_reason why);
+  // `why`. Returns what they flushed; `stopped` (when given) gets those it stopped, in start
+  // order.
+  asio::awaitable<nlohmann::json> stop_all(supervisor::stop_reason why,
+                                           std::vector<supervisor::component*>* stopped = nullptr);
+  // From now until exit nothing is written to the store and nothing starts again (DESIGN 3.2).
+  void fence(std::string why);
   void start_command();
   void watch(supervisor::component& c, part_changed::source of);
   void publish(const event& e);
@@ -124,9 +129,17 @@ class system final : public api::control, private checkpoint::host {
   decltype(checkpoint::copy_options::move_data) data_mover();
   // Uploads of checkpoints to the store, in the background.
   void start_upload(const std::string& id);
-  asio::awaitable<void> upload(std::string id);  // under a pass of uploads_
+  // Under a pass of uploads_; returns why it failed (empty: uploaded).
+  asio::awaitable<std::string> upload(std::string id);
   void resume_uploads();
   asio::awaitable<void> resume_uploads_now(gate::pass scanning);  // held until it ends
+  // Every local checkpoint whose manifest the store lacks goes up, one at a time; returns
+  // those that still are not there ({"part": "checkpoint", "id", "error"}).
+  asio::awaitable<nlohmann::json> upload_missing();
+  // A failed upload is tried again while running: a scan of what the store lacks after a
+  // delay that doubles from 2 s to a minute (back to 2 s once one succeeds).
+  void schedule_upload_retry();
+  void cancel_upload_retry();
 
   asio::any_io_executor executor_;
   const cli::server_options& opts_;
@@ -168,6 +181,12 @@ class system final : public api::control, private checkpoint::host {
   gate uploads_;
   std::set<std::string> uploading_;  // ids whose upload runs
   bool resume_scanning_ = false;
+  asio::steady_timer upload_retry_;  // armed while a retry waits (under a pass of uploads_)
+  bool upload_retry_armed_ = false;
+  std::chrono::seconds upload_retry_delay_{2};
+
+  // Why this machine may no longer write to the store (released, lost); empty while it may.
+  std::string fenced_;
 };
 
 }  // namespace sm::app

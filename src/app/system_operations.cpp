@@ -13,6 +13,7 @@
 #include "base/log.hpp"
 #include "checkpoint/local_store.hpp"
 #include "checkpoint/remote.hpp"
+#include "checkpoint/store_ids.hpp"
 #include "proc/freezer.hpp"
 #include "supervisor/process_component.hpp"
 #include "uring/copy.hpp"
@@ -74,7 +75,8 @@ asio::awaitable<void> system::resume(const checkpoint::quiesced& q) {
     }
     co_return;
   }
-  if (shutting_down_) co_return;
+  // Nothing starts again once fenced (the lease went while the processes were stopped).
+  if (shutting_down_ || !fenced_.empty()) co_return;
   // The components first, in dependency order, then COMMAND: as at start-up.
   co_await start_all(&q.stopped);
   if (std::find(q.stopped.begin(), q.stopped.end(), command_.get()) != q.stopped.end()) {
@@ -111,6 +113,11 @@ template <class Outcome>
 std::optional<Outcome> system::refuse(const std::string& id) const {
   Outcome refused;
   refused.id = id;
+  if (!fenced_.empty()) {
+    refused.outcome = Outcome::kind::fenced;
+    refused.error = fenced_;
+    return refused;
+  }
   if (operations_.held() > 0) {
     refused.outcome = Outcome::kind::busy;
     return refused;
@@ -159,8 +166,23 @@ decltype(checkpoint::copy_options::move_data) system::data_mover() {
 
 asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::string id) {
   if (auto refused = refuse<checkpoint::create_outcome>(id)) co_return *refused;
+  // Ids are unique across the prefix: those in the store (other machines' too) are taken. A
+  // store that cannot be listed now leaves the choice to this machine's ids; the manifest's
+  // create-only write still refuses to replace another's.
+  std::set<std::string> in_store;
+  if (env_.store()) {
+    try {
+      in_store = co_await checkpoint::ids_in_store(*env_.store());
+    } catch (const std::exception& e) {
+      log::warn("cannot list the store's checkpoints; choosing the id from this machine's",
+                {{"error", e.what()}});
+    }
+    // The listing took a while: the lease may have gone, or another operation begun.
+    if (auto refused = refuse<checkpoint::create_outcome>(id)) co_return *refused;
+  }
   const gate::pass running = begin_operation("checkpoint", id);
-  checkpoint::create_request request{id, STATE_MANAGER_VERSION, data_mover()};
+  checkpoint::create_request request{id, std::move(in_store), STATE_MANAGER_VERSION,
+                                     data_mover()};
   checkpoint::create_outcome made;
   try {
     made = co_await checkpoint::create(*this, checkpoint_paths(), std::move(request), progress_);
@@ -239,7 +261,7 @@ void system::start_upload(const std::string& id) {
       asio::detached);
 }
 
-asio::awaitable<void> system::upload(std::string id) {
+asio::awaitable<std::string> system::upload(std::string id) {
   uploading_.insert(id);
   struct done_guard {
     std::set<std::string>& set;
@@ -267,12 +289,16 @@ asio::awaitable<void> system::upload(std::string id) {
   if (cancelled) {
     log::warn("checkpoint upload stopped; it resumes at the next start", {{"id", id}});
   } else if (!failure.empty()) {
-    log::error("checkpoint upload failed", {{"id", id}, {"error", failure}});
+    log::error("checkpoint upload failed; it is tried again", {{"id", id}, {"error", failure}});
+    schedule_upload_retry();
+  } else {
+    upload_retry_delay_ = std::chrono::seconds(2);
   }
   env_.set_upload_status(id, {{"state", state},
                               {"bytes", bytes},
                               {"error", failure.empty() ? json(nullptr) : json(failure)}});
   publish(operation_step{"upload", id, state});
+  co_return failure;
 }
 
 void system::resume_uploads() {
@@ -290,16 +316,22 @@ asio::awaitable<void> system::resume_uploads_now(gate::pass) {
     bool& flag;
     ~done_guard() { flag = false; }
   } guard{resume_scanning_};
+  co_await upload_missing();
+}
+
+asio::awaitable<json> system::upload_missing() {
+  json missing = json::array();
   std::vector<checkpoint::manifest> local;
   try {
     co_await offload(
         [&] { local = checkpoint::local_store(env_.paths().checkpoints_dir()).list(); });
     for (const auto& m : local) {
-      if (uploads_.closed() || !env_.store()) co_return;
+      if (uploads_.closed() || !env_.store()) break;
       if (uploading_.contains(m.id)) continue;  // a new checkpoint's upload of it runs already
       if (co_await checkpoint::exists_remotely(*env_.store(), m.id)) {
         // Uploaded by an earlier run (or downloaded from the store): say so.
-        if (env_.upload_status(m.id).is_null()) {
+        const json status = env_.upload_status(m.id);
+        if (status.is_null() || status.value("state", "") != "done") {
           env_.set_upload_status(m.id, {{"state", "done"}, {"bytes", nullptr}, {"error", nullptr}});
         }
         continue;
@@ -307,11 +339,43 @@ asio::awaitable<void> system::resume_uploads_now(gate::pass) {
       if (uploads_.closed() || uploading_.contains(m.id)) continue;  // changed while we asked
       log::info("checkpoint not in the store; uploading it again", {{"id", m.id}});
       env_.set_upload_status(m.id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
-      co_await upload(m.id);
+      if (std::string failure = co_await upload(m.id); !failure.empty()) {
+        missing.push_back({{"part", "checkpoint"}, {"id", m.id}, {"error", failure}});
+      }
     }
   } catch (const std::exception& e) {
     log::warn("could not check which checkpoints the store lacks", {{"error", e.what()}});
+    missing.push_back({{"part", "checkpoints"}, {"error", e.what()}});
+    schedule_upload_retry();
   }
+  co_return missing;
+}
+
+void system::schedule_upload_retry() {
+  if (upload_retry_armed_ || !env_.store() || shutting_down_ || !fenced_.empty()) return;
+  std::optional<gate::pass> pass = uploads_.enter();
+  if (!pass) return;
+  upload_retry_armed_ = true;
+  const auto delay = upload_retry_delay_;
+  upload_retry_delay_ = std::min(upload_retry_delay_ * 2, std::chrono::seconds(60));
+  upload_retry_.expires_after(delay);
+  asio::co_spawn(
+      executor_,
+      [this, pass = std::move(*pass)]() -> asio::awaitable<void> {
+        std::error_code ec;
+        co_await upload_retry_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        // Cancelled: shut-down, a release or a fence is under way, and says what comes next.
+        const bool cancelled = !upload_retry_armed_;
+        upload_retry_armed_ = false;
+        if (!cancelled) resume_uploads();
+      },
+      asio::detached);
+}
+
+void system::cancel_upload_retry() {
+  if (!upload_retry_armed_) return;
+  upload_retry_armed_ = false;
+  upload_retry_.cancel();
 }
 
 }  // namespace sm::app

@@ -166,17 +166,29 @@ std::vector<manifest> local_store::list() const {
   return out;
 }
 
-std::string local_store::next_id() const {
+namespace {
+
+// N of "vN", or nothing for any other name.
+std::optional<unsigned long long> automatic_number(std::string_view name) {
+  if (name.size() < 2 || name[0] != 'v' || name.size() > 19) return std::nullopt;
+  if (!std::all_of(name.begin() + 1, name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  return std::stoull(std::string(name.substr(1)));
+}
+
+}  // namespace
+
+std::string local_store::next_id(const std::set<std::string>& elsewhere) const {
   unsigned long long largest = 0;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     std::string name = entry.path().filename().string();
     if (name.ends_with(partial_suffix)) name.resize(name.size() - partial_suffix.size());
-    if (name.size() < 2 || name[0] != 'v' || name.size() > 19) continue;
-    if (!std::all_of(name.begin() + 1, name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      continue;
-    }
-    largest = std::max(largest, std::stoull(name.substr(1)));
+    largest = std::max(largest, automatic_number(name).value_or(0));
+  }
+  for (const std::string& name : elsewhere) {
+    largest = std::max(largest, automatic_number(name).value_or(0));
   }
   // Appended, not "v" + ...: GCC 12 warns falsely (-Wrestrict) on that concatenation.
   std::string id = "v";

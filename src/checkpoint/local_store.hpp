@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -61,8 +62,9 @@ class local_store {
   std::optional<manifest> read(const std::string& id) const;
   // Every complete checkpoint, oldest first.
   std::vector<manifest> list() const;
-  // The next automatic id: v<N+1>, N the largest vN present (v1 when none).
-  std::string next_id() const;
+  // The next automatic id: v<N+1>, N the largest vN present here or in `elsewhere` (the ids
+  // the store holds: v1 when none).
+  std::string next_id(const std::set<std::string>& elsewhere = {}) const;
   // Writes `m` as <partial>/manifest.json, fsyncs the partial tree's directories, renames it to
   // <id>/ and fsyncs tmp/checkpoints. Throws std::system_error.
   void commit(const manifest& m) const;

@@ -132,8 +132,9 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
   std::optional<std::string> parent;
   bool taken = false;
   co_await offload([&] {
-    if (request.id.empty()) request.id = store.next_id();
-    taken = store.exists(request.id) || std::filesystem::exists(store.partial_of(request.id));
+    if (request.id.empty()) request.id = store.next_id(request.taken_elsewhere);
+    taken = request.taken_elsewhere.contains(request.id) || store.exists(request.id) ||
+            std::filesystem::exists(store.partial_of(request.id));
     const auto all = store.list();
     if (!all.empty()) parent = all.back().id;
   });

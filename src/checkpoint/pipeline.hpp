@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,9 @@ struct paths {
 
 struct create_request {
   std::string id;  // empty: the next v<N>
+  // Ids in use elsewhere (the store's, made by other machines): never given, and an explicit
+  // one of them is id_taken.
+  std::set<std::string> taken_elsewhere;
   std::string version;
   decltype(copy_options::move_data) move_data;  // copy_tree's read/write fallback, or empty
 };
@@ -82,6 +86,7 @@ struct create_outcome {
     id_taken,
     busy,           // another checkpoint or restore is running (set by the system)
     shutting_down,  // (set by the system)
+    fenced,         // the lease is not held: nothing may be written (set by the system)
     failed,
     no_space,
   } outcome = kind::created;
@@ -104,6 +109,7 @@ struct restore_outcome {
     restored,
     busy,             // another checkpoint or restore is running (set by the system)
     shutting_down,    // (set by the system)
+    fenced,           // the lease is not held: nothing may be written (set by the system)
     not_found,        // no such checkpoint (or its manifest is unreadable)
     download_failed,  // in the store, but it could not be downloaded
     damaged,          // a component's copy fails its check: nothing was changed
