@@ -102,6 +102,7 @@ class system final : public api::control, private checkpoint::host {
   // checkpoint::host
   asio::awaitable<checkpoint::quiesced> quiesce(bool may_freeze) override;
   asio::awaitable<void> resume(const checkpoint::quiesced& q) override;
+  bool may_start() const override { return !shutting_down_ && fenced_.empty(); }
   std::vector<supervisor::component*> stateful_components() override;
   void step(const std::string& id, const std::string& step) override;
 

@@ -402,7 +402,9 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
   // Their pins are taken at once, so nothing COMMAND writes meanwhile is missed; the
   // snapshot's upload need not hold COMMAND back (a stop waits for a start under way).
   const auto executor = co_await asio::this_coro::executor;
-  for (supervisor::component* c : stopped) asio::co_spawn(executor, c->start(), asio::detached);
+  if (h.may_start()) {
+    for (supervisor::component* c : stopped) asio::co_spawn(executor, c->start(), asio::detached);
+  }
   co_await h.resume(held);
   out.took_ms = ms_since(started);
   if (!failed.empty()) {

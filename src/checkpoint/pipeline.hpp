@@ -53,6 +53,9 @@ class host {
   virtual asio::awaitable<quiesced> quiesce(bool may_freeze) = 0;
   // Lets go what quiesce() held (unless shut-down began meanwhile: then it stays stopped).
   virtual asio::awaitable<void> resume(const quiesced& q) = 0;
+  // Whether what the pipeline stopped may start again: not once shut-down began or the system
+  // is fenced (the lease went while a restore ran: nothing writes to the store any more).
+  virtual bool may_start() const { return true; }
   // The components that hold state, in start order.
   virtual std::vector<supervisor::component*> stateful_components() = 0;
   // The pipeline for checkpoint `id` reached `step` (quiesce, snapshot, resume, commit,

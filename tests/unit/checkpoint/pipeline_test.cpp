@@ -148,6 +148,7 @@ class fake_host : public cp::host {
   int quiesces = 0, resumes = 0;
   std::vector<bool> may_freeze;  // each quiesce's
   bool held = false;             // between a quiesce that succeeded and its resume
+  bool fenced = false;           // may_start() says no
 
   asio::awaitable<cp::quiesced> quiesce(bool freeze) override {
     ++quiesces;
@@ -165,6 +166,7 @@ class fake_host : public cp::host {
     held = false;
     co_return;
   }
+  bool may_start() const override { return !fenced; }
   std::vector<sv::component*> stateful_components() override { return stateful; }
   void step(const std::string& id, const std::string& step) override {
     steps.emplace_back(id, step);
@@ -749,4 +751,17 @@ BOOST_AUTO_TEST_CASE(a_restore_of_an_unknown_id_is_not_found) {
   BOOST_TEST(env.host.quiesces == 0);
   BOOST_TEST(env.log.empty(), join(env.log));
   BOOST_TEST(same(tree_of(env.where.env_dir), before));
+}
+
+BOOST_AUTO_TEST_CASE(a_restore_during_which_the_lease_goes_starts_nothing_again) {
+  environment env;
+  env.checkpoint_then_change("c1");
+  // The lease is lost while the database is being restored: the system is fenced.
+  env.db.fail["restore"] = [&] { env.host.fenced = true; };
+
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST((out.outcome == restore_kind::restored), out.error);
+  BOOST_TEST(count(env.log, "database.stop:restore") == 1u, join(env.log));
+  BOOST_TEST(count(env.log, "database.start") == 0u, join(env.log));
+  BOOST_TEST((env.db.current() != sv::state::running));
 }
