@@ -15,6 +15,7 @@
 #include "async/offload.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
+#include "lease/fenced_store.hpp"
 #include "lease/lease.hpp"
 #include "s3/object_store.hpp"
 #include "version.h"
@@ -149,7 +150,10 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     late.code = "ShuttingDown";
     co_return late;
   }
-  store_ = std::move(store);
+  // Every writer of the state writes through the fence; the lease through the store itself.
+  store_ = std::make_unique<lease::fenced_store>(std::move(store), [this] {
+    return lease_held() ? std::string() : std::string("the lease is not held");
+  });
   lease_ = std::move(held);
   const auto alive = alive_;
   lease_->keep([this, alive](std::string why) {
