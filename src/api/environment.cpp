@@ -371,6 +371,9 @@ json environment::status() const {
       {"process", system_ ? system_->process_status() : json(nullptr)},
       {"components", system_ ? system_->components_status() : json::object()},
       {"lease", lease_ ? lease_->status() : json(nullptr)},
+      // Why this machine writes nothing to the store any more (released, lost); null while it
+      // may.
+      {"fenced", system_ && !system_->fenced().empty() ? json(system_->fenced()) : json(nullptr)},
       {"storage", storage_status()},
       {"operation", system_ ? system_->operation_status() : json(nullptr)},
       {"checkpoints", checkpoints_summary_ ? *checkpoints_summary_ : json(nullptr)},

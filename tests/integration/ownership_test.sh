@@ -83,6 +83,7 @@ expect_json 'j["error"] == "lease not held"'
 [[ -d a/tmp/checkpoints/v1 ]] || fail "a fenced DELETE removed the local checkpoint"
 on a GET /
 expect_json 'j["process"]["state"] == "stopped" and j["components"]["database"]["state"] == "stopped"'
+expect_json '"released" in j["fenced"]'
 [[ $(starts a) == "$starts_before" ]] || fail "COMMAND started again after the release"
 [[ ! -e a/tmp/checkpoints/after-release ]] || fail "a checkpoint was made after the release"
 # A second release changes nothing either.
@@ -177,7 +178,7 @@ expect_json '[m.get("id") for m in j["missing"] if m["part"] == "checkpoint"] ==
 wait_until "D's database to run again" database_up d
 wait_until "D's COMMAND to run again" test "$(starts d)" -gt "$starts_before"
 on d GET /
-expect_json 'j["lease"]["held"] is True'
+expect_json 'j["lease"]["held"] is True and j["fenced"] is None'
 # The store takes writes again: the failed upload is retried while running (no restart, no
 # request), and the database catches up.
 rm "$DB_KEYS" "$(prefix_dir "$P")checkpoints"
