@@ -1,9 +1,12 @@
 #include "base/log.hpp"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -79,12 +82,53 @@ void write_lines(const std::deque<std::string>& lines) {
   if (!chunk.empty()) write_all(chunk);
 }
 
-// The writer: a thread, so that a stderr that does not drain blocks it and nothing else.
-// (Non-blocking writes from the executor would need O_NONBLOCK on stderr's description, which
-// the children share and would then see as EAGAIN; a description of our own, reopened through
-// /proc/self/fd/2, works for pipes but not for sockets, and needs /proc. The thread works for
-// every kind of stderr, and base stays free of Asio.)
+// How a caller writes a line at once, without ever waiting. O_NONBLOCK cannot be set on
+// stderr's description: the children share it and would see EAGAIN. So a pipe or terminal is
+// reopened (/proc/self/fd/2) as a description of our own with O_NONBLOCK; a socket takes
+// MSG_DONTWAIT on each send; a regular file does not stall and is written as it is. Anything
+// else (or no /proc) has no direct path: every line goes through the writer thread.
+struct direct_path {
+  enum class kind { none, file, reopened, socket } how = kind::none;
+  int fd = -1;  // the reopened description's (never closed: it lives as long as the process)
+
+  static direct_path of_stderr() {
+    struct stat st {};
+    if (::fstat(STDERR_FILENO, &st) != 0) return {};
+    if (S_ISREG(st.st_mode)) return {kind::file, STDERR_FILENO};
+    if (S_ISSOCK(st.st_mode)) return {kind::socket, STDERR_FILENO};
+    if (!S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) return {};
+    // O_NOCTTY: as PID 1 without a controlling terminal, opening a tty must not acquire one.
+    const int own = ::open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (own < 0) return {};
+    return {kind::reopened, own};
+  }
+
+  // Writes what it can of `data` without waiting, and leaves in it what must wait.
+  void write_some(std::string_view& data) const {
+    while (!data.empty()) {
+      const ssize_t n = how == kind::socket
+                            ? ::send(fd, data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL)
+                            : ::write(fd, data.data(), data.size());
+      if (n > 0) {
+        data.remove_prefix(static_cast<std::size_t>(n));
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
+      } else {
+        data = {};  // the reader is gone: dropped, as the writer thread would
+      }
+    }
+  }
+};
+
+// The writer: while stderr keeps up, each caller writes its line itself, at once (so a line is
+// out before, say, the response that follows it). Once stderr stops taking lines, what is left
+// goes into the bounded buffer, and a thread of its own drains it with ordinary blocking writes:
+// a stderr that does not drain blocks that thread and nothing else. While the buffer holds
+// anything, later lines queue behind it, so the order stays. (Base stays free of Asio.)
 struct writer {
+  direct_path direct = direct_path::of_stderr();  // stderr as it was at the first line
   std::mutex mutex;
   std::condition_variable queued;   // a line was pushed
   std::condition_variable drained;  // the buffer is empty and nothing is being written
@@ -220,6 +264,12 @@ void write(level l, std::string_view message, std::initializer_list<field> field
   writer& w = the_writer();
   {
     std::lock_guard lock(w.mutex);
+    if (w.buffer.empty() && !w.writing && w.direct.how != direct_path::kind::none) {
+      std::string_view rest = line;
+      w.direct.write_some(rest);
+      if (rest.empty()) return;
+      line.erase(0, line.size() - rest.size());
+    }
     if (!w.buffer.push(std::move(line))) {
       w.dropped_total.fetch_add(1, std::memory_order_relaxed);
       return;

@@ -2,10 +2,11 @@
 // collectors. Only the orchestrating code (app, api) logs; libraries return errors instead.
 //
 // Logging never blocks the caller (as PID 1, the caller is the executor that serves the API
-// and renews the lease): a line is formatted and put in a bounded buffer, and a writer thread
-// of its own drains that buffer to stderr. When the reader of stderr stalls and the buffer is
-// full, further lines are dropped and counted (dropped_lines()); once the writer gets through
-// again, a warning line says how many were lost.
+// and renews the lease): a line is written at once if stderr takes it without waiting, else it
+// goes into a bounded buffer that a writer thread of its own drains. When the reader of stderr
+// stalls and the buffer is full, further lines are dropped and counted (dropped_lines()); once
+// the writer gets through again, a warning line says how many were lost. stderr is looked at
+// once, at the first line.
 #pragma once
 
 #include <chrono>
@@ -34,7 +35,7 @@ struct field {
   std::string value;
 };
 
-// Queues one line for stderr; never waits for stderr. The writer sends whole lines of up to
+// Writes one line to stderr, or queues it; never waits for stderr. The writer sends whole lines of up to
 // PIPE_BUF bytes (most) in single write(2)s, so they never interleave with a child's output.
 // Thread-safe.
 void write(level l, std::string_view message, std::initializer_list<field> fields = {});
