@@ -77,6 +77,51 @@ for s in idle:
     s.close()
 PY
 
+# A small descriptor limit (256): the cap is lowered to fit it, and with the table full of idle
+# connections the lease and the store still have descriptors: a configuration (lease taken,
+# configuration stored) and a checkpoint (copied, uploaded) succeed.
+sm_stop
+cat >limited.sh <<SH
+#!/bin/sh
+exec prlimit --nofile=256:256 "$STATE_MANAGER_BIN" "\$@"
+SH
+chmod +x limited.sh
+real_bin=$STATE_MANAGER_BIN
+STATE_MANAGER_BIN=$TEST_DIR/limited.sh
+mkdir limited && cd limited
+sm_start --token-file ../token
+cd ..
+STATE_MANAGER_BIN=$real_bin
+grep -q 'max-connections lowered' "$SM_LOG" || fail "the connection cap was not lowered to fit 256 descriptors: $(cat "$SM_LOG")"
+sm_python "$(file_config)" <<'PY' || fail "see above"
+import rawhttp, json, subprocess, sys, time
+idle = [rawhttp.connect() for _ in range(400)]
+def call(method, path, body=None):
+    args = ["curl", "-s", "--max-time", "20", "-o", "/dev/stderr", "-w", "%{http_code}", "-X", method,
+            "-H", "Authorization: Bearer secret-token", f"http://127.0.0.1:{rawhttp.PORT}{path}"]
+    if body is not None:
+        args += ["-d", body]
+    return subprocess.run(args, capture_output=True, text=True)
+for method, path, body in (("GET", "/healthz", None), ("POST", "/config", sys.argv[1]),
+                           ("POST", "/checkpoint", '{"id": "c1"}')):
+    out = call(method, path, body)
+    if out.stdout != "200":
+        print(f"FAIL: {method} {path} answered '{out.stdout}' with 400 idle connections open "
+              f"and 256 descriptors: {out.stderr}", file=sys.stderr)
+        sys.exit(1)
+end = time.monotonic() + 20
+while True:
+    out = call("GET", "/checkpoints/c1")
+    if out.stdout == "200" and json.loads(out.stderr).get("upload", {}).get("state") == "done":
+        break
+    if time.monotonic() > end:
+        print(f"FAIL: the checkpoint was not uploaded: {out.stdout} {out.stderr}", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(0.1)
+for s in idle:
+    s.close()
+PY
+
 # Every slot being answered (event streams): a new connection gets 503, at once.
 sm_stop
 sm_start --token-file token --max-connections 2
