@@ -352,6 +352,8 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
 
     c->idle = !parser.request_started();
     if (c->idle && c->closing) co_return;
+    // Closed for room before this coroutine first ran (no read for the cancel to end yet).
+    if (c->evicted) co_return;
     if (c->idle) {
       c->set_deadline(clock::now() + limits_.idle_timeout);
       request_deadline_set = false;
