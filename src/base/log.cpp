@@ -130,8 +130,8 @@ struct direct_path {
 struct writer {
   direct_path direct = direct_path::of_stderr();  // stderr as it was at the first line
   std::mutex mutex;
-  std::condition_variable queued;   // a line was pushed
-  std::condition_variable drained;  // the buffer is empty and nothing is being written
+  std::condition_variable queued;          // a line was pushed
+  std::condition_variable drained;         // the buffer is empty and nothing is being written
   line_buffer buffer{max_buffered_bytes};  // guarded by mutex
   bool writing = false;                    // guarded by mutex: a taken batch is being written
   std::atomic<std::uint64_t> dropped_total{0};

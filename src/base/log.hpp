@@ -35,8 +35,8 @@ struct field {
   std::string value;
 };
 
-// Writes one line to stderr, or queues it; never waits for stderr. The writer sends whole lines of up to
-// PIPE_BUF bytes (most) in single write(2)s, so they never interleave with a child's output.
+// Writes one line to stderr, or queues it; never waits for stderr. The writer sends whole lines of
+// up to PIPE_BUF bytes (most) in single write(2)s, so they never interleave with a child's output.
 // Thread-safe.
 void write(level l, std::string_view message, std::initializer_list<field> fields = {});
 

@@ -78,8 +78,8 @@ class server {
   // connection moves to the front each time it starts waiting for a request, so the back is the
   // one that has waited longest.
   std::list<connection*> connections_;
-  std::size_t evicting_ = 0;  // connections of the list closed by make_room(), not yet gone
-  asio::steady_timer drained_;          // cancelled when the last connection ends in stop()
+  std::size_t evicting_ = 0;    // connections of the list closed by make_room(), not yet gone
+  asio::steady_timer drained_;  // cancelled when the last connection ends in stop()
   bool stopping_ = false;
   std::chrono::steady_clock::time_point last_accept_warning_{};
 };

@@ -318,7 +318,8 @@ std::size_t freezer::signal_members(int signal) const {
 
 namespace {
 // Polls until no member lives or `deadline` passes; true if none lives.
-asio::awaitable<bool> wait_empty(const freezer& group, std::chrono::steady_clock::time_point deadline) {
+asio::awaitable<bool> wait_empty(const freezer& group,
+                                 std::chrono::steady_clock::time_point deadline) {
   asio::steady_timer timer(co_await asio::this_coro::executor);
   std::chrono::milliseconds pause{1};
   for (;;) {

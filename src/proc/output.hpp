@@ -19,8 +19,9 @@ namespace sm::proc {
 // A pipe, FIFO or terminal is reopened (/proc/self/fd/N) as a description of our own with
 // O_NONBLOCK: setting that flag on the inherited description would make the children that
 // share it see EAGAIN. A socket (journald's stdout, say) cannot be reopened but needs no flag:
-// each send(2) says MSG_DONTWAIT, and an epoll instance of our own says when it is writable. A regular file
-// does not stall and is written as before, blocking; so is a pipe when /proc is missing.
+// each send(2) says MSG_DONTWAIT, and an epoll instance of our own says when it is writable. A
+// regular file does not stall and is written as before, blocking; so is a pipe when /proc is
+// missing.
 class line_output {
  public:
   line_output(asio::any_io_executor executor, int fd);

@@ -15,7 +15,7 @@ BOOST_AUTO_TEST_CASE(buffer_keeps_lines_up_to_its_bound_then_counts_drops) {
   log::line_buffer b(10);
   BOOST_TEST(b.push("abcd\n"));
   BOOST_TEST(b.push("efgh\n"));
-  BOOST_TEST(!b.push("i\n"));     // 12 > 10
+  BOOST_TEST(!b.push("i\n"));  // 12 > 10
   BOOST_TEST(!b.push("j\n"));
   BOOST_TEST(b.bytes() == 10u);
   log::line_buffer::batch taken = b.take();
@@ -23,7 +23,7 @@ BOOST_AUTO_TEST_CASE(buffer_keeps_lines_up_to_its_bound_then_counts_drops) {
   BOOST_TEST(taken.lines.front() == "abcd\n");
   BOOST_TEST(taken.dropped == 2u);
   BOOST_TEST(b.empty());
-  BOOST_TEST(b.push("i\n"));  // room again once taken
+  BOOST_TEST(b.push("i\n"));                  // room again once taken
   BOOST_TEST(!b.push(std::string(20, 'x')));  // longer than the whole bound
   taken = b.take();
   BOOST_TEST(taken.lines.size() == 1u);

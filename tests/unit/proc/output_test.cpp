@@ -57,14 +57,18 @@ BOOST_AUTO_TEST_CASE(a_stalled_socket_never_blocks_the_executor) {
   BOOST_TEST(out->nonblocking());
   const std::string data(4 * 1024 * 1024, 'x');
   bool written = false;
-  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-    co_await out->write(data);
-    written = true;
-  }, asio::detached);
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        co_await out->write(data);
+        written = true;
+      },
+      asio::detached);
   const auto start = std::chrono::steady_clock::now();
   std::chrono::steady_clock::duration timer_fired_after{};
   asio::steady_timer timer(io, std::chrono::milliseconds(10));
-  timer.async_wait([&](std::error_code) { timer_fired_after = std::chrono::steady_clock::now() - start; });
+  timer.async_wait(
+      [&](std::error_code) { timer_fired_after = std::chrono::steady_clock::now() - start; });
   io.run_for(std::chrono::milliseconds(200));
   BOOST_TEST(timer_fired_after > std::chrono::steady_clock::duration::zero());
   BOOST_TEST(timer_fired_after < std::chrono::seconds(1));
