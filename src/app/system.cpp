@@ -381,7 +381,13 @@ std::string system::metrics() const {
       "# HELP state_manager_http_connections Open connections to the API.\n"
       "# TYPE state_manager_http_connections gauge\n"
       "state_manager_http_connections " +
-      std::to_string(server_ ? server_->connection_count() : 0) + "\n";
+      std::to_string(server_ ? server_->connection_count() : 0) +
+      "\n"
+      "# HELP state_manager_log_lines_dropped_total Log lines dropped because stderr was not "
+      "read fast enough.\n"
+      "# TYPE state_manager_log_lines_dropped_total counter\n"
+      "state_manager_log_lines_dropped_total " +
+      std::to_string(log::dropped_lines()) + "\n";
   if (command_) {
     supervisor::append_process_metrics(out, "state_manager_process", "COMMAND",
                                        {{"", &command_->process()}});

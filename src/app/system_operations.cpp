@@ -37,20 +37,33 @@ asio::awaitable<checkpoint::quiesced> system::quiesce(bool may_freeze) {
   const bool declared = std::any_of(components_.begin(), components_.end(),
                                     [](const auto& c) { return !c->holds_state(); });
   if (!command_runs && !declared) co_return q;
+  // COMMAND, the components' processes and whatever they started are gathered into a cgroup
+  // of our own (orphans are ours to find: we are PID 1 or a subreaper), so that holding still
+  // reaches a daemon that left its process group (setsid). Without a usable cgroup only the
+  // process groups are reached, and the manifest says so.
+  std::string no_cgroup;
+  try {
+    co_await offload([&] {
+      if (!freezer_) freezer_ = std::make_unique<proc::freezer>(proc::freezer::open());
+      freezer_->adopt_descendants();
+    });
+  } catch (const std::exception& e) {
+    no_cgroup = e.what();
+  }
   // The cgroup freezer pauses the processes, which keep their PIDs; otherwise, or when
   // freezing is not possible here, they stop and start again with new PIDs.
   if (may_freeze && env_.current()->checkpoint == config::checkpoint_mode::freeze) {
     try {
-      if (!freezer_) {
-        co_await offload(
-            [&] { freezer_ = std::make_unique<proc::freezer>(proc::freezer::open()); });
-      }
+      if (!no_cgroup.empty()) throw std::runtime_error(no_cgroup);
       q.frozen = co_await proc::freeze(*freezer_, opts_.timeout_stop);
       if (!q.frozen) q.note = "the processes did not freeze within the stop timeout";
     } catch (const std::exception& e) {
       q.note = e.what();
     }
-    if (q.frozen) co_return q;
+    if (q.frozen) {
+      q.reach = "cgroup";
+      co_return q;
+    }
     log::warn("cannot freeze the processes; stopping them instead", {{"reason", q.note}});
   }
   q.stopped_any = true;
@@ -61,6 +74,19 @@ asio::awaitable<checkpoint::quiesced> system::quiesce(bool may_freeze) {
     if ((*it)->current() == supervisor::state::stopped && before != supervisor::state::stopped) {
       q.stopped.insert(q.stopped.begin(), *it);
     }
+  }
+  // What outlived its process group's stop is stopped the same way (SIGTERM, then SIGKILL
+  // after the stop timeout): "stop" means the whole tree, and what COMMAND started again on
+  // resume must not find its predecessor still running.
+  if (no_cgroup.empty()) {
+    q.reach = "cgroup";
+    if (const std::size_t n = co_await proc::stop_members(*freezer_, opts_.timeout_stop)) {
+      log::info("stopped processes that had left their process group",
+                {{"count", std::to_string(n)}});
+    }
+  } else {
+    q.reach = "process-group";
+    if (q.note.empty()) q.note = no_cgroup;
   }
   co_return q;
 }

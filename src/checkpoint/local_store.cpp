@@ -50,6 +50,7 @@ json to_json(const manifest& m) {
   for (const auto& [step, ms] : m.steps_ms) steps[step] = ms;
   json quiesce = {{"mode", m.quiesce}};
   if (!m.quiesce_note.empty()) quiesce["note"] = m.quiesce_note;
+  if (!m.quiesce_reach.empty()) quiesce["reach"] = m.quiesce_reach;
   return {{"id", m.id},
           {"created_at", format_rfc3339(m.created_at, true)},
           {"created_at_unix_ms", unix_ms(m.created_at)},
@@ -107,6 +108,7 @@ std::optional<manifest> manifest_from_json(const json& d) {
     if (d.contains("quiesce") && d["quiesce"].is_object()) {
       m.quiesce = d["quiesce"].value("mode", "none");
       m.quiesce_note = d["quiesce"].value("note", "");
+      m.quiesce_reach = d["quiesce"].value("reach", "");
     }
     if (d.contains("steps_ms")) {
       for (const auto& [step, ms] : d["steps_ms"].items())

@@ -40,7 +40,8 @@ struct manifest {
   std::map<std::string, std::int64_t> steps_ms;  // quiesce, snapshot, resume, ...
   // How the processes were held still: "stop", "freeze", or "none" (nothing was running).
   std::string quiesce = "none";
-  std::string quiesce_note;  // why "stop" when "freeze" was configured ("" otherwise)
+  std::string quiesce_note;   // why "stop" when "freeze" was configured ("" otherwise)
+  std::string quiesce_reach;  // "cgroup", "process-group" or "" (see checkpoint::quiesced)
 };
 
 nlohmann::json to_json(const manifest& m);

@@ -163,6 +163,7 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
   m.steps_ms["quiesce"] = ms_since(t);
   m.quiesce = held.mode();
   m.quiesce_note = held.note;
+  m.quiesce_reach = held.reach;
 
   const std::filesystem::path partial = store.partial_of(request.id);
   const std::vector<supervisor::component*> stateful = h.stateful_components();

@@ -39,6 +39,10 @@ struct quiesced {
   bool stopped_any = false;  // something was stopped (and is started again by resume)
   bool frozen = false;       // the cgroup freezer paused them instead
   std::string note;          // why they were stopped although freezing was asked for
+  // What holding still reached: "cgroup" (every descendant, daemons that left their process
+  // group included), "process-group" (no usable cgroup: COMMAND's and the components' process
+  // groups only), "" (nothing was running).
+  std::string reach;
   std::vector<supervisor::component*> stopped;  // what resume() starts again
   std::string mode() const { return frozen ? "freeze" : stopped_any ? "stop" : "none"; }
 };

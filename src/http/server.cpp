@@ -54,6 +54,8 @@ struct server::connection {
   asio::steady_timer timer;
   clock::time_point deadline = never;
   bool idle = true;        // between requests: no byte of the next one has arrived
+  bool answering = false;  // a request is with the handler, or its response being written
+  bool evicted = false;    // make_room() closed it for a newer connection
   bool closing = false;    // the server is stopping: close after the current response
   bool timed_out = false;  // the watchdog cancelled the socket
   bool finished = false;   // serve() returned; the watchdog exits
@@ -120,6 +122,29 @@ void server::reject(asio::ip::tcp::socket& socket) {
   socket.close(ignored);
 }
 
+// The table is full and a new connection came in. A health check or an operator must get
+// through even when idle clients (a thousand kept-alive connections, or someone who opens them
+// on purpose) hold every slot, and file descriptors must stay for the lease and the store: so
+// the table does not grow, and the connection that has waited longest without a request gives
+// way (an HTTP client retries a request on a kept-alive connection that the server closed).
+// Failing one, the oldest whose request is still arriving (its client is slow, and the header
+// timeout would end it anyway). A connection being answered is never closed for room.
+// True if one was closed; it leaves the table once its coroutine ends.
+bool server::make_room() {
+  for (const bool waiting_only : {true, false}) {
+    for (auto it = connections_.rbegin(); it != connections_.rend(); ++it) {
+      connection& c = **it;
+      if (c.evicted || c.answering || c.closing || (waiting_only && !c.idle)) continue;
+      c.evicted = true;
+      ++evicting_;
+      std::error_code ignored;
+      c.socket.cancel(ignored);
+      return true;
+    }
+  }
+  return false;
+}
+
 asio::awaitable<void> server::run() {
   while (!stopping_) {
     std::error_code ec;
@@ -139,7 +164,7 @@ asio::awaitable<void> server::run() {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    if (connections_.size() >= limits_.max_connections) {
+    if (connections_.size() - evicting_ >= limits_.max_connections && !make_room()) {
       reject(socket);
       continue;
     }
@@ -227,6 +252,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
       std::error_code ignored;
       conn.socket.close(ignored);
       owner.connections_.erase(conn.position);
+      if (conn.evicted) --owner.evicting_;
       if (owner.stopping_ && owner.connections_.empty()) owner.drained_.cancel();
     }
   } guard{*this, *c};
@@ -284,6 +310,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
         continue_sent = false;
         head_checked = false;
         c->set_deadline(never);  // the handler is ours; it is not the client being slow
+        c->answering = true;
         response res;
         try {
           res = co_await handler_(req);
@@ -297,6 +324,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
           co_return;
         }
         open = co_await send(res, req.keep_alive, req.method == "HEAD", req.version_minor);
+        c->answering = false;
       } else if (result.state == request_parser::status::error) {
         co_await fail_and_close(error_response(parser.error_status(), parser.error_message()));
         co_return;
@@ -324,9 +352,13 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
 
     c->idle = !parser.request_started();
     if (c->idle && c->closing) co_return;
+    // Closed for room before this coroutine first ran (no read for the cancel to end yet).
+    if (c->evicted) co_return;
     if (c->idle) {
       c->set_deadline(clock::now() + limits_.idle_timeout);
       request_deadline_set = false;
+      // The most recently active first: make_room() takes from the back.
+      connections_.splice(connections_.begin(), connections_, c->position);
     } else if (!request_deadline_set) {
       // Armed once, at the request's first byte: a client trickling a byte at a time must not
       // push its deadline on with every read (slowloris).
@@ -337,6 +369,7 @@ asio::awaitable<void> server::serve(std::shared_ptr<connection> c) {
         asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
     const bool was_idle = c->idle;
     c->idle = false;
+    if (c->evicted) co_return;  // even if the read completed before the cancel reached it
     // The watchdog may have fired while this read's completion was already queued: its
     // cancel then changed nothing, so the flag, not the error code, is what says "too late".
     if (c->timed_out) {

@@ -28,7 +28,9 @@ struct server_limits {
   std::chrono::milliseconds header_timeout = std::chrono::seconds(10);
   // Between requests on a kept-alive connection.
   std::chrono::milliseconds idle_timeout = std::chrono::seconds(60);
-  // Connections beyond this are answered 503 and closed at once.
+  // With this many open, a new connection takes the place of the one that has waited longest
+  // without a request (see server::make_room); only when every one is being answered is the
+  // new one answered 503 and closed.
   std::size_t max_connections = 1024;
 };
 
@@ -65,14 +67,19 @@ class server {
   asio::awaitable<void> watchdog(std::shared_ptr<connection> c);
   asio::awaitable<void> stream_response(connection& c, const response& res, std::string& head);
   void reject(asio::ip::tcp::socket& socket);
+  bool make_room();
 
   asio::any_io_executor executor_;
   server_limits limits_;
   request_handler handler_;
   head_check check_;
   asio::ip::tcp::acceptor acceptor_;
-  std::list<connection*> connections_;  // live connections, for stop(); each erases itself
-  asio::steady_timer drained_;          // cancelled when the last connection ends in stop()
+  // Live connections, for stop() and make_room(); each erases itself. Ordered by activity: a
+  // connection moves to the front each time it starts waiting for a request, so the back is the
+  // one that has waited longest.
+  std::list<connection*> connections_;
+  std::size_t evicting_ = 0;    // connections of the list closed by make_room(), not yet gone
+  asio::steady_timer drained_;  // cancelled when the last connection ends in stop()
   bool stopping_ = false;
   std::chrono::steady_clock::time_point last_accept_warning_{};
 };

@@ -297,6 +297,56 @@ std::vector<pid_t> freezer::members() const {
   return out;
 }
 
+std::vector<pid_t> freezer::live_members() const {
+  std::vector<pid_t> out = members();
+  std::erase_if(out, [](pid_t pid) {
+    const auto stat = read_small("/proc/" + std::to_string(pid) + "/stat");
+    if (!stat) return true;  // gone meanwhile
+    const std::size_t close = stat->rfind(')');
+    return close != std::string::npos && close + 2 < stat->size() && (*stat)[close + 2] == 'Z';
+  });
+  return out;
+}
+
+std::size_t freezer::signal_members(int signal) const {
+  std::size_t reached = 0;
+  for (const pid_t pid : live_members()) {
+    if (::kill(pid, signal) == 0) ++reached;
+  }
+  return reached;
+}
+
+namespace {
+// Polls until no member lives or `deadline` passes; true if none lives.
+asio::awaitable<bool> wait_empty(const freezer& group,
+                                 std::chrono::steady_clock::time_point deadline) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  std::chrono::milliseconds pause{1};
+  for (;;) {
+    if (group.live_members().empty()) co_return true;
+    if (std::chrono::steady_clock::now() >= deadline) co_return false;
+    timer.expires_after(pause);
+    co_await timer.async_wait(asio::use_awaitable);
+    pause = std::min(pause * 2, std::chrono::milliseconds{50});
+  }
+}
+}  // namespace
+
+asio::awaitable<std::size_t> stop_members(freezer& group, duration timeout) {
+  // A member forking meanwhile makes its child inside the group: the rounds of signals and the
+  // wait on the whole group catch it.
+  const std::size_t terminated = group.signal_members(SIGTERM);
+  if (terminated == 0) co_return 0;
+  if (co_await wait_empty(group, std::chrono::steady_clock::now() + timeout)) co_return terminated;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  do {
+    group.signal_members(SIGKILL);
+  } while (!co_await wait_empty(group, std::min(deadline, std::chrono::steady_clock::now() +
+                                                              std::chrono::milliseconds(100))) &&
+           std::chrono::steady_clock::now() < deadline);
+  co_return terminated;
+}
+
 asio::awaitable<bool> freeze(freezer& group, duration timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   co_await offload([&] { group.adopt_descendants(); });

@@ -1,7 +1,9 @@
 // The cgroup freezer as mechanism: a cgroup of our own, `state-manager-<pid>`, created next to
 // the one state-manager runs in, into which our descendants are moved so that they can be
-// paused and resumed as one (checkpoint_mode "freeze"). cgroup v2 (`cgroup.freeze`) is preferred;
-// the v1 freezer hierarchy is used where v2 is not mounted or not writable.
+// paused and resumed as one (checkpoint_mode "freeze"), or stopped as one (checkpoint_mode
+// "stop": a daemon that left its process group with setsid is still a member). cgroup v2
+// (`cgroup.freeze`) is preferred; the v1 freezer hierarchy is used where v2 is not mounted or
+// not writable.
 //
 // Everything here is a few reads and writes of cgroupfs and /proc files: quick, but synchronous.
 #pragma once
@@ -54,6 +56,10 @@ class freezer {
   bool frozen() const;
   // The members' PIDs (cgroup.procs).
   std::vector<pid_t> members() const;
+  // The members that have not exited (a zombie may still be listed until it is reaped).
+  std::vector<pid_t> live_members() const;
+  // Sends `signal` to every live member; returns how many it reached.
+  std::size_t signal_members(int signal) const;
 
  private:
   freezer(version v, std::filesystem::path path) : version_(v), path_(std::move(path)) {}
@@ -67,6 +73,13 @@ class freezer {
 // whose parent exited before it was moved. False (the group thawed again) when it did not
 // freeze within `timeout`: a process in uninterruptible sleep, for instance.
 asio::awaitable<bool> freeze(freezer& group, duration timeout);
+
+// "stop" for the whole group: what is still in it (once COMMAND's and the components' own
+// stops are done: daemons that left their process group) gets SIGTERM, and whatever is left
+// after `timeout` SIGKILL. Waits on the executor (polling, 1 ms growing to 50 ms) until no member
+// lives, for at most `timeout` after the SIGKILL too (a process in uninterruptible sleep dies
+// only when it wakes). Returns how many got the SIGTERM; a thawed group is assumed.
+asio::awaitable<std::size_t> stop_members(freezer& group, duration timeout);
 
 // Removes the `state-manager-<pid>` groups left by processes that are gone (a kill -9), thawing
 // their members first so that nothing stays paused forever. Never throws; returns how many.

@@ -18,14 +18,16 @@ namespace sm::proc {
 // write at a time so that lines from several children never interleave mid-line.
 // A pipe, FIFO or terminal is reopened (/proc/self/fd/N) as a description of our own with
 // O_NONBLOCK: setting that flag on the inherited description would make the children that
-// share it see EAGAIN. A regular file does not stall; a socket or anything that cannot be
-// reopened is written as before, blocking.
+// share it see EAGAIN. A socket (journald's stdout, say) cannot be reopened but needs no flag:
+// each send(2) says MSG_DONTWAIT, and an epoll instance of our own says when it is writable. A
+// regular file does not stall and is written as before, blocking; so is a pipe when /proc is
+// missing.
 class line_output {
  public:
   line_output(asio::any_io_executor executor, int fd);
   // Writes all of `data` (or drops it if the reader is gone); concurrent calls queue up.
   asio::awaitable<void> write(std::string data);
-  bool nonblocking() const { return reopened_.has_value(); }
+  bool nonblocking() const { return reopened_.has_value() || socket_.has_value(); }
   // At shut-down: a write stalled on a reader that stopped reading is abandoned, and later
   // writes are dropped.
   void close();
@@ -33,7 +35,11 @@ class line_output {
  private:
   asio::any_io_executor executor_;
   int fd_;
-  std::optional<asio::posix::stream_descriptor> reopened_;
+  std::optional<asio::posix::stream_descriptor> reopened_;  // a pipe's or tty's, O_NONBLOCK
+  // For a socket: an epoll instance watching fd_ for EPOLLOUT, awaited readable; the sends go
+  // to fd_ with MSG_DONTWAIT.
+  std::optional<asio::posix::stream_descriptor> socket_;
+  asio::awaitable<void> send_all(std::string_view data);
   bool busy_ = false;
   bool closed_ = false;
   std::deque<asio::steady_timer*> waiting_;

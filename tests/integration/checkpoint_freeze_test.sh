@@ -39,7 +39,7 @@ echo "kept" >data/env/kept.txt
 
 req POST /checkpoint -d '{"id": "f1"}'
 expect_status 200
-expect_json 'j["manifest"]["quiesce"] == {"mode": "freeze"}'
+expect_json 'j["manifest"]["quiesce"] == {"mode": "freeze", "reach": "cgroup"}'
 [[ $(cat tmp/checkpoints/f1/mount/kept.txt) == kept ]] || fail "mount/kept.txt is not the file"
 [[ $(cat tmp/checkpoints/f1/mount/counter) =~ ^[0-9]+$ ]] || fail "the copied counter is not a number"
 # The same processes, in our group, thawed, and still counting.

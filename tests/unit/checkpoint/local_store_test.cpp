@@ -24,6 +24,7 @@ manifest sample(const std::string& id, int minute) {
   m.steps_ms = {{"quiesce", 4}, {"snapshot", 20}};
   m.quiesce = "stop";
   m.quiesce_note = "no usable cgroup freezer";
+  m.quiesce_reach = "process-group";
   return m;
 }
 
@@ -51,6 +52,8 @@ BOOST_AUTO_TEST_CASE(a_manifest_round_trips_through_json) {
   BOOST_TEST(to_json(m)["mount"]["copied_by"]["reflink"] == 1);
   BOOST_TEST(back->quiesce_note == "no usable cgroup freezer");
   BOOST_TEST(to_json(m)["quiesce"]["mode"] == "stop");
+  BOOST_TEST(back->quiesce_reach == "process-group");
+  BOOST_TEST(to_json(m)["quiesce"]["reach"] == "process-group");
   BOOST_TEST(to_json(m)["created_at"] == "1970-01-01T00:05:00.000Z");
 }
 

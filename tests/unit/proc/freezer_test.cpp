@@ -182,6 +182,40 @@ BOOST_AUTO_TEST_CASE(the_freeze_step_waits_on_the_executor_until_frozen) {
   BOOST_TEST(!fs::exists(path));
 }
 
+// "stop" for the whole group: a member that left its process group (setsid) and ignores SIGTERM
+// is still reached, and killed once the timeout has passed.
+BOOST_AUTO_TEST_CASE(stop_members_reaches_a_daemon_that_ignores_sigterm) {
+  auto group = try_open(freezer::version::v2);
+  if (!group) group = try_open(freezer::version::v1);
+  if (!group) return;
+  shell_child parent("setsid sh -c 'trap \"\" TERM; while :; do sleep 0.01; done' & wait");
+  BOOST_REQUIRE(eventually([&] {
+    group->adopt_descendants();
+    return group->live_members().size() >= 3u;  // the shell, the daemon, its sleep
+  }));
+  const fs::path path = group->path();
+  asio::io_context io;
+  std::size_t terminated = 0;
+  const auto start = std::chrono::steady_clock::now();
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        terminated = co_await sm::proc::stop_members(*group, 300ms);
+      },
+      [](std::exception_ptr e) {
+        if (e) std::rethrow_exception(e);
+      });
+  io.run();
+  BOOST_TEST(terminated >= 3u);
+  BOOST_TEST(group->live_members().empty());
+  BOOST_TEST((std::chrono::steady_clock::now() - start >= 300ms));  // the daemon took the SIGKILL
+  sm::stop_offload_worker();
+  parent.stop();
+  BOOST_REQUIRE(eventually([&] { return group->members().empty(); }));
+  group.reset();
+  BOOST_TEST(!fs::exists(path));
+}
+
 BOOST_AUTO_TEST_CASE(groups_of_dead_owners_are_removed_and_thawed) {
   std::string why;
   const auto dir = freezer::own_cgroup_dir(freezer::version::v2, why);
