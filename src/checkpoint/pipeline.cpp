@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
+#include "base/crash_point.hpp"
 #include "base/file.hpp"
 #include "checkpoint/contents_swap.hpp"
 #include "checkpoint/remote.hpp"
@@ -159,6 +160,7 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
   } catch (const std::exception& e) {
     failed.take(e);
   }
+  crash_point("checkpoint.after_quiesce");
   m.steps_ms["quiesce"] = ms_since(t);
   m.quiesce = held.mode();
   m.quiesce_note = held.note;
@@ -178,12 +180,14 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
     if (!stateful.empty()) m.steps_ms["database"] = components_ms;
     m.steps_ms["mount"] = tree_ms;
     m.steps_ms["snapshot"] = ms_since(t);
+    crash_point("checkpoint.after_local_copy");
 
     // What was held still goes again (new PIDs when stopped), whatever became of the snapshot.
     h.step(request.id, "resume");
     t = clock::now();
     co_await h.resume(held);
     m.steps_ms["resume"] = ms_since(t);
+    crash_point("checkpoint.after_resume");
   }
 
   if (failed.empty()) {
@@ -197,6 +201,7 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
         failed.take(e);
       }
     });
+    if (failed.empty()) crash_point("checkpoint.after_commit");
   }
   if (!failed.empty()) {
     co_await offload([&] {
@@ -232,6 +237,7 @@ struct env_swap {
       std::filesystem::rename(dir, aside, renamed);
       if (!renamed) {
         moved = true;
+        crash_point("restore.after_env_rename");
       } else if (renamed == std::errc::device_or_resource_busy ||
                  renamed == std::errc::cross_device_link) {
         in_place = true;  // a mount point: its contents are swapped, inside it
@@ -245,6 +251,7 @@ struct env_swap {
     } else {
       copy_tree(from, dir, copy);
     }
+    crash_point("restore.after_env_copy");
   }
   // What was moved aside becomes garbage by one rename (so that a crash from here on is not
   // undone at start); a mount point's old contents go at once (COMMAND would see them).
@@ -334,6 +341,7 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
       co_await c->stop(supervisor::stop_reason::restore);
       stopped.push_back(c);
     }
+    crash_point("restore.after_final_sync");
 
     h.step(request.id, "swap");
     std::vector<supervisor::component*> restored;
@@ -343,6 +351,7 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
         restored.push_back(c);  // before: a restore that fails half-way is undone too
         co_await c->restore(source, copy);
       }
+      crash_point("restore.after_db_rename");
       co_await offload_bulk([&] {
         copy_options copy;
         copy.progress = [&](std::uint64_t done) { p.done = done; };
@@ -365,6 +374,7 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
           unmarked += (unmarked.empty() ? "" : "; ") + c->name() + ": " + e.what();
         }
       }
+      crash_point("restore.after_db_keep");
       co_await offload_bulk([&] {
         try {
           env.keep();
@@ -372,6 +382,7 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
           unmarked += (unmarked.empty() ? "" : "; ") + std::string("env_dir: ") + e.what();
         }
       });
+      crash_point("restore.after_env_keep");
       if (!unmarked.empty()) {
         out.error =
             "restored, but what it replaced could not all be set aside as garbage: " + unmarked;

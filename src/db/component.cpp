@@ -10,6 +10,7 @@
 
 #include "async/offload.hpp"
 #include "base/clock.hpp"
+#include "base/crash_point.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
 #include "checkpoint/copy_tree.hpp"
@@ -231,6 +232,7 @@ asio::awaitable<void> component::restore(const std::filesystem::path& from,
         std::filesystem::rename(current, aside / with_suffix(file_.filename(), suffix));
       }
     }
+    crash_point("restore.db_after_aside");
     // By reflink where the file system can: a restore costs no copy of the data there.
     const std::filesystem::path staged = with_suffix(file_, ".restoring");
     std::filesystem::remove(staged);
