@@ -31,12 +31,16 @@ inline constexpr std::string_view crash_points[] = {
     "download.before_commit",
     // restore (src/checkpoint/pipeline.cpp, src/db/component.cpp)
     "restore.after_final_sync",
+    "restore.after_journal",
     "restore.db_after_aside",
     "restore.after_db_rename",
     "restore.after_env_rename",
     "restore.after_env_copy",
+    "restore.before_commit",
+    "restore.after_commit",
     "restore.after_db_keep",
     "restore.after_env_keep",
+    "restore.after_journal_removed",
     // configuration apply (src/api/environment.cpp)
     "config.before_write",
     "config.after_write",

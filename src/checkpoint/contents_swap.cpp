@@ -112,10 +112,17 @@ copy_stats swap_contents(const fs::path& from, const fs::path& dir, const copy_o
 
 void finish_contents_swap(const fs::path& dir) {
   // One rename makes it final; the removal that follows may be cut short by a crash.
-  if (::rename((dir / old_name).c_str(), (dir / trash_name).c_str()) != 0) {
-    throw_errno("rename", dir / old_name);
+  if (present(dir / old_name)) {
+    remove_tree(dir / trash_name);
+    if (::rename((dir / old_name).c_str(), (dir / trash_name).c_str()) != 0) {
+      throw_errno("rename", dir / old_name);
+    }
+    fsync_dir(dir);
   }
-  fsync_dir(dir);
+  remove_tree(dir / trash_name);
+}
+
+void remove_contents_swap_garbage(const fs::path& dir) {
   remove_tree(dir / trash_name);
 }
 

@@ -26,8 +26,12 @@ bool is_contents_swap_name(const std::string& name);
 copy_stats swap_contents(const std::filesystem::path& from, const std::filesystem::path& dir,
                          const copy_options& options);
 
-// Step 4, after swap_contents returned.
+// Step 4, after swap_contents returned; again after a crash once the restore was committed
+// (finishes whatever of step 4 is left).
 void finish_contents_swap(const std::filesystem::path& dir);
+
+// Removes only step 4's garbage, if a crash left it (a finished swap's).
+void remove_contents_swap_garbage(const std::filesystem::path& dir);
 
 // Puts back what an interrupted or failed swap had moved aside, whichever step it reached; a
 // swap that had reached step 4 is finished instead. True if an old state was put back.

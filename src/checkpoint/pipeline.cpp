@@ -1,5 +1,6 @@
 #include "checkpoint/pipeline.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <map>
@@ -19,6 +20,7 @@
 #include "base/file.hpp"
 #include "checkpoint/contents_swap.hpp"
 #include "checkpoint/remote.hpp"
+#include "checkpoint/restore_journal.hpp"
 
 namespace sm::checkpoint {
 
@@ -220,7 +222,8 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
 namespace {
 
 // env_dir's part of a restore: moved aside by a rename where it can be, its contents swapped
-// inside it where it is a mount point; then the checkpoint's copy goes in.
+// inside it where it is a mount point; then the checkpoint's copy goes in. Every step is
+// durable before the journal's commit; the recovery steps are idempotent.
 struct env_swap {
   std::filesystem::path dir, aside, trash;
   bool moved = false, in_place = false;
@@ -232,24 +235,26 @@ struct env_swap {
 
   void swap_in(const std::filesystem::path& from, const copy_options& copy) {
     remove_tree(aside);
-    if (std::filesystem::exists(dir)) {
-      std::error_code renamed;
-      std::filesystem::rename(dir, aside, renamed);
-      if (!renamed) {
-        moved = true;
-        crash_point("restore.after_env_rename");
-      } else if (renamed == std::errc::device_or_resource_busy ||
-                 renamed == std::errc::cross_device_link) {
-        in_place = true;  // a mount point: its contents are swapped, inside it
-      } else {
-        throw std::filesystem::filesystem_error("cannot rename", dir, aside, renamed);
-      }
-    }
-    if (!dir.parent_path().empty()) std::filesystem::create_directories(dir.parent_path());
-    if (in_place) {
-      swap_contents(from, dir, copy);
+    // A missing env_dir is set aside as an empty one: a rollback then puts that back, and
+    // never leaves the checkpoint's copy beside the state from before.
+    std::filesystem::create_directories(dir);
+    std::error_code renamed;
+    std::filesystem::rename(dir, aside, renamed);
+    if (!renamed) {
+      moved = true;
+      fsync_directory_of(dir);
+      crash_point("restore.after_env_rename");
+    } else if (renamed == std::errc::device_or_resource_busy ||
+               renamed == std::errc::cross_device_link) {
+      in_place = true;  // a mount point: its contents are swapped, inside it
     } else {
-      copy_tree(from, dir, copy);
+      throw std::filesystem::filesystem_error("cannot rename", dir, aside, renamed);
+    }
+    if (in_place) {
+      swap_contents(from, dir, copy);  // durable on return
+    } else {
+      copy_tree(from, dir, copy);  // durable on return, but for its name
+      fsync_directory_of(dir);
     }
     crash_point("restore.after_env_copy");
   }
@@ -273,10 +278,43 @@ struct env_swap {
     if (moved) {
       remove_tree(dir);
       std::filesystem::rename(aside, dir);
+      fsync_directory_of(dir);
     }
     if (in_place) undo_contents_swap(dir);
   }
+
+  // At start, from whatever step a crash left: what was set aside comes back (true if
+  // anything did) ...
+  bool roll_back() {
+    bool back = false;
+    if (std::filesystem::exists(aside)) {
+      remove_tree(dir);
+      std::filesystem::rename(aside, dir);
+      fsync_directory_of(dir);
+      back = true;
+    }
+    return undo_contents_swap(dir) || back;
+  }
+  // ... or goes.
+  void roll_forward() {
+    if (std::filesystem::exists(aside)) {
+      remove_tree(trash);
+      std::filesystem::rename(aside, trash);
+    }
+    remove_tree(trash);
+    finish_contents_swap(dir);
+  }
+  void remove_garbage() {
+    remove_tree(trash);
+    remove_contents_swap_garbage(dir);
+  }
 };
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
 
 }  // namespace
 
@@ -346,7 +384,17 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
     h.step(request.id, "swap");
     std::vector<supervisor::component*> restored;
     env_swap env(where.env_dir);
+    const restore_journal journal(where.journal_dir);
+    restore_intent intent{request.id, where.env_dir, {}};
+    for (auto& [c, copy] : swapped) intent.components.push_back(c->name());
+    bool journaled = false, committed = false;
+    std::string commit_warning;
     try {
+      // The intent first, durable before anything moves: from here a crash is rolled back at
+      // the next start, until the commit below rolls it forward instead.
+      co_await offload([&] { journal.prepare(intent); });
+      journaled = true;
+      crash_point("restore.after_journal");
       for (auto& [c, copy] : swapped) {
         restored.push_back(c);  // before: a restore that fails half-way is undone too
         co_await c->restore(source, copy);
@@ -358,10 +406,15 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
         copy.move_data = request.move_data;
         env.swap_in(source / "mount", copy);
       });
+      crash_point("restore.before_commit");
+      // The commit point: one rename. Both states are complete and durable on disk now.
+      co_await offload([&] { commit_warning = journal.commit(); });
+      committed = true;
+      crash_point("restore.after_commit");
     } catch (const std::exception& e) {
       failed.take(e);
     }
-    if (failed.empty()) {
+    if (committed) {
       // Every copy is in: the restore is done, and nothing from here undoes any of it. What was
       // set aside only becomes garbage now; a component whose keep_restored() returned can no
       // longer undo_restore(), so undoing after a later failure would leave half the
@@ -383,12 +436,26 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
         }
       });
       crash_point("restore.after_env_keep");
+      // What a keep could not mark stays set aside, and the next restore removes it: the
+      // journal goes either way, so that the next restore is not refused.
+      co_await offload([&] {
+        try {
+          journal.remove();
+        } catch (const std::exception& e) {
+          unmarked += (unmarked.empty() ? "" : "; ") + std::string("journal: ") + e.what();
+        }
+      });
+      crash_point("restore.after_journal_removed");
+      if (!commit_warning.empty()) {
+        unmarked += (unmarked.empty() ? "" : "; ") + std::string("journal: ") + commit_warning;
+      }
       if (!unmarked.empty()) {
         out.error =
             "restored, but what it replaced could not all be set aside as garbage: " + unmarked;
       }
-    } else {
-      // The state from before goes back, as it was.
+    } else if (journaled) {
+      // The state from before goes back, as it was; the journal only once it is all back (if
+      // not, the next start finishes putting it back).
       std::string again;
       co_await offload_bulk([&] {
         try {
@@ -403,6 +470,15 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
         } catch (const std::exception& e) {
           again = e.what();
         }
+      }
+      if (again.empty()) {
+        co_await offload([&] {
+          try {
+            journal.remove();
+          } catch (const std::exception& e) {
+            again = std::string("removing the journal: ") + e.what();
+          }
+        });
       }
       if (!again.empty()) failed.text += "; putting the state back also failed: " + again;
     }
@@ -424,20 +500,51 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
   co_return out;
 }
 
-std::vector<std::string> recover_interrupted_restore(const std::filesystem::path& env_dir) {
+std::vector<std::string> recover_interrupted_restore(
+    const std::filesystem::path& journal_dir, const std::filesystem::path& env_dir,
+    const std::vector<restore_recovery>& components) {
   std::vector<std::string> done;
-  env_swap env(env_dir);
-  remove_tree(env.trash);
-  if (std::filesystem::exists(env.aside)) {
-    remove_tree(env_dir);
-    std::filesystem::rename(env.aside, env_dir);
-    done.push_back("an interrupted restore was undone: the environment directory is as before it");
+  const restore_journal journal(journal_dir);
+  const auto [phase, intent] = journal.read();
+  env_swap env(intent.env_dir.empty() ? env_dir : intent.env_dir);
+  if (phase == restore_journal::phase::none) {
+    // A finished restore's garbage, if a crash cut its removal short.
+    for (const restore_recovery& c : components) c.remove_garbage();
+    env.remove_garbage();
+    return done;
   }
-  if (undo_contents_swap(env_dir)) {
-    done.push_back(
-        "an interrupted restore was undone: the environment directory's contents are as before "
-        "it");
+  // What the journal names; a journal that cannot be read names every component we know.
+  std::vector<const restore_recovery*> named;
+  for (const restore_recovery& c : components) {
+    if (intent.components.empty() || std::find(intent.components.begin(), intent.components.end(),
+                                               c.name) != intent.components.end()) {
+      named.push_back(&c);
+    }
   }
+  std::vector<std::string> names;
+  for (const restore_recovery* c : named) names.push_back(c->name);
+  names.push_back("env_dir");
+  const std::string of = intent.id.empty() ? "" : " of checkpoint " + intent.id;
+  if (phase == restore_journal::phase::prepared) {
+    env.roll_back();
+    for (const restore_recovery* c : named) c->roll_back();
+    done.push_back("a restore" + of + " cut short before its commit was rolled back: " +
+                   joined(names) + " are as before it");
+  } else {
+    for (const restore_recovery* c : named) c->roll_forward();
+    env.roll_forward();
+    done.push_back("a restore" + of + " cut short after its commit was finished: " +
+                   joined(names) + " are the checkpoint's");
+  }
+  for (const std::string& name : intent.components) {
+    if (std::none_of(components.begin(), components.end(),
+                     [&](const restore_recovery& c) { return c.name == name; })) {
+      done.push_back("the interrupted restore also replaced " + name +
+                     ", which is no longer configured: left as it is");
+    }
+  }
+  // Only once all of it is done: a crash before this recovers again at the next start.
+  journal.remove();
   return done;
 }
 

@@ -23,6 +23,9 @@ if [[ -n ${CRASH_POINTS_ONLY:-} ]]; then
   read -ra POINTS <<<"$CRASH_POINTS_ONLY"
 fi
 
+# The points after a restore's commit point (the journal's rename to committed).
+COMMITTED_POINTS="restore.after_commit restore.after_db_keep restore.after_env_keep restore.after_journal_removed"
+
 config_doc() {
   printf '{"storage": {"bucket": "env-bucket", "endpoint": "file://%s/objects"}, "stacks": ["database"]}' "$1"
 }
@@ -71,10 +74,11 @@ check_after() {
   file=$(cat data/env/marker 2>/dev/null) || file="(missing)"
   [[ $db == "$file" ]] || fail "$point: mixed state after the crash: database $db, env_dir $file"
   [[ $db == A || $db == B ]] || fail "$point: marker $db"
-  case $kind in
-  restore | download) ;;  # either side of the restore's commit
-  *) [[ $db == B ]] || fail "$point: a $kind crash changed the state to $db" ;;
-  esac
+  # A restore stands once its journal is committed (rolled forward), and not before (rolled
+  # back); nothing else changes the state.
+  local want=B
+  [[ " $COMMITTED_POINTS " != *" $point "* ]] || want=A
+  [[ $db == "$want" ]] || fail "$point: the state after the crash is ${db}, expected $want"
   if [[ $db == B ]]; then
     [[ $(sql "SELECT count(*) FROM kept") == 3 ]] || fail "$point: rows committed before the crash are lost"
     [[ $(cat data/env/sub/one) == one ]] || fail "$point: env_dir lost a file"
