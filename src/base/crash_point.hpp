@@ -36,9 +36,15 @@ inline constexpr std::string_view crash_points[] = {
     "restore.after_db_rename",
     "restore.after_env_rename",
     "restore.after_env_copy",
+    // ... where env_dir is a mount point, its contents swapped inside it (contents_swap.cpp)
+    "restore.contents_after_aside",
+    "restore.contents_after_old",
+    "restore.contents_after_copy",
+    "restore.contents_after_move_up",
     "restore.before_commit",
     "restore.after_commit",
     "restore.after_db_keep",
+    "restore.contents_after_trash",
     "restore.after_env_keep",
     "restore.after_journal_removed",
     // configuration apply (src/api/environment.cpp)
@@ -64,10 +70,7 @@ class crash_point_name {
 };
 
 // Ends the process at once (SIGKILL, as a crash would) if this build has crash points and
-// STATE_MANAGER_CRASH_AT names `at`; otherwise returns. Async-signal-safe once armed.
+// STATE_MANAGER_CRASH_AT names `at`; otherwise returns. Any thread may call it.
 void crash_point(crash_point_name at);
-
-// Whether this build has crash points.
-bool crash_points_enabled();
 
 }  // namespace sm

@@ -21,8 +21,9 @@ namespace sm::checkpoint {
 // True for the reserved names above (which a checkpoint never copies).
 bool is_contents_swap_name(const std::string& name);
 
-// Steps 1 to 3: `dir` ends holding a copy of `from` (copy_tree's options and stats). Throws
-// std::system_error or copy_cancelled; call undo_contents_swap then.
+// Steps 1 to 3: `dir` ends holding a copy of `from` (copy_tree's options and stats). An
+// earlier swap's leftovers are garbage (finished first). Throws std::system_error or
+// copy_cancelled; call undo_contents_swap then.
 copy_stats swap_contents(const std::filesystem::path& from, const std::filesystem::path& dir,
                          const copy_options& options);
 

@@ -12,6 +12,10 @@
 # The instance must die at the point (exit by SIGKILL, the point named in its log): a point
 # renamed, removed or no longer reached fails the sweep.
 #
+# The restore's points are swept twice: with env_dir a plain directory (renamed aside) and,
+# where mounting is allowed, with env_dir a mount point (its contents swapped inside it; the
+# restore.contents_* points are only reached there).
+#
 # CRASH_POINTS_ONLY="a b" sweeps only those points (to show one failing on older code).
 source "$(dirname "$0")/harness.sh"
 
@@ -24,7 +28,9 @@ if [[ -n ${CRASH_POINTS_ONLY:-} ]]; then
 fi
 
 # The points after a restore's commit point (the journal's rename to committed).
-COMMITTED_POINTS="restore.after_commit restore.after_db_keep restore.after_env_keep restore.after_journal_removed"
+COMMITTED_POINTS="restore.after_commit restore.after_db_keep restore.contents_after_trash
+  restore.after_env_keep restore.after_journal_removed"
+COMMITTED_POINTS=${COMMITTED_POINTS//$'\n'/ }
 
 config_doc() {
   printf '{"storage": {"bucket": "env-bucket", "endpoint": "file://%s/objects"}, "stacks": ["database"]}' "$1"
@@ -106,10 +112,20 @@ check_after() {
   local left
   left=$(find data -maxdepth 1 -name '*restore*' -not -name '*-trash' -printf '%f ')
   [[ -z $left ]] || fail "$point: left behind by the restore: $left"
+  left=$(find data/env -maxdepth 1 -name '.state-manager-restore-*' -printf '%f ')
+  [[ -z $left ]] || fail "$point: left behind in env_dir by the restore: $left"
+}
+
+# env_dir becomes a mount point of its own (a small tmpfs) holding the same files.
+mount_env_dir() {
+  mv data/env data/env-files
+  mount_tmpfs "$PWD/data/env" 16m || fail "mounting was allowed a moment ago"
+  cp -a data/env-files/. data/env/
+  rm -rf data/env-files
 }
 
 sweep_one() {
-  local point=$1 kind=${1%%.*} template=template dir=$TEST_DIR/p-$1
+  local point=$1 mounted=$2 kind=${1%%.*} template=template dir=$TEST_DIR/p-$1
   case $kind in
   download) template=template-download ;;
   config) template=template-config ;;
@@ -118,6 +134,7 @@ sweep_one() {
   [[ ! -f $dir/tmp/config.json ]] ||
     sed -i "s|$TEST_DIR/$template/objects|$dir/objects|" "$dir/tmp/config.json"
   cd "$dir"
+  [[ $mounted != mounted ]] || mount_env_dir
 
   export STATE_MANAGER_CRASH_AT=$point
   sm_start -- sleep 1000
@@ -145,14 +162,35 @@ sweep_one() {
   check_after "$point"
   sm_stop
   ((SM_EXIT == 0)) || fail "$point: the restarted instance exited with $SM_EXIT"
+  if [[ $mounted == mounted ]]; then
+    umount "$dir/data/env" || fail "cannot unmount $dir/data/env"
+    MOUNTED=()  # one at a time: nothing left for the harness to unmount
+  fi
   cd "$TEST_DIR"
   rm -rf "$dir"
 }
 
 make_template
+can_mount=yes
+if mount_tmpfs "$TEST_DIR/mount-probe" 1m; then
+  umount "$TEST_DIR/mount-probe"
+  MOUNTED=()
+else
+  can_mount=no
+  log "mounting is not allowed here: the restore's points are swept with a plain env_dir only"
+fi
 started=$SECONDS
+swept=0
 for point in "${POINTS[@]}"; do
-  sweep_one "$point"
-  log "survived a crash at $point"
+  if [[ $point != restore.contents_* ]]; then
+    sweep_one "$point" plain
+    log "survived a crash at $point"
+    swept=$((swept + 1))
+  fi
+  if [[ $can_mount == yes && $point == restore.* && $point != restore.after_env_rename ]]; then
+    sweep_one "$point" mounted
+    log "survived a crash at $point (env_dir a mount point)"
+    swept=$((swept + 1))
+  fi
 done
-log "${#POINTS[@]} crash points swept in $((SECONDS - started)) s"
+log "$swept crashes at ${#POINTS[@]} crash points swept in $((SECONDS - started)) s"
