@@ -67,8 +67,7 @@ void restore_journal::remove() const {
 }
 
 std::pair<restore_journal::phase, restore_intent> restore_journal::read() const {
-  // Committed wins: the rename from prepared is one step, so both are never there together
-  // unless a later prepare was refused, and then the committed one is the truth.
+  // prepare() refuses while either is there, so at most one is.
   for (const auto& [p, at] : {std::pair{phase::committed, committed_path()},
                              std::pair{phase::prepared, prepared_path()}}) {
     if (const auto text = read_file(at, 1024 * 1024)) return {p, parse(*text)};

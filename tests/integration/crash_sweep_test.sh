@@ -42,6 +42,9 @@ get_json() { # get_json PATH PY_EXPR: prints the expression's value, with j the 
 }
 database_running() { [[ $(get_json / 'j["components"]["database"]["state"]') == running ]]; }
 uploaded() { [[ $(get_json "/checkpoints/$1" 'j["upload"]["state"]') == done ]]; }
+every_local_checkpoint_uploaded() {
+  [[ $(get_json /checkpoints 'all(c["upload"]["state"] == "done" for c in j["checkpoints"] if c["location"] == "local")') == True ]]
+}
 
 # The template every point starts from: checkpoint cp1 holds marker A (row and file), uploaded;
 # then the marker is B and three rows are committed. Stopped cleanly.
@@ -110,7 +113,7 @@ check_after() {
   done
   # What a restore set aside is put back or gone.
   local left
-  left=$(find data -maxdepth 1 -name '*restore*' -not -name '*-trash' -printf '%f ')
+  left=$(find data -maxdepth 1 -name '*restor*' -not -name '*-trash' -printf '%f ')
   [[ -z $left ]] || fail "$point: left behind by the restore: $left"
   left=$(find data/env -maxdepth 1 -name '.state-manager-restore-*' -printf '%f ')
   [[ -z $left ]] || fail "$point: left behind in env_dir by the restore: $left"
@@ -160,6 +163,13 @@ sweep_one() {
   fi
   wait_until "$point: the database running after the crash" database_running
   check_after "$point"
+  # A checkpoint made whole before the crash reaches the store after it (the upload that the
+  # crash cut short is done again).
+  wait_until "$point: every local checkpoint uploaded" every_local_checkpoint_uploaded
+  [[ ! -d tmp/checkpoints/cp2 || -f objects/env-bucket/checkpoints/cp2/manifest.json ]] ||
+    fail "$point: cp2 is said to be uploaded, but its manifest is not in the store"
+  # The configuration's copy in the store, whose upload a crash may have cut short.
+  wait_until "$point: the configuration backed up" test -f objects/env-bucket/config.json
   sm_stop
   ((SM_EXIT == 0)) || fail "$point: the restarted instance exited with $SM_EXIT"
   if [[ $mounted == mounted ]]; then
