@@ -47,6 +47,10 @@ inline constexpr std::string_view crash_points[] = {
     "restore.contents_after_trash",
     "restore.after_env_keep",
     "restore.after_journal_removed",
+    // start-up's recovery of a restore a crash cut short (src/checkpoint/pipeline.cpp): the
+    // sweep crashes a restore first, then the recovery
+    "recovery.half_done",
+    "recovery.before_journal_removed",
     // configuration apply (src/api/environment.cpp)
     "config.before_write",
     "config.after_write",

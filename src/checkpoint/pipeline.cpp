@@ -527,11 +527,13 @@ std::vector<std::string> recover_interrupted_restore(
   const std::string of = intent.id.empty() ? "" : " of checkpoint " + intent.id;
   if (phase == restore_journal::phase::prepared) {
     env.roll_back();
+    crash_point("recovery.half_done");
     for (const restore_recovery* c : named) c->roll_back();
     done.push_back("a restore" + of + " cut short before its commit was rolled back: " +
                    joined(names) + " are as before it");
   } else {
     for (const restore_recovery* c : named) c->roll_forward();
+    crash_point("recovery.half_done");
     env.roll_forward();
     done.push_back("a restore" + of + " cut short after its commit was finished: " +
                    joined(names) + " are the checkpoint's");
@@ -544,6 +546,7 @@ std::vector<std::string> recover_interrupted_restore(
     }
   }
   // Only once all of it is done: a crash before this recovers again at the next start.
+  crash_point("recovery.before_journal_removed");
   journal.remove();
   return done;
 }

@@ -12,7 +12,9 @@
 # The instance must die at the point (exit by SIGKILL, the point named in its log): a point
 # renamed, removed or no longer reached fails the sweep.
 #
-# The restore's points are swept twice: with env_dir a plain directory (renamed aside) and,
+# The recovery's points (recovery.*) are swept after a restore killed before its commit and
+# one killed after it: the recovery is killed in turn, and the start after that must still
+# end with one state. The restore's points are swept twice: with env_dir a plain directory (renamed aside) and,
 # where mounting is allowed, with env_dir a mount point (its contents swapped inside it; the
 # restore.contents_* points are only reached there).
 #
@@ -78,15 +80,13 @@ make_template() {
 
 # After the restart: one state, nothing lost, nothing partial, nothing left aside.
 check_after() {
-  local point=$1 kind=${1%%.*} db file
+  local point=$1 want=$2 db file
   db=$(sql "SELECT v FROM marker") || fail "$point: the database cannot be read"
   file=$(cat data/env/marker 2>/dev/null) || file="(missing)"
   [[ $db == "$file" ]] || fail "$point: mixed state after the crash: database $db, env_dir $file"
   [[ $db == A || $db == B ]] || fail "$point: marker $db"
   # A restore stands once its journal is committed (rolled forward), and not before (rolled
   # back); nothing else changes the state.
-  local want=B
-  [[ " $COMMITTED_POINTS " != *" $point "* ]] || want=A
   [[ $db == "$want" ]] || fail "$point: the state after the crash is ${db}, expected $want"
   if [[ $db == B ]]; then
     [[ $(sql "SELECT count(*) FROM kept") == 3 ]] || fail "$point: rows committed before the crash are lost"
@@ -162,7 +162,9 @@ sweep_one() {
     expect_status 200
   fi
   wait_until "$point: the database running after the crash" database_running
-  check_after "$point"
+  local want=B
+  [[ " $COMMITTED_POINTS " != *" $point "* ]] || want=A
+  check_after "$point" "$want"
   # A checkpoint made whole before the crash reaches the store after it (the upload that the
   # crash cut short is done again).
   wait_until "$point: every local checkpoint uploaded" every_local_checkpoint_uploaded
@@ -180,6 +182,41 @@ sweep_one() {
   rm -rf "$dir"
 }
 
+# A restore killed at $1, then the recovery at start-up killed at $2, then a clean start.
+sweep_recovery() {
+  local first=$1 point=$2 want=$3 dir=$TEST_DIR/r-$2
+  cp -a "$TEST_DIR/template" "$dir"
+  sed -i "s|$TEST_DIR/template/objects|$dir/objects|" "$dir/tmp/config.json"
+  cd "$dir"
+  export STATE_MANAGER_CRASH_AT=$first
+  sm_start -- sleep 1000
+  unset STATE_MANAGER_CRASH_AT
+  local crashing=$SM_PID code=0
+  wait_until "$first: the database running" database_running
+  req POST /restore -d '{"id": "cp1"}'
+  wait_exit "$crashing" || fail "$first: still running: the crash point was not reached"
+  wait "$crashing" || code=$?
+  ((code == 137)) || fail "$first: exited with $code, not killed at the point"
+  # The recovery runs before the API listens: the instance dies during its start.
+  STATE_MANAGER_CRASH_AT=$point "$STATE_MANAGER_BIN" --listen 127.0.0.1:0 -- sleep 1000 \
+    >"$LOG_DIR/recovery-$point-$first.log" 2>&1 &
+  crashing=$!
+  STARTED_PIDS+=("$crashing")
+  wait_exit "$crashing" || fail "$first, then $point: still running: the recovery's crash point was not reached"
+  code=0
+  wait "$crashing" || code=$?
+  ((code == 137)) || fail "$first, then $point: exited with $code, not killed at the point"
+  grep -q "crash point $point: killed" "$LOG_DIR/recovery-$point-$first.log" ||
+    fail "$first, then $point: not killed at its crash point"
+  sm_start -- sleep 1000
+  wait_until "$first, then $point: the database running" database_running
+  check_after "$first, then $point" "$want"
+  sm_stop
+  ((SM_EXIT == 0)) || fail "$first, then $point: the restarted instance exited with $SM_EXIT"
+  cd "$TEST_DIR"
+  rm -rf "$dir"
+}
+
 make_template
 can_mount=yes
 if mount_tmpfs "$TEST_DIR/mount-probe" 1m; then
@@ -192,6 +229,13 @@ fi
 started=$SECONDS
 swept=0
 for point in "${POINTS[@]}"; do
+  if [[ $point == recovery.* ]]; then
+    sweep_recovery restore.after_env_copy "$point" B
+    sweep_recovery restore.after_commit "$point" A
+    log "survived a crash at $point, after a restore's crash before and after its commit"
+    swept=$((swept + 2))
+    continue
+  fi
   if [[ $point != restore.contents_* ]]; then
     sweep_one "$point" plain
     log "survived a crash at $point"
