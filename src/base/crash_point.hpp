@@ -50,6 +50,7 @@ inline constexpr std::string_view crash_points[] = {
     // start-up's recovery of a restore a crash cut short (src/checkpoint/pipeline.cpp): the
     // sweep crashes a restore first, then the recovery
     "recovery.half_done",
+    "recovery.db_first_back",  // the first of the database's files put back (rollback only)
     "recovery.before_journal_removed",
     // configuration apply (src/api/environment.cpp)
     "config.before_write",

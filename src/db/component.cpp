@@ -192,7 +192,10 @@ void put_back(const std::filesystem::path& file, const std::filesystem::path& as
   }
   for (const char* suffix : {"", "-wal", "-shm"}) {
     const std::filesystem::path saved = aside / with_suffix(file.filename(), suffix);
-    if (std::filesystem::exists(saved)) std::filesystem::rename(saved, with_suffix(file, suffix));
+    if (std::filesystem::exists(saved)) {
+      std::filesystem::rename(saved, with_suffix(file, suffix));
+      crash_point("recovery.db_first_back");
+    }
   }
   std::filesystem::remove(with_suffix(file, ".restoring"));
   fsync_directory_of(file);
