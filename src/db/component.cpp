@@ -240,7 +240,7 @@ asio::awaitable<void> component::restore(const std::filesystem::path& from,
         std::filesystem::rename(current, aside / with_suffix(file_.filename(), suffix));
       }
     }
-    fsync_directory_of(aside / "x");
+    fsync_directory_of(aside / file_.filename());
     fsync_directory_of(file_);
     crash_point("restore.db_after_aside");
     // By reflink where the file system can: a restore costs no copy of the data there.

@@ -34,6 +34,11 @@ COMMITTED_POINTS="restore.after_commit restore.after_db_keep restore.contents_af
   restore.after_env_keep restore.after_journal_removed"
 COMMITTED_POINTS=${COMMITTED_POINTS//$'\n'/ }
 
+# The restore's points before env_dir is touched, and the one only a plain env_dir reaches.
+BEFORE_ENV_DIR="restore.after_final_sync restore.after_journal restore.db_after_aside
+  restore.after_db_rename restore.after_env_rename"
+BEFORE_ENV_DIR=${BEFORE_ENV_DIR//$'\n'/ }
+
 config_doc() {
   printf '{"storage": {"bucket": "env-bucket", "endpoint": "file://%s/objects"}, "stacks": ["database"]}' "$1"
 }
@@ -246,7 +251,9 @@ for point in "${POINTS[@]}"; do
     log "survived a crash at $point"
     swept=$((swept + 1))
   fi
-  if [[ $can_mount == yes && $point == restore.* && $point != restore.after_env_rename ]]; then
+  # With env_dir a mount point, from the points where env_dir's part begins (before them the
+  # two passes do the same).
+  if [[ $can_mount == yes && $point == restore.* && " $BEFORE_ENV_DIR " != *" $point "* ]]; then
     sweep_one "$point" mounted
     log "survived a crash at $point (env_dir a mount point)"
     swept=$((swept + 1))
