@@ -258,8 +258,8 @@ struct env_swap {
     }
     crash_point("restore.after_env_copy");
   }
-  // What was moved aside becomes garbage by one rename (so that a crash from here on is not
-  // undone at start); a mount point's old contents go at once (COMMAND would see them).
+  // After the journal's commit: what was moved aside becomes garbage by one rename; a mount
+  // point's old contents go at once (COMMAND would see them).
   void keep() {
     if (moved) {
       try {
@@ -267,8 +267,7 @@ struct env_swap {
         std::filesystem::rename(aside, trash);
       } catch (const std::exception&) {
         // An earlier restore's garbage that cannot be removed is in the way (remove_replaced
-        // reports it): the old tree goes at once instead, for left as .restore-aside the next
-        // start would put it back under the restored components.
+        // reports it): the old tree goes at once instead.
         remove_tree(aside);
       }
     }
@@ -283,17 +282,14 @@ struct env_swap {
     if (in_place) undo_contents_swap(dir);
   }
 
-  // At start, from whatever step a crash left: what was set aside comes back (true if
-  // anything did) ...
-  bool roll_back() {
-    bool back = false;
+  // At start, from whatever step a crash left: what was set aside comes back ...
+  void roll_back() {
     if (std::filesystem::exists(aside)) {
       remove_tree(dir);
       std::filesystem::rename(aside, dir);
       fsync_directory_of(dir);
-      back = true;
     }
-    return undo_contents_swap(dir) || back;
+    undo_contents_swap(dir);
   }
   // ... or goes.
   void roll_forward() {
