@@ -954,3 +954,21 @@ BOOST_AUTO_TEST_CASE(a_restore_that_fails_after_its_journal_removes_it_once_ever
   BOOST_TEST(read(env.db.file()) == "db-v2");
   BOOST_TEST(!fs::exists(env.db.aside()));
 }
+
+BOOST_AUTO_TEST_CASE(a_journal_that_cannot_be_read_rolls_back_everything_it_could_name) {
+  environment env;
+  const auto before = tree_of(env.where.env_dir);
+  // As a restore leaves them before its commit: both set aside, the copies in their places.
+  fs::rename(env.db.file(), env.db.aside());
+  write(env.db.file(), "db-restored");
+  fs::rename(env.where.env_dir, env.where.env_dir.string() + ".restore-aside");
+  write(env.where.env_dir / "restored.txt", "restored");
+  write(env.journal().prepared_path(), "{ damaged");
+
+  const strings done = cp::recover_interrupted_restore(env.where.journal_dir, env.where.env_dir,
+                                                       {recovery_of(env.db.file())});
+  BOOST_TEST(mentions(done, "rolled back"), join(done));
+  BOOST_TEST(read(env.db.file()) == "db-v1");
+  BOOST_TEST(same(tree_of(env.where.env_dir), before));
+  BOOST_TEST((env.journal().read().first == cp::restore_journal::phase::none));
+}
