@@ -531,8 +531,8 @@ std::vector<std::string> recover_interrupted_restore(
     for (const restore_recovery* c : named) c->roll_forward();
     crash_point("recovery.half_done");
     env.roll_forward();
-    done.push_back("a restore" + of + " cut short after its commit was finished: " +
-                   joined(names) + " are the checkpoint's");
+    done.push_back("a restore" + of + " cut short after its commit was finished: " + joined(names) +
+                   " are the checkpoint's");
   }
   for (const std::string& name : intent.components) {
     if (std::none_of(components.begin(), components.end(),

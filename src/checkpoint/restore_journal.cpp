@@ -43,9 +43,8 @@ void restore_journal::prepare(const restore_intent& intent) const {
                             "an interrupted restore is still recorded in " + dir_.string() +
                                 " (it is recovered at the next start)");
   }
-  const nlohmann::json j = {{"id", intent.id},
-                            {"env_dir", intent.env_dir.string()},
-                            {"components", intent.components}};
+  const nlohmann::json j = {
+      {"id", intent.id}, {"env_dir", intent.env_dir.string()}, {"components", intent.components}};
   // Written to a temporary and renamed, file and directory fsynced: never seen half-written.
   write_file_atomically(prepared_path(), j.dump() + "\n", 0600);
 }
@@ -69,7 +68,7 @@ void restore_journal::remove() const {
 std::pair<restore_journal::phase, restore_intent> restore_journal::read() const {
   // prepare() refuses while either is there, so at most one is.
   for (const auto& [p, at] : {std::pair{phase::committed, committed_path()},
-                             std::pair{phase::prepared, prepared_path()}}) {
+                              std::pair{phase::prepared, prepared_path()}}) {
     if (const auto text = read_file(at, 1024 * 1024)) return {p, parse(*text)};
   }
   return {phase::none, {}};

@@ -22,9 +22,9 @@
 namespace sm::checkpoint {
 
 struct restore_intent {
-  std::string id;                        // the checkpoint restored
-  std::filesystem::path env_dir;         // as it was when the restore began
-  std::vector<std::string> components;   // whose state it replaces, by name
+  std::string id;                       // the checkpoint restored
+  std::filesystem::path env_dir;        // as it was when the restore began
+  std::vector<std::string> components;  // whose state it replaces, by name
 };
 
 class restore_journal {

@@ -319,7 +319,10 @@ cp::restore_recovery recovery_of(const fs::path& file) {
           [=] {
             if (fs::exists(aside)) fs::rename(aside, file);
           },
-          [=] { fs::remove(aside); fs::remove(trash); },
+          [=] {
+            fs::remove(aside);
+            fs::remove(trash);
+          },
           [=] { fs::remove(trash); }};
 }
 
@@ -796,9 +799,9 @@ strings recover(const fs::path& disk) {
 }
 
 bool nothing_left_aside(const fs::path& disk) {
-  for (const char* name : {"env.restore-aside", "env.restore-trash", "state/db.file.aside",
-                           "state/db.file.trash", "state/restore-journal",
-                           "state/restore-journal.committed"}) {
+  for (const char* name :
+       {"env.restore-aside", "env.restore-trash", "state/db.file.aside", "state/db.file.trash",
+        "state/restore-journal", "state/restore-journal.committed"}) {
     if (fs::exists(disk / name)) return false;
   }
   return true;
