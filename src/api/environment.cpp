@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
+#include "base/crash_point.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
 #include "lease/fenced_store.hpp"
@@ -180,6 +181,7 @@ asio::awaitable<void> environment::back_up_config(std::string document) {
     try {
       s3::put_options options;
       options.content_type = "application/json";
+      crash_point("config.backup_upload");
       co_await store_->put("config.json", document, options);
     } catch (const std::exception& e) {
       failure = e.what();
@@ -272,7 +274,9 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   std::string failure;
   try {
     const std::string text = document.dump(2) + "\n";
+    crash_point("config.before_write");
     co_await offload([&] { write_file_atomically(file, text, 0600); });
+    crash_point("config.after_write");
   } catch (const std::exception& e) {
     failure = e.what();
   }

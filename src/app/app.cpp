@@ -120,20 +120,25 @@ void remove_interrupted_checkpoints(const api::environment& env) {
   }
 }
 
-// A restore cut short by a crash: what it had set aside is the state, put back.
+// A restore cut short by a crash, by its journal in data/: rolled back before its commit,
+// forward after it; the database and env_dir end both as before it or both as the checkpoint.
 void recover_interrupted_restore(const cli::server_options& opts, const api::environment& env) {
+  const std::filesystem::path database = opts.data_dir / "database.sqlite";
+  const std::vector<checkpoint::restore_recovery> components = {
+      {"database", [&] { db::component::roll_back_restore(database); },
+       [&] { db::component::roll_forward_restore(database); },
+       [&] { db::component::remove_restore_garbage(database); }}};
+  // The journal names the env_dir it swapped; this one serves when it names none.
+  const std::filesystem::path env_dir =
+      env.current() ? env.current()->storage.env_dir : config::storage_config{}.env_dir;
   try {
-    if (db::component::recover_interrupted_restore(opts.data_dir / "database.sqlite")) {
-      log::warn("an interrupted restore was undone: the database is as before it");
-    }
-    if (env.current()) {
-      const std::filesystem::path env_dir = env.current()->storage.env_dir;
-      for (const std::string& what : checkpoint::recover_interrupted_restore(env_dir)) {
-        log::warn(what, {{"dir", env_dir.string()}});
-      }
+    for (const std::string& what :
+         checkpoint::recover_interrupted_restore(opts.data_dir, env_dir, components)) {
+      log::warn(what, {{"journal", opts.data_dir.string()}});
     }
   } catch (const std::exception& e) {
-    log::error("cannot undo an interrupted restore", {{"error", e.what()}});
+    log::error("cannot recover an interrupted restore; retried at the next start",
+               {{"error", e.what()}});
   }
 }
 

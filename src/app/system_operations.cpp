@@ -170,7 +170,7 @@ void system::end_operation(bool ok) {
 
 checkpoint::paths system::checkpoint_paths() const {
   return {env_.paths().checkpoints_dir(), env_.current()->storage.env_dir,
-          env_.paths().config_file()};
+          env_.paths().config_file(), env_.paths().data_dir};
 }
 
 decltype(checkpoint::copy_options::move_data) system::data_mover() {

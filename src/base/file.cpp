@@ -22,6 +22,8 @@ namespace {
   throw std::system_error(errno, std::generic_category(), what + " " + path.string());
 }
 
+}  // namespace
+
 void fsync_directory_of(const std::filesystem::path& path) {
   std::filesystem::path dir = path.parent_path();
   if (dir.empty()) dir = ".";
@@ -29,7 +31,6 @@ void fsync_directory_of(const std::filesystem::path& path) {
   if (!fd) throw_errno("open directory", dir);
   if (::fsync(fd.get()) != 0) throw_errno("fsync directory", dir);
 }
-}  // namespace
 
 std::optional<std::string> read_file(const std::filesystem::path& path, std::size_t max_bytes,
                                      bool allow_pipes) {

@@ -34,6 +34,10 @@ std::string read_token_file(const std::filesystem::path& file);
 void write_file_atomically(const std::filesystem::path& path, std::string_view content,
                            mode_t mode);
 
+// Makes the entries of the directory that holds `path` durable (a rename, a creation or a
+// removal there): fsync of that directory. Throws std::system_error.
+void fsync_directory_of(const std::filesystem::path& path);
+
 // `<path><suffix>`: a name beside `path` ("data/env" -> "data/env.restore-aside").
 std::filesystem::path with_suffix(const std::filesystem::path& path, std::string_view suffix);
 

@@ -11,6 +11,7 @@
 #include <system_error>
 #include <vector>
 
+#include "base/crash_point.hpp"
 #include "base/fd.hpp"
 
 namespace sm::checkpoint {
@@ -82,20 +83,28 @@ bool is_contents_swap_name(const std::string& name) {
 }
 
 copy_stats swap_contents(const fs::path& from, const fs::path& dir, const copy_options& options) {
-  undo_contents_swap(dir);  // what an earlier attempt left, if anything
+  // What an earlier swap left. Its restore's journal is gone (a new one could not have
+  // begun otherwise), so that swap was committed or undone: what is left is garbage, never
+  // the state to go back to.
+  finish_contents_swap(dir);
+  remove_tree(dir / new_name);
   // 1. The old state, entry by entry, into the aside directory.
   if (::mkdir((dir / aside_name).c_str(), 0700) != 0) throw_errno("mkdir", dir / aside_name);
   move_entries(dir, dir / aside_name);
   fsync_dir(dir / aside_name);
   fsync_dir(dir);
+  crash_point("restore.contents_after_aside");
   // 2. All of it is there: from now on an undo may empty the directory first.
   if (::rename((dir / aside_name).c_str(), (dir / old_name).c_str()) != 0) {
     throw_errno("rename", dir / aside_name);
   }
   fsync_dir(dir);
+  crash_point("restore.contents_after_old");
   // 3. The checkpoint next to it, then moved up.
   const copy_stats stats = copy_tree(from, dir / new_name, options);
+  crash_point("restore.contents_after_copy");
   move_entries(dir / new_name, dir);
+  crash_point("restore.contents_after_move_up");
   if (::rmdir((dir / new_name).c_str()) != 0) throw_errno("rmdir", dir / new_name);
   struct stat st {};
   if (::stat(from.c_str(), &st) != 0) throw_errno("stat", from);
@@ -112,10 +121,18 @@ copy_stats swap_contents(const fs::path& from, const fs::path& dir, const copy_o
 
 void finish_contents_swap(const fs::path& dir) {
   // One rename makes it final; the removal that follows may be cut short by a crash.
-  if (::rename((dir / old_name).c_str(), (dir / trash_name).c_str()) != 0) {
-    throw_errno("rename", dir / old_name);
+  if (present(dir / old_name)) {
+    remove_tree(dir / trash_name);
+    if (::rename((dir / old_name).c_str(), (dir / trash_name).c_str()) != 0) {
+      throw_errno("rename", dir / old_name);
+    }
+    fsync_dir(dir);
+    crash_point("restore.contents_after_trash");
   }
-  fsync_dir(dir);
+  remove_tree(dir / trash_name);
+}
+
+void remove_contents_swap_garbage(const fs::path& dir) {
   remove_tree(dir / trash_name);
 }
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/clock.hpp"
+#include "base/crash_point.hpp"
 #include "base/file.hpp"
 #include "checkpoint/checkpoint_id.hpp"
 
@@ -210,6 +211,7 @@ void local_store::commit(const manifest& m) const {
   ::close(fd);
   if (rc != 0)
     throw std::system_error(saved, std::generic_category(), "syncfs " + partial.string());
+  crash_point("checkpoint.after_manifest");
   std::filesystem::rename(partial, path_of(m.id));
   fsync_dir(dir_);
 }

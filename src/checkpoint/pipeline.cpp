@@ -1,5 +1,6 @@
 #include "checkpoint/pipeline.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <map>
@@ -15,9 +16,11 @@
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
+#include "base/crash_point.hpp"
 #include "base/file.hpp"
 #include "checkpoint/contents_swap.hpp"
 #include "checkpoint/remote.hpp"
+#include "checkpoint/restore_journal.hpp"
 
 namespace sm::checkpoint {
 
@@ -160,6 +163,7 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
   } catch (const std::exception& e) {
     failed.take(e);
   }
+  crash_point("checkpoint.after_quiesce");
   m.steps_ms["quiesce"] = ms_since(t);
   m.quiesce = held.mode();
   m.quiesce_note = held.note;
@@ -180,12 +184,14 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
     if (!stateful.empty()) m.steps_ms["database"] = components_ms;
     m.steps_ms["mount"] = tree_ms;
     m.steps_ms["snapshot"] = ms_since(t);
+    crash_point("checkpoint.after_local_copy");
 
     // What was held still goes again (new PIDs when stopped), whatever became of the snapshot.
     h.step(request.id, "resume");
     t = clock::now();
     co_await h.resume(held);
     m.steps_ms["resume"] = ms_since(t);
+    crash_point("checkpoint.after_resume");
   }
 
   if (failed.empty()) {
@@ -199,6 +205,7 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
         failed.take(e);
       }
     });
+    if (failed.empty()) crash_point("checkpoint.after_commit");
   }
   if (!failed.empty()) {
     co_await offload([&] {
@@ -217,7 +224,8 @@ asio::awaitable<create_outcome> create(host& h, const paths& where, create_reque
 namespace {
 
 // env_dir's part of a restore: moved aside by a rename where it can be, its contents swapped
-// inside it where it is a mount point; then the checkpoint's copy goes in.
+// inside it where it is a mount point; then the checkpoint's copy goes in. Every step is
+// durable before the journal's commit; the recovery steps are idempotent.
 struct env_swap {
   std::filesystem::path dir, aside, trash;
   bool moved = false, in_place = false;
@@ -229,27 +237,31 @@ struct env_swap {
 
   void swap_in(const std::filesystem::path& from, const copy_options& copy) {
     remove_tree(aside);
-    if (std::filesystem::exists(dir)) {
-      std::error_code renamed;
-      std::filesystem::rename(dir, aside, renamed);
-      if (!renamed) {
-        moved = true;
-      } else if (renamed == std::errc::device_or_resource_busy ||
-                 renamed == std::errc::cross_device_link) {
-        in_place = true;  // a mount point: its contents are swapped, inside it
-      } else {
-        throw std::filesystem::filesystem_error("cannot rename", dir, aside, renamed);
-      }
-    }
-    if (!dir.parent_path().empty()) std::filesystem::create_directories(dir.parent_path());
-    if (in_place) {
-      swap_contents(from, dir, copy);
+    // A missing env_dir is set aside as an empty one: a rollback then puts that back, and
+    // never leaves the checkpoint's copy beside the state from before.
+    std::filesystem::create_directories(dir);
+    std::error_code renamed;
+    std::filesystem::rename(dir, aside, renamed);
+    if (!renamed) {
+      moved = true;
+      fsync_directory_of(dir);
+      crash_point("restore.after_env_rename");
+    } else if (renamed == std::errc::device_or_resource_busy ||
+               renamed == std::errc::cross_device_link) {
+      in_place = true;  // a mount point: its contents are swapped, inside it
     } else {
-      copy_tree(from, dir, copy);
+      throw std::filesystem::filesystem_error("cannot rename", dir, aside, renamed);
     }
+    if (in_place) {
+      swap_contents(from, dir, copy);  // durable on return
+    } else {
+      copy_tree(from, dir, copy);  // durable on return, but for its name
+      fsync_directory_of(dir);
+    }
+    crash_point("restore.after_env_copy");
   }
-  // What was moved aside becomes garbage by one rename (so that a crash from here on is not
-  // undone at start); a mount point's old contents go at once (COMMAND would see them).
+  // After the journal's commit: what was moved aside becomes garbage by one rename; a mount
+  // point's old contents go at once (COMMAND would see them).
   void keep() {
     if (moved) {
       try {
@@ -257,8 +269,7 @@ struct env_swap {
         std::filesystem::rename(aside, trash);
       } catch (const std::exception&) {
         // An earlier restore's garbage that cannot be removed is in the way (remove_replaced
-        // reports it): the old tree goes at once instead, for left as .restore-aside the next
-        // start would put it back under the restored components.
+        // reports it): the old tree goes at once instead.
         remove_tree(aside);
       }
     }
@@ -268,10 +279,40 @@ struct env_swap {
     if (moved) {
       remove_tree(dir);
       std::filesystem::rename(aside, dir);
+      fsync_directory_of(dir);
     }
     if (in_place) undo_contents_swap(dir);
   }
+
+  // At start, from whatever step a crash left: what was set aside comes back ...
+  void roll_back() {
+    if (std::filesystem::exists(aside)) {
+      remove_tree(dir);
+      std::filesystem::rename(aside, dir);
+      fsync_directory_of(dir);
+    }
+    undo_contents_swap(dir);
+  }
+  // ... or goes.
+  void roll_forward() {
+    if (std::filesystem::exists(aside)) {
+      remove_tree(trash);
+      std::filesystem::rename(aside, trash);
+    }
+    remove_tree(trash);
+    finish_contents_swap(dir);
+  }
+  void remove_garbage() {
+    remove_tree(trash);
+    remove_contents_swap_garbage(dir);
+  }
 };
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
 
 }  // namespace
 
@@ -336,25 +377,42 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
       co_await c->stop(supervisor::stop_reason::restore);
       stopped.push_back(c);
     }
+    crash_point("restore.after_final_sync");
 
     h.step(request.id, "swap");
     std::vector<supervisor::component*> restored;
     env_swap env(where.env_dir);
+    const restore_journal journal(where.journal_dir);
+    restore_intent intent{request.id, where.env_dir, {}};
+    for (auto& [c, copy] : swapped) intent.components.push_back(c->name());
+    bool journaled = false, committed = false;
+    std::string commit_warning;
     try {
+      // The intent first, durable before anything moves: from here a crash is rolled back at
+      // the next start, until the commit below rolls it forward instead.
+      co_await offload([&] { journal.prepare(intent); });
+      journaled = true;
+      crash_point("restore.after_journal");
       for (auto& [c, copy] : swapped) {
         restored.push_back(c);  // before: a restore that fails half-way is undone too
         co_await c->restore(source, copy);
       }
+      crash_point("restore.after_db_rename");
       co_await offload_bulk([&] {
         copy_options copy;
         copy.progress = [&](std::uint64_t done) { p.done = done; };
         copy.move_data = request.move_data;
         env.swap_in(source / "mount", copy);
       });
+      crash_point("restore.before_commit");
+      // The commit point: one rename. Both states are complete and durable on disk now.
+      co_await offload([&] { commit_warning = journal.commit(); });
+      committed = true;
+      crash_point("restore.after_commit");
     } catch (const std::exception& e) {
       failed.take(e);
     }
-    if (failed.empty()) {
+    if (committed) {
       // Every copy is in: the restore is done, and nothing from here undoes any of it. What was
       // set aside only becomes garbage now; a component whose keep_restored() returned can no
       // longer undo_restore(), so undoing after a later failure would leave half the
@@ -367,6 +425,7 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
           unmarked += (unmarked.empty() ? "" : "; ") + c->name() + ": " + e.what();
         }
       }
+      crash_point("restore.after_db_keep");
       co_await offload_bulk([&] {
         try {
           env.keep();
@@ -374,12 +433,27 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
           unmarked += (unmarked.empty() ? "" : "; ") + std::string("env_dir: ") + e.what();
         }
       });
+      crash_point("restore.after_env_keep");
+      // What a keep could not mark stays set aside, and the next restore removes it: the
+      // journal goes either way, so that the next restore is not refused.
+      co_await offload([&] {
+        try {
+          journal.remove();
+        } catch (const std::exception& e) {
+          unmarked += (unmarked.empty() ? "" : "; ") + std::string("journal: ") + e.what();
+        }
+      });
+      crash_point("restore.after_journal_removed");
+      if (!commit_warning.empty()) {
+        unmarked += (unmarked.empty() ? "" : "; ") + std::string("journal: ") + commit_warning;
+      }
       if (!unmarked.empty()) {
         out.error =
             "restored, but what it replaced could not all be set aside as garbage: " + unmarked;
       }
-    } else {
-      // The state from before goes back, as it was.
+    } else if (journaled) {
+      // The state from before goes back, as it was; the journal only once it is all back (if
+      // not, the next start finishes putting it back).
       std::string again;
       co_await offload_bulk([&] {
         try {
@@ -394,6 +468,15 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
         } catch (const std::exception& e) {
           again = e.what();
         }
+      }
+      if (again.empty()) {
+        co_await offload([&] {
+          try {
+            journal.remove();
+          } catch (const std::exception& e) {
+            again = std::string("removing the journal: ") + e.what();
+          }
+        });
       }
       if (!again.empty()) failed.text += "; putting the state back also failed: " + again;
     }
@@ -417,20 +500,54 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
   co_return out;
 }
 
-std::vector<std::string> recover_interrupted_restore(const std::filesystem::path& env_dir) {
+std::vector<std::string> recover_interrupted_restore(
+    const std::filesystem::path& journal_dir, const std::filesystem::path& env_dir,
+    const std::vector<restore_recovery>& components) {
   std::vector<std::string> done;
-  env_swap env(env_dir);
-  remove_tree(env.trash);
-  if (std::filesystem::exists(env.aside)) {
-    remove_tree(env_dir);
-    std::filesystem::rename(env.aside, env_dir);
-    done.push_back("an interrupted restore was undone: the environment directory is as before it");
+  const restore_journal journal(journal_dir);
+  const auto [phase, intent] = journal.read();
+  env_swap env(intent.env_dir.empty() ? env_dir : intent.env_dir);
+  if (phase == restore_journal::phase::none) {
+    // A finished restore's garbage, if a crash cut its removal short.
+    for (const restore_recovery& c : components) c.remove_garbage();
+    env.remove_garbage();
+    return done;
   }
-  if (undo_contents_swap(env_dir)) {
-    done.push_back(
-        "an interrupted restore was undone: the environment directory's contents are as before "
-        "it");
+  // What the journal names; a journal that cannot be read names every component we know.
+  std::vector<const restore_recovery*> named;
+  for (const restore_recovery& c : components) {
+    if (intent.components.empty() || std::find(intent.components.begin(), intent.components.end(),
+                                               c.name) != intent.components.end()) {
+      named.push_back(&c);
+    }
   }
+  std::vector<std::string> names;
+  for (const restore_recovery* c : named) names.push_back(c->name);
+  names.push_back("env_dir");
+  const std::string of = intent.id.empty() ? "" : " of checkpoint " + intent.id;
+  if (phase == restore_journal::phase::prepared) {
+    env.roll_back();
+    crash_point("recovery.half_done");
+    for (const restore_recovery* c : named) c->roll_back();
+    done.push_back("a restore" + of + " cut short before its commit was rolled back: " +
+                   joined(names) + " are as before it");
+  } else {
+    for (const restore_recovery* c : named) c->roll_forward();
+    crash_point("recovery.half_done");
+    env.roll_forward();
+    done.push_back("a restore" + of + " cut short after its commit was finished: " + joined(names) +
+                   " are the checkpoint's");
+  }
+  for (const std::string& name : intent.components) {
+    if (std::none_of(components.begin(), components.end(),
+                     [&](const restore_recovery& c) { return c.name == name; })) {
+      done.push_back("the interrupted restore also replaced " + name +
+                     ", which is no longer configured: left as it is");
+    }
+  }
+  // Only once all of it is done: a crash before this recovers again at the next start.
+  crash_point("recovery.before_journal_removed");
+  journal.remove();
   return done;
 }
 

@@ -3,10 +3,12 @@
 //   create:  id -> quiesce -> snapshot (each stateful component, beside the copy of env_dir and
 //            the configuration) into <id>.partial/ -> resume -> commit (manifest, fsync, rename)
 //   restore: (download) -> read and verify the copies -> quiesce -> stop the stateful
-//            components (final sync) -> swap in each one's copy and env_dir's -> start them ->
-//            resume; anything failing before every copy is in puts the state from before back
-//            (after it, the restore stands: a failure to mark the replaced state as garbage is
-//            reported in the outcome's `error`).
+//            components (final sync) -> journal the intent -> swap in each one's copy and
+//            env_dir's -> commit the journal -> start them -> resume; anything failing before
+//            the commit puts the state from before back (after it, the restore stands: a
+//            failure to mark the replaced state as garbage is reported in the outcome's
+//            `error`). A crash is recovered at the next start by the journal's phase
+//            (restore_journal.hpp): both old or both new, never one of each.
 //
 // The system holds the processes still and lets them go (quiesce, resume) and names the
 // stateful components; the pipelines know nothing else of it, so unit tests drive them with
@@ -76,6 +78,7 @@ struct paths {
   std::filesystem::path checkpoints;  // tmp/checkpoints
   std::filesystem::path env_dir;      // storage.env_dir
   std::filesystem::path config_file;  // tmp/config.json
+  std::filesystem::path journal_dir;  // data/: the restore journal (restore_journal.hpp)
 };
 
 struct create_request {
@@ -132,10 +135,24 @@ struct restore_outcome {
 asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_request request,
                                          progress& p);
 
-// Start-up, before any component exists: undoes what a restore cut short by a crash left in
-// env_dir (renamed aside, or a contents swap), and removes a finished restore's leftovers.
-// Returns what it did, one line each, for the log. Blocking.
-std::vector<std::string> recover_interrupted_restore(const std::filesystem::path& env_dir);
+// A stateful component's side of a restore's recovery at start-up, before components exist
+// (the database's are db::component's static functions). Each is idempotent: a crash during
+// the recovery is recovered again at the next start.
+struct restore_recovery {
+  std::string name;                      // as the component's name()
+  std::function<void()> roll_back;       // what its restore set aside comes back, if anything
+  std::function<void()> roll_forward;    // what its restore set aside goes, if anything
+  std::function<void()> remove_garbage;  // a finished restore's leftovers, if any
+};
+
+// Start-up, before any component exists: finishes a restore that a crash cut short, by the
+// journal in `journal_dir`: none, only a finished restore's garbage goes; prepared, env_dir and
+// every component it names are rolled back; committed, rolled forward; then the journal goes.
+// env_dir is the journal's (`env_dir` when it records none). Returns what it did, one line
+// each, for the log. Blocking; throws std::system_error (the journal stays, for the next try).
+std::vector<std::string> recover_interrupted_restore(
+    const std::filesystem::path& journal_dir, const std::filesystem::path& env_dir,
+    const std::vector<restore_recovery>& components);
 
 // The replaced trees a successful restore leaves behind, removed in the background.
 asio::awaitable<void> remove_replaced(std::vector<supervisor::component*> stateful,

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
+#include "base/crash_point.hpp"
 #include "base/hex.hpp"
 #include "checkpoint/checkpoint_id.hpp"
 #include "checkpoint/copy_tree.hpp"
@@ -188,6 +189,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
                                       std::string id, std::function<void(std::uint64_t)> progress,
                                       std::function<bool()> cancelled) {
   const std::filesystem::path root = local.path_of(id);
+  crash_point("upload.start");
   std::vector<entry> entries;
   std::string manifest_text, index_text;
   co_await offload_bulk([&] {
@@ -245,6 +247,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
     if (cancelled && cancelled()) throw upload_cancelled();
     const entry& e = *files[i];
     co_await store.put_file(prefix + "files/" + e.path, root / e.path);
+    if (i == 0) crash_point("upload.middle");
     done += e.size;
     if (progress) progress(done);
   });
@@ -252,8 +255,10 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
   json_type.content_type = "application/json";
   if (cancelled && cancelled()) throw upload_cancelled();
   co_await store.put(prefix + "index.json", std::move(index_text), json_type);
+  crash_point("upload.before_manifest");
   // Last: its presence is what says the checkpoint is whole in the store.
   co_await store.put(prefix + "manifest.json", manifest_text, json_type);
+  crash_point("upload.after_manifest");
   co_return done;
 }
 
@@ -305,6 +310,7 @@ asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id) {
 
 asio::awaitable<bool> download(s3::object_store& store, const local_store& local, std::string id) {
   const std::string prefix = remote_prefix(id);
+  crash_point("download.start");
   std::string manifest_text, index_text;
   try {
     manifest_text = co_await store.get(prefix + "manifest.json");
@@ -396,6 +402,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     co_await for_each_parallel(files.size(), [&](std::size_t i) -> asio::awaitable<void> {
       const entry& e = *files[i];
       co_await store.get_file(prefix + "files/" + e.path, partial / e.path);
+      if (i == 0) crash_point("download.middle");
     });
     co_await offload_bulk([&] {
       // Links; then owners, xattrs, modes and times, deepest first (a directory's time after
@@ -437,6 +444,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
         if (it->type != 'l') ::chmod(p.c_str(), it->mode);
         ::utimensat(AT_FDCWD, p.c_str(), times, AT_SYMLINK_NOFOLLOW);
       }
+      crash_point("download.before_commit");
       local.commit(*m);
     });
   } catch (...) {

@@ -10,6 +10,7 @@
 
 #include "async/offload.hpp"
 #include "base/clock.hpp"
+#include "base/crash_point.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
 #include "checkpoint/copy_tree.hpp"
@@ -177,19 +178,27 @@ std::filesystem::path trash_dir(const std::filesystem::path& file) {
 }
 
 // Puts back what `aside` holds. Once it holds the main file (everything was set aside), the
-// files it lacks did not exist before and are removed; otherwise nothing is removed.
+// files it lacks did not exist before and are removed; otherwise nothing is removed. Safe to
+// run again after a crash cut it short: the removals come first, then the main file (after
+// which nothing is removed any more), then the others.
 void put_back(const std::filesystem::path& file, const std::filesystem::path& aside) {
   const bool complete = std::filesystem::exists(aside / file.filename());
-  for (const char* suffix : suffixes) {
+  if (complete) {
+    for (const char* suffix : suffixes) {
+      if (!std::filesystem::exists(aside / with_suffix(file.filename(), suffix))) {
+        std::filesystem::remove(with_suffix(file, suffix));
+      }
+    }
+  }
+  for (const char* suffix : {"", "-wal", "-shm"}) {
     const std::filesystem::path saved = aside / with_suffix(file.filename(), suffix);
-    const std::filesystem::path back = with_suffix(file, suffix);
     if (std::filesystem::exists(saved)) {
-      std::filesystem::rename(saved, back);
-    } else if (complete) {
-      std::filesystem::remove(back);
+      std::filesystem::rename(saved, with_suffix(file, suffix));
+      crash_point("recovery.db_first_back");
     }
   }
   std::filesystem::remove(with_suffix(file, ".restoring"));
+  fsync_directory_of(file);
   checkpoint::remove_tree(aside);
 }
 
@@ -231,11 +240,15 @@ asio::awaitable<void> component::restore(const std::filesystem::path& from,
         std::filesystem::rename(current, aside / with_suffix(file_.filename(), suffix));
       }
     }
+    fsync_directory_of(aside / file_.filename());
+    fsync_directory_of(file_);
+    crash_point("restore.db_after_aside");
     // By reflink where the file system can: a restore costs no copy of the data there.
     const std::filesystem::path staged = with_suffix(file_, ".restoring");
     std::filesystem::remove(staged);
-    checkpoint::copy_file(from / copy.file, staged);
+    checkpoint::copy_file(from / copy.file, staged);  // fsynced
     std::filesystem::rename(staged, file_);
+    fsync_directory_of(file_);
   });
 }
 
@@ -256,14 +269,21 @@ asio::awaitable<void> component::remove_replaced() {
   co_await offload_bulk([&] { checkpoint::remove_tree(trash_dir(file_)); });
 }
 
-bool component::recover_interrupted_restore(const std::filesystem::path& file) {
-  bool put = false;
+void component::roll_back_restore(const std::filesystem::path& file) {
+  if (std::filesystem::exists(aside_dir(file))) put_back(file, aside_dir(file));
+  std::filesystem::remove(with_suffix(file, ".restoring"));
+}
+
+void component::roll_forward_restore(const std::filesystem::path& file) {
   if (std::filesystem::exists(aside_dir(file))) {
-    put_back(file, aside_dir(file));
-    put = true;
+    checkpoint::remove_tree(trash_dir(file));
+    std::filesystem::rename(aside_dir(file), trash_dir(file));
   }
   checkpoint::remove_tree(trash_dir(file));
-  return put;
+}
+
+void component::remove_restore_garbage(const std::filesystem::path& file) {
+  checkpoint::remove_tree(trash_dir(file));
 }
 
 json component::event_fields() const {

@@ -71,10 +71,13 @@ class component final : public supervisor::component {
   asio::awaitable<void> undo_restore() override;
   asio::awaitable<void> remove_replaced() override;
 
-  // Start-up, before any component exists: a restore that a crash cut short is undone (the
-  // file set aside is put back) or, once it had been kept, its leftovers removed. True if a
-  // database was put back. Blocking.
-  static bool recover_interrupted_restore(const std::filesystem::path& file);
+  // Start-up, before any component exists, for checkpoint::recover_interrupted_restore (the
+  // restore journal says which): a restore that a crash cut short before its commit is rolled
+  // back (the files set aside are put back), one cut short after it rolled forward (they go),
+  // and a finished one's garbage removed. Each is idempotent. Blocking.
+  static void roll_back_restore(const std::filesystem::path& file);
+  static void roll_forward_restore(const std::filesystem::path& file);
+  static void remove_restore_garbage(const std::filesystem::path& file);
 
  private:
   void move_to(state next);

@@ -105,3 +105,26 @@ BOOST_AUTO_TEST_CASE(only_the_four_names_are_reserved) {
   BOOST_TEST(!sm::checkpoint::is_contents_swap_name(".state-manager-restore-other"));
   BOOST_TEST(!sm::checkpoint::is_contents_swap_name("state-manager-restore-old"));
 }
+
+// A committed swap whose old contents could not be marked as garbage leaves them under their
+// reserved name. They are garbage: the next swap drops them, and a failure of that swap puts
+// back the contents it found, never the older ones.
+BOOST_AUTO_TEST_CASE(a_new_swap_drops_what_a_committed_one_left_and_undoes_to_the_current) {
+  scratch_dir tmp;
+  const fs::path dir = tmp.dir / "env";
+  write(dir / "current.txt", "current");
+  write(dir / ".state-manager-restore-old" / "older.txt", "older");
+  BOOST_CHECK_THROW(sm::checkpoint::swap_contents(tmp.dir / "missing", dir, {}), std::system_error);
+  BOOST_TEST(sm::checkpoint::undo_contents_swap(dir));
+  BOOST_TEST((tree(dir) == std::set<std::string>{"current.txt"}));
+}
+
+BOOST_AUTO_TEST_CASE(finishing_is_idempotent) {
+  scratch_dir tmp;
+  const fs::path dir = tmp.dir / "env";
+  write(dir / "new.txt", "new");
+  write(dir / ".state-manager-restore-old" / "old.txt", "old");
+  sm::checkpoint::finish_contents_swap(dir);
+  sm::checkpoint::finish_contents_swap(dir);  // again, as after a crash during the first
+  BOOST_TEST((tree(dir) == std::set<std::string>{"new.txt"}));
+}

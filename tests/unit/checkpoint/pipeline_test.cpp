@@ -33,6 +33,7 @@
 #include "base/hex.hpp"
 #include "checkpoint/local_store.hpp"
 #include "checkpoint/pipeline.hpp"
+#include "checkpoint/restore_journal.hpp"
 #include "s3/dynamic.hpp"
 #include "support/scratch_dir.hpp"
 
@@ -312,6 +313,21 @@ T run(asio::awaitable<T> pipeline) {
   return std::move(*result);
 }
 
+// The start-up side of the fake component: its file set aside as <file>.aside, garbage as
+// <file>.trash (as fake_component's restore and keep_restored leave them).
+cp::restore_recovery recovery_of(const fs::path& file) {
+  const fs::path aside = file.string() + ".aside", trash = file.string() + ".trash";
+  return {"database",
+          [=] {
+            if (fs::exists(aside)) fs::rename(aside, file);
+          },
+          [=] {
+            fs::remove(aside);
+            fs::remove(trash);
+          },
+          [=] { fs::remove(trash); }};
+}
+
 // A scratch environment: env_dir with a few files, the database component's state file, and
 // tmp/checkpoints, with a fake host that names the component.
 struct environment {
@@ -326,6 +342,7 @@ struct environment {
     where.checkpoints = scratch.dir / "tmp" / "checkpoints";
     where.env_dir = scratch.dir / "env";
     where.config_file = scratch.dir / "tmp" / "config.json";
+    where.journal_dir = scratch.dir / "state";
     fs::create_directories(where.checkpoints);
     write(where.env_dir / "a.txt", "one");
     write(where.env_dir / "sub" / "b.txt", "two");
@@ -336,6 +353,7 @@ struct environment {
   }
 
   cp::local_store store() const { return cp::local_store(where.checkpoints); }
+  cp::restore_journal journal() const { return cp::restore_journal(where.journal_dir); }
 
   cp::create_outcome create(const std::string& id) {
     cp::create_request request;
@@ -691,7 +709,9 @@ BOOST_AUTO_TEST_CASE(an_env_dir_whose_replaced_tree_cannot_be_marked_undoes_noth
   // Nothing is left that would put the old tree back at the next start.
   BOOST_TEST(!fs::exists(fs::path(env.where.env_dir.string() + ".restore-aside")));
   set_immutable(stuck, false);
-  BOOST_TEST(cp::recover_interrupted_restore(env.where.env_dir).empty());
+  BOOST_TEST(cp::recover_interrupted_restore(env.where.journal_dir, env.where.env_dir,
+                                             {recovery_of(env.db.file())})
+                 .empty());
   BOOST_TEST(same(tree_of(env.where.env_dir), at_checkpoint));
   BOOST_TEST((env.db.current() == sv::state::running));
   BOOST_TEST(env.host.resumes == 1);
@@ -764,4 +784,209 @@ BOOST_AUTO_TEST_CASE(a_restore_during_which_the_lease_goes_starts_nothing_again)
   BOOST_TEST(count(env.log, "database.stop:restore") == 1u, join(env.log));
   BOOST_TEST(count(env.log, "database.start") == 0u, join(env.log));
   BOOST_TEST((env.db.current() != sv::state::running));
+}
+
+// --- the restore journal: what a crash at each step leaves, and what the next start makes of it
+
+namespace {
+
+// The disk as a crash at this moment would leave it: the environment's scratch directory copied
+// to `to` (the journal's env_dir pointed at the copy), for recover_interrupted_restore to run
+// on while the pipeline itself goes on.
+void copy_disk(const environment& env, const fs::path& to) {
+  fs::copy(env.scratch.dir, to, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  for (const char* name : {"restore-journal", "restore-journal.committed"}) {
+    const fs::path journal = to / "state" / name;
+    if (!fs::exists(journal)) continue;
+    std::string text = read(journal);
+    const std::string from = env.scratch.dir.string();
+    for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + 1)) {
+      text.replace(at, from.size(), to.string());
+    }
+    write(journal, text);
+  }
+}
+
+// Runs the start-up recovery on a copied disk; its lines for the log.
+strings recover(const fs::path& disk) {
+  return cp::recover_interrupted_restore(disk / "state", disk / "env",
+                                         {recovery_of(disk / "state" / "db.file")});
+}
+
+bool nothing_left_aside(const fs::path& disk) {
+  for (const char* name :
+       {"env.restore-aside", "env.restore-trash", "state/db.file.aside", "state/db.file.trash",
+        "state/restore-journal", "state/restore-journal.committed"}) {
+    if (fs::exists(disk / name)) return false;
+  }
+  return true;
+}
+
+bool mentions(const strings& lines, const std::string& what) {
+  return std::any_of(lines.begin(), lines.end(),
+                     [&](const std::string& l) { return l.find(what) != std::string::npos; });
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(the_journal_is_prepared_before_anything_moves_and_committed_after_every_copy) {
+  environment env;
+  const auto at_checkpoint = env.checkpoint_then_change("c1");
+  const cp::restore_journal journal = env.journal();
+  std::optional<std::pair<cp::restore_journal::phase, cp::restore_intent>> at_restore, at_keep;
+  tree env_at_keep;
+  env.db.fail["restore"] = [&] { at_restore = journal.read(); };
+  env.db.fail["keep_restored"] = [&] {
+    at_keep = journal.read();
+    env_at_keep = tree_of(env.where.env_dir);
+  };
+
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST_REQUIRE((out.outcome == restore_kind::restored), out.error);
+  // Before the component's state moved: prepared, naming the checkpoint, env_dir and the
+  // component.
+  BOOST_TEST_REQUIRE(at_restore.has_value());
+  BOOST_TEST((at_restore->first == cp::restore_journal::phase::prepared));
+  BOOST_TEST(at_restore->second.id == "c1");
+  BOOST_TEST(at_restore->second.env_dir == env.where.env_dir);
+  BOOST_TEST(at_restore->second.components == strings{"database"},
+             boost::test_tools::per_element());
+  // Before anything set aside becomes garbage: committed, and env_dir is the checkpoint's.
+  BOOST_TEST_REQUIRE(at_keep.has_value());
+  BOOST_TEST((at_keep->first == cp::restore_journal::phase::committed));
+  BOOST_TEST(same(env_at_keep, at_checkpoint));
+  // Done: no journal.
+  BOOST_TEST((journal.read().first == cp::restore_journal::phase::none));
+  BOOST_TEST(!fs::exists(journal.prepared_path()));
+  BOOST_TEST(!fs::exists(journal.committed_path()));
+}
+
+BOOST_AUTO_TEST_CASE(a_crash_before_the_commit_is_rolled_back_at_the_next_start) {
+  environment env;
+  env.checkpoint_then_change("c1");
+  const auto before = tree_of(env.where.env_dir);
+  test_support::scratch_dir crashes{"sm-pipeline-crash"};
+  const fs::path component_done = crashes.dir / "component-done";
+  const fs::path all_swapped = crashes.dir / "all-swapped";
+  // The component's copy is in, env_dir's not yet.
+  env.db.fail["restore.after"] = [&] { copy_disk(env, component_done); };
+  // Everything swapped, the commit's rename not made: the copy's journal is still prepared.
+  env.db.fail["keep_restored"] = [&] {
+    copy_disk(env, all_swapped);
+    fs::rename(all_swapped / "state" / "restore-journal.committed",
+               all_swapped / "state" / "restore-journal");
+  };
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST_REQUIRE((out.outcome == restore_kind::restored), out.error);
+
+  for (const fs::path& disk : {component_done, all_swapped}) {
+    BOOST_TEST_CONTEXT(disk.filename()) {
+      BOOST_TEST(read(disk / "state" / "db.file") == "db-v1");  // the crash: replaced
+      const strings done = recover(disk);
+      BOOST_TEST(mentions(done, "rolled back"), join(done));
+      BOOST_TEST(mentions(done, "c1"), join(done));
+      // Both as before the restore.
+      BOOST_TEST(read(disk / "state" / "db.file") == "db-v2");
+      BOOST_TEST(same(tree_of(disk / "env"), before));
+      BOOST_TEST(nothing_left_aside(disk));
+      // Once recovered, a later start has nothing to do.
+      BOOST_TEST(recover(disk).empty());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_crash_after_the_commit_is_rolled_forward_at_the_next_start) {
+  environment env;
+  const auto at_checkpoint = env.checkpoint_then_change("c1");
+  test_support::scratch_dir crashes{"sm-pipeline-crash"};
+  const fs::path committed = crashes.dir / "committed";
+  env.db.fail["keep_restored"] = [&] { copy_disk(env, committed); };
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST_REQUIRE((out.outcome == restore_kind::restored), out.error);
+  BOOST_TEST_REQUIRE(fs::exists(committed / "state" / "db.file.aside"));
+  BOOST_TEST_REQUIRE(fs::exists(committed / "env.restore-aside"));
+
+  const strings done = recover(committed);
+  BOOST_TEST(mentions(done, "finished"), join(done));
+  // Both the checkpoint's; what was set aside is gone.
+  BOOST_TEST(read(committed / "state" / "db.file") == "db-v1");
+  BOOST_TEST(same(tree_of(committed / "env"), at_checkpoint));
+  BOOST_TEST(nothing_left_aside(committed));
+  BOOST_TEST(recover(committed).empty());
+}
+
+BOOST_AUTO_TEST_CASE(without_a_journal_the_start_removes_only_garbage) {
+  environment env;
+  const auto before = tree_of(env.where.env_dir);
+  write(env.db.trash(), "garbage");
+  write(fs::path(env.where.env_dir.string() + ".restore-trash") / "old.txt", "garbage");
+  write(env.db.aside(), "not ours to judge");
+  BOOST_TEST(cp::recover_interrupted_restore(env.where.journal_dir, env.where.env_dir,
+                                             {recovery_of(env.db.file())})
+                 .empty());
+  BOOST_TEST(!fs::exists(env.db.trash()));
+  BOOST_TEST(!fs::exists(fs::path(env.where.env_dir.string() + ".restore-trash")));
+  BOOST_TEST(read(env.db.aside()) == "not ours to judge");
+  BOOST_TEST(read(env.db.file()) == "db-v1");
+  BOOST_TEST(same(tree_of(env.where.env_dir), before));
+}
+
+BOOST_AUTO_TEST_CASE(a_restore_is_refused_while_an_earlier_ones_journal_waits_for_recovery) {
+  environment env;
+  env.checkpoint_then_change("c1");
+  const auto before = tree_of(env.where.env_dir);
+  write(env.journal().prepared_path(), R"({"id": "c0", "env_dir": "", "components": []})");
+
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST((out.outcome == restore_kind::failed), out.error);
+  BOOST_TEST(out.error.find("interrupted restore") != std::string::npos, out.error);
+  BOOST_TEST(count(env.log, "database.restore") == 0u, join(env.log));
+  BOOST_TEST(count(env.log, "database.undo_restore") == 0u, join(env.log));
+  BOOST_TEST(read(env.db.file()) == "db-v2");
+  BOOST_TEST(same(tree_of(env.where.env_dir), before));
+  // The earlier intent is kept for the next start, and the components run again.
+  BOOST_TEST(read(env.journal().prepared_path()).find("c0") != std::string::npos);
+  BOOST_TEST((env.db.current() == sv::state::running));
+  BOOST_TEST(!env.host.held);
+}
+
+BOOST_AUTO_TEST_CASE(a_restore_that_fails_after_its_journal_removes_it_once_everything_is_back) {
+  environment env;
+  env.checkpoint_then_change("c1");
+  env.db.fail["restore.after"] = throws_runtime("the copy failed");
+  const cp::restore_outcome out = env.restore("c1");
+  BOOST_TEST((out.outcome == restore_kind::failed), out.error);
+  BOOST_TEST(read(env.db.file()) == "db-v2");
+  BOOST_TEST((env.journal().read().first == cp::restore_journal::phase::none));
+
+  // When putting back fails too, the journal stays: the next start puts back what is left.
+  env.log.clear();
+  env.db.fail["undo_restore"] = throws_runtime("cannot put it back");
+  const cp::restore_outcome again = env.restore("c1");
+  BOOST_TEST((again.outcome == restore_kind::failed), again.error);
+  BOOST_TEST(again.error.find("cannot put it back") != std::string::npos, again.error);
+  BOOST_TEST((env.journal().read().first == cp::restore_journal::phase::prepared));
+  const strings done = cp::recover_interrupted_restore(env.where.journal_dir, env.where.env_dir,
+                                                       {recovery_of(env.db.file())});
+  BOOST_TEST(mentions(done, "rolled back"), join(done));
+  BOOST_TEST(read(env.db.file()) == "db-v2");
+  BOOST_TEST(!fs::exists(env.db.aside()));
+}
+
+BOOST_AUTO_TEST_CASE(a_journal_that_cannot_be_read_rolls_back_everything_it_could_name) {
+  environment env;
+  const auto before = tree_of(env.where.env_dir);
+  // As a restore leaves them before its commit: both set aside, the copies in their places.
+  fs::rename(env.db.file(), env.db.aside());
+  write(env.db.file(), "db-restored");
+  fs::rename(env.where.env_dir, env.where.env_dir.string() + ".restore-aside");
+  write(env.where.env_dir / "restored.txt", "restored");
+  write(env.journal().prepared_path(), "{ damaged");
+
+  const strings done = cp::recover_interrupted_restore(env.where.journal_dir, env.where.env_dir,
+                                                       {recovery_of(env.db.file())});
+  BOOST_TEST(mentions(done, "rolled back"), join(done));
+  BOOST_TEST(read(env.db.file()) == "db-v1");
+  BOOST_TEST(same(tree_of(env.where.env_dir), before));
+  BOOST_TEST((env.journal().read().first == cp::restore_journal::phase::none));
 }
