@@ -53,8 +53,7 @@ constexpr std::size_t max_open_levels = 64;
 class shown_path {
  public:
   shown_path(const fs::path& base) : base_(&base) {}  // NOLINT(google-explicit-constructor)
-  shown_path(const fs::path& base, std::string_view relative)
-      : base_(&base), relative_(relative) {}
+  shown_path(const fs::path& base, std::string_view relative) : base_(&base), relative_(relative) {}
 
   std::string string() const {
     std::string out = base_->string();
@@ -284,7 +283,8 @@ void finish_inode_at(int source_dir, int target_dir, const std::string& name, co
   }
 }
 
-void write_all_at(int fd, const char* data, std::size_t size, off_t offset, const shown_path& shown) {
+void write_all_at(int fd, const char* data, std::size_t size, off_t offset,
+                  const shown_path& shown) {
   while (size > 0) {
     const ssize_t n = ::pwrite(fd, data, size, offset);
     if (n < 0) {
@@ -664,8 +664,8 @@ class tree_copier {
     }
   }
 
-  data_method copy_data(int source, int target, std::uint64_t size,
-                        const shown_path& source_shown, const shown_path& target_shown) {
+  data_method copy_data(int source, int target, std::uint64_t size, const shown_path& source_shown,
+                        const shown_path& target_shown) {
     if (size == 0) return data_method::none;
     if (options_.kernel_copy) {
       if (::ioctl(target, FICLONE, source) == 0) return data_method::reflink;
@@ -788,8 +788,8 @@ class tree_copier {
     ++stats_.symlinks;
   }
 
-  void copy_fifo(int source_dir, int target_dir, std::string_view relative,
-                 const std::string& name, const struct stat& st) {
+  void copy_fifo(int source_dir, int target_dir, std::string_view relative, const std::string& name,
+                 const struct stat& st) {
     const shown_path source_shown(from_, relative), target_shown(to_, relative);
     if (::mknodat(target_dir, name.c_str(), S_IFIFO | 0600, 0) != 0) {
       throw_errno("mkfifo", target_shown);
@@ -821,9 +821,9 @@ class tree_copier {
 
 // One directory of tree_size's or remove_tree's walk.
 struct walk_level {
-  unique_fd owned;                // none for the root: the caller holds its descriptor
-  int fd = -1;                    // -1 while closed (see max_open_levels)
-  file_id id{};                   // to check it when reopened
+  unique_fd owned;  // none for the root: the caller holds its descriptor
+  int fd = -1;      // -1 while closed (see max_open_levels)
+  file_id id{};     // to check it when reopened
   std::vector<std::string> names;
   std::size_t next = 0;           // the entry to look at next
   std::size_t relative_size = 0;  // its path relative to the root: the walk's relative prefix
@@ -945,7 +945,7 @@ void empty_directory(int root, const fs::path& shown) {
     if (S_ISDIR(st.st_mode)) {
       make_removable(dir, name.c_str(), st, entry_shown);
       walk.push(open_directory_at(dir, name.c_str(), entry_shown));  // `top` is stale now
-      continue;  // removed once empty
+      continue;                                                      // removed once empty
     }
     if (::unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
       throw_errno("remove", entry_shown);

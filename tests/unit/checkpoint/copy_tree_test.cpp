@@ -734,7 +734,8 @@ void check_deep_copy(const fs::path& root, const deep_marks& marks) {
   }
   BOOST_TEST(levels == deep_levels);
   BOOST_TEST(mark == marks.at.size());
-  struct stat a {}, b {};
+  struct stat a {
+  }, b{};
   BOOST_REQUIRE_EQUAL(::fstatat(dir.get(), "bottom", &a, AT_SYMLINK_NOFOLLOW), 0);
   BOOST_REQUIRE_EQUAL(::fstatat(dir.get(), "bottom-link", &b, AT_SYMLINK_NOFOLLOW), 0);
   BOOST_TEST(a.st_ino == b.st_ino);  // still one inode, linked by a path longer than PATH_MAX
