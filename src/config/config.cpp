@@ -222,7 +222,11 @@ std::optional<std::string> endpoint_problem(std::string_view endpoint) {
 std::optional<std::string> key_prefix_problem(std::string_view prefix) {
   if (prefix.empty()) return std::nullopt;
   if (prefix.front() == '/') return "must not start with '/'";
-  if (prefix.size() > 512) return "must be at most 512 characters";
+  // As used: with the '/' appended when it is missing (GET /config shows it so, and must be a
+  // configuration that validates again).
+  if (prefix.size() + (prefix.back() == '/' ? 0 : 1) > 512) {
+    return "must be at most 512 characters, its final '/' included";
+  }
   std::string_view rest = prefix;
   while (!rest.empty()) {
     const std::size_t slash = rest.find('/');

@@ -952,6 +952,20 @@ BOOST_AUTO_TEST_CASE(problems_are_bounded_in_number_and_size) {
   BOOST_TEST(cut.problems[0].path == std::string(cfg::max_shown_name - 1, 'y') + "...");
 }
 
+// Found by config_fuzz: a 512-character key_prefix without its '/' was accepted, and GET
+// /config then showed 513 characters, which did not validate again.
+BOOST_AUTO_TEST_CASE(the_key_prefix_limit_counts_the_slash_appended) {
+  json doc = minimal_file_store();
+  doc["storage"]["key_prefix"] = std::string(512, 'a');
+  expect_problem(doc, "storage.key_prefix");
+  doc["storage"]["key_prefix"] = std::string(511, 'a');
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+  expect_valid(cfg::to_redacted_json(*r.config));
+  doc["storage"]["key_prefix"] = std::string(511, 'a') + "/";
+  expect_valid(doc);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
