@@ -570,8 +570,10 @@ class tree_copier {
     child.entries = list_entries(child.source, source_shown);
     child.relative_size = relative.size();
     levels_.push_back(std::move(child));
-    // The level max_open_levels above the new one lets its descriptors go (never the root's).
-    if (levels_.size() > max_open_levels + 1) {
+    // The level max_open_levels above the new one lets its descriptors go (never the root's),
+    // unless they went already: coming back up reopens only the levels it passes through.
+    if (levels_.size() > max_open_levels + 1 &&
+        levels_[levels_.size() - 1 - max_open_levels].target >= 0) {
       level& far = levels_[levels_.size() - 1 - max_open_levels];
       far.target_id = id_of(stat_fd(far.target, shown_path(to_, relative_view(far))));
       far.owned_source.reset();

@@ -815,3 +815,33 @@ BOOST_AUTO_TEST_CASE(a_walk_coming_back_up_checks_where_it_is) {
                                  std::string::npos;
                         });
 }
+
+// Back up from one deep branch and down another: the levels between were closed on the way
+// down and only those passed through on the way up were reopened, so going down again finds
+// closed levels at the edge of the open ones (the copy once tried to stat one: EBADF).
+BOOST_AUTO_TEST_CASE(deep_branches_side_by_side) {
+  scratch_dir scratch("sm-copy-tree");
+  const fs::path source = scratch.dir / "tree", copy = scratch.dir / "copy";
+  fs::path fork = source;
+  for (int level = 0; level < 100; ++level) fork /= "d";
+  std::vector<fs::path> leaves;
+  for (const char* branch : {"a", "b", "c"}) {
+    fs::path leaf = fork / branch;
+    for (int level = 0; level < 150; ++level) leaf /= "d";
+    fs::create_directories(leaf);
+    write_file(leaf / "file", branch);
+    leaves.push_back(leaf.lexically_relative(source));
+  }
+  write_file(fork / "beside", "beside");
+  copy_options options;
+  options.parallel = copy_options::filler::off;
+  const copy_stats stats = copy_tree(source, copy, options);
+  BOOST_TEST(stats.dirs == 1u + 100u + 3u * 151u);
+  BOOST_TEST(stats.files == 4u);
+  for (std::size_t i = 0; i < leaves.size(); ++i) {
+    BOOST_TEST(read_file(copy / leaves[i] / "file") == std::string(1, char('a' + i)));
+  }
+  BOOST_TEST(tree_size(copy) == 3u + 6u);
+  remove_tree(copy);
+  BOOST_TEST(!fs::exists(fs::symlink_status(copy)));
+}
