@@ -845,3 +845,102 @@ BOOST_AUTO_TEST_CASE(deep_branches_side_by_side) {
   remove_tree(copy);
   BOOST_TEST(!fs::exists(fs::symlink_status(copy)));
 }
+
+namespace {
+
+// A random tree of deep and branching directories (up to ~250 levels, past the 64 the walks
+// keep open), files, hard links and directory modes and times; returns the apparent size of its
+// files, each inode once.
+std::uint64_t make_random_tree(const fs::path& root, std::uint64_t seed) {
+  sm::test::seeded_random random{seed};
+  fs::create_directories(root);
+  std::vector<fs::path> dirs{root};
+  std::vector<fs::path> files;
+  std::uint64_t size = 0;
+  for (int step = 0; step < 60; ++step) {
+    const fs::path from = dirs[random.below(dirs.size())];
+    switch (random.below(4)) {
+      case 0: {  // a chain going deep
+        fs::path dir = from / ("c" + std::to_string(step));
+        const std::size_t length = 1 + random.below(120);
+        for (std::size_t i = 1; i < length; ++i) dir /= "d";
+        fs::create_directories(dir);
+        dirs.push_back(dir);
+        break;
+      }
+      case 1: {
+        const fs::path file = from / ("f" + std::to_string(step));
+        const std::string content(random.below(300), char('a' + step % 26));
+        write_file(file, content);
+        files.push_back(file);
+        size += content.size();
+        break;
+      }
+      case 2:
+        if (!files.empty()) {
+          fs::create_hard_link(files[random.below(files.size())],
+                               from / ("h" + std::to_string(step)));
+        }
+        break;
+      default:
+        fs::create_directory(from / ("e" + std::to_string(step)));
+        break;
+    }
+  }
+  // Modes and times last, deepest first: nothing made afterwards moves them.
+  std::sort(dirs.begin(), dirs.end(), [](const fs::path& a, const fs::path& b) {
+    return a.native().size() > b.native().size();
+  });
+  for (std::size_t i = 0; i + 1 < dirs.size(); ++i) {
+    BOOST_REQUIRE_EQUAL(::chmod(dirs[i].c_str(), 0750), 0);
+    set_times(dirs[i], 1'600'000'000 + static_cast<time_t>(i), 1234);
+  }
+  return size;
+}
+
+}  // namespace
+
+// The walks against std::filesystem's (which holds a descriptor a level, fine at this depth):
+// the same names, types, contents, links, modes and times, for trees that go down, back up and
+// down again past the levels the walks keep open.
+BOOST_AUTO_TEST_CASE(random_deep_trees_copy_measure_and_remove_like_a_recursion) {
+  for (std::uint64_t seed = 1; seed <= 6; ++seed) {
+    scratch_dir scratch("sm-copy-tree");
+    const tmpfs_mount fast(scratch.dir / "fast", "64m");  // a loaded disk took 30 s
+    const fs::path where = fast.mounted ? fast.dir : scratch.dir;
+    const fs::path source = where / "tree", copy = where / "copy";
+    const std::uint64_t size = make_random_tree(source, seed);
+    std::vector<std::pair<fs::path, struct stat>> before;
+    for (auto it = fs::recursive_directory_iterator(source);
+         it != fs::recursive_directory_iterator(); ++it) {
+      before.emplace_back(it->path().lexically_relative(source), lstat_of(it->path()));
+    }
+    copy_options options;
+    options.parallel = seed % 2 ? copy_options::filler::off : copy_options::filler::always;
+    copy_tree(source, copy, options);
+    BOOST_TEST_INFO("seed " << seed);
+    BOOST_TEST(tree_size(source) == size);
+    BOOST_TEST_INFO("seed " << seed);
+    BOOST_TEST(tree_size(copy) == size);
+    std::size_t copied = 0;
+    for (auto it = fs::recursive_directory_iterator(copy); it != fs::recursive_directory_iterator();
+         ++it) {
+      ++copied;
+    }
+    BOOST_TEST(copied == before.size());
+    for (const auto& [relative, a] : before) {
+      const struct stat b = lstat_of(copy / relative);
+      BOOST_TEST_INFO("seed " << seed << ": " << relative);
+      BOOST_TEST((a.st_mode == b.st_mode && a.st_nlink == b.st_nlink &&
+                  a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec));
+      if (S_ISREG(a.st_mode)) {
+        BOOST_TEST_INFO("seed " << seed << ": " << relative);
+        BOOST_TEST((read_file(source / relative) == read_file(copy / relative)));
+      }
+    }
+    remove_tree(copy);
+    remove_tree(source);
+    BOOST_TEST(!fs::exists(fs::symlink_status(copy)));
+    BOOST_TEST(!fs::exists(fs::symlink_status(source)));
+  }
+}
