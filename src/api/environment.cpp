@@ -42,11 +42,25 @@ std::optional<environment::apply_result> not_built_yet(const config::configurati
   return std::nullopt;
 }
 
+// Where env_dir may not go: our own directories, relative ones as the working directory makes
+// them (taken once: state-manager never changes it).
+config::own_paths own_paths_of(const environment_paths& paths) {
+  config::own_paths own;
+  std::error_code ec;
+  own.working_dir = std::filesystem::current_path(ec);  // empty if unknown
+  own.data_dir = paths.data_dir;
+  own.tmp_dir = paths.tmp_dir;
+  return own;
+}
+
 }  // namespace
 
 environment::environment(environment_paths paths, storage_settings storage,
                          config::environment_lookup env)
-    : paths_(std::move(paths)), env_(std::move(env)), storage_(std::move(storage)) {}
+    : paths_(std::move(paths)),
+      own_(own_paths_of(paths_)),
+      env_(std::move(env)),
+      storage_(std::move(storage)) {}
 
 environment::~environment() {
   *alive_ = false;
@@ -229,7 +243,7 @@ environment::load_report environment::load_saved() {
 
   json document = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (document.is_discarded()) return set_aside("not valid JSON");
-  config::parse_result parsed = config::parse(document, env_);
+  config::parse_result parsed = config::parse(document, env_, own_);
   if (!parsed.config) {
     report.problems = parsed.problems;
     return set_aside("invalid configuration");
@@ -245,7 +259,7 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   if (config_) co_return apply_result(kind::already_configured);
   if (applying_) co_return apply_result(kind::busy);
 
-  config::parse_result parsed = config::parse(document, env_);
+  config::parse_result parsed = config::parse(document, env_, own_);
   if (!parsed.config) {
     apply_result invalid(kind::invalid);
     invalid.problems = std::move(parsed.problems);

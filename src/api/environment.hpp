@@ -129,6 +129,7 @@ class environment {
  private:
   control* system_ = nullptr;
   environment_paths paths_;
+  config::own_paths own_;  // paths_ for the validator
   config::environment_lookup env_;
   std::optional<config::configuration> config_;
   bool applying_ = false;  // a POST /config is between validation and its answer

@@ -41,13 +41,45 @@ constexpr std::uint64_t copy_chunk = 64 * 1024 * 1024;
 constexpr std::uint64_t move_data_chunk = 16 * 1024 * 1024;
 // Files created and waiting for the filler at most (two descriptors each).
 constexpr std::size_t max_fill_jobs = 32;
+// Directories a walk keeps open at most, the deepest ones (the tree copy two descriptors each,
+// tree_size and remove_tree one). Above them the walk closes the shallower ones and comes back
+// up by "..", checked to be the directory it left, so that no depth of tree runs out of
+// descriptors (nor, the walk being a loop over its own stack, out of the thread's stack).
+constexpr std::size_t max_open_levels = 64;
 
-[[noreturn]] void throw_errno(int error, std::string_view step, const fs::path& path) {
+// A path for error messages: `base`, then `relative` (a '/'-separated path under it). Made
+// into a string only when an error is thrown, so that a walk 20,000 directories deep does not
+// build a path per level.
+class shown_path {
+ public:
+  shown_path(const fs::path& base) : base_(&base) {}  // NOLINT(google-explicit-constructor)
+  shown_path(const fs::path& base, std::string_view relative) : base_(&base), relative_(relative) {}
+
+  std::string string() const {
+    std::string out = base_->string();
+    if (relative_.empty()) return out;
+    if (!out.empty() && out.back() != '/') out += '/';
+    out += relative_;
+    return out;
+  }
+
+ private:
+  const fs::path* base_;
+  std::string_view relative_;
+};
+
+[[noreturn]] void throw_errno(int error, std::string_view step, const shown_path& path) {
   throw std::system_error(error, std::generic_category(), std::string(step) + " " + path.string());
 }
 
-[[noreturn]] void throw_errno(std::string_view step, const fs::path& path) {
+[[noreturn]] void throw_errno(std::string_view step, const shown_path& path) {
   throw_errno(errno, step, path);
+}
+
+// `relative` with `name` appended as its last component.
+void append_name(std::string& relative, std::string_view name) {
+  if (!relative.empty()) relative += '/';
+  relative += name;
 }
 
 bool running_as_root() {
@@ -68,20 +100,20 @@ file_id id_of(const struct stat& st) {
   return {st.st_dev, st.st_ino};
 }
 
-struct stat stat_fd(int fd, const fs::path& shown) {
+struct stat stat_fd(int fd, const shown_path& shown) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) throw_errno("stat", shown);
   return st;
 }
 
 // lstat of `name` in `dir`; false when it was removed since the listing.
-bool stat_entry(int dir, const std::string& name, struct stat& st, const fs::path& shown) {
+bool stat_entry(int dir, const std::string& name, struct stat& st, const shown_path& shown) {
   if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return true;
   if (errno == ENOENT) return false;
   throw_errno("stat", shown);
 }
 
-unique_fd open_directory_at(int dir, const char* name, const fs::path& shown) {
+unique_fd open_directory_at(int dir, const char* name, const shown_path& shown) {
   unique_fd fd(::openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) throw_errno("open directory", shown);
   return fd;
@@ -95,7 +127,7 @@ struct directory_entry {
 
 // The entries of `dir` other than "." and "..", sorted so that copies (and which name of a
 // hard-linked inode is copied first) do not depend on directory order.
-std::vector<directory_entry> list_entries(int dir, const fs::path& shown) {
+std::vector<directory_entry> list_entries(int dir, const shown_path& shown) {
   unique_fd own(::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!own) throw_errno("open directory", shown);
   std::unique_ptr<DIR, int (*)(DIR*)> stream(::fdopendir(own.get()), ::closedir);
@@ -116,7 +148,7 @@ std::vector<directory_entry> list_entries(int dir, const fs::path& shown) {
   return entries;
 }
 
-std::vector<std::string> list_directory(int dir, const fs::path& shown) {
+std::vector<std::string> list_directory(int dir, const shown_path& shown) {
   std::vector<std::string> names;
   for (directory_entry& entry : list_entries(dir, shown)) names.push_back(std::move(entry.name));
   return names;
@@ -129,10 +161,10 @@ std::vector<std::string> list_directory(int dir, const fs::path& shown) {
 struct xattr_inode {
   int fd = -1;
   std::string proc_path;
-  fs::path shown;
+  shown_path shown;
 
-  static xattr_inode by_fd(int fd, const fs::path& shown) { return {fd, {}, shown}; }
-  static xattr_inode by_name(int dir, const std::string& name, const fs::path& shown) {
+  static xattr_inode by_fd(int fd, const shown_path& shown) { return {fd, {}, shown}; }
+  static xattr_inode by_name(int dir, const std::string& name, const shown_path& shown) {
     return {-1, "/proc/self/fd/" + std::to_string(dir) + "/" + name, shown};
   }
 
@@ -153,7 +185,7 @@ struct xattr_inode {
 // between the two calls (ERANGE). Returns false when there is nothing to read (`absent` errno).
 template <typename Call>
 bool read_xattr_buffer(Call call, std::string& out, int absent, std::string_view step,
-                       const fs::path& shown) {
+                       const shown_path& shown) {
   for (;;) {
     ssize_t n = call(nullptr, 0);
     if (n < 0) {
@@ -212,7 +244,7 @@ void copy_xattrs(const xattr_inode& from, const xattr_inode& to) {
 }
 
 // Ownership is preserved when we may set it; without privilege, the copy belongs to us.
-void check_chown(int result, const fs::path& shown) {
+void check_chown(int result, const shown_path& shown) {
   if (result == 0) return;
   if ((errno == EPERM || errno == EINVAL) && !running_as_root()) return;
   throw_errno("chown", shown);
@@ -222,8 +254,8 @@ void check_chown(int result, const fs::path& shown) {
 // xattrs and the mode; user.* xattrs need write permission, so they go before a read-only mode;
 // and the times go last, since every step before changes the inode.
 // `chown` false: the new inode has the owner and group already.
-void finish_inode_fd(int source, int target, const struct stat& st, const fs::path& source_shown,
-                     const fs::path& target_shown, bool chown = true) {
+void finish_inode_fd(int source, int target, const struct stat& st, const shown_path& source_shown,
+                     const shown_path& target_shown, bool chown = true) {
   if (chown) check_chown(::fchown(target, st.st_uid, st.st_gid), target_shown);
   copy_xattrs(xattr_inode::by_fd(source, source_shown), xattr_inode::by_fd(target, target_shown));
   if (::fchmod(target, st.st_mode & 07777) != 0) throw_errno("chmod", target_shown);
@@ -233,7 +265,7 @@ void finish_inode_fd(int source, int target, const struct stat& st, const fs::pa
 
 // The same for an inode known by name (symlink, FIFO), which we just created in `target_dir`.
 void finish_inode_at(int source_dir, int target_dir, const std::string& name, const struct stat& st,
-                     const fs::path& source_shown, const fs::path& target_shown,
+                     const shown_path& source_shown, const shown_path& target_shown,
                      bool chown = true) {
   if (chown) {
     check_chown(::fchownat(target_dir, name.c_str(), st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW),
@@ -251,7 +283,8 @@ void finish_inode_at(int source_dir, int target_dir, const std::string& name, co
   }
 }
 
-void write_all_at(int fd, const char* data, std::size_t size, off_t offset, const fs::path& shown) {
+void write_all_at(int fd, const char* data, std::size_t size, off_t offset,
+                  const shown_path& shown) {
   while (size > 0) {
     const ssize_t n = ::pwrite(fd, data, size, offset);
     if (n < 0) {
@@ -262,6 +295,18 @@ void write_all_at(int fd, const char* data, std::size_t size, off_t offset, cons
     size -= static_cast<std::size_t>(n);
     offset += n;
   }
+}
+
+// The directory holding `child` (an open directory), by "..": a walk that closed its
+// descriptor (see max_open_levels) comes back to it so. Checked to be the directory `id` it
+// left: if the child was moved elsewhere meanwhile, the walk stops rather than go on there.
+unique_fd reopen_parent(int child, const file_id& id, const shown_path& shown) {
+  unique_fd parent(::openat(child, "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!parent) throw_errno("open directory", shown);
+  if (id_of(stat_fd(parent.get(), shown)) != id) {
+    throw_errno(EAGAIN, "moved during the walk, reopening", shown);
+  }
+  return parent;
 }
 
 enum class data_method { none, reflink, copy_file_range, read_write };
@@ -284,7 +329,7 @@ class tree_copier {
     ++stats_.dirs;
     if (options_.parallel == copy_options::filler::always) start_filler();
     try {
-      copy_contents(source.get(), root_.get(), {});
+      copy_contents(source.get(), root_.get());
     } catch (...) {
       stop_filler();
       // The filler's failure is the first one when it made the walk stop.
@@ -325,7 +370,7 @@ class tree_copier {
   struct fill_job {
     unique_fd source, target;
     struct stat st {};
-    fs::path relative;
+    std::string relative;
   };
   // Thrown on the walk when the filler failed: the filler's exception is the one to report.
   struct filler_stopped {};
@@ -387,7 +432,7 @@ class tree_copier {
 
   void fill(const fill_job& job) {
     check_cancel();
-    const fs::path source_shown = from_ / job.relative, target_shown = to_ / job.relative;
+    const shown_path source_shown(from_, job.relative), target_shown(to_, job.relative);
     const auto size = static_cast<std::uint64_t>(job.st.st_size);
     count_method(copy_data(job.source.get(), job.target.get(), size, source_shown, target_shown));
     finish_inode_fd(job.source.get(), job.target.get(), job.st, source_shown, target_shown,
@@ -408,27 +453,56 @@ class tree_copier {
     return !(new_inodes_ours_ && st.st_uid == euid_ && st.st_gid == egid_);
   }
 
-  void copy_contents(int source_dir, int target_dir, const fs::path& relative) {
-    for (const directory_entry& entry : list_entries(source_dir, from_ / relative)) {
+  // One directory of the walk, whose entries are being copied.
+  struct level {
+    unique_fd owned_source, owned_target;  // none for the root: run() holds its descriptors
+    int source = -1, target = -1;          // -1 while closed (see max_open_levels)
+    struct stat st {};                     // the source directory's, for finish_inode_fd
+    file_id target_id{};                   // taken when its descriptors are closed
+    std::vector<directory_entry> entries;
+    std::size_t next = 0;           // the entry to copy next
+    std::size_t relative_size = 0;  // its path relative to from_ and to_: relative_'s prefix
+  };
+
+  // The walk: depth first, on a stack of its own (`levels_`), each directory finished (mode,
+  // times) after its contents, as a recursion would but with no frame of the thread's stack per
+  // level; at most max_open_levels directories hold descriptors.
+  void copy_contents(int source_root, int target_root) {
+    levels_.clear();
+    relative_.clear();
+    levels_.emplace_back();
+    levels_.back().source = source_root;
+    levels_.back().target = target_root;
+    levels_.back().entries = list_entries(source_root, from_);
+    while (!levels_.empty()) {
+      level& top = levels_.back();
+      relative_.resize(top.relative_size);
+      if (top.next == top.entries.size()) {
+        leave_directory();
+        continue;
+      }
       check_cancel();
-      copy_entry(source_dir, target_dir, relative / entry.name, entry.name, entry.type);
+      const directory_entry& entry = top.entries[top.next++];
+      append_name(relative_, entry.name);
+      // May push a level (a directory): `top` and `entry` are not used after it.
+      copy_entry(top.source, top.target, relative_, entry.name, entry.type);
     }
   }
 
-  void copy_entry(int source_dir, int target_dir, const fs::path& relative, const std::string& name,
-                  unsigned char type) {
+  void copy_entry(int source_dir, int target_dir, std::string_view relative,
+                  const std::string& name, unsigned char type) {
     // Most entries are regular files: opened at once, one fstat instead of an lstat as well.
     if (type == DT_REG && copy_regular_by_name(source_dir, target_dir, relative, name)) return;
     struct stat st {};
-    if (!stat_entry(source_dir, name, st, from_ / relative)) return;  // removed meanwhile
-    if (S_ISDIR(st.st_mode)) return copy_directory(source_dir, target_dir, relative, name);
+    if (!stat_entry(source_dir, name, st, shown_path(from_, relative))) return;  // removed
+    if (S_ISDIR(st.st_mode)) return enter_directory(source_dir, target_dir, relative, name);
     if (S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
       ++stats_.skipped;
       return;
     }
     if (link_if_seen(st, target_dir, relative, name)) return;
     if (S_ISREG(st.st_mode)) {
-      const fs::path source_shown = from_ / relative;
+      const shown_path source_shown(from_, relative);
       unique_fd source = open_regular(source_dir, name, source_shown);
       if (!source) throw_errno("open", source_shown);
       const struct stat now = stat_fd(source.get(), source_shown);
@@ -439,50 +513,114 @@ class tree_copier {
     } else if (S_ISFIFO(st.st_mode)) {
       copy_fifo(source_dir, target_dir, relative, name, st);
     } else {
-      throw_errno(EINVAL, "unknown file type", from_ / relative);
+      throw_errno(EINVAL, "unknown file type", shown_path(from_, relative));
     }
     if (st.st_nlink > 1) copied_inodes_.emplace(id_of(st), relative);
   }
 
   // A second name of an inode already copied becomes a second name of its copy.
-  bool link_if_seen(const struct stat& st, int target_dir, const fs::path& relative,
+  bool link_if_seen(const struct stat& st, int target_dir, std::string_view relative,
                     const std::string& name) {
     if (st.st_nlink < 2) return false;
     const auto seen = copied_inodes_.find(id_of(st));
     if (seen == copied_inodes_.end()) return false;
-    if (::linkat(root_.get(), seen->second.c_str(), target_dir, name.c_str(), 0) != 0) {
-      throw_errno("link", to_ / relative);
+    if (link_from_root(seen->second, target_dir, name) != 0) {
+      throw_errno("link", shown_path(to_, relative));
     }
     ++stats_.hardlinks;
     return true;
   }
 
-  void copy_directory(int source_dir, int target_dir, const fs::path& relative,
-                      const std::string& name) {
-    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
-    const unique_fd source = open_directory_at(source_dir, name.c_str(), source_shown);
-    const struct stat st = stat_fd(source.get(), source_shown);
+  // linkat() of `existing` (relative to root_) as `name` in `target_dir`. A path too long for
+  // one system call (deeper than PATH_MAX) is reached a directory at a time.
+  int link_from_root(const std::string& existing, int target_dir, const std::string& name) const {
+    if (existing.size() < PATH_MAX) {
+      return ::linkat(root_.get(), existing.c_str(), target_dir, name.c_str(), 0);
+    }
+    const std::size_t slash = existing.rfind('/');
+    unique_fd dir;
+    int at = root_.get();
+    std::size_t from = 0;
+    while (from < slash) {
+      const std::size_t end = existing.find('/', from);
+      const std::string part = existing.substr(from, end - from);
+      dir = unique_fd(::openat(at, part.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!dir) return -1;
+      at = dir.get();
+      from = end + 1;
+    }
+    return ::linkat(at, existing.c_str() + slash + 1, target_dir, name.c_str(), 0);
+  }
+
+  // Creates the copy of a directory and pushes it on the walk's stack: its entries are copied
+  // next, then leave_directory() finishes it.
+  void enter_directory(int source_dir, int target_dir, std::string_view relative,
+                       const std::string& name) {
+    const shown_path source_shown(from_, relative), target_shown(to_, relative);
+    level child;
+    child.owned_source = open_directory_at(source_dir, name.c_str(), source_shown);
+    child.st = stat_fd(child.owned_source.get(), source_shown);
     // Owner-only until its contents are in, so that nobody else sees a half-made directory and
     // a read-only source mode cannot stop us writing into it.
     if (::mkdirat(target_dir, name.c_str(), 0700) != 0) throw_errno("mkdir", target_shown);
-    const unique_fd target = open_directory_at(target_dir, name.c_str(), target_shown);
+    child.owned_target = open_directory_at(target_dir, name.c_str(), target_shown);
     ++stats_.dirs;
-    copy_contents(source.get(), target.get(), relative);
-    // After the contents, whose creation would move the directory's mtime again.
-    finish_inode_fd(source.get(), target.get(), st, source_shown, target_shown, needs_chown(st));
+    child.source = child.owned_source.get();
+    child.target = child.owned_target.get();
+    child.entries = list_entries(child.source, source_shown);
+    child.relative_size = relative.size();
+    levels_.push_back(std::move(child));
+    // The level max_open_levels above the new one lets its descriptors go (never the root's),
+    // unless they went already: coming back up reopens only the levels it passes through.
+    if (levels_.size() > max_open_levels + 1 &&
+        levels_[levels_.size() - 1 - max_open_levels].target >= 0) {
+      level& far = levels_[levels_.size() - 1 - max_open_levels];
+      far.target_id = id_of(stat_fd(far.target, shown_path(to_, relative_view(far))));
+      far.owned_source.reset();
+      far.owned_target.reset();
+      far.source = far.target = -1;
+    }
+  }
+
+  std::string_view relative_view(const level& l) const {
+    return std::string_view(relative_).substr(0, l.relative_size);
+  }
+
+  // The top directory's contents are copied: its mode, owner, xattrs and times follow (after
+  // the contents, whose creation would move its mtime again), and the walk goes back to its
+  // parent, reopened by ".." if it was closed.
+  void leave_directory() {
+    if (levels_.size() == 1) {  // the root: run() finishes it
+      levels_.pop_back();
+      return;
+    }
+    level& done = levels_.back();
+    const std::string_view relative = relative_view(done);
+    const shown_path source_shown(from_, relative), target_shown(to_, relative);
+    finish_inode_fd(done.source, done.target, done.st, source_shown, target_shown,
+                    needs_chown(done.st));
+    level& parent = levels_[levels_.size() - 2];
+    if (parent.source < 0) {
+      const std::string_view up = relative_view(parent);
+      parent.owned_source = reopen_parent(done.source, id_of(parent.st), shown_path(from_, up));
+      parent.owned_target = reopen_parent(done.target, parent.target_id, shown_path(to_, up));
+      parent.source = parent.owned_source.get();
+      parent.target = parent.owned_target.get();
+    }
+    levels_.pop_back();
   }
 
   // O_NONBLOCK: if the name was swapped for a FIFO since it was listed, opening must not hang.
-  static unique_fd open_regular(int source_dir, const std::string& name, const fs::path&) {
+  static unique_fd open_regular(int source_dir, const std::string& name, const shown_path&) {
     return unique_fd(::openat(source_dir, name.c_str(),
                               O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   }
 
   // An entry listed as a regular file; false when it is something else by now (the caller
   // then looks again, the slow way).
-  bool copy_regular_by_name(int source_dir, int target_dir, const fs::path& relative,
+  bool copy_regular_by_name(int source_dir, int target_dir, std::string_view relative,
                             const std::string& name) {
-    const fs::path source_shown = from_ / relative;
+    const shown_path source_shown(from_, relative);
     unique_fd source = open_regular(source_dir, name, source_shown);
     if (!source) {
       if (errno == ENOENT) return true;                    // removed meanwhile
@@ -500,11 +638,11 @@ class tree_copier {
   // Creates the copy; its data and metadata follow on the filler (or here, without one). A
   // second name may be linked to it before they arrive: it is the same inode.
   void copy_regular(unique_fd source, const struct stat& st, int target_dir,
-                    const fs::path& relative, const std::string& name) {
+                    std::string_view relative, const std::string& name) {
     unique_fd target(::openat(target_dir, name.c_str(),
                               O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!target) throw_errno("create", to_ / relative);
-    fill_job job{std::move(source), std::move(target), st, relative};
+    if (!target) throw_errno("create", shown_path(to_, relative));
+    fill_job job{std::move(source), std::move(target), st, std::string(relative)};
     if (filler_.joinable()) return enqueue(std::move(job));
     const std::uint64_t reflinked = stats_.reflinked;
     fill(job);
@@ -528,8 +666,8 @@ class tree_copier {
     }
   }
 
-  data_method copy_data(int source, int target, std::uint64_t size, const fs::path& source_shown,
-                        const fs::path& target_shown) {
+  data_method copy_data(int source, int target, std::uint64_t size, const shown_path& source_shown,
+                        const shown_path& target_shown) {
     if (size == 0) return data_method::none;
     if (options_.kernel_copy) {
       if (::ioctl(target, FICLONE, source) == 0) return data_method::reflink;
@@ -562,8 +700,8 @@ class tree_copier {
 
   struct file_copy {
     int source, target;
-    const fs::path& source_shown;
-    const fs::path& target_shown;
+    const shown_path& source_shown;
+    const shown_path& target_shown;
     bool copy_file_range_works = true;
     bool used_read_write = false;
   };
@@ -631,9 +769,9 @@ class tree_copier {
     return static_cast<ssize_t>(n);
   }
 
-  void copy_symlink(int source_dir, int target_dir, const fs::path& relative,
+  void copy_symlink(int source_dir, int target_dir, std::string_view relative,
                     const std::string& name, const struct stat& st) {
-    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
+    const shown_path source_shown(from_, relative), target_shown(to_, relative);
     // st_size is the target's length on most filesystems but 0 on some: grow until it fits.
     std::string link(std::max<std::size_t>(static_cast<std::size_t>(st.st_size), 255) + 1, '\0');
     for (;;) {
@@ -652,9 +790,9 @@ class tree_copier {
     ++stats_.symlinks;
   }
 
-  void copy_fifo(int source_dir, int target_dir, const fs::path& relative, const std::string& name,
+  void copy_fifo(int source_dir, int target_dir, std::string_view relative, const std::string& name,
                  const struct stat& st) {
-    const fs::path source_shown = from_ / relative, target_shown = to_ / relative;
+    const shown_path source_shown(from_, relative), target_shown(to_, relative);
     if (::mknodat(target_dir, name.c_str(), S_IFIFO | 0600, 0) != 0) {
       throw_errno("mkfifo", target_shown);
     }
@@ -670,7 +808,9 @@ class tree_copier {
   const uid_t euid_ = ::geteuid();
   const gid_t egid_ = ::getegid();
   // Inodes with more than one name, by the path of their copy relative to `to`.
-  std::map<file_id, fs::path> copied_inodes_;
+  std::map<file_id, std::string> copied_inodes_;
+  std::vector<level> levels_;  // the walk's stack: the root, then each directory below it
+  std::string relative_;       // the entry being copied, relative to from_ and to_
   std::vector<char> buffer_;  // for read/write (the filler's), allocated on first need
   copy_stats stats_;
   std::thread filler_;  // see copy_options::parallel; during run() only
@@ -681,15 +821,88 @@ class tree_copier {
   std::exception_ptr fill_failure_;  // set by the filler before it closes the queue
 };
 
-std::uint64_t directory_size(int dir, const fs::path& shown, std::set<file_id>& seen) {
+// One directory of tree_size's or remove_tree's walk.
+struct walk_level {
+  unique_fd owned;  // none for the root: the caller holds its descriptor
+  int fd = -1;      // -1 while closed (see max_open_levels)
+  file_id id{};     // to check it when reopened
+  std::vector<std::string> names;
+  std::size_t next = 0;           // the entry to look at next
+  std::size_t relative_size = 0;  // its path relative to the root: the walk's relative prefix
+};
+
+// The walks' stack: pushes a directory opened by the walk, letting the one max_open_levels
+// above it close its descriptor; pops back to the parent, reopened by ".." if it was closed.
+class walk_stack {
+ public:
+  explicit walk_stack(const fs::path& root) : root_(root) {}
+
+  std::vector<walk_level> levels;
+  std::string relative;  // the entry at hand, relative to the root
+
+  shown_path shown(std::string_view r) const { return shown_path(root_, r); }
+  std::string_view relative_of(const walk_level& l) const {
+    return std::string_view(relative).substr(0, l.relative_size);
+  }
+
+  void push_root(int fd) {
+    walk_level root;
+    root.fd = fd;
+    root.names = list_directory(fd, root_);
+    levels.push_back(std::move(root));
+  }
+
+  // `relative` names the directory, which `fd` is.
+  void push(unique_fd fd) {
+    walk_level child;
+    child.id = id_of(stat_fd(fd.get(), shown(relative)));
+    child.fd = fd.get();
+    child.owned = std::move(fd);
+    child.names = list_directory(child.fd, shown(relative));
+    child.relative_size = relative.size();
+    levels.push_back(std::move(child));
+    if (levels.size() > max_open_levels + 1) {
+      walk_level& far = levels[levels.size() - 1 - max_open_levels];
+      far.owned.reset();
+      far.fd = -1;
+    }
+  }
+
+  // Pops the top directory (not the root); its parent is open on return.
+  void pop() {
+    walk_level& done = levels.back();
+    walk_level& parent = levels[levels.size() - 2];
+    if (parent.fd < 0) {
+      parent.owned = reopen_parent(done.fd, parent.id, shown(relative_of(parent)));
+      parent.fd = parent.owned.get();
+    }
+    levels.pop_back();
+  }
+
+ private:
+  const fs::path& root_;
+};
+
+std::uint64_t directory_size(int root, const fs::path& shown) {
   std::uint64_t total = 0;
-  for (const std::string& name : list_directory(dir, shown)) {
-    const fs::path entry_shown = shown / name;
+  std::set<file_id> seen;
+  walk_stack walk(shown);
+  walk.push_root(root);
+  while (!walk.levels.empty()) {
+    walk_level& top = walk.levels.back();
+    walk.relative.resize(top.relative_size);
+    if (top.next == top.names.size()) {
+      if (walk.levels.size() == 1) break;
+      walk.pop();
+      continue;
+    }
+    const std::string& name = top.names[top.next++];
+    const int dir = top.fd;
+    append_name(walk.relative, name);
     struct stat st {};
-    if (!stat_entry(dir, name, st, entry_shown)) continue;
+    if (!stat_entry(dir, name, st, walk.shown(walk.relative))) continue;
     if (S_ISDIR(st.st_mode)) {
-      const unique_fd child = open_directory_at(dir, name.c_str(), entry_shown);
-      total += directory_size(child.get(), entry_shown, seen);
+      walk.push(open_directory_at(dir, name.c_str(), walk.shown(walk.relative)));  // `top` stale
     } else if (S_ISREG(st.st_mode) && (st.st_nlink < 2 || seen.insert(id_of(st)).second)) {
       total += static_cast<std::uint64_t>(st.st_size);
     }
@@ -698,26 +911,45 @@ std::uint64_t directory_size(int dir, const fs::path& shown, std::set<file_id>& 
 }
 
 // A non-root caller cannot list or empty a directory it has no rwx on, though it may remove it.
-void make_removable(int dir, const char* name, const struct stat& st, const fs::path& shown) {
+void make_removable(int dir, const char* name, const struct stat& st, const shown_path& shown) {
   if (running_as_root() || (st.st_mode & S_IRWXU) == S_IRWXU) return;
   if (::fchmodat(dir, name, (st.st_mode & 07777) | S_IRWXU, AT_SYMLINK_NOFOLLOW) != 0) {
     throw_errno("chmod", shown);
   }
 }
 
-void empty_directory(int dir, const fs::path& shown) {
-  for (const std::string& name : list_directory(dir, shown)) {
-    const fs::path entry_shown = shown / name;
+// Removes everything in `root`, depth first on a stack of its own: each directory once it is
+// empty.
+void empty_directory(int root, const fs::path& shown) {
+  walk_stack walk(shown);
+  walk.push_root(root);
+  while (!walk.levels.empty()) {
+    walk_level& top = walk.levels.back();
+    walk.relative.resize(top.relative_size);
+    if (top.next == top.names.size()) {
+      if (walk.levels.size() == 1) break;
+      // Its own name in its parent: the last component of its path.
+      const std::string_view relative = walk.relative_of(top);
+      const std::string name(relative.substr(relative.rfind('/') + 1));  // npos + 1 == 0
+      walk.pop();
+      const std::string_view at = walk.relative;  // the directory's path, for messages
+      if (::unlinkat(walk.levels.back().fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+        throw_errno("remove", walk.shown(at));
+      }
+      continue;
+    }
+    const std::string& name = top.names[top.next++];
+    const int dir = top.fd;
+    append_name(walk.relative, name);
+    const shown_path entry_shown = walk.shown(walk.relative);
     struct stat st {};
     if (!stat_entry(dir, name, st, entry_shown)) continue;
-    int flags = 0;
     if (S_ISDIR(st.st_mode)) {
       make_removable(dir, name.c_str(), st, entry_shown);
-      const unique_fd child = open_directory_at(dir, name.c_str(), entry_shown);
-      empty_directory(child.get(), entry_shown);
-      flags = AT_REMOVEDIR;
+      walk.push(open_directory_at(dir, name.c_str(), entry_shown));  // `top` is stale now
+      continue;                                                      // removed once empty
     }
-    if (::unlinkat(dir, name.c_str(), flags) != 0 && errno != ENOENT) {
+    if (::unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
       throw_errno("remove", entry_shown);
     }
   }
@@ -735,8 +967,7 @@ copy_stats copy_file(const fs::path& from, const fs::path& to, const copy_option
 
 std::uint64_t tree_size(const fs::path& root) {
   const unique_fd dir = open_directory_at(AT_FDCWD, root.c_str(), root);
-  std::set<file_id> seen;
-  return directory_size(dir.get(), root, seen);
+  return directory_size(dir.get(), root);
 }
 
 void remove_tree(const fs::path& path) {

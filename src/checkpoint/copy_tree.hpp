@@ -87,7 +87,10 @@ class copy_cancelled : public std::runtime_error {
 // its parent is not fsynced, which is the caller's rename step.
 // Throws std::system_error naming the step and the path on any failure (ENOSPC included), and
 // copy_cancelled when `options.cancel` is set; either way the partial copy is left for the caller
-// to remove (remove_tree). Holds two file descriptors per level of depth.
+// to remove (remove_tree). Any depth of tree: the walk keeps its own stack on the heap, and the
+// descriptors of the 64 deepest levels at most (two each); it comes back to a shallower directory
+// by "..", checked to be the one it left (EAGAIN, "moved during the walk", if not). tree_size and
+// remove_tree walk so too.
 copy_stats copy_tree(const std::filesystem::path& from, const std::filesystem::path& to,
                      const copy_options& options = {});
 

@@ -14,12 +14,23 @@
 #include "base/crash_point.hpp"
 #include "base/file.hpp"
 #include "checkpoint/checkpoint_id.hpp"
+#include "checkpoint/copy_tree.hpp"
 
 namespace sm::checkpoint {
 
 using json = nlohmann::json;
 
 namespace {
+
+// remove_tree, not std::filesystem::remove_all: libstdc++'s holds a descriptor per level and
+// fails on a tree deeper than the descriptor limit (a checkpoint of a deep env_dir). Best
+// effort: what is left is a partial, which the next start removes again.
+void remove_quietly(const std::filesystem::path& path) {
+  try {
+    remove_tree(path);
+  } catch (const std::system_error&) {
+  }
+}
 
 constexpr std::string_view partial_suffix = ".partial";
 
@@ -133,7 +144,7 @@ std::vector<std::string> local_store::remove_partials() const {
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string name = entry.path().filename().string();
     if (!name.ends_with(partial_suffix)) continue;
-    std::filesystem::remove_all(entry.path(), ec);
+    remove_quietly(entry.path());
     removed.push_back(name.substr(0, name.size() - partial_suffix.size()));
   }
   return removed;
@@ -220,11 +231,10 @@ bool local_store::remove(const std::string& id) const {
   if (!valid_checkpoint_id(id) || !exists(id)) return false;
   // Aside first, as a partial: a crash during the removal leaves something start-up removes.
   const std::filesystem::path aside = partial_of(id);
-  std::error_code ec;
-  std::filesystem::remove_all(aside, ec);
+  remove_quietly(aside);
   std::filesystem::rename(path_of(id), aside);
   fsync_dir(dir_);
-  std::filesystem::remove_all(aside, ec);
+  remove_quietly(aside);
   return true;
 }
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -53,8 +55,22 @@ class checker {
  public:
   explicit checker(const environment_lookup& env) : env_(env) {}
 
+  // At most max_problems are kept; the rest are only counted (see finish()).
   void add(std::string path, std::string message) {
-    problems.push_back({std::move(path), std::move(message)});
+    if (problems.size() < max_problems) {
+      problems.push_back({std::move(path), std::move(message)});
+    } else {
+      ++left_out_;
+    }
+  }
+
+  // The problems, with a last one saying how many were left out.
+  std::vector<problem> finish() {
+    if (left_out_ > 0) {
+      problems.push_back({"", std::to_string(left_out_) + " more problems not listed (at most " +
+                                  std::to_string(max_problems) + " are)"});
+    }
+    return std::move(problems);
   }
 
   // Rejects members not in `known`, so that a typo ("buckt") is an error, not a silent default.
@@ -79,13 +95,13 @@ class checker {
       const std::string& variable = name.get_ref<const std::string&>();
       std::optional<std::string> resolved = env_(variable);
       if (!resolved) {
-        add(path, "environment variable " + variable + " is not set");
+        add(path, "environment variable " + shown(variable) + " is not set");
         return std::nullopt;
       }
       // The document's own strings are UTF-8 (the JSON parser checks); the environment's
       // are bytes, and everything downstream (JSON answers, S3 keys) needs UTF-8.
       if (!valid_utf8(*resolved)) {
-        add(path, "environment variable " + variable + " is not valid UTF-8");
+        add(path, "environment variable " + shown(variable) + " is not valid UTF-8");
         return std::nullopt;
       }
       return resolved;
@@ -120,13 +136,22 @@ class checker {
     }
     std::optional<duration> d = parse_duration(value.get_ref<const std::string&>());
     if (!d)
-      add(path, "invalid duration \"" + value.get<std::string>() +
+      add(path, "invalid duration \"" + shown(value.get_ref<const std::string&>()) +
                     "\": use a non-negative number with a unit (ms, s, m, h)");
     return d;
   }
 
+  // `name` as a problem shows it: cut to max_shown_name bytes (at a UTF-8 character's start)
+  // with "..." after, so that a long name repeated in many problems stays small.
+  static std::string shown(std::string_view name) {
+    if (name.size() <= max_shown_name) return std::string(name);
+    std::size_t cut = max_shown_name;
+    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xc0) == 0x80) --cut;
+    return std::string(name.substr(0, cut)) + "...";
+  }
+
   static std::string join(const std::string& path, std::string_view key) {
-    return path.empty() ? std::string(key) : path + "." + std::string(key);
+    return path.empty() ? shown(key) : path + "." + shown(key);
   }
   static std::string index(const std::string& path, std::size_t i) {
     return path + "[" + std::to_string(i) + "]";
@@ -136,6 +161,7 @@ class checker {
 
  private:
   const environment_lookup& env_;
+  std::size_t left_out_ = 0;
 };
 
 // S3's bucket naming rules (the strict, virtual-host-safe ones), so that a name the store will
@@ -196,7 +222,11 @@ std::optional<std::string> endpoint_problem(std::string_view endpoint) {
 std::optional<std::string> key_prefix_problem(std::string_view prefix) {
   if (prefix.empty()) return std::nullopt;
   if (prefix.front() == '/') return "must not start with '/'";
-  if (prefix.size() > 512) return "must be at most 512 characters";
+  // As used: with the '/' appended when it is missing (GET /config shows it so, and must be a
+  // configuration that validates again).
+  if (prefix.size() + (prefix.back() == '/' ? 0 : 1) > 512) {
+    return "must be at most 512 characters, its final '/' included";
+  }
   std::string_view rest = prefix;
   while (!rest.empty()) {
     const std::size_t slash = rest.find('/');
@@ -214,6 +244,83 @@ std::optional<std::string> key_prefix_problem(std::string_view prefix) {
   return std::nullopt;
 }
 
+// A path as its components, lexically normal ("." and empty ones dropped); `anchored` says
+// whether it is absolute (given so, or relative to a known working directory) or relative to a
+// working directory we do not know.
+struct lexical_path {
+  bool anchored = false;
+  std::vector<std::string> parts;
+};
+
+// Nullopt when `p` has a ".." component: lexically, it could escape anywhere.
+std::optional<lexical_path> lexical(const std::filesystem::path& p, const own_paths& own) {
+  lexical_path out;
+  if (!p.is_absolute() && !own.working_dir.empty()) {
+    if (auto base = lexical(own.working_dir, {})) out = std::move(*base);
+  }
+  if (p.is_absolute()) out.anchored = true;
+  for (const std::filesystem::path& part : p.relative_path()) {
+    const std::string& name = part.native();
+    if (name.empty() || name == ".") continue;
+    if (name == "..") return std::nullopt;
+    out.parts.push_back(name);
+  }
+  return out;
+}
+
+// Whether `inner` is `outer` or under it.
+bool within(const lexical_path& inner, const lexical_path& outer) {
+  return inner.anchored == outer.anchored && inner.parts.size() >= outer.parts.size() &&
+         std::equal(outer.parts.begin(), outer.parts.end(), inner.parts.begin());
+}
+
+// The names under data_dir that state-manager's own files have: the database and what goes with
+// it (database.sqlite-wal, -litestream/, .restoring), a restore's aside and trash, the
+// filesystem component's metadata and caches.
+bool own_name_in_data_dir(std::string_view name) {
+  return name.rfind("database.sqlite", 0) == 0 || name == ".restore-aside" ||
+         name == ".restore-trash" || name == "filesystem";
+}
+
+std::optional<std::string> env_dir_problem(std::string_view text,
+                                           const std::optional<own_paths>& own_dirs) {
+  if (text.empty()) return "must not be empty";
+  if (text.find('\0') != std::string_view::npos) return "must not contain NUL";
+  if (text.size() > max_env_dir_length) {
+    return "must be at most " + std::to_string(max_env_dir_length) + " bytes long";
+  }
+  const own_paths own = own_dirs.value_or(own_paths{});
+  const std::optional<lexical_path> env_dir = lexical(std::filesystem::path(text), own);
+  if (!env_dir) return "must not contain \"..\" segments";
+  if (env_dir->anchored && env_dir->parts.empty()) {
+    return "must not be \"/\": a checkpoint would copy the whole machine, a restore replace it";
+  }
+  if (!own_dirs) return std::nullopt;
+  const struct {
+    const std::filesystem::path& dir;
+    const char* what;
+  } owned[] = {{own.data_dir, "data"}, {own.tmp_dir, "tmp"}};
+  for (const auto& [dir, what] : owned) {
+    const std::optional<lexical_path> mine = lexical(dir, own);
+    if (!mine) continue;  // not comparable lexically
+    const std::string named =
+        std::string("state-manager's ") + what + " directory (" + dir.string() + ")";
+    if (within(*mine, *env_dir)) {
+      return mine->parts.size() == env_dir->parts.size() ? "must not be " + named
+                                                         : "must not hold " + named;
+    }
+    if (!within(*env_dir, *mine)) continue;
+    if (std::string_view(what) == "tmp") {
+      return "must not be inside " + named + ": checkpoints are kept there";
+    }
+    if (own_name_in_data_dir(env_dir->parts[mine->parts.size()])) {
+      return "must not be inside state-manager's own files in " + named +
+             " (database.sqlite*, .restore-aside, .restore-trash, filesystem)";
+    }
+  }
+  return std::nullopt;
+}
+
 bool valid_component_name(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   for (std::size_t i = 0; i < name.size(); ++i) {
@@ -224,7 +331,8 @@ bool valid_component_name(std::string_view name) {
   return true;
 }
 
-void parse_storage(checker& check, const json& doc, storage_config& out) {
+void parse_storage(checker& check, const json& doc, const std::optional<own_paths>& own,
+                   storage_config& out) {
   if (!doc.contains("storage")) {
     check.add("storage", "required");
     return;
@@ -284,9 +392,14 @@ void parse_storage(checker& check, const json& doc, storage_config& out) {
     out.virtual_host = *addressing == "virtual";
   }
   if (auto env_dir = field("env_dir", false)) {
-    if (env_dir->empty()) check.add("storage.env_dir", "must not be empty");
-    if (env_dir->find('\0') != std::string::npos) check.add("storage.env_dir", "contains NUL");
+    if (auto why = env_dir_problem(*env_dir, own)) check.add("storage.env_dir", *why);
     out.env_dir = *env_dir;
+  } else if (!storage.contains("env_dir")) {
+    // The default, too: data/env overlaps nothing with the default directories, but a
+    // --data-dir or --tmp-dir can make it.
+    if (auto why = env_dir_problem(out.env_dir, own)) {
+      check.add("storage.env_dir", "the default \"" + out.env_dir + "\" " + *why);
+    }
   }
 }
 
@@ -341,12 +454,60 @@ void parse_checkpoint_mode(checker& check, const json& doc, checkpoint_mode& out
   }
 }
 
-void parse_components(checker& check, const json& doc, configuration& out) {
-  if (!doc.contains("components")) return;
+// Reports each dependency cycle once, at the component closing it: a depth-first search with
+// colours, on a stack of its own (a chain of a thousand components must not take a thousand
+// frames of the thread's stack). Known names only: unknown ones are reported elsewhere.
+void check_cycles(checker& check, const configuration& config) {
+  enum class colour { white, on_path, done };
+  std::map<std::string_view, colour> colours;
+  for (const auto& [name, component] : config.components) colours.emplace(name, colour::white);
+  struct frame {
+    const std::string* name;
+    const std::vector<std::string>* deps;
+    std::size_t next = 0;  // the dependency to look at next
+  };
+  std::vector<frame> path;
+  for (const auto& [root, root_component] : config.components) {
+    if (colours[root] != colour::white) continue;
+    colours[root] = colour::on_path;
+    path.push_back({&root, &root_component.depends_on});
+    while (!path.empty()) {
+      frame& top = path.back();
+      if (top.next == top.deps->size()) {
+        colours[*top.name] = colour::done;
+        path.pop_back();
+        continue;
+      }
+      const std::size_t i = top.next++;
+      const std::string& dep = (*top.deps)[i];
+      const auto known = config.components.find(dep);
+      if (dep == *top.name || known == config.components.end()) continue;
+      colour& c = colours[dep];
+      if (c == colour::on_path) {
+        check.add(checker::index(checker::join("components", *top.name) + ".depends_on", i),
+                  "dependency cycle through \"" + checker::shown(dep) + "\"");
+      } else if (c == colour::white) {
+        c = colour::on_path;
+        path.push_back({&known->first, &known->second.depends_on});  // `top` is stale now
+      }
+    }
+  }
+}
+
+// False when "components" was rejected whole (so that names in "stacks" are not checked
+// against it).
+bool parse_components(checker& check, const json& doc, configuration& out) {
+  if (!doc.contains("components")) return true;
   const json& components = doc["components"];
   if (!components.is_object()) {
     check.add("components", "must be an object of named components");
-    return;
+    return false;
+  }
+  if (components.size() > max_components) {
+    check.add("components", "at most " + std::to_string(max_components) +
+                                " components may be declared (found " +
+                                std::to_string(components.size()) + ")");
+    return false;
   }
   for (const auto& [name, spec] : components.items()) {
     const std::string path = checker::join("components", name);
@@ -408,7 +569,7 @@ void parse_components(checker& check, const json& doc, configuration& out) {
         check.add(path + ".env", "must be an object of strings");
       } else {
         for (const auto& [variable, value] : env.items()) {
-          const std::string env_path = path + ".env." + variable;
+          const std::string env_path = checker::join(path + ".env", variable);
           if (variable.empty() || variable.find('=') != std::string::npos) {
             check.add(env_path, "invalid environment variable name");
           }
@@ -417,7 +578,12 @@ void parse_components(checker& check, const json& doc, configuration& out) {
       }
     }
     if (spec.contains("depends_on")) {
-      if (auto deps = check.string_list(spec["depends_on"], path + ".depends_on")) {
+      const json& deps_spec = spec["depends_on"];
+      if (deps_spec.is_array() && deps_spec.size() > max_dependencies) {
+        check.add(path + ".depends_on", "at most " + std::to_string(max_dependencies) +
+                                            " dependencies (found " +
+                                            std::to_string(deps_spec.size()) + ")");
+      } else if (auto deps = check.string_list(deps_spec, path + ".depends_on")) {
         component.depends_on = std::move(*deps);
       }
     }
@@ -429,37 +595,19 @@ void parse_components(checker& check, const json& doc, configuration& out) {
     for (std::size_t i = 0; i < component.depends_on.size(); ++i) {
       const std::string& dep = component.depends_on[i];
       if (dep == name) {
-        check.add(checker::index("components." + name + ".depends_on", i),
+        check.add(checker::index(checker::join("components", name) + ".depends_on", i),
                   "a component cannot depend on itself");
       } else if (!out.components.count(dep)) {
-        check.add(checker::index("components." + name + ".depends_on", i),
-                  "unknown component \"" + dep + "\"");
+        check.add(checker::index(checker::join("components", name) + ".depends_on", i),
+                  "unknown component \"" + checker::shown(dep) + "\"");
       }
     }
   }
-  // Depth-first search with colours; report each cycle once, at the component closing it.
-  std::map<std::string, int> colour;  // 0 white, 1 on the stack, 2 done
-  std::function<void(const std::string&)> visit = [&](const std::string& name) {
-    colour[name] = 1;
-    const auto& deps = out.components.at(name).depends_on;
-    for (std::size_t i = 0; i < deps.size(); ++i) {
-      const std::string& dep = deps[i];
-      if (dep == name || !out.components.count(dep)) continue;
-      if (colour[dep] == 1) {
-        check.add(checker::index("components." + name + ".depends_on", i),
-                  "dependency cycle through \"" + dep + "\"");
-      } else if (colour[dep] == 0) {
-        visit(dep);
-      }
-    }
-    colour[name] = 2;
-  };
-  for (const auto& [name, component] : out.components) {
-    if (colour[name] == 0) visit(name);
-  }
+  check_cycles(check, out);
+  return true;
 }
 
-void parse_stacks(checker& check, const json& doc, configuration& out) {
+void parse_stacks(checker& check, const json& doc, bool components_known, configuration& out) {
   if (!doc.contains("stacks")) {
     check.add("stacks", "required (a list of component names, may be empty)");
     return;
@@ -479,8 +627,9 @@ void parse_stacks(checker& check, const json& doc, configuration& out) {
     const std::string& name = stacks[i].get_ref<const std::string&>();
     std::string canonical(builtin_stack(name));
     if (canonical.empty()) {
+      if (!components_known) continue;  // "components" was rejected: nothing to check against
       if (!out.components.count(name)) {
-        check.add(path, "unknown component \"" + name +
+        check.add(path, "unknown component \"" + checker::shown(name) +
                             "\": built in are database (sqlite, litestream) and filesystem "
                             "(juicefs); others must be declared under \"components\"");
         continue;
@@ -488,7 +637,7 @@ void parse_stacks(checker& check, const json& doc, configuration& out) {
       canonical = name;
     }
     if (!seen.insert(canonical).second) {
-      check.add(path, "\"" + name + "\" is listed twice");
+      check.add(path, "\"" + checker::shown(name) + "\" is listed twice");
       continue;
     }
     out.stacks.push_back(canonical);
@@ -509,23 +658,24 @@ std::optional<std::string> process_environment(const std::string& name) {
   return std::string(value);
 }
 
-parse_result parse(const json& document, const environment_lookup& env) {
+parse_result parse(const json& document, const environment_lookup& env,
+                   const std::optional<own_paths>& own) {
   parse_result result;
   checker check(env);
   if (!document.is_object()) {
     check.add("", "the configuration must be a JSON object");
-    result.problems = std::move(check.problems);
+    result.problems = check.finish();
     return result;
   }
   configuration config;
   check.only_known(document, "",
                    {"storage", "stacks", "components", "database", "checkpoint_mode"});
-  parse_storage(check, document, config.storage);
+  parse_storage(check, document, own, config.storage);
   parse_checkpoint_mode(check, document, config.checkpoint);
   parse_database(check, document, config.database);
-  parse_components(check, document, config);
-  parse_stacks(check, document, config);
-  result.problems = std::move(check.problems);
+  const bool components_known = parse_components(check, document, config);
+  parse_stacks(check, document, components_known, config);
+  result.problems = check.finish();
   if (result.problems.empty()) result.config = std::move(config);
   return result;
 }

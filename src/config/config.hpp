@@ -3,7 +3,9 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <optional>
@@ -82,6 +84,27 @@ using environment_lookup = std::function<std::optional<std::string>(const std::s
 // Looks names up in the process's environment (getenv).
 std::optional<std::string> process_environment(const std::string& name);
 
+// Bounds on what a configuration may hold, so that a document under the HTTP body limit can
+// never make validation (or the supervisor after it) take time or memory out of proportion.
+inline constexpr std::size_t max_components = 1000;
+inline constexpr std::size_t max_dependencies = 1000;    // depends_on entries of one component
+inline constexpr std::size_t max_env_dir_length = 4095;  // PATH_MAX less its NUL
+// Problems listed at most; one more entry then says how many were left out.
+inline constexpr std::size_t max_problems = 100;
+// A name longer than this (an unknown field's, an invalid component's) is cut where it appears
+// in a problem's path or message: every problem of a component repeats its name.
+inline constexpr std::size_t max_shown_name = 128;
+
+// state-manager's own directories, which `storage.env_dir` must not overlap: a checkpoint of a
+// tree that holds tmp/ would copy into itself, a restore would move data/ aside.
+struct own_paths {
+  // Absolute, without "..": what relative paths here and in env_dir are relative to. Empty:
+  // unknown (relative paths are then compared with each other only).
+  std::filesystem::path working_dir;
+  std::filesystem::path data_dir = "data";  // --data-dir
+  std::filesystem::path tmp_dir = "tmp";    // --tmp-dir
+};
+
 struct parse_result {
   std::optional<configuration> config;  // set iff problems is empty
   std::vector<problem> problems;        // every problem found (unknown fields first)
@@ -89,9 +112,13 @@ struct parse_result {
 
 // Validates a submitted document and resolves {"$env": "VAR"} strings. Unknown fields, unknown
 // stack names, wrong types, missing required fields, duplicate stacks, bad durations, unknown
-// or cyclic depends_on, a value from the environment that is not UTF-8: each is a problem with
-// its path. Never throws on bad input.
-parse_result parse(const nlohmann::json& document, const environment_lookup& env);
+// or cyclic depends_on, a value from the environment that is not UTF-8, an env_dir that is "/",
+// relative with "..", or overlaps `own` when given (equal to data_dir or tmp_dir, holding
+// either, inside tmp_dir, or inside data_dir under a name of state-manager's own files), a
+// limit above exceeded: each is a problem with its path. Never throws on bad input; time and
+// memory are linear in the document's size, and nothing recurses on its nesting.
+parse_result parse(const nlohmann::json& document, const environment_lookup& env,
+                   const std::optional<own_paths>& own = std::nullopt);
 
 // The effective configuration, defaults filled in, secrets ("access_key", "secret_key", and the
 // values of component "env") replaced by "***": what GET /config shows.

@@ -106,14 +106,30 @@ std::vector<std::string> start_order(const config::configuration& config) {
   for (const std::string& name : config.stacks) {
     if (config.components.count(name)) wanted.push_back(name);
   }
-  // Depth first: a component's dependencies are placed before it.
-  std::function<void(const std::string&)> place = [&](const std::string& name) {
-    if (placed.count(name)) return;
-    placed.insert(name);
-    for (const std::string& dep : config.components.at(name).depends_on) place(dep);
-    order.push_back(name);
+  // Depth first: a component's dependencies are placed before it. On a stack of its own, so
+  // that a long chain of dependencies takes no frames of the thread's stack.
+  struct frame {
+    const std::string* name;
+    const std::vector<std::string>* deps;
+    std::size_t next = 0;
   };
-  for (const std::string& name : wanted) place(name);
+  std::vector<frame> path;
+  auto enter = [&](const std::string& name) {
+    if (!placed.insert(name).second) return;
+    path.push_back({&name, &config.components.at(name).depends_on});
+  };
+  for (const std::string& name : wanted) {
+    enter(name);
+    while (!path.empty()) {
+      frame& top = path.back();
+      if (top.next < top.deps->size()) {
+        enter((*top.deps)[top.next++]);  // may invalidate `top`
+      } else {
+        order.push_back(*top.name);
+        path.pop_back();
+      }
+    }
+  }
   return order;
 }
 

@@ -873,3 +873,179 @@ BOOST_AUTO_TEST_CASE(checkpoint_mode_rejects_other_values) {
     expect_problem(doc, "checkpoint_mode");
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(bounded)
+
+// `count` components, each depending on the next; the last on the first when `cycle`.
+json chain(std::size_t count, bool cycle) {
+  json doc = minimal_file_store();
+  json components = json::object();
+  auto name = [](std::size_t i) { return "c" + std::to_string(i); };
+  for (std::size_t i = 0; i < count; ++i) {
+    json spec = {{"command", {"true"}}};
+    if (i + 1 < count || cycle) spec["depends_on"] = {name((i + 1) % count)};
+    components[name(i)] = std::move(spec);
+  }
+  doc["components"] = std::move(components);
+  doc["stacks"] = {name(0)};
+  return doc;
+}
+
+// 28,000 components in a chain overflowed the stack of the recursive cycle check (PID 1 died
+// of a 958 KB POST /config): too many is one problem now, and no walk recurses.
+BOOST_AUTO_TEST_CASE(a_chain_of_28000_components_is_refused_by_its_count) {
+  const cfg::parse_result r = parse(chain(28'000, false));
+  BOOST_TEST(!r.config.has_value());
+  BOOST_REQUIRE_EQUAL(r.problems.size(), 1u);
+  BOOST_TEST(r.problems[0].path == "components");
+  BOOST_TEST(r.problems[0].message.find("at most 1000 components") != std::string::npos,
+             r.problems[0].message);
+  BOOST_TEST(r.problems[0].message.find("28000") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(the_longest_chain_allowed_is_checked_without_recursion) {
+  expect_valid(chain(cfg::max_components, false));
+  const cfg::parse_result r = parse(chain(cfg::max_components, true));
+  BOOST_TEST(!r.config.has_value());
+  BOOST_REQUIRE_EQUAL(r.problems.size(), 1u);  // one cycle, reported once
+  BOOST_TEST(r.problems[0].message.find("dependency cycle") != std::string::npos);
+  const cfg::parse_result over = parse(chain(cfg::max_components + 1, false));
+  BOOST_TEST(at(over, "components") != nullptr, all_paths(over));
+}
+
+BOOST_AUTO_TEST_CASE(too_many_dependencies) {
+  json doc = minimal_file_store();
+  json deps = json::array();
+  for (std::size_t i = 0; i <= cfg::max_dependencies; ++i) deps.push_back("db");
+  doc["components"] = {{"db", {{"command", {"db"}}}},
+                       {"web", {{"command", {"web"}}, {"depends_on", deps}}}};
+  doc["stacks"] = {"web"};
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE(at(r, "components.web.depends_on") != nullptr);
+  BOOST_TEST(at(r, "components.web.depends_on")->message.find("at most 1000 dependencies") !=
+             std::string::npos);
+}
+
+// A long invalid name repeated in each of a component's problems made the answer quadratic
+// (a 500 KB name and 90,000 unknown fields: 45 GB); names are cut and problems counted.
+BOOST_AUTO_TEST_CASE(problems_are_bounded_in_number_and_size) {
+  json doc = minimal_file_store();
+  json spec = {{"command", {"x"}}};
+  for (int i = 0; i < 5000; ++i) spec["field" + std::to_string(i)] = 1;
+  const std::string long_name(300'000, 'n');
+  doc["components"] = {{"!" + long_name, spec}};
+  const cfg::parse_result r = parse(doc);
+  BOOST_TEST(!r.config.has_value());
+  BOOST_REQUIRE_EQUAL(r.problems.size(), cfg::max_problems + 1);
+  BOOST_TEST(r.problems.back().message.find("more problems not listed") != std::string::npos,
+             r.problems.back().message);
+  std::size_t size = 0;
+  for (const cfg::problem& p : r.problems) size += p.path.size() + p.message.size();
+  BOOST_TEST(size < 100'000u);
+  BOOST_TEST(r.problems[0].path.find("...") != std::string::npos);
+  // A cut name stays UTF-8: never cut inside a character.
+  json accented = minimal_file_store();
+  accented[std::string(cfg::max_shown_name - 1, 'y') + "\xe2\x82\xac"] = 1;
+  const cfg::parse_result cut = parse(accented);
+  BOOST_REQUIRE(!cut.problems.empty());
+  BOOST_TEST(cut.problems[0].path == std::string(cfg::max_shown_name - 1, 'y') + "...");
+}
+
+// Found by config_fuzz: a 512-character key_prefix without its '/' was accepted, and GET
+// /config then showed 513 characters, which did not validate again.
+BOOST_AUTO_TEST_CASE(the_key_prefix_limit_counts_the_slash_appended) {
+  json doc = minimal_file_store();
+  doc["storage"]["key_prefix"] = std::string(512, 'a');
+  expect_problem(doc, "storage.key_prefix");
+  doc["storage"]["key_prefix"] = std::string(511, 'a');
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+  expect_valid(cfg::to_redacted_json(*r.config));
+  doc["storage"]["key_prefix"] = std::string(511, 'a') + "/";
+  expect_valid(doc);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(env_dir)
+
+cfg::parse_result with_env_dir(const std::string& env_dir,
+                               const std::optional<cfg::own_paths>& own) {
+  json doc = minimal_file_store();
+  doc["storage"]["env_dir"] = env_dir;
+  return cfg::parse(doc, no_env(), own);
+}
+
+const cfg::own_paths serving{"/srv/app", "data", "tmp"};
+
+// env_dir "/" or tmp/ was accepted: a checkpoint of "/" copies the machine (and tmp/ into
+// itself), a restore replaces it.
+BOOST_AUTO_TEST_CASE(never_the_root_nor_state_managers_own_directories) {
+  for (const std::string bad : {"/",
+                                "//",
+                                "/.",
+                                "/./",
+                                "data",
+                                "tmp",
+                                "tmp/",
+                                "./tmp",
+                                "tmp/x",
+                                "tmp/checkpoints",
+                                ".",
+                                "",
+                                "/srv/app",
+                                "/srv",
+                                "/srv/app/tmp/x",
+                                "/srv/app/data",
+                                "data/database.sqlite",
+                                "data/database.sqlite-litestream/x",
+                                "data/.restore-trash",
+                                "data/filesystem/cache",
+                                "data/../tmp",
+                                "../app/tmp",
+                                "/srv/app/../app/tmp"}) {
+    const cfg::parse_result r = with_env_dir(bad, serving);
+    BOOST_TEST_INFO("env_dir \"" << bad << "\"");
+    BOOST_TEST(at(r, "storage.env_dir") != nullptr, all_paths(r));
+  }
+  BOOST_TEST(at(with_env_dir("/", serving), "storage.env_dir")->message.find("\"/\"") !=
+             std::string::npos);
+  BOOST_TEST(at(with_env_dir("tmp/x", serving), "storage.env_dir")->message.find("tmp") !=
+             std::string::npos);
+  BOOST_TEST(at(with_env_dir("/srv", serving), "storage.env_dir")->message.find("hold") !=
+             std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(anywhere_else) {
+  for (const std::string good :
+       {"data/env", "data/env/", "./data/env", "/srv/app/data/env", "/workspace", "/srv/app/work",
+        "/srv/other/tmp", "env", "data/databases", "data/tmp"}) {
+    const cfg::parse_result r = with_env_dir(good, serving);
+    BOOST_TEST_INFO("env_dir \"" << good << "\"");
+    BOOST_TEST(r.problems.empty(), all_paths(r));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(absolute_own_directories_and_an_unknown_working_directory) {
+  const cfg::own_paths absolute{"", "/var/sm/data", "/var/sm/tmp"};
+  BOOST_TEST(at(with_env_dir("/var/sm", absolute), "storage.env_dir") != nullptr);
+  BOOST_TEST(at(with_env_dir("/var/sm/tmp/x", absolute), "storage.env_dir") != nullptr);
+  BOOST_TEST(with_env_dir("/var/sm/env", absolute).problems.empty());
+  // Relative, against a working directory nobody knows: not comparable, so not refused.
+  BOOST_TEST(with_env_dir("tmp", absolute).problems.empty());
+  // The default data/env is checked too: with --data-dir data/env it is the data directory.
+  json doc = minimal_file_store();
+  const cfg::parse_result r = cfg::parse(doc, no_env(), cfg::own_paths{"/srv", "data/env", "tmp"});
+  BOOST_TEST(at(r, "storage.env_dir") != nullptr, all_paths(r));
+}
+
+BOOST_AUTO_TEST_CASE(without_own_paths_only_the_root_and_dot_dot_are_refused) {
+  BOOST_TEST(at(with_env_dir("/", std::nullopt), "storage.env_dir") != nullptr);
+  BOOST_TEST(at(with_env_dir("a/../..", std::nullopt), "storage.env_dir") != nullptr);
+  BOOST_TEST(at(with_env_dir(std::string(5000, 'a'), std::nullopt), "storage.env_dir") != nullptr);
+  BOOST_TEST(with_env_dir("tmp", std::nullopt).problems.empty());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
