@@ -15,6 +15,7 @@
 #include "async/offload.hpp"
 #include "base/file.hpp"
 #include "base/log.hpp"
+#include "base/secret.hpp"
 #include "lease/lease.hpp"
 #include "s3/object_store.hpp"
 #include "version.h"
@@ -38,6 +39,13 @@ std::optional<environment::apply_result> not_built_yet(const config::configurati
     return environment::apply_result(environment::apply_result::kind::not_built, message, stack);
   }
   return std::nullopt;
+}
+
+// The store's keys that came from the environment leave it now, kept in memory for a later read
+// (config::process_environment looks there first): COMMAND and the components, started after
+// this, never inherit them, and /proc/<pid>/environ no longer shows them.
+void take_key_variables(const config::configuration& config) {
+  for (const std::string& name : config.storage.key_variables) take_environment_secret(name);
 }
 
 }  // namespace
@@ -217,6 +225,7 @@ environment::load_report environment::load_saved() {
     report.problems = parsed.problems;
     return set_aside("invalid configuration");
   }
+  take_key_variables(*parsed.config);
   if (auto missing = not_built_yet(*parsed.config)) return set_aside(missing->message);
   config_ = std::move(parsed.config);
   report.outcome = load_report::kind::loaded;
@@ -234,6 +243,7 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
     invalid.problems = std::move(parsed.problems);
     co_return invalid;
   }
+  take_key_variables(*parsed.config);
   if (auto missing = not_built_yet(*parsed.config)) co_return *missing;
 
   // The store must answer and the lease be ours before anything is saved.
