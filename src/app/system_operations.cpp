@@ -6,12 +6,14 @@
 #include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
 
 #include "api/environment.hpp"
 #include "app/system.hpp"
 #include "async/offload.hpp"
 #include "base/log.hpp"
 #include "checkpoint/local_store.hpp"
+#include "config/config.hpp"
 #include "checkpoint/remote.hpp"
 #include "proc/freezer.hpp"
 #include "supervisor/process_component.hpp"
@@ -136,8 +138,7 @@ void system::end_operation(bool ok) {
 }
 
 checkpoint::paths system::checkpoint_paths() const {
-  return {env_.paths().checkpoints_dir(), env_.current()->storage.env_dir,
-          env_.paths().config_file()};
+  return {env_.paths().checkpoints_dir(), env_.current()->storage.env_dir};
 }
 
 decltype(checkpoint::copy_options::move_data) system::data_mover() {
@@ -160,7 +161,9 @@ decltype(checkpoint::copy_options::move_data) system::data_mover() {
 asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::string id) {
   if (auto refused = refuse<checkpoint::create_outcome>(id)) co_return *refused;
   const gate::pass running = begin_operation("checkpoint", id);
-  checkpoint::create_request request{id, STATE_MANAGER_VERSION, data_mover()};
+  checkpoint::create_request request{
+      id, STATE_MANAGER_VERSION, config::to_redacted_json(*env_.current()).dump(2) + "\n",
+      data_mover()};
   checkpoint::create_outcome made;
   try {
     made = co_await checkpoint::create(*this, checkpoint_paths(), std::move(request), progress_);

@@ -67,12 +67,14 @@ struct progress {
 struct paths {
   std::filesystem::path checkpoints;  // tmp/checkpoints
   std::filesystem::path env_dir;      // storage.env_dir
-  std::filesystem::path config_file;  // tmp/config.json
 };
 
 struct create_request {
   std::string id;  // empty: the next v<N>
   std::string version;
+  // The checkpoint's config.json: the configuration as GET /config shows it, secrets redacted.
+  // Never tmp/config.json's text, which holds the literal ones: a checkpoint is uploaded.
+  std::string config;
   decltype(copy_options::move_data) move_data;  // copy_tree's read/write fallback, or empty
 };
 
