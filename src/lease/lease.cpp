@@ -329,9 +329,19 @@ asio::awaitable<void> lease::release() {
         log::warn("lease release: it was no longer ours");
       }
     } else {
+      // Expired now, owner kept, as above, never removed: the next owner must see that someone
+      // held it before (previous_owner()), and that its own local state may be stale.
       const std::string text = co_await store_.get(key);
       const std::optional<record> there = from_json(text);
-      if (there && there->owner == owner_) co_await store_.remove(key);
+      if (there && there->owner == owner_) {
+        record freed = *there;
+        freed.expires_at = system_clock::now();
+        freed.counter = there->counter + 1;
+        const bool freed_ok = co_await write(freed, std::string(), false);
+        if (freed_ok) current_ = freed;
+      } else {
+        log::warn("lease release: it was no longer ours");
+      }
     }
     current_.expires_at = system_clock::now();
   } catch (const std::exception& e) {

@@ -515,8 +515,14 @@ BOOST_AUTO_TEST_CASE(release_frees_it_at_once) {
     co_await a.release();
     BOOST_TEST(!a.held());
     BOOST_TEST(!a.status()["held"].get<bool>());
+    // Freed by an expired record that still names A.
+    const std::optional<record> freed = co_await stored(*store_b);
+    BOOST_TEST_REQUIRE(freed.has_value());
+    BOOST_TEST(freed->owner == "owner-a");
+    BOOST_TEST((freed->expires_at <= system_clock::now()));
     const attempt taken = co_await try_acquire(b);  // no wait for A's 60 s time to live
     BOOST_TEST(taken.won, taken.error);
+    BOOST_TEST(b.previous_owner() == "owner-a");
     const std::optional<record> there = co_await stored(*store_b);
     BOOST_TEST_REQUIRE(there.has_value());
     BOOST_TEST(there->owner == "owner-b");
@@ -836,12 +842,18 @@ BOOST_AUTO_TEST_CASE(best_effort_when_conditional_writes_are_not_implemented) {
     BOOST_TEST(lost.count == 0);
     BOOST_TEST(mode_of(a) == "best-effort");
 
-    // Released: removed, so another owner takes it at once.
+    // Released: an expired record that still names A (never removed), so another owner takes
+    // it at once and knows that A held it before: its own local state may be stale.
     co_await a.release();
     BOOST_TEST(!a.held());
+    there = co_await stored(*files);
+    BOOST_TEST_REQUIRE(there.has_value());
+    BOOST_TEST(there->owner == "owner-a");
+    BOOST_TEST((there->expires_at <= system_clock::now()));
     const attempt taken = co_await try_acquire(b);
     BOOST_TEST(taken.won, taken.error);
     BOOST_TEST(mode_of(b) == "best-effort");
+    BOOST_TEST(b.previous_owner() == "owner-a");
     there = co_await stored(*files);
     BOOST_TEST_REQUIRE(there.has_value());
     BOOST_TEST(there->owner == "owner-b");
