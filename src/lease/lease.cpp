@@ -77,7 +77,8 @@ lease::lease(asio::any_io_executor executor, s3::object_store& store, std::strin
       owner_(std::move(owner)),
       ttl_(ttl),
       timer_(executor),
-      renewal_done_(executor) {}
+      renewal_done_(executor),
+      margin_timer_(executor) {}
 
 lease::~lease() {
   *alive_ = false;
@@ -201,6 +202,44 @@ void lease::keep(std::function<void(std::string)> lost) {
   if (renewing_) return;
   renewing_ = true;
   asio::co_spawn(executor_, renew_loop(generation_), asio::detached);
+  asio::co_spawn(executor_, watch_margin(generation_), asio::detached);
+}
+
+duration lease::safety_margin() const {
+  const duration floor = std::max<duration>(ttl_ / 6, std::chrono::seconds(2));
+  return std::min<duration>(floor, ttl_ / 3);
+}
+
+void lease::on_expiry_near(std::function<void()> near) {
+  expiry_near_ = std::move(near);
+}
+
+bool lease::writable() const {
+  return held_ && system_clock::now() < current_.expires_at - safety_margin();
+}
+
+asio::awaitable<void> lease::watch_margin(std::uint64_t generation) {
+  const auto alive = alive_;
+  std::uint64_t called_for = 0;  // the counter of the record whose margin was reported
+  for (;;) {
+    if (!*alive || generation != generation_ || !held_) co_return;
+    const auto left = current_.expires_at - safety_margin() - system_clock::now();
+    if (left > duration::zero()) {
+      margin_timer_.expires_after(left);
+    } else {
+      if (called_for != current_.counter) {
+        called_for = current_.counter;
+        log::warn("lease near its expiry without a renewal: writers stop",
+                  {{"expires_at", format_rfc3339(current_.expires_at, true)},
+                   {"last_error", last_error_}});
+        if (expiry_near_) expiry_near_();  // may be the last thing done with this lease
+        if (!*alive) co_return;
+      }
+      margin_timer_.expires_at(asio::steady_timer::time_point::max());  // until a renewal
+    }
+    std::error_code ec;
+    co_await margin_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 asio::awaitable<void> lease::renew_loop(std::uint64_t generation) {
@@ -228,6 +267,7 @@ asio::awaitable<void> lease::renew_loop(std::uint64_t generation) {
     if (renewed) {
       last_error_.clear();
       if (releasing) co_return;
+      margin_timer_.cancel();  // the margin moved with the expiry
       wait = period;
       continue;
     }
@@ -243,6 +283,7 @@ asio::awaitable<void> lease::renew_loop(std::uint64_t generation) {
       lost_why = "not renewed before it expired: " + failure;
     }
     held_ = false;
+    margin_timer_.cancel();  // its watch ends
     lost_why_ = lost_why;
     log::error("lease lost", {{"why", lost_why}});
     // Being released, it is going anyway: no fencing for the owner who let it go.
@@ -301,6 +342,7 @@ asio::awaitable<void> lease::release() {
   ++generation_;  // the renewal loop stops at its next step
   renewing_ = false;
   timer_.cancel();
+  margin_timer_.cancel();  // its watch ends: a released lease has no writers to stop
   // A renewal already at the store comes back first: its write changes the ETag, and freeing
   // with the one from before would be refused, leaving the lease live for a whole TTL.
   while (renewal_in_flight_) {

@@ -663,6 +663,92 @@ BOOST_AUTO_TEST_CASE(lost_once_it_expires_while_the_store_fails) {
   });
 }
 
+// The writers stop at the expiry minus the safety margin, ahead of the loss: `near` is called
+// once, with the lease still held but no longer writable, before `lost`.
+BOOST_AUTO_TEST_CASE(writers_are_told_to_stop_at_the_margin_before_the_loss) {
+  scene s;
+  s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
+    const sm::duration ttl = 600ms;
+    s3::object_store* files = &s.store("envs/1/");
+    test_store& store = s.wrapped(*files);
+    sm::lease::lease a(ex, store, "owner-a", ttl);
+    BOOST_TEST((a.safety_margin() == ttl / 3));  // 2 s is more than a third of 600 ms
+    lost_calls lost;
+    int near = 0;
+    bool held_when_near = false, writable_when_near = true;
+    system_clock::time_point near_at{};
+    int lost_before_near = -1;
+    a.on_expiry_near([&] {
+      if (near++ == 0) {
+        near_at = system_clock::now();
+        held_when_near = a.held();
+        writable_when_near = a.writable();
+        lost_before_near = lost.count;
+      }
+    });
+    co_await a.acquire();
+    BOOST_TEST(a.writable());
+    a.keep(lost.callback());
+    store.fail_puts = 1000000;
+    const bool noticed = co_await eventually([&] { return lost.count > 0; });
+    BOOST_TEST_REQUIRE(noticed);
+    BOOST_TEST(near == 1);
+    BOOST_TEST(lost_before_near == 0);
+    BOOST_TEST(held_when_near);
+    BOOST_TEST(!writable_when_near);
+    const std::optional<record> last = co_await stored(*files);
+    BOOST_TEST_REQUIRE(last.has_value());
+    // Not before the margin of the last record written (a timer never fires early).
+    BOOST_TEST((near_at >= last->expires_at - a.safety_margin()));
+    BOOST_TEST((near_at <= lost.first_at));
+    BOOST_TEST(!a.writable());
+    co_await sleep_for(3 * ttl);
+    BOOST_TEST(near == 1);
+  });
+}
+
+// The margin is a third of a short time to live, a sixth of a long one, and never under 2 s
+// where the time to live allows.
+BOOST_AUTO_TEST_CASE(safety_margin_by_time_to_live) {
+  scene s;
+  s3::object_store& files = s.store("envs/1/");
+  const auto margin = [&](sm::duration ttl) {
+    return sm::lease::lease(s.io.get_executor(), files, "owner-a", ttl).safety_margin();
+  };
+  BOOST_TEST((margin(30s) == 5s));
+  BOOST_TEST((margin(60s) == 10s));
+  BOOST_TEST((margin(9s) == 2s));
+  BOOST_TEST((margin(3s) == 1s));
+}
+
+// A renewal that succeeds after the margin was reached makes the lease writable again; while the
+// store works, the margin is never reached.
+BOOST_AUTO_TEST_CASE(a_late_renewal_makes_it_writable_again) {
+  scene s;
+  s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
+    const sm::duration ttl = 1200ms;
+    s3::object_store* files = &s.store("envs/1/");
+    test_store& store = s.wrapped(*files);
+    sm::lease::lease a(ex, store, "owner-a", ttl);
+    lost_calls lost;
+    int near = 0;
+    a.on_expiry_near([&] { ++near; });
+    co_await a.acquire();
+    a.keep(lost.callback());
+    store.fail_puts = 1000000;
+    const bool reached = co_await eventually([&] { return near > 0 || lost.count > 0; });
+    BOOST_TEST_REQUIRE(reached);
+    if (lost.count > 0) co_return;  // a machine stalled past the whole margin: nothing to judge
+    BOOST_TEST(!a.writable());
+    store.fail_puts = 0;
+    const bool renewed = co_await eventually([&] { return a.writable() || lost.count > 0; });
+    BOOST_TEST(renewed);
+    if (lost.count > 0) co_return;  // the retry came after the expiry: a loss, rightly
+    BOOST_TEST(a.held());
+    BOOST_TEST(near == 1);
+  });
+}
+
 BOOST_AUTO_TEST_CASE(renewal_survives_a_failing_store_until_it_recovers) {
   scene s;
   s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
