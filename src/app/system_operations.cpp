@@ -161,9 +161,8 @@ decltype(checkpoint::copy_options::move_data) system::data_mover() {
 asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::string id) {
   if (auto refused = refuse<checkpoint::create_outcome>(id)) co_return *refused;
   const gate::pass running = begin_operation("checkpoint", id);
-  checkpoint::create_request request{
-      id, STATE_MANAGER_VERSION, config::to_redacted_json(*env_.current()).dump(2) + "\n",
-      data_mover()};
+  checkpoint::create_request request{id, STATE_MANAGER_VERSION, data_mover()};
+  request.config = config::to_redacted_json(*env_.current()).dump(2) + "\n";
   checkpoint::create_outcome made;
   try {
     made = co_await checkpoint::create(*this, checkpoint_paths(), std::move(request), progress_);

@@ -72,10 +72,10 @@ struct paths {
 struct create_request {
   std::string id;  // empty: the next v<N>
   std::string version;
+  decltype(copy_options::move_data) move_data;  // copy_tree's read/write fallback, or empty
   // The checkpoint's config.json: the configuration as GET /config shows it, secrets redacted.
   // Never tmp/config.json's text, which holds the literal ones: a checkpoint is uploaded.
-  std::string config;
-  decltype(copy_options::move_data) move_data;  // copy_tree's read/write fallback, or empty
+  std::string config = {};
 };
 
 struct create_outcome {
