@@ -93,9 +93,11 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   sc.secret_key = config.storage.secret_key;
   sc.key_prefix = config.storage.key_prefix;
   sc.virtual_host = config.storage.virtual_host;
-  std::unique_ptr<s3::object_store> store;
+  std::unique_ptr<s3::object_store> store, lease_store;
   try {
     store = s3::make_store(executor, sc);
+    // Renewals never queue behind bulk traffic: the lease has a store of its own.
+    lease_store = lease::make_store(executor, sc, storage_.lease_ttl);
   } catch (const std::exception& e) {
     apply_result failed(kind::storage_failed, e.what());
     failed.store = apply_result::store_problem::refused;
@@ -105,7 +107,8 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   if (storage_.owner.empty()) {
     co_await offload([&] { storage_.owner = lease::owner_id(paths_.owner_file().string()); });
   }
-  auto held = std::make_unique<lease::lease>(executor, *store, storage_.owner, storage_.lease_ttl);
+  auto held =
+      std::make_unique<lease::lease>(executor, *lease_store, storage_.owner, storage_.lease_ttl);
   bool logged_wait = false;
   for (;;) {
     std::optional<apply_result> failure;
@@ -153,6 +156,7 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     co_return late;
   }
   store_ = std::move(store);
+  lease_store_ = std::move(lease_store);
   lease_ = std::move(held);
   const auto alive = alive_;
   lease_->keep([this, alive](std::string why) {

@@ -405,6 +405,18 @@ json lease::status() const {
   return s;
 }
 
+std::unique_ptr<s3::object_store> make_store(asio::any_io_executor executor,
+                                             s3::store_config config, duration ttl) {
+  const auto deadline = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::max<duration>(ttl / 6, std::chrono::seconds(1)));
+  config.max_parallel = 2;  // a renewal, and a release or an acquire's read beside it
+  config.max_attempts = 2;
+  config.request_timeout = deadline;
+  config.total_timeout = deadline;
+  config.own_thread = true;
+  return s3::make_store(executor, std::move(config));
+}
+
 std::string owner_id(const std::string& file) {
   try {
     if (const auto saved = read_file(file, 256)) {

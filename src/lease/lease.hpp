@@ -143,6 +143,15 @@ class lease {
   asio::steady_timer margin_timer_;  // the current record's expiry minus the safety margin
 };
 
+// The lease's own store over the same bucket and prefix: its own lane, so that a renewal never
+// queues behind bulk traffic (DESIGN 3.2). Over S3, its own connections and request slots (a
+// checkpoint's upload holds all 8 of the main store's) with a deadline of max(1 s, ttl/6) a
+// request and 2 tries (renew_loop retries every second on its own until the expiry); over
+// file://, its blocking calls on threads of their own, never behind the shared worker's copy
+// of a large file.
+std::unique_ptr<s3::object_store> make_store(asio::any_io_executor executor,
+                                             s3::store_config config, duration ttl);
+
 // This machine's owner id: "<hostname>-<16 hex digits>", generated once and kept in `file`
 // (mode 0600) so that a restart in the same directory is the same owner and gets its own lease
 // back at once.

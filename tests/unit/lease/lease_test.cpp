@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <atomic>
 #include <exception>
+#include <future>
 #include <filesystem>
 #include <functional>
 #include <latch>
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
@@ -663,16 +666,75 @@ BOOST_AUTO_TEST_CASE(lost_once_it_expires_while_the_store_fails) {
   });
 }
 
+// The lease's store is a lane of its own: with the shared worker held by bulk work (a large
+// file's copy into the file store, here a call that blocks until the case ends), renewals
+// still complete. On the shared worker they would wait behind it, and the lease would expire.
+BOOST_AUTO_TEST_CASE(renewals_complete_while_the_bulk_lane_is_busy) {
+  scene s;
+  s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
+    const sm::duration ttl = 1500ms;
+    std::unique_ptr<s3::object_store> own =
+        sm::lease::make_store(ex, file_store_config(s.tmp.path, "envs/1/"), ttl);
+    s3::object_store& bulk = s.store("envs/1/");
+    sm::lease::lease a(ex, *own, "owner-a", ttl);
+    lost_calls lost;
+    co_await a.acquire();
+    a.keep(lost.callback());
+
+    // The shared worker is taken: by a call that returns only once the case lets it go.
+    std::promise<void> let_go;
+    std::shared_future<void> go = let_go.get_future().share();
+    std::atomic<bool> busy{false};
+    struct release_on_exit {
+      std::promise<void>& p;
+      ~release_on_exit() {
+        try {
+          p.set_value();
+        } catch (const std::future_error&) {
+        }
+      }
+    } guard{let_go};
+    bool bulk_done = false;
+    asio::co_spawn(
+        ex,
+        [&]() -> asio::awaitable<void> {
+          co_await sm::offload([&] {
+            busy = true;
+            go.wait();
+          });
+          // And a bulk request queued behind it, as an upload's next object would be.
+          co_await bulk.put("checkpoints/v1/files/big", std::string(1024, 'x'));
+          bulk_done = true;
+        },
+        asio::detached);
+    const bool taken = co_await eventually([&] { return busy.load(); });
+    BOOST_TEST_REQUIRE(taken);
+
+    const std::uint64_t before = a.status()["counter"].get<std::uint64_t>();
+    const bool renewed = co_await eventually([&] {
+      return a.status()["counter"].get<std::uint64_t>() >= before + 3 || lost.count > 0;
+    });
+    BOOST_TEST(renewed);
+    BOOST_TEST(lost.count == 0);
+    BOOST_TEST(a.held());
+    BOOST_TEST(!bulk_done);  // the bulk lane was busy all along
+    let_go.set_value();
+    const bool drained = co_await eventually([&] { return bulk_done; });
+    BOOST_TEST(drained);
+    co_await a.release();
+  });
+}
+
 // The writers stop at the expiry minus the safety margin, ahead of the loss: `near` is called
 // once, with the lease still held but no longer writable, before `lost`.
 BOOST_AUTO_TEST_CASE(writers_are_told_to_stop_at_the_margin_before_the_loss) {
   scene s;
   s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
-    const sm::duration ttl = 600ms;
+    const sm::duration ttl = 1500ms;
     s3::object_store* files = &s.store("envs/1/");
     test_store& store = s.wrapped(*files);
     sm::lease::lease a(ex, store, "owner-a", ttl);
-    BOOST_TEST((a.safety_margin() == ttl / 3));  // 2 s is more than a third of 600 ms
+    BOOST_TEST((a.safety_margin() == ttl / 3));  // 2 s is more than a third of 1.5 s
     lost_calls lost;
     int near = 0;
     bool held_when_near = false, writable_when_near = true;
