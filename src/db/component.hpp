@@ -81,6 +81,11 @@ class component final : public supervisor::component {
   void refresh_health();  // running <-> degraded from the replicator's last error
   asio::awaitable<nlohmann::json> final_sync();
   asio::awaitable<void> fence();
+  // Why the local database is older than the store's replica (its replica's generation or
+  // position against the store's newest), or empty when it is not, or the store has none.
+  // `taken_over` decides only for a database never replicated here, or a store that does not
+  // answer.
+  asio::awaitable<std::string> behind_the_store(bool taken_over);
 
   asio::any_io_executor executor_;
   s3::object_store& store_;
@@ -92,7 +97,7 @@ class component final : public supervisor::component {
   std::string last_error_;  // why it failed to start
   std::unique_ptr<replicator> replicator_;
   std::optional<restore_report> restored_;
-  std::string restored_because_;  // no local database, or the lease was taken over
+  std::string restored_because_;  // no local database, or why the local one was behind
   bool created_ = false;
   bool stop_requested_ = false, fence_requested_ = false;  // while starting
   asio::steady_timer started_;                             // cancelled once start() is over

@@ -179,6 +179,27 @@ std::optional<std::pair<std::string, std::optional<replica_position>>> replicato
   return std::make_pair(generation, at);
 }
 
+std::optional<layout::replica_point> replicator::saved_point(const std::filesystem::path& db) {
+  std::ifstream in(db.string() + "-litestream/state.json");
+  if (!in) return std::nullopt;
+  const nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
+  if (!state.is_object() || !state.contains("generation") || !state["generation"].is_string()) {
+    return std::nullopt;
+  }
+  layout::replica_point point;
+  point.generation = state["generation"].get<std::string>();
+  if (!layout::valid_generation(point.generation)) return std::nullopt;
+  if (state.contains("offset")) {
+    if (!state["offset"].is_number_unsigned() || !state.contains("wal_index") ||
+        !state["wal_index"].is_number_unsigned()) {
+      return std::nullopt;
+    }
+    point.walidx = state["wal_index"].get<std::uint64_t>();
+    point.end = state["offset"].get<std::uint64_t>();
+  }
+  return point;
+}
+
 asio::awaitable<void> replicator::start() {
   std::string failure;
   std::optional<std::pair<std::string, std::optional<replica_position>>> saved;
