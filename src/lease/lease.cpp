@@ -379,7 +379,8 @@ asio::awaitable<void> lease::release() {
         record freed = *there;
         freed.expires_at = system_clock::now();
         freed.counter = there->counter + 1;
-        const bool freed_ok = co_await write(freed, std::string(), false);
+        const std::string no_etag;  // a named local around co_await (g++ 12)
+        const bool freed_ok = co_await write(freed, no_etag, false);
         if (freed_ok) current_ = freed;
       } else {
         log::warn("lease release: it was no longer ours");
