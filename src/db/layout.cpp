@@ -169,8 +169,8 @@ std::string why_behind(const replica_point& local, const replica_point& newest) 
   if (newest.generation < local.generation) return {};
   if (std::make_pair(newest.walidx, newest.end) > std::make_pair(local.walidx, local.end)) {
     return "the store's replica of generation " + newest.generation +
-           " reaches further than the local database (WAL " + std::to_string(newest.walidx) +
-           ":" + std::to_string(newest.end) + " against " + std::to_string(local.walidx) + ":" +
+           " reaches further than the local database (WAL " + std::to_string(newest.walidx) + ":" +
+           std::to_string(newest.end) + " against " + std::to_string(local.walidx) + ":" +
            std::to_string(local.end) + ")";
   }
   return {};

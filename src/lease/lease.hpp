@@ -74,9 +74,9 @@ class lease {
 
   // Stops renewing and frees the lease at once: lease.json is rewritten expired now, with our
   // owner kept (never removed, in either mode), so another owner can take it without waiting
-  // and sees who held it before. A renewal already on its way to the store is waited for first (freeing
-  // with the ETag from before it would be refused); `lost` is not called for it. Best effort:
-  // a failure is logged and the lease expires by itself.
+  // and sees who held it before. A renewal already on its way to the store is waited for first
+  // (freeing with the ETag from before it would be refused); `lost` is not called for it. Best
+  // effort: a failure is logged and the lease expires by itself.
   asio::awaitable<void> release();
 
   // How long before its expiry the writers stop when no renewal has succeeded by then (DESIGN

@@ -114,10 +114,14 @@ BOOST_AUTO_TEST_CASE(the_newest_point_is_the_newest_restorable_generations_end) 
   BOOST_TEST(!newest_point({}).has_value());
   BOOST_TEST(!newest_point({segment_key(older, 0, 0, 100, "")}).has_value());
   const std::vector<std::string> keys = {
-      snapshot_key(older, 0, ""),          segment_key(older, 3, 0, 900, ""),
-      snapshot_key(newer, 0, ""),          segment_key(newer, 0, 0, 4152, ""),
-      segment_key(newer, 1, 0, 32, ""),    segment_key(newer, 0, 4152, 8272, ""),
-      snapshot_key(newer, 1, ""),          segment_key(unrestorable, 0, 0, 100, ""),
+      snapshot_key(older, 0, ""),
+      segment_key(older, 3, 0, 900, ""),
+      snapshot_key(newer, 0, ""),
+      segment_key(newer, 0, 0, 4152, ""),
+      segment_key(newer, 1, 0, 32, ""),
+      segment_key(newer, 0, 4152, 8272, ""),
+      snapshot_key(newer, 1, ""),
+      segment_key(unrestorable, 0, 0, 100, ""),
       meta_key(newer),
   };
   const auto point = newest_point(keys);

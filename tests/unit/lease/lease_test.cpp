@@ -13,12 +13,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <exception>
-#include <future>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <latch>
 #include <memory>
 #include <optional>
@@ -711,9 +711,8 @@ BOOST_AUTO_TEST_CASE(renewals_complete_while_the_bulk_lane_is_busy) {
     BOOST_TEST_REQUIRE(taken);
 
     const std::uint64_t before = a.status()["counter"].get<std::uint64_t>();
-    const bool renewed = co_await eventually([&] {
-      return a.status()["counter"].get<std::uint64_t>() >= before + 3 || lost.count > 0;
-    });
+    const bool renewed = co_await eventually(
+        [&] { return a.status()["counter"].get<std::uint64_t>() >= before + 3 || lost.count > 0; });
     BOOST_TEST(renewed);
     BOOST_TEST(lost.count == 0);
     BOOST_TEST(a.held());
