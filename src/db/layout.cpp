@@ -153,8 +153,9 @@ std::optional<replica_point> newest_point(const std::vector<std::string>& keys) 
       point.end = end;
     }
   };
+  // Segments only: a snapshot labelled with the next WAL index goes up right after our own
+  // checkpoint, before the local shadow has seen that index; it holds nothing newer.
   for (const std::string& key : keys) {
-    if (auto s = parse_snapshot_key(key); s && s->generation == newest) later(s->walidx, 0);
     if (auto g = parse_segment_key(key); g && g->generation == newest) later(g->walidx, g->end);
   }
   return point;

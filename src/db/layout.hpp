@@ -60,7 +60,9 @@ struct replica_point {
   std::uint64_t walidx = 0, end = 0;
 };
 // The store's newest generation that a restore can use (it has a snapshot), and the end of its
-// last segment (or its newest snapshot's WAL index); nullopt when there is none.
+// last segment ((0, 0) when it has none yet); nullopt when there is none. A machine's own
+// segments are in its local shadow before they go up, so for the generation it is on, the
+// store never reaches further than its shadow unless someone else wrote there.
 std::optional<replica_point> newest_point(const std::vector<std::string>& keys);
 // Why a local database whose replica stands at `local` is older than the store's `newest`, or
 // empty when it is not: the store is on a generation started after the local one (another

@@ -279,6 +279,14 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   // Nothing changes until the new generation's meta and snapshot are in the store: until then
   // the WAL stays pinned and holds everything, and the next sync tries again.
   const std::string generation = layout::new_generation();
+  // Named locally first, with no position: a start after a crash once this generation's
+  // snapshot is in the store must see it as ours (component::behind_the_store compares the
+  // store's newest generation with this file), never as another machine's newer one. A
+  // restart that reads it starts a generation anew, as after at_.reset() below.
+  co_await offload([&] {
+    write_file_atomically(shadow_dir() / "state.json",
+                          nlohmann::json{{"generation", generation}}.dump() + "\n", 0644);
+  });
   const std::string meta = "{\"generation\": \"" + generation + "\", \"why\": \"" + why + "\"}\n";
   s3::put_options json_options;
   json_options.content_type = "application/json";
