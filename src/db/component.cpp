@@ -48,6 +48,9 @@ asio::awaitable<void> component::start() {
   if (state_ != state::pending && state_ != state::stopped) co_return;
   // Started again after a stop: what the last run reported goes with it.
   const bool taken_over = std::exchange(taken_over_, false);
+  // Later starts (after a checkpoint's restore, a quiesce) keep what is here: the database
+  // restored from a checkpoint is newer than the store's replica on purpose.
+  const bool first_start = std::exchange(first_start_, false);
   replicator_.reset();
   restored_.reset();
   last_error_.clear();
@@ -67,7 +70,8 @@ asio::awaitable<void> component::start() {
     // (another machine wrote after it): the store's replica is the truth then.
     // (Named locals around co_await: g++ 12 mishandles temporaries in expressions there.)
     std::string because = "no local database";
-    if (exists) because = co_await behind_the_store(taken_over);
+    if (exists) because.clear();
+    if (exists && first_start) because = co_await behind_the_store(taken_over);
     if (!because.empty()) {
       restore_request request;
       request.to = file_;

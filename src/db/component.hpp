@@ -33,7 +33,8 @@ class component final : public supervisor::component {
   using state = supervisor::state;
 
   // `store` must outlive the component. `file`: data/database.sqlite. `taken_over`: the lease
-  // came from another owner, so the first start restores from the store even over a local file.
+  // came from another owner. The first start restores from the store over a local file that is
+  // behind the store's replica, or, never replicated here, when the lease was taken over.
   component(asio::any_io_executor executor, s3::object_store& store, std::filesystem::path file,
             config::database_config settings, bool taken_over);
   ~component() override;
@@ -93,6 +94,7 @@ class component final : public supervisor::component {
   config::database_config settings_;
   std::string name_ = "database";
   bool taken_over_;
+  bool first_start_ = true;  // the one start that judges the local database against the store
   state state_ = state::pending;
   std::string last_error_;  // why it failed to start
   std::unique_ptr<replicator> replicator_;
