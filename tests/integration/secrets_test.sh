@@ -44,8 +44,24 @@ pid_of() {  # pid_of PYTHON_PATH_IN_GET_/
   expect_status 200
   python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$1)" "$BODY_FILE"
 }
-has_pid() {  # has_pid PYTHON_PATH_IN_GET_/
-  [[ $(pid_of "$1") =~ ^[0-9]+$ ]]
+# running WHICH: COMMAND ("process") or the worker is running, and COMMAND's dump of its own
+# environment (written at its start to command-env.<pid>) is complete.
+running() {
+  req GET / "${auth[@]}"
+  python3 - "$BODY_FILE" "$1" <<'EOF'
+import json, os, sys
+j = json.load(open(sys.argv[1]))
+p = j["process"] if sys.argv[2] == "process" else j["components"]["worker"]
+ok = p["state"] == "running" and isinstance(p.get("pid"), int)
+if ok and sys.argv[2] == "process":
+    # tr writes the dump, then sh execs sleep: complete once that pid runs sleep.
+    try:
+        ok = os.path.exists("command-env.%d" % p["pid"]) and \
+            open("/proc/%d/cmdline" % p["pid"], "rb").read().startswith(b"sleep")
+    except OSError:
+        ok = False
+sys.exit(0 if ok else 1)
+EOF
 }
 lease_held() {
   req GET / "${auth[@]}"
@@ -73,8 +89,8 @@ check_processes() {  # check_processes LABEL
   grep -qx "WORKER_MODE=on" "$TEST_DIR/environ-worker" ||
     fail "$label: the component lost its own env"
   # COMMAND dumps its own view too: what it sees from the inside.
-  [[ -s command-env ]] || fail "$label: COMMAND wrote no dump of its environment"
-  no_secret_in "$label: COMMAND's own dump of its environment" command-env
+  [[ -s command-env.$command_pid ]] || fail "$label: COMMAND wrote no dump of its environment"
+  no_secret_in "$label: COMMAND's own dump of its environment" "command-env.$command_pid"
 }
 
 upload_done() {  # upload_done ID
@@ -90,20 +106,18 @@ machine() {  # machine DIR ACCESS_JSON SECRET_JSON NAME=VALUE (the variable $env
   echo "some state" >data/env/file
   export STATE_MANAGER_TOKEN=$TOKEN "$variable" SM_TEST_PLAIN=kept
   # COMMAND writes what it sees of its own environment, then sleeps.
-  sm_start -- sh -c 'tr "\0" "\n" </proc/$$/environ >command-env; exec sleep 1000'
+  sm_start -- sh -c 'tr "\0" "\n" </proc/$$/environ >command-env.$$; exec sleep 1000'
   unset STATE_MANAGER_TOKEN
   req POST /config "${auth[@]}" -d "$(config "$dir" "$access" "$secret")"
   expect_status 200
   # COMMAND starts again once the configuration is applied (what it saw before, the
-  # environment as the container gave it, nobody could know to be secret yet).
-  wait_until "COMMAND's restart" has_pid '["process"]["pid"]'
-  wait_until "the worker" has_pid '["components"]["worker"]["pid"]'
-  rm -f command-env
-  # Restarted by a checkpoint's quiesce (mode stop): its new dump is the one checked below.
+  # environment as the container gave it, nobody could know to be secret yet), and again after
+  # the checkpoint's quiesce (mode stop): the one running then is checked.
   req POST /checkpoint "${auth[@]}" -d '{"id": "s1"}'
   expect_status 200
   wait_until "the upload of s1" upload_done s1
-  wait_until "COMMAND's dump" test -s command-env
+  wait_until "COMMAND running again" running process
+  wait_until "the worker running again" running worker
   check_processes "$dir"
 
   req GET /config "${auth[@]}"
@@ -136,13 +150,11 @@ EOF
   # A restart resolves {"$env": ...} from the environment again: the same secrets, kept out of
   # the children again.
   export STATE_MANAGER_TOKEN=$TOKEN
-  rm -f command-env
-  sm_start -- sh -c 'tr "\0" "\n" </proc/$$/environ >command-env; exec sleep 1000'
+  sm_start -- sh -c 'tr "\0" "\n" </proc/$$/environ >command-env.$$; exec sleep 1000'
   unset STATE_MANAGER_TOKEN
   wait_until "the lease after the restart" lease_held
-  wait_until "the restarted worker" has_pid '["components"]["worker"]["pid"]'
-  wait_until "the restarted COMMAND" has_pid '["process"]["pid"]'
-  wait_until "COMMAND's dump after the restart" test -s command-env
+  wait_until "the restarted COMMAND" running process
+  wait_until "the restarted worker" running worker
   check_processes "$dir (restarted)"
   req POST /checkpoint "${auth[@]}" -d '{"id": "s2"}'
   expect_status 200
