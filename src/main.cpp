@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "app/app.hpp"
+#include "base/secret.hpp"
 #include "cli/checkpoint_command.hpp"
 #include "cli/restore_db_command.hpp"
 #include "cli/server_options.hpp"
@@ -40,9 +41,9 @@ int main(int argc, char** argv) {
       break;
   }
 
-  // The token has been read; keep it out of /proc/1/environ and out of every child's
-  // environment.
-  ::unsetenv("STATE_MANAGER_TOKEN");
+  // The token has been read (cli.opts holds it): out of every child's environment, and out of
+  // the kernel's copy of ours, which /proc/<pid>/environ shows to any process of our user.
+  sm::scrub_environment_variable("STATE_MANAGER_TOKEN");
 
   // Run until SIGTERM or SIGINT, or until COMMAND ends for good.
   return sm::run_app(cli.opts);

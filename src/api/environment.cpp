@@ -17,6 +17,7 @@
 #include "base/file.hpp"
 #include "base/log.hpp"
 #include "lease/fenced_store.hpp"
+#include "base/secret.hpp"
 #include "lease/lease.hpp"
 #include "s3/object_store.hpp"
 #include "version.h"
@@ -51,6 +52,13 @@ config::own_paths own_paths_of(const environment_paths& paths) {
   own.data_dir = paths.data_dir;
   own.tmp_dir = paths.tmp_dir;
   return own;
+}
+
+// The store's keys that came from the environment leave it now, kept in memory for a later read
+// (config::process_environment looks there first): COMMAND and the components, started after
+// this, never inherit them, and /proc/<pid>/environ no longer shows them.
+void take_key_variables(const config::configuration& config) {
+  for (const std::string& name : config.storage.key_variables) take_environment_secret(name);
 }
 
 }  // namespace
@@ -106,9 +114,11 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   sc.secret_key = config.storage.secret_key;
   sc.key_prefix = config.storage.key_prefix;
   sc.virtual_host = config.storage.virtual_host;
-  std::unique_ptr<s3::object_store> store;
+  std::unique_ptr<s3::object_store> store, lease_store;
   try {
     store = s3::make_store(executor, sc);
+    // Renewals never queue behind bulk traffic: the lease has a store of its own.
+    lease_store = lease::make_store(executor, sc, storage_.lease_ttl);
   } catch (const std::exception& e) {
     apply_result failed(kind::storage_failed, e.what());
     failed.store = apply_result::store_problem::refused;
@@ -118,7 +128,8 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   if (storage_.owner.empty()) {
     co_await offload([&] { storage_.owner = lease::owner_id(paths_.owner_file().string()); });
   }
-  auto held = std::make_unique<lease::lease>(executor, *store, storage_.owner, storage_.lease_ttl);
+  auto held =
+      std::make_unique<lease::lease>(executor, *lease_store, storage_.owner, storage_.lease_ttl);
   bool logged_wait = false;
   for (;;) {
     std::optional<apply_result> failure;
@@ -165,10 +176,12 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     late.code = "ShuttingDown";
     co_return late;
   }
-  // Every writer of the state writes through the fence; the lease through the store itself.
+  // Every writer of the state writes through the fence; the lease writes through a store of
+  // its own (lease_store_: its own lane, short timeouts), never fenced.
   store_ = std::make_unique<lease::fenced_store>(std::move(store), [this] {
     return lease_held() ? std::string() : std::string("the lease is not held");
   });
+  lease_store_ = std::move(lease_store);
   lease_ = std::move(held);
   const auto alive = alive_;
   lease_->keep([this, alive](std::string why) {
@@ -248,6 +261,7 @@ environment::load_report environment::load_saved() {
     report.problems = parsed.problems;
     return set_aside("invalid configuration");
   }
+  take_key_variables(*parsed.config);
   if (auto missing = not_built_yet(*parsed.config)) return set_aside(missing->message);
   config_ = std::move(parsed.config);
   report.outcome = load_report::kind::loaded;
@@ -265,6 +279,7 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
     invalid.problems = std::move(parsed.problems);
     co_return invalid;
   }
+  take_key_variables(*parsed.config);
   if (auto missing = not_built_yet(*parsed.config)) co_return *missing;
 
   // The store must answer and the lease be ours before anything is saved.

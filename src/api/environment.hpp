@@ -145,6 +145,7 @@ class environment {
 
   storage_settings storage_;
   std::unique_ptr<s3::object_store> store_;
+  std::unique_ptr<s3::object_store> lease_store_;  // the lease's own lane (lease::make_store)
   std::unique_ptr<lease::lease> lease_;
   std::string claim_error_;  // boot: why the store or the lease is not had yet
   struct backup_state {

@@ -6,6 +6,7 @@
 #include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
 
 #include "api/environment.hpp"
 #include "app/system.hpp"
@@ -14,6 +15,7 @@
 #include "checkpoint/local_store.hpp"
 #include "checkpoint/remote.hpp"
 #include "checkpoint/store_ids.hpp"
+#include "config/config.hpp"
 #include "proc/freezer.hpp"
 #include "supervisor/process_component.hpp"
 #include "uring/copy.hpp"
@@ -170,7 +172,7 @@ void system::end_operation(bool ok) {
 
 checkpoint::paths system::checkpoint_paths() const {
   return {env_.paths().checkpoints_dir(), env_.current()->storage.env_dir,
-          env_.paths().config_file(), env_.paths().data_dir};
+          env_.paths().data_dir};
 }
 
 decltype(checkpoint::copy_options::move_data) system::data_mover() {
@@ -209,6 +211,7 @@ asio::awaitable<checkpoint::create_outcome> system::create_checkpoint(std::strin
   const gate::pass running = begin_operation("checkpoint", id);
   checkpoint::create_request request{id, std::move(in_store), STATE_MANAGER_VERSION,
                                      data_mover()};
+  request.config = config::to_redacted_json(*env_.current()).dump(2) + "\n";
   checkpoint::create_outcome made;
   try {
     made = co_await checkpoint::create(*this, checkpoint_paths(), std::move(request), progress_);

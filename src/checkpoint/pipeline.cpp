@@ -78,9 +78,7 @@ asio::awaitable<void> snapshot_tree(const paths& where, const std::filesystem::p
       std::thread side([&] {
         try {
           if (have_env) p.total = tree_size(where.env_dir);
-          if (auto text = read_file(where.config_file)) {
-            write_file_atomically(partial / "config.json", *text, 0600);
-          }
+          write_file_atomically(partial / "config.json", request.config, 0600);
         } catch (...) {
           side_failure = std::current_exception();
         }

@@ -77,7 +77,6 @@ struct progress {
 struct paths {
   std::filesystem::path checkpoints;  // tmp/checkpoints
   std::filesystem::path env_dir;      // storage.env_dir
-  std::filesystem::path config_file;  // tmp/config.json
   std::filesystem::path journal_dir;  // data/: the restore journal (restore_journal.hpp)
 };
 
@@ -88,6 +87,9 @@ struct create_request {
   std::set<std::string> taken_elsewhere;
   std::string version;
   decltype(copy_options::move_data) move_data;  // copy_tree's read/write fallback, or empty
+  // The checkpoint's config.json: the configuration as GET /config shows it, secrets redacted.
+  // Never tmp/config.json's text, which holds the literal ones: a checkpoint is uploaded.
+  std::string config = {};
 };
 
 struct create_outcome {

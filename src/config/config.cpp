@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/secret.hpp"
+
 namespace sm::config {
 
 using json = nlohmann::json;
@@ -371,6 +373,9 @@ void parse_storage(checker& check, const json& doc, const std::optional<own_path
         check.add(std::string("storage.") + key, "must not be empty");
       }
       (key[0] == 'a' ? out.access_key : out.secret_key) = *value;
+      if (const json& given = storage[key]; given.is_object()) {
+        out.key_variables.push_back(given["$env"].get<std::string>());
+      }
     }
   }
   if (auto region = field("region", false)) {
@@ -653,9 +658,7 @@ std::string_view builtin_stack(std::string_view name) {
 }
 
 std::optional<std::string> process_environment(const std::string& name) {
-  const char* value = std::getenv(name.c_str());
-  if (!value) return std::nullopt;
-  return std::string(value);
+  return environment_value(name);
 }
 
 parse_result parse(const json& document, const environment_lookup& env,

@@ -35,6 +35,10 @@ struct storage_config {
   std::string key_prefix;  // "" or ending in '/' (one is appended when missing)
   std::string env_dir = "data/env";
   bool virtual_host = false;  // "addressing": "virtual" (bucket.host) or "path" (host/bucket)
+  // The environment variables access_key and secret_key came from ({"$env": "NAME"}): secrets,
+  // which whoever applies the configuration takes out of the environment (take_environment_secret
+  // in base/secret.hpp) so that no child inherits them.
+  std::vector<std::string> key_variables;
 
   bool is_file_store() const { return endpoint.rfind("file://", 0) == 0; }
 };
@@ -81,7 +85,8 @@ inline constexpr std::string_view filesystem_stack = "filesystem";  // alias jui
 std::string_view builtin_stack(std::string_view name);
 
 using environment_lookup = std::function<std::optional<std::string>(const std::string& name)>;
-// Looks names up in the process's environment (getenv).
+// Looks names up in the process's environment (getenv), and first among the secrets already
+// taken out of it (base/secret.hpp): a configuration applied again resolves them the same.
 std::optional<std::string> process_environment(const std::string& name);
 
 // Bounds on what a configuration may hold, so that a document under the HTTP body limit can

@@ -49,6 +49,9 @@ asio::awaitable<void> component::start() {
   if (state_ != state::pending && state_ != state::stopped) co_return;
   // Started again after a stop: what the last run reported goes with it.
   const bool taken_over = std::exchange(taken_over_, false);
+  // Later starts (after a checkpoint's restore, a quiesce) keep what is here: the database
+  // restored from a checkpoint is newer than the store's replica on purpose.
+  const bool first_start = std::exchange(first_start_, false);
   replicator_.reset();
   restored_.reset();
   last_error_.clear();
@@ -64,15 +67,19 @@ asio::awaitable<void> component::start() {
       exists = std::filesystem::exists(file_, ec);
       ensure_directory(file_.parent_path().empty() ? "." : file_.parent_path(), 0755);
     });
-    // A new machine has no database, and one that took the lease over may hold an older one:
-    // the store's replica is the truth then, when there is one.
-    if (!exists || taken_over) {
+    // A new machine has no database, and one may hold an older one than the store's replica
+    // (another machine wrote after it): the store's replica is the truth then.
+    // (Named locals around co_await: g++ 12 mishandles temporaries in expressions there.)
+    std::string because = "no local database";
+    if (exists) because.clear();
+    if (exists && first_start) because = co_await behind_the_store(taken_over);
+    if (!because.empty()) {
       restore_request request;
       request.to = file_;
       restore_report report = co_await db::restore(store_, request);
       if (report.found) {
         restored_ = std::move(report);
-        restored_because_ = exists ? "the lease was taken over" : "no local database";
+        restored_because_ = std::move(because);
       }
     }
     init_result init;
@@ -115,6 +122,32 @@ asio::awaitable<void> component::start() {
   move_to(state::running);
   refresh_health();  // degraded if the store did not answer yet
   started_.cancel();
+}
+
+asio::awaitable<std::string> component::behind_the_store(bool taken_over) {
+  // Judged by the data, not by the lease's history (which a deleted lease.json, or a store
+  // that lost it, would make lie): where the local replica stood against the store's newest.
+  std::optional<layout::replica_point> local;
+  co_await offload([&] { local = replicator::saved_point(file_); });
+  std::vector<std::string> keys;
+  try {
+    std::string token;
+    do {
+      s3::list_page page = co_await store_.list("db/", std::string(), token, 1000);
+      for (s3::object_info& o : page.objects) keys.push_back(std::move(o.key));
+      token = std::move(page.next_token);
+    } while (!token.empty());
+  } catch (const s3::error&) {
+    // The store does not answer: a takeover must restore (the restore reports the failure);
+    // otherwise the local database goes on, replicated once the store is back.
+    if (taken_over) co_return "the lease was taken over";
+    co_return std::string();
+  }
+  const std::optional<layout::replica_point> newest = layout::newest_point(keys);
+  if (!newest) co_return std::string();  // nothing to restore from
+  // Never replicated here: the only hint is who held the lease before.
+  if (!local) co_return taken_over ? "the lease was taken over" : std::string();
+  co_return layout::why_behind(*local, *newest);
 }
 
 asio::awaitable<void> component::wait_started() {

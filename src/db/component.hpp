@@ -33,7 +33,8 @@ class component final : public supervisor::component {
   using state = supervisor::state;
 
   // `store` must outlive the component. `file`: data/database.sqlite. `taken_over`: the lease
-  // came from another owner, so the first start restores from the store even over a local file.
+  // came from another owner. The first start restores from the store over a local file that is
+  // behind the store's replica, or, never replicated here, when the lease was taken over.
   component(asio::any_io_executor executor, s3::object_store& store, std::filesystem::path file,
             config::database_config settings, bool taken_over);
   ~component() override;
@@ -84,6 +85,11 @@ class component final : public supervisor::component {
   void refresh_health();  // running <-> degraded from the replicator's last error
   asio::awaitable<nlohmann::json> final_sync();
   asio::awaitable<void> fence();
+  // Why the local database is older than the store's replica (its replica's generation or
+  // position against the store's newest), or empty when it is not, or the store has none.
+  // `taken_over` decides only for a database never replicated here, or a store that does not
+  // answer.
+  asio::awaitable<std::string> behind_the_store(bool taken_over);
 
   asio::any_io_executor executor_;
   s3::object_store& store_;
@@ -91,11 +97,12 @@ class component final : public supervisor::component {
   config::database_config settings_;
   std::string name_ = "database";
   bool taken_over_;
+  bool first_start_ = true;  // the one start that judges the local database against the store
   state state_ = state::pending;
   std::string last_error_;  // why it failed to start
   std::unique_ptr<replicator> replicator_;
   std::optional<restore_report> restored_;
-  std::string restored_because_;  // no local database, or the lease was taken over
+  std::string restored_because_;  // no local database, or why the local one was behind
   bool created_ = false;
   bool stop_requested_ = false, fence_requested_ = false;  // while starting
   asio::steady_timer started_;                             // cancelled once start() is over

@@ -140,4 +140,41 @@ restore_plan plan_restore(std::string_view generation, const std::vector<std::st
   return plan;
 }
 
+std::optional<replica_point> newest_point(const std::vector<std::string>& keys) {
+  std::string newest;
+  for (const std::string& key : keys) {
+    if (auto s = parse_snapshot_key(key); s && s->generation > newest) newest = s->generation;
+  }
+  if (newest.empty()) return std::nullopt;
+  replica_point point{newest, 0, 0};
+  const auto later = [&](std::uint64_t walidx, std::uint64_t end) {
+    if (std::make_pair(walidx, end) > std::make_pair(point.walidx, point.end)) {
+      point.walidx = walidx;
+      point.end = end;
+    }
+  };
+  // Segments only: a snapshot labelled with the next WAL index goes up right after our own
+  // checkpoint, before the local shadow has seen that index; it holds nothing newer.
+  for (const std::string& key : keys) {
+    if (auto g = parse_segment_key(key); g && g->generation == newest) later(g->walidx, g->end);
+  }
+  return point;
+}
+
+std::string why_behind(const replica_point& local, const replica_point& newest) {
+  // Generations begin with their creation time: a later one sorts after.
+  if (newest.generation > local.generation) {
+    return "the store has a newer generation (" + newest.generation + ") than the local " +
+           "database's (" + local.generation + ")";
+  }
+  if (newest.generation < local.generation) return {};
+  if (std::make_pair(newest.walidx, newest.end) > std::make_pair(local.walidx, local.end)) {
+    return "the store's replica of generation " + newest.generation +
+           " reaches further than the local database (WAL " + std::to_string(newest.walidx) + ":" +
+           std::to_string(newest.end) + " against " + std::to_string(local.walidx) + ":" +
+           std::to_string(local.end) + ")";
+  }
+  return {};
+}
+
 }  // namespace sm::db::layout

@@ -53,4 +53,21 @@ struct restore_plan {
 };
 restore_plan plan_restore(std::string_view generation, const std::vector<std::string>& keys);
 
+// How far a replica reaches: its generation, and where its WAL ends (a WAL index and a byte
+// offset in it; later is larger by (walidx, end)).
+struct replica_point {
+  std::string generation;
+  std::uint64_t walidx = 0, end = 0;
+};
+// The store's newest generation that a restore can use (it has a snapshot), and the end of its
+// last segment ((0, 0) when it has none yet); nullopt when there is none. A machine's own
+// segments are in its local shadow before they go up, so for the generation it is on, the
+// store never reaches further than its shadow unless someone else wrote there.
+std::optional<replica_point> newest_point(const std::vector<std::string>& keys);
+// Why a local database whose replica stands at `local` is older than the store's `newest`, or
+// empty when it is not: the store is on a generation started after the local one (another
+// machine's, which the local replica never saw), or on the same one and further along. A local
+// generation newer than the store's is the local machine's own, not yet (or never) shipped.
+std::string why_behind(const replica_point& local, const replica_point& newest);
+
 }  // namespace sm::db::layout

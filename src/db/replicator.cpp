@@ -179,6 +179,27 @@ std::optional<std::pair<std::string, std::optional<replica_position>>> replicato
   return std::make_pair(generation, at);
 }
 
+std::optional<layout::replica_point> replicator::saved_point(const std::filesystem::path& db) {
+  std::ifstream in(db.string() + "-litestream/state.json");
+  if (!in) return std::nullopt;
+  const nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
+  if (!state.is_object() || !state.contains("generation") || !state["generation"].is_string()) {
+    return std::nullopt;
+  }
+  layout::replica_point point;
+  point.generation = state["generation"].get<std::string>();
+  if (!layout::valid_generation(point.generation)) return std::nullopt;
+  if (state.contains("offset")) {
+    if (!state["offset"].is_number_unsigned() || !state.contains("wal_index") ||
+        !state["wal_index"].is_number_unsigned()) {
+      return std::nullopt;
+    }
+    point.walidx = state["wal_index"].get<std::uint64_t>();
+    point.end = state["offset"].get<std::uint64_t>();
+  }
+  return point;
+}
+
 asio::awaitable<void> replicator::start() {
   std::string failure;
   std::optional<std::pair<std::string, std::optional<replica_position>>> saved;
@@ -258,6 +279,14 @@ asio::awaitable<void> replicator::new_generation(std::string why) {
   // Nothing changes until the new generation's meta and snapshot are in the store: until then
   // the WAL stays pinned and holds everything, and the next sync tries again.
   const std::string generation = layout::new_generation();
+  // Named locally first, with no position: a start after a crash once this generation's
+  // snapshot is in the store must see it as ours (component::behind_the_store compares the
+  // store's newest generation with this file), never as another machine's newer one. A
+  // restart that reads it starts a generation anew, as after at_.reset() below.
+  co_await offload([&] {
+    write_file_atomically(shadow_dir() / "state.json",
+                          nlohmann::json{{"generation", generation}}.dump() + "\n", 0644);
+  });
   const std::string meta = "{\"generation\": \"" + generation + "\", \"why\": \"" + why + "\"}\n";
   s3::put_options json_options;
   json_options.content_type = "application/json";

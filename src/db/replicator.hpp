@@ -23,6 +23,7 @@
 #include <asio/awaitable.hpp>
 #include <asio/steady_timer.hpp>
 
+#include "db/layout.hpp"
 #include "db/shipper.hpp"
 #include "s3/object_store.hpp"
 
@@ -89,6 +90,11 @@ class replicator {
   std::chrono::milliseconds lag() const;
   // Called when last_error() changes (replication failing, or resumed).
   std::function<void()> on_status_change;
+
+  // Where the replica of `db` stood when a replicator last saved its state
+  // (<db>-litestream/state.json): its generation and the shadow's end. nullopt when it never
+  // did (the database was never replicated here). Blocking: call it through offload().
+  static std::optional<layout::replica_point> saved_point(const std::filesystem::path& db);
 
   const std::string& generation() const { return generation_; }
   std::uint32_t generations_started() const { return generations_; }

@@ -77,7 +77,8 @@ lease::lease(asio::any_io_executor executor, s3::object_store& store, std::strin
       owner_(std::move(owner)),
       ttl_(ttl),
       timer_(executor),
-      renewal_done_(executor) {}
+      renewal_done_(executor),
+      margin_timer_(executor) {}
 
 lease::~lease() {
   *alive_ = false;
@@ -201,6 +202,44 @@ void lease::keep(std::function<void(std::string)> lost) {
   if (renewing_) return;
   renewing_ = true;
   asio::co_spawn(executor_, renew_loop(generation_), asio::detached);
+  asio::co_spawn(executor_, watch_margin(generation_), asio::detached);
+}
+
+duration lease::safety_margin() const {
+  const duration floor = std::max<duration>(ttl_ / 6, std::chrono::seconds(2));
+  return std::min<duration>(floor, ttl_ / 3);
+}
+
+void lease::on_expiry_near(std::function<void()> near) {
+  expiry_near_ = std::move(near);
+}
+
+bool lease::writable() const {
+  return held_ && system_clock::now() < current_.expires_at - safety_margin();
+}
+
+asio::awaitable<void> lease::watch_margin(std::uint64_t generation) {
+  const auto alive = alive_;
+  std::uint64_t called_for = 0;  // the counter of the record whose margin was reported
+  for (;;) {
+    if (!*alive || generation != generation_ || !held_) co_return;
+    const auto left = current_.expires_at - safety_margin() - system_clock::now();
+    if (left > duration::zero()) {
+      margin_timer_.expires_after(left);
+    } else {
+      if (called_for != current_.counter) {
+        called_for = current_.counter;
+        log::warn("lease near its expiry without a renewal: writers stop",
+                  {{"expires_at", format_rfc3339(current_.expires_at, true)},
+                   {"last_error", last_error_}});
+        if (expiry_near_) expiry_near_();  // may be the last thing done with this lease
+        if (!*alive) co_return;
+      }
+      margin_timer_.expires_at(asio::steady_timer::time_point::max());  // until a renewal
+    }
+    std::error_code ec;
+    co_await margin_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 asio::awaitable<void> lease::renew_loop(std::uint64_t generation) {
@@ -228,6 +267,7 @@ asio::awaitable<void> lease::renew_loop(std::uint64_t generation) {
     if (renewed) {
       last_error_.clear();
       if (releasing) co_return;
+      margin_timer_.cancel();  // the margin moved with the expiry
       wait = period;
       continue;
     }
@@ -243,6 +283,7 @@ asio::awaitable<void> lease::renew_loop(std::uint64_t generation) {
       lost_why = "not renewed before it expired: " + failure;
     }
     held_ = false;
+    margin_timer_.cancel();  // its watch ends
     lost_why_ = lost_why;
     log::error("lease lost", {{"why", lost_why}});
     // Being released, it is going anyway: no fencing for the owner who let it go.
@@ -301,6 +342,7 @@ asio::awaitable<void> lease::release() {
   ++generation_;  // the renewal loop stops at its next step
   renewing_ = false;
   timer_.cancel();
+  margin_timer_.cancel();  // its watch ends: a released lease has no writers to stop
   // A renewal already at the store comes back first: its write changes the ETag, and freeing
   // with the one from before would be refused, leaving the lease live for a whole TTL.
   while (renewal_in_flight_) {
@@ -329,9 +371,20 @@ asio::awaitable<void> lease::release() {
         log::warn("lease release: it was no longer ours");
       }
     } else {
+      // Expired now, owner kept, as above, never removed: the next owner must see that someone
+      // held it before (previous_owner()), and that its own local state may be stale.
       const std::string text = co_await store_.get(key);
       const std::optional<record> there = from_json(text);
-      if (there && there->owner == owner_) co_await store_.remove(key);
+      if (there && there->owner == owner_) {
+        record freed = *there;
+        freed.expires_at = system_clock::now();
+        freed.counter = there->counter + 1;
+        const std::string no_etag;  // a named local around co_await (g++ 12)
+        const bool freed_ok = co_await write(freed, no_etag, false);
+        if (freed_ok) current_ = freed;
+      } else {
+        log::warn("lease release: it was no longer ours");
+      }
     }
     current_.expires_at = system_clock::now();
   } catch (const std::exception& e) {
@@ -351,6 +404,18 @@ json lease::status() const {
             {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)}};
   if (!lost_why_.empty()) s["lost"] = lost_why_;
   return s;
+}
+
+std::unique_ptr<s3::object_store> make_store(asio::any_io_executor executor,
+                                             s3::store_config config, duration ttl) {
+  const auto deadline = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::max<duration>(ttl / 6, std::chrono::seconds(1)));
+  config.max_parallel = 2;  // a renewal, and a release or an acquire's read beside it
+  config.max_attempts = 2;
+  config.request_timeout = deadline;
+  config.total_timeout = deadline;
+  config.own_thread = true;
+  return s3::make_store(executor, std::move(config));
 }
 
 std::string owner_id(const std::string& file) {

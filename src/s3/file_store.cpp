@@ -472,16 +472,17 @@ decltype(auto) translating_errors(F& work) {
   }
 }
 
-// Runs `work` on the offload worker and returns its result on the awaiting coroutine's
-// executor.
+// Runs `work` on the offload worker (or, with `own_thread`, on a thread of its own) and returns
+// its result on the awaiting coroutine's executor.
 template <class F>
-asio::awaitable<std::invoke_result_t<F&>> blocking(F work) {
+asio::awaitable<std::invoke_result_t<F&>> run_blocking(bool own_thread, F work) {
   using result = std::invoke_result_t<F&>;
+  const auto run = own_thread ? &offload_thread : &offload;
   if constexpr (std::is_void_v<result>) {
-    co_await offload([&] { translating_errors(work); });
+    co_await run([&] { translating_errors(work); });
   } else {
     std::optional<result> value;
-    co_await offload([&] { value.emplace(translating_errors(work)); });
+    co_await run([&] { value.emplace(translating_errors(work)); });
     co_return std::move(*value);
   }
 }
@@ -581,11 +582,12 @@ std::vector<std::string> collect_keys(int bucket_fd, const std::string& bucket_d
 
 class file_store final : public object_store {
  public:
-  file_store(std::string bucket_dir, std::string key_prefix)
+  file_store(std::string bucket_dir, std::string key_prefix, bool own_thread)
       : bucket_dir_(std::move(bucket_dir)),
         private_dir_(bucket_dir_ + "/" + std::string(private_dir_name)),
         lock_path_(private_dir_ + "/" + std::string(lock_file_name)),
-        key_prefix_(std::move(key_prefix)) {}
+        key_prefix_(std::move(key_prefix)),
+        own_thread_(own_thread) {}
 
   asio::awaitable<std::string> put(std::string key, std::string body,
                                    put_options options) override {
@@ -938,6 +940,14 @@ class file_store final : public object_store {
   const std::string private_dir_;  // <root>/<bucket>/.sm-tmp
   const std::string lock_path_;    // <root>/<bucket>/.sm-tmp/lock
   const std::string key_prefix_;
+  const bool own_thread_;  // store_config::own_thread
+
+  // Every call above runs its blocking part through here: on the shared worker, or on a thread
+  // of its own for a store that must not queue behind bulk work (the lease's).
+  template <class F>
+  asio::awaitable<std::invoke_result_t<F&>> blocking(F work) const {
+    return run_blocking(own_thread_, std::move(work));
+  }
 };
 
 // Whole segments of key_prefix must be valid path segments; the last, partial one joins the
@@ -979,7 +989,8 @@ std::unique_ptr<object_store> make_file_store(asio::any_io_executor /*executor*/
   std::string root_dir = root.string();
   while (root_dir.size() > 1 && root_dir.back() == '/') root_dir.pop_back();
   if (root_dir == "/") root_dir.clear();
-  return std::make_unique<file_store>(root_dir + "/" + config.bucket, std::move(config.key_prefix));
+  return std::make_unique<file_store>(root_dir + "/" + config.bucket, std::move(config.key_prefix),
+                                      config.own_thread);
 }
 
 }  // namespace sm::s3

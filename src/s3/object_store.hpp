@@ -76,6 +76,12 @@ struct store_config {
   // Tries of a retryable failure (5xx, 429, no answer), with exponential backoff (100 ms
   // doubling to 5 s) and full jitter: 10 rides out a store restart of ~10-20 s.
   unsigned max_attempts = 10;
+  // A request that has not finished after this long is failed (and retried): a backstop for
+  // bulk transfers, a deadline for a store used for short requests only (the lease's).
+  std::chrono::milliseconds total_timeout{600000};
+  // file://: every blocking call on a thread of its own (offload_thread) instead of the shared
+  // worker, so that it never queues behind a bulk upload's copy there (the lease's store).
+  bool own_thread = false;
 };
 
 // No default arguments on the coroutines: g++ 12 destroys a defaulted class-type argument of a

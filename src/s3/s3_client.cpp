@@ -544,14 +544,18 @@ class s3_client final : public object_store {
     // Separately: an access key may contain ':' (Swift's "test:tester").
     lib::curl().easy_setopt(e, CURLOPT_USERNAME, config_.access_key.c_str());
     lib::curl().easy_setopt(e, CURLOPT_PASSWORD, config_.secret_key.c_str());
-    lib::curl().easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    lib::curl().easy_setopt(
+        e, CURLOPT_CONNECTTIMEOUT_MS,
+        static_cast<long>(std::min<long long>(5000, config_.total_timeout.count())));
     // A stalled transfer (under 1 byte/s for request_timeout) fails and is retried; a slow but
-    // moving one (a 16 MiB part on a thin link) is left alone, up to a 10 minute backstop.
+    // moving one (a 16 MiB part on a thin link) is left alone, up to total_timeout (a 10 minute
+    // backstop by default).
     lib::curl().easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
     lib::curl().easy_setopt(
         e, CURLOPT_LOW_SPEED_TIME,
         static_cast<long>(std::max<long long>(1, config_.request_timeout.count() / 1000)));
-    lib::curl().easy_setopt(e, CURLOPT_TIMEOUT_MS, 600000L);
+    lib::curl().easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                            static_cast<long>(config_.total_timeout.count()));
     lib::curl().easy_setopt(e, CURLOPT_WRITEFUNCTION, &write_body);
     lib::curl().easy_setopt(e, CURLOPT_WRITEDATA, &answer);
     lib::curl().easy_setopt(e, CURLOPT_HEADERFUNCTION, &write_header);

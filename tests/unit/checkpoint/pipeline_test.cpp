@@ -337,17 +337,17 @@ struct environment {
   fake_host host{log};
   fake_component db;
   cp::progress progress;
+  // What the system hands the pipeline: the redacted configuration.
+  std::string config = R"({"storage": {"secret_key": "***"}})";
 
   environment() : db("database", scratch.dir / "state" / "db.file", log) {
     where.checkpoints = scratch.dir / "tmp" / "checkpoints";
     where.env_dir = scratch.dir / "env";
-    where.config_file = scratch.dir / "tmp" / "config.json";
     where.journal_dir = scratch.dir / "state";
     fs::create_directories(where.checkpoints);
     write(where.env_dir / "a.txt", "one");
     write(where.env_dir / "sub" / "b.txt", "two");
     fs::create_symlink("a.txt", where.env_dir / "link");
-    write(where.config_file, R"({"storage": {}})");
     write(db.file(), "db-v1");
     host.stateful = {&db};
   }
@@ -359,6 +359,7 @@ struct environment {
     cp::create_request request;
     request.id = id;
     request.version = "test";
+    request.config = config;
     return run(cp::create(host, where, request, progress));
   }
   cp::restore_outcome restore(const std::string& id) {
@@ -414,7 +415,7 @@ BOOST_AUTO_TEST_CASE(create_commits_the_tree_and_the_components_copy_between_qui
   BOOST_TEST(same(tree_of(env.where.checkpoints / "v1" / "mount"), original));
   BOOST_TEST(m->mount.files == 2u);
   BOOST_TEST(m->mount.symlinks == 1u);
-  BOOST_TEST(read(env.where.checkpoints / "v1" / "config.json") == read(env.where.config_file));
+  BOOST_TEST(read(env.where.checkpoints / "v1" / "config.json") == env.config);
   BOOST_TEST(!fs::exists(env.store().partial_of("v1")));
   BOOST_TEST(same(tree_of(env.where.env_dir), original));  // the original is untouched
 
@@ -493,10 +494,10 @@ BOOST_AUTO_TEST_CASE(a_full_disk_during_the_snapshot_is_no_space) {
 
 BOOST_AUTO_TEST_CASE(a_tree_copy_that_fails_leaves_no_partial_and_resumes_everything) {
   environment env;
-  // The configuration beside the copy cannot be read (a directory in its place): the tree's
+  // env_dir is a symbolic link to a directory, which the copy refuses to follow: the tree's
   // half of the snapshot fails while the component's succeeds.
-  fs::remove(env.where.config_file);
-  fs::create_directories(env.where.config_file);
+  fs::rename(env.where.env_dir, env.scratch.dir / "real-env");
+  fs::create_directory_symlink(env.scratch.dir / "real-env", env.where.env_dir);
   const cp::create_outcome out = env.create("c1");
   BOOST_TEST((out.outcome == create_kind::failed), out.error);
   BOOST_TEST(!out.error.empty());

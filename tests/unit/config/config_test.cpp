@@ -225,6 +225,20 @@ BOOST_AUTO_TEST_CASE(env_reference_resolved) {
   BOOST_TEST((std::find(env.asked.begin(), env.asked.end(), "BUCKET") != env.asked.end()));
 }
 
+BOOST_AUTO_TEST_CASE(the_keys_variables_are_named_as_secrets) {
+  fake_env env;
+  env.vars = {{"S3_ACCESS", "AKIAEXAMPLE"}, {"BUCKET", "from-env"}};
+  json doc = minimal_http_store();
+  doc["storage"]["access_key"] = {{"$env", "S3_ACCESS"}};
+  doc["storage"]["bucket"] = {{"$env", "BUCKET"}};
+  const cfg::parse_result r = cfg::parse(doc, env.lookup());
+  BOOST_REQUIRE_MESSAGE(r.problems.empty(), all_paths(r));
+  // The access key's variable is a secret; the literal secret key has none, and the bucket's
+  // variable is no secret.
+  BOOST_TEST(r.config->storage.key_variables == std::vector<std::string>{"S3_ACCESS"});
+  BOOST_TEST(cfg::parse(minimal_http_store(), no_env()).config->storage.key_variables.empty());
+}
+
 BOOST_AUTO_TEST_CASE(env_reference_value_is_validated) {
   fake_env env;
   env.vars = {{"BUCKET", "Not_Valid"}};

@@ -106,3 +106,51 @@ BOOST_AUTO_TEST_CASE(a_longer_segment_from_the_same_start_wins) {
   BOOST_TEST(plan.segments[0].end == 250u);
   BOOST_TEST(plan.segments[1].end == 400u);
 }
+
+BOOST_AUTO_TEST_CASE(the_newest_point_is_the_newest_restorable_generations_end) {
+  const std::string older = "0000000000000001aaaaaaaaaaaaaaaa";
+  const std::string newer = "0000000000000002bbbbbbbbbbbbbbbb";
+  const std::string unrestorable = "0000000000000003cccccccccccccccc";  // segments, no snapshot
+  BOOST_TEST(!newest_point({}).has_value());
+  BOOST_TEST(!newest_point({segment_key(older, 0, 0, 100, "")}).has_value());
+  const std::vector<std::string> keys = {
+      snapshot_key(older, 0, ""),
+      segment_key(older, 3, 0, 900, ""),
+      snapshot_key(newer, 0, ""),
+      segment_key(newer, 0, 0, 4152, ""),
+      segment_key(newer, 1, 0, 32, ""),
+      segment_key(newer, 0, 4152, 8272, ""),
+      snapshot_key(newer, 1, ""),
+      segment_key(unrestorable, 0, 0, 100, ""),
+      meta_key(newer),
+  };
+  const auto point = newest_point(keys);
+  BOOST_TEST_REQUIRE(point.has_value());
+  BOOST_TEST(point->generation == newer);
+  BOOST_TEST(point->walidx == 1u);
+  BOOST_TEST(point->end == 32u);
+  // A snapshot alone (one labelled with the next WAL index right after our own checkpoint):
+  // no further than the generation's start.
+  const auto only = newest_point({snapshot_key(newer, 4, "")});
+  BOOST_TEST_REQUIRE(only.has_value());
+  BOOST_TEST(only->generation == newer);
+  BOOST_TEST(only->walidx == 0u);
+  BOOST_TEST(only->end == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_local_replica_is_behind_a_newer_generation_or_a_further_position) {
+  const std::string mine = "0000000000000002aaaaaaaaaaaaaaaa";
+  const std::string before = "0000000000000001bbbbbbbbbbbbbbbb";
+  const std::string after = "0000000000000003cccccccccccccccc";
+  const replica_point local{mine, 2, 5000};
+  // Another machine's generation, started after ours: behind.
+  BOOST_TEST(!why_behind(local, {after, 0, 0}).empty());
+  // The same generation, further along (someone wrote after us): behind.
+  BOOST_TEST(!why_behind(local, {mine, 2, 5001}).empty());
+  BOOST_TEST(!why_behind(local, {mine, 3, 0}).empty());
+  // The same, or less (our own backlog not shipped yet): not behind.
+  BOOST_TEST(why_behind(local, {mine, 2, 5000}).empty());
+  BOOST_TEST(why_behind(local, {mine, 1, 9000}).empty());
+  // An older generation in the store: ours is newer.
+  BOOST_TEST(why_behind(local, {before, 9, 9000}).empty());
+}

@@ -13,10 +13,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <latch>
 #include <memory>
 #include <optional>
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
@@ -515,8 +518,14 @@ BOOST_AUTO_TEST_CASE(release_frees_it_at_once) {
     co_await a.release();
     BOOST_TEST(!a.held());
     BOOST_TEST(!a.status()["held"].get<bool>());
+    // Freed by an expired record that still names A.
+    const std::optional<record> freed = co_await stored(*store_b);
+    BOOST_TEST_REQUIRE(freed.has_value());
+    BOOST_TEST(freed->owner == "owner-a");
+    BOOST_TEST((freed->expires_at <= system_clock::now()));
     const attempt taken = co_await try_acquire(b);  // no wait for A's 60 s time to live
     BOOST_TEST(taken.won, taken.error);
+    BOOST_TEST(b.previous_owner() == "owner-a");
     const std::optional<record> there = co_await stored(*store_b);
     BOOST_TEST_REQUIRE(there.has_value());
     BOOST_TEST(there->owner == "owner-b");
@@ -654,6 +663,150 @@ BOOST_AUTO_TEST_CASE(lost_once_it_expires_while_the_store_fails) {
     BOOST_TEST(a.status()["last_error"].is_string());
     co_await sleep_for(3 * ttl);
     BOOST_TEST(lost.count == 1);
+  });
+}
+
+// The lease's store is a lane of its own: with the shared worker held by bulk work (a large
+// file's copy into the file store, here a call that blocks until the case ends), renewals
+// still complete. On the shared worker they would wait behind it, and the lease would expire.
+BOOST_AUTO_TEST_CASE(renewals_complete_while_the_bulk_lane_is_busy) {
+  scene s;
+  s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
+    const sm::duration ttl = 1500ms;
+    std::unique_ptr<s3::object_store> own =
+        sm::lease::make_store(ex, file_store_config(s.tmp.path, "envs/1/"), ttl);
+    s3::object_store& bulk = s.store("envs/1/");
+    sm::lease::lease a(ex, *own, "owner-a", ttl);
+    lost_calls lost;
+    co_await a.acquire();
+    a.keep(lost.callback());
+
+    // The shared worker is taken: by a call that returns only once the case lets it go.
+    std::promise<void> let_go;
+    std::shared_future<void> go = let_go.get_future().share();
+    std::atomic<bool> busy{false};
+    struct release_on_exit {
+      std::promise<void>& p;
+      ~release_on_exit() {
+        try {
+          p.set_value();
+        } catch (const std::future_error&) {
+        }
+      }
+    } guard{let_go};
+    bool bulk_done = false;
+    asio::co_spawn(
+        ex,
+        [&]() -> asio::awaitable<void> {
+          co_await sm::offload([&] {
+            busy = true;
+            go.wait();
+          });
+          // And a bulk request queued behind it, as an upload's next object would be.
+          co_await bulk.put("checkpoints/v1/files/big", std::string(1024, 'x'));
+          bulk_done = true;
+        },
+        asio::detached);
+    const bool taken = co_await eventually([&] { return busy.load(); });
+    BOOST_TEST_REQUIRE(taken);
+
+    const std::uint64_t before = a.status()["counter"].get<std::uint64_t>();
+    const bool renewed = co_await eventually(
+        [&] { return a.status()["counter"].get<std::uint64_t>() >= before + 3 || lost.count > 0; });
+    BOOST_TEST(renewed);
+    BOOST_TEST(lost.count == 0);
+    BOOST_TEST(a.held());
+    BOOST_TEST(!bulk_done);  // the bulk lane was busy all along
+    let_go.set_value();
+    const bool drained = co_await eventually([&] { return bulk_done; });
+    BOOST_TEST(drained);
+    co_await a.release();
+  });
+}
+
+// The writers stop at the expiry minus the safety margin, ahead of the loss: `near` is called
+// once, with the lease still held but no longer writable, before `lost`.
+BOOST_AUTO_TEST_CASE(writers_are_told_to_stop_at_the_margin_before_the_loss) {
+  scene s;
+  s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
+    const sm::duration ttl = 1500ms;
+    s3::object_store* files = &s.store("envs/1/");
+    test_store& store = s.wrapped(*files);
+    sm::lease::lease a(ex, store, "owner-a", ttl);
+    BOOST_TEST((a.safety_margin() == ttl / 3));  // 2 s is more than a third of 1.5 s
+    lost_calls lost;
+    int near = 0;
+    bool held_when_near = false, writable_when_near = true;
+    system_clock::time_point near_at{};
+    int lost_before_near = -1;
+    a.on_expiry_near([&] {
+      if (near++ == 0) {
+        near_at = system_clock::now();
+        held_when_near = a.held();
+        writable_when_near = a.writable();
+        lost_before_near = lost.count;
+      }
+    });
+    co_await a.acquire();
+    BOOST_TEST(a.writable());
+    a.keep(lost.callback());
+    store.fail_puts = 1000000;
+    const bool noticed = co_await eventually([&] { return lost.count > 0; });
+    BOOST_TEST_REQUIRE(noticed);
+    BOOST_TEST(near == 1);
+    BOOST_TEST(lost_before_near == 0);
+    BOOST_TEST(held_when_near);
+    BOOST_TEST(!writable_when_near);
+    const std::optional<record> last = co_await stored(*files);
+    BOOST_TEST_REQUIRE(last.has_value());
+    // Not before the margin of the last record written (a timer never fires early).
+    BOOST_TEST((near_at >= last->expires_at - a.safety_margin()));
+    BOOST_TEST((near_at <= lost.first_at));
+    BOOST_TEST(!a.writable());
+    co_await sleep_for(3 * ttl);
+    BOOST_TEST(near == 1);
+  });
+}
+
+// The margin is a third of a short time to live, a sixth of a long one, and never under 2 s
+// where the time to live allows.
+BOOST_AUTO_TEST_CASE(safety_margin_by_time_to_live) {
+  scene s;
+  s3::object_store& files = s.store("envs/1/");
+  const auto margin = [&](sm::duration ttl) {
+    return sm::lease::lease(s.io.get_executor(), files, "owner-a", ttl).safety_margin();
+  };
+  BOOST_TEST((margin(30s) == 5s));
+  BOOST_TEST((margin(60s) == 10s));
+  BOOST_TEST((margin(9s) == 2s));
+  BOOST_TEST((margin(3s) == 1s));
+}
+
+// A renewal that succeeds after the margin was reached makes the lease writable again; while the
+// store works, the margin is never reached.
+BOOST_AUTO_TEST_CASE(a_late_renewal_makes_it_writable_again) {
+  scene s;
+  s.run([&](asio::any_io_executor ex) -> asio::awaitable<void> {
+    const sm::duration ttl = 1200ms;
+    s3::object_store* files = &s.store("envs/1/");
+    test_store& store = s.wrapped(*files);
+    sm::lease::lease a(ex, store, "owner-a", ttl);
+    lost_calls lost;
+    int near = 0;
+    a.on_expiry_near([&] { ++near; });
+    co_await a.acquire();
+    a.keep(lost.callback());
+    store.fail_puts = 1000000;
+    const bool reached = co_await eventually([&] { return near > 0 || lost.count > 0; });
+    BOOST_TEST_REQUIRE(reached);
+    if (lost.count > 0) co_return;  // a machine stalled past the whole margin: nothing to judge
+    BOOST_TEST(!a.writable());
+    store.fail_puts = 0;
+    const bool renewed = co_await eventually([&] { return a.writable() || lost.count > 0; });
+    BOOST_TEST(renewed);
+    if (lost.count > 0) co_return;  // the retry came after the expiry: a loss, rightly
+    BOOST_TEST(a.held());
+    BOOST_TEST(near == 1);
   });
 }
 
@@ -836,12 +989,18 @@ BOOST_AUTO_TEST_CASE(best_effort_when_conditional_writes_are_not_implemented) {
     BOOST_TEST(lost.count == 0);
     BOOST_TEST(mode_of(a) == "best-effort");
 
-    // Released: removed, so another owner takes it at once.
+    // Released: an expired record that still names A (never removed), so another owner takes
+    // it at once and knows that A held it before: its own local state may be stale.
     co_await a.release();
     BOOST_TEST(!a.held());
+    there = co_await stored(*files);
+    BOOST_TEST_REQUIRE(there.has_value());
+    BOOST_TEST(there->owner == "owner-a");
+    BOOST_TEST((there->expires_at <= system_clock::now()));
     const attempt taken = co_await try_acquire(b);
     BOOST_TEST(taken.won, taken.error);
     BOOST_TEST(mode_of(b) == "best-effort");
+    BOOST_TEST(b.previous_owner() == "owner-a");
     there = co_await stored(*files);
     BOOST_TEST_REQUIRE(there.has_value());
     BOOST_TEST(there->owner == "owner-b");
