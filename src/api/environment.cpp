@@ -15,9 +15,10 @@
 #include "async/offload.hpp"
 #include "base/crash_point.hpp"
 #include "base/file.hpp"
+#include "base/duration.hpp"
 #include "base/log.hpp"
-#include "lease/fenced_store.hpp"
 #include "base/secret.hpp"
+#include "lease/fenced_store.hpp"
 #include "lease/lease.hpp"
 #include "s3/object_store.hpp"
 #include "version.h"
@@ -178,12 +179,23 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   }
   // Every writer of the state writes through the fence; the lease writes through a store of
   // its own (lease_store_: its own lane, short timeouts), never fenced.
-  store_ = std::make_unique<lease::fenced_store>(std::move(store), [this] {
-    return lease_held() ? std::string() : std::string("the lease is not held");
+  // Writes stop at the lease's expiry minus its safety margin when no renewal came, and go on
+  // once one does (DESIGN 3.2): the writers see a refused write and retry, as for a store that
+  // is down.
+  store_ = std::make_unique<lease::fenced_store>(std::move(store), [this]() -> std::string {
+    if (!lease_held()) return "the lease is not held";
+    if (!lease_->writable()) return "the lease is within its safety margin of expiry, not renewed";
+    return {};
   });
   lease_store_ = std::move(lease_store);
   lease_ = std::move(held);
   const auto alive = alive_;
+  lease_->on_expiry_near([this, alive] {
+    if (!*alive) return;
+    log::warn("lease not renewed and about to expire: nothing is written to the store until a "
+              "renewal succeeds",
+              {{"margin", format_duration(lease_->safety_margin())}});
+  });
   lease_->keep([this, alive](std::string why) {
     if (*alive && system_) system_->lease_lost(std::move(why));
   });

@@ -401,7 +401,9 @@ json lease::status() const {
             {"counter", current_.counter},
             {"expires_at",
              current_.counter ? json(format_rfc3339(current_.expires_at, true)) : json(nullptr)},
-            {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)}};
+            {"last_error", last_error_.empty() ? json(nullptr) : json(last_error_)},
+            // Held and not within the safety margin of its expiry: the store takes writes.
+            {"writable", writable()}};
   if (!lost_why_.empty()) s["lost"] = lost_why_;
   return s;
 }
