@@ -298,7 +298,8 @@ class api {
       case kind::restored:
         co_return json_response(
             200,
-            {{"id", r.id}, {"restored", checkpoint::to_json(*r.restored)}, {"took_ms", r.took_ms}});
+            {{"id", r.id}, {"restored", checkpoint::to_json(*r.restored)}, {"took_ms", r.took_ms},
+             {"dropped_privileged", r.dropped_privileged}});
       case kind::busy:
         co_return busy();
       case kind::shutting_down:

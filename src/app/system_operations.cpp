@@ -192,6 +192,7 @@ asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::str
   if (auto refused = refuse<checkpoint::restore_outcome>(id)) co_return *refused;
   const gate::pass running = begin_operation("restore", id);
   checkpoint::restore_request request{id, env_.store(), data_mover()};
+  request.restore_privileged = env_.current() && env_.current()->restore_privileged;
   checkpoint::restore_outcome r;
   try {
     r = co_await checkpoint::restore(*this, checkpoint_paths(), std::move(request), progress_);
@@ -206,6 +207,10 @@ asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::str
   }
   if (r.outcome != kind::restored) co_return r;
   log::info("restored", {{"id", id}, {"ms", std::to_string(r.took_ms)}});
+  if (r.dropped_privileged > 0) {
+    log::warn("restored without the privileged bits of the store's copy (restore_privileged is off)",
+              {{"id", id}, {"entries", std::to_string(r.dropped_privileged)}});
+  }
   if (!r.error.empty()) log::warn("restored, with a problem", {{"id", id}, {"error", r.error}});
   // The old state's files go in the background (removing 10,000 files takes seconds).
   asio::co_spawn(
