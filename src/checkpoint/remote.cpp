@@ -119,17 +119,28 @@ std::pair<std::string, std::uint64_t> sha256_of_file(const std::filesystem::path
   return {d.hex_digest(), size};
 }
 
-// The object `key`, refused (index_error) when larger than `limit`: one ranged GET of at most
-// limit + 1 bytes, so that a huge object in the store is never read whole into memory.
-asio::awaitable<std::string> get_bounded(s3::object_store& store, std::string key,
-                                         std::uint64_t limit) {
-  s3::byte_range range;
-  range.first = 0;
-  range.last = limit;
-  std::string body = co_await store.get(key, range);
-  if (body.size() > limit) {
-    throw index_error(key + " in the store is larger than " + std::to_string(limit) +
-                      " bytes: refused");
+// The object `key`, nullopt when absent, refused (index_error) when larger than `limit` or,
+// when `expected` is given, of another size: a HEAD, then a GET of that version and that size
+// only (a ranged GET with If-Match), so that a huge object in the store is never read into
+// memory, even one swapped in between the two requests.
+asio::awaitable<std::optional<std::string>> get_bounded(s3::object_store& store, std::string key,
+                                                        std::uint64_t limit,
+                                                        std::optional<std::uint64_t> expected) {
+  const std::optional<s3::object_info> info = co_await store.head(key);
+  if (!info) co_return std::nullopt;
+  if (info->size > limit) {
+    throw index_error(key + " in the store has " + std::to_string(info->size) +
+                      " bytes, more than the " + std::to_string(limit) + " allowed: refused");
+  }
+  if (expected && info->size != *expected) {
+    throw index_error(key + " in the store has " + std::to_string(info->size) +
+                      " bytes, not the " + std::to_string(*expected) + " its manifest names");
+  }
+  if (info->size == 0) co_return std::string();
+  // One byte more than HEAD said: an object that grew meanwhile shows as too long.
+  std::string body = co_await store.get(key, s3::byte_range(0, info->size, info->etag));
+  if (body.size() != info->size) {
+    throw index_error(key + " in the store changed while it was read");
   }
   co_return body;
 }
@@ -185,10 +196,10 @@ namespace {
 asio::awaitable<std::optional<std::string>> manifest_text_of(s3::object_store& store,
                                                              const std::string& id) {
   try {
-    co_return co_await get_bounded(store, remote_prefix(id) + "manifest.json",
-                                   max_manifest_bytes);
+    co_return co_await get_bounded(store, remote_prefix(id) + "manifest.json", max_manifest_bytes,
+                                   std::nullopt);
   } catch (const s3::error& e) {
-    if (e.status() != 404) throw;
+    if (e.status() != 404) throw;  // removed between HEAD and GET: absent
   }
   co_return std::nullopt;
 }
@@ -378,8 +389,12 @@ asio::awaitable<download_result> download(s3::object_store& store, const local_s
   if (!manifest_text) co_return result;
   const std::optional<remote_manifest> m = parse_remote_manifest(*manifest_text, id);
   if (!m) throw index_error("checkpoint " + id + " in the store is not readable");
-  const std::string index_text =
-      co_await get_bounded(store, prefix + index_key(m->format, m->index_sha256), max_index_bytes);
+  const std::string index_name = prefix + index_key(m->format, m->index_sha256);
+  const std::optional<std::string> index_found = co_await get_bounded(
+      store, index_name, max_index_bytes,
+      m->format >= 2 ? std::optional<std::uint64_t>(m->index_bytes) : std::nullopt);
+  if (!index_found) throw index_error("checkpoint " + id + " in the store has no index");
+  const std::string& index_text = *index_found;
   // Checked and read off the executor: the index of 10,000 files is a few MB of JSON.
   std::vector<entry> entries;
   co_await offload_bulk([&] {
