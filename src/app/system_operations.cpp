@@ -208,8 +208,9 @@ asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::str
   if (r.outcome != kind::restored) co_return r;
   log::info("restored", {{"id", id}, {"ms", std::to_string(r.took_ms)}});
   if (r.dropped_privileged > 0) {
-    log::warn("restored without the privileged bits of the store's copy (restore_privileged is off)",
-              {{"id", id}, {"entries", std::to_string(r.dropped_privileged)}});
+    log::warn(
+        "restored without the privileged bits of the store's copy (restore_privileged is off)",
+        {{"id", id}, {"entries", std::to_string(r.dropped_privileged)}});
   }
   if (!r.error.empty()) log::warn("restored, with a problem", {{"id", id}, {"error", r.error}});
   // The old state's files go in the background (removing 10,000 files takes seconds).

@@ -277,8 +277,8 @@ std::optional<remote_manifest> parse_remote_manifest(std::string_view text, cons
     if (format == store->end() || !format->is_number_unsigned()) return std::nullopt;
     const auto number = format->get<std::uint64_t>();
     if (number > current_format) {
-      throw index_error("checkpoint " + id + " in the store has format " +
-                        std::to_string(number) + " (made by a newer state-manager)");
+      throw index_error("checkpoint " + id + " in the store has format " + std::to_string(number) +
+                        " (made by a newer state-manager)");
     }
     if (number != 2) return std::nullopt;
     out.format = 2;

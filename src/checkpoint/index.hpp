@@ -86,7 +86,7 @@ std::string index_key(unsigned format, const std::string& index_sha256);
 struct remote_manifest {
   manifest local;  // what the local manifest.json holds
   unsigned format = 1;
-  std::string index_sha256;     // format 2
+  std::string index_sha256;       // format 2
   std::uint64_t index_bytes = 0;  // format 2
 };
 

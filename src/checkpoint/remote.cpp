@@ -68,7 +68,8 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> holes_of(const std::filesys
 class sha256_digest {
  public:
   sha256_digest() : ctx_(s3::lib::crypto().md_ctx_new(), s3::lib::crypto().md_ctx_free) {
-    if (!ctx_ || s3::lib::crypto().digest_init(ctx_.get(), s3::lib::crypto().sha256(), nullptr) != 1) {
+    if (!ctx_ ||
+        s3::lib::crypto().digest_init(ctx_.get(), s3::lib::crypto().sha256(), nullptr) != 1) {
       throw std::runtime_error("sha256: cannot initialise the digest");
     }
   }
@@ -133,8 +134,8 @@ asio::awaitable<std::optional<std::string>> get_bounded(s3::object_store& store,
                       " bytes, more than the " + std::to_string(limit) + " allowed: refused");
   }
   if (expected && info->size != *expected) {
-    throw index_error(key + " in the store has " + std::to_string(info->size) +
-                      " bytes, not the " + std::to_string(*expected) + " its manifest names");
+    throw index_error(key + " in the store has " + std::to_string(info->size) + " bytes, not the " +
+                      std::to_string(*expected) + " its manifest names");
   }
   if (info->size == 0) co_return std::string();
   // One byte more than HEAD said: an object that grew meanwhile shows as too long.
@@ -277,7 +278,8 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
     manifest_text = remote_manifest_text(local_manifest, sha256_of(index_text), index_text.size());
   });
   if (index_text.size() > max_index_bytes) {
-    throw std::runtime_error("checkpoint " + id + " has too many files for the store (its index is " +
+    throw std::runtime_error("checkpoint " + id +
+                             " has too many files for the store (its index is " +
                              std::to_string(index_text.size()) + " bytes)");
   }
   const std::string prefix = remote_prefix(id);

@@ -77,7 +77,7 @@ struct download_options {
 };
 
 struct download_result {
-  bool found = false;                   // the store has a whole checkpoint of that id
+  bool found = false;                    // the store has a whole checkpoint of that id
   std::uint64_t dropped_privileged = 0;  // entries that lost set-id bits or security.* xattrs
 };
 

@@ -518,9 +518,9 @@ parse_result parse(const json& document, const environment_lookup& env) {
     return result;
   }
   configuration config;
-  check.only_known(document, "",
-                   {"storage", "stacks", "components", "database", "checkpoint_mode",
-                    "restore_privileged"});
+  check.only_known(
+      document, "",
+      {"storage", "stacks", "components", "database", "checkpoint_mode", "restore_privileged"});
   if (const auto it = document.find("restore_privileged"); it != document.end()) {
     if (it->is_boolean()) {
       config.restore_privileged = it->get<bool>();

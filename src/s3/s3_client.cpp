@@ -134,9 +134,9 @@ std::size_t write_body(char* data, std::size_t size, std::size_t count, void* us
       return n;
     }
     if (answer->body_limit != 0 && answer->body.size() + n > answer->body_limit) {
-      throw error(static_cast<int>(answer->head_status), "InvalidRangeResponse",
-                  "more bytes than the range asked for (" + std::to_string(answer->body_limit) +
-                      ")");
+      throw error(
+          static_cast<int>(answer->head_status), "InvalidRangeResponse",
+          "more bytes than the range asked for (" + std::to_string(answer->body_limit) + ")");
     }
     answer->body.append(data, n);
     return n;
@@ -517,8 +517,7 @@ class s3_client final : public object_store {
   // gone (404 NoSuchUpload): the object is then checked with HEAD, and one with the multipart
   // ETag these parts give (or, where the parts' ETags are not MD5s, the file's size) is ours.
   asio::awaitable<std::string> complete(const std::string& key, const std::string& upload_id,
-                                        const std::vector<std::string>& etags,
-                                        std::uint64_t size) {
+                                        const std::vector<std::string>& etags, std::uint64_t size) {
     const std::string body = complete_multipart_body(etags);
     request done;
     done.method = "POST";
@@ -649,7 +648,8 @@ class s3_client final : public object_store {
     if (r.range && r.range->last && *r.range->last >= r.range->first) {
       answer.body_limit = *r.range->last - r.range->first + 1;
       // Reserved up to a bound: a range's size says what is asked, not what the object holds.
-      answer.body.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(answer.body_limit, 64u << 20)));
+      answer.body.reserve(
+          static_cast<std::size_t>(std::min<std::uint64_t>(answer.body_limit, 64u << 20)));
     }
     upload_cursor cursor{r.body};
     const std::string url =

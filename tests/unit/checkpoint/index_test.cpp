@@ -84,12 +84,18 @@ BOOST_AUTO_TEST_CASE(names_of_any_bytes_and_length_round_trip) {
 BOOST_AUTO_TEST_CASE(malformed_indexes_are_refused) {
   const std::string ok = R"([{"path": "mount", "type": "d"}, )";
   for (const std::string& text : std::vector<std::string>{
-           "", "{}", "[1]", "not json", R"([{"path": "/etc", "type": "d"}])",
-           R"([{"path": "a/../b", "type": "d"}])", R"([{"path": "a//b", "type": "d"}])",
-           R"([{"path": "x/y", "type": "d"}])",  // no parent
+           "",
+           "{}",
+           "[1]",
+           "not json",
+           R"([{"path": "/etc", "type": "d"}])",
+           R"([{"path": "a/../b", "type": "d"}])",
+           R"([{"path": "a//b", "type": "d"}])",
+           R"([{"path": "x/y", "type": "d"}])",                            // no parent
            R"([{"path": "a", "type": "d"}, {"path": "a", "type": "d"}])",  // twice
            R"([{"path": "a", "type": "c"}])",                              // a device node
-           R"([{"path": "a", "type": 5}])", R"([{"path": 5, "type": "d"}])",
+           R"([{"path": "a", "type": 5}])",
+           R"([{"path": 5, "type": "d"}])",
            R"([{"path": "a", "type": "h", "target": "b"}])",
            ok + R"({"path": "mount/f", "type": "f", "size": 1e300, "sha256": ")" + sum_a + "\"}]",
            ok + R"({"path": "mount/f", "type": "f", "mode": -1, "sha256": ")" + sum_a + "\"}]",
@@ -101,8 +107,9 @@ BOOST_AUTO_TEST_CASE(malformed_indexes_are_refused) {
            ok + R"({"path": "mount/f", "type": "f", "holes": [[1]], "sha256": ")" + sum_a + "\"}]",
            ok + R"({"path": "mount/f", "type": "f", "xattrs": [{"name": "user.a"}], "sha256": ")" +
                sum_a + "\"}]",
-           ok + R"({"path": "mount/f", "type": "f", "path_hex": "zz", "sha256": ")" + sum_a + "\"}]",
-           ok + R"({"path": "mount/f", "type": "f"}])",                    // no sha256
+           ok + R"({"path": "mount/f", "type": "f", "path_hex": "zz", "sha256": ")" + sum_a +
+               "\"}]",
+           ok + R"({"path": "mount/f", "type": "f"}])",                   // no sha256
            ok + R"({"path": "mount/f", "type": "f", "sha256": "ABC"}])",  // not a sha256
        }) {
     BOOST_TEST_INFO("index: " << text);
@@ -146,7 +153,7 @@ BOOST_AUTO_TEST_CASE(remote_manifests) {
   BOOST_TEST(m->index_bytes == 123u);
   BOOST_TEST(index_key(2, sum_a) == "index-" + sum_a + ".json");
   BOOST_TEST(!parse_remote_manifest(text, "v2").has_value());  // another id
-  const auto old = parse_remote_manifest(local, "v1");           // format 1
+  const auto old = parse_remote_manifest(local, "v1");         // format 1
   BOOST_TEST_REQUIRE(old.has_value());
   BOOST_TEST(old->format == 1u);
   BOOST_TEST(index_key(1, "") == "index.json");

@@ -47,15 +47,20 @@ template <class Body>
 std::string run(Body body) {
   asio::io_context io;
   std::string outcome = "ok";
-  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-    try {
-      co_await body(io.get_executor());
-    } catch (const id_taken_remotely&) {
-      outcome = "id_taken_remotely";
-    } catch (const std::exception& e) {
-      outcome = e.what();
-    }
-  }, [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        try {
+          co_await body(io.get_executor());
+        } catch (const id_taken_remotely&) {
+          outcome = "id_taken_remotely";
+        } catch (const std::exception& e) {
+          outcome = e.what();
+        }
+      },
+      [](std::exception_ptr e) {
+        if (e) std::rethrow_exception(e);
+      });
   io.run();
   sm::stop_offload_worker();
   return outcome;
@@ -82,7 +87,8 @@ BOOST_AUTO_TEST_CASE(another_machines_checkpoint_of_the_same_id_is_never_overwri
   machines m;
   build(m.a, sample("v1", 1), "from a");
   build(m.b, sample("v1", 2), "from b");  // the same id, made elsewhere
-  const fs::path manifest_path = m.dir.dir / "objects" / "bkt" / "checkpoints" / "v1" / "manifest.json";
+  const fs::path manifest_path =
+      m.dir.dir / "objects" / "bkt" / "checkpoints" / "v1" / "manifest.json";
   BOOST_TEST(run([&](auto executor) -> asio::awaitable<void> {
                auto store = sm::s3::make_store(executor, m.config());
                co_await upload(*store, m.a, "v1", {}, {});
@@ -119,7 +125,8 @@ BOOST_AUTO_TEST_CASE(a_download_with_a_damaged_object_commits_nothing) {
                auto store = sm::s3::make_store(executor, m.config());
                co_await upload(*store, m.a, "v1", {}, {});
              }) == "ok");
-  for (const auto& e : fs::recursive_directory_iterator(m.dir.dir / "objects" / "bkt" / "checkpoints" / "v1" / "files")) {
+  for (const auto& e : fs::recursive_directory_iterator(m.dir.dir / "objects" / "bkt" /
+                                                        "checkpoints" / "v1" / "files")) {
     if (e.is_regular_file() && read(e.path()) == "12345") std::ofstream(e.path()) << "12346";
   }
   const std::string outcome = run([&](auto executor) -> asio::awaitable<void> {

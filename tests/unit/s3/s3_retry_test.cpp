@@ -6,10 +6,10 @@
 #define BOOST_TEST_MODULE s3_retry
 #include <boost/test/unit_test.hpp>
 
+#include <unistd.h>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
-#include <unistd.h>
 #include <functional>
 
 #include <asio/co_spawn.hpp>
@@ -312,19 +312,20 @@ BOOST_AUTO_TEST_CASE(a_ranged_get_answered_200_is_an_error) {
 
 BOOST_AUTO_TEST_CASE(a_ranged_get_of_another_range_or_length_is_an_error) {
   for (const auto& [body, content_range] : std::vector<std::pair<std::string, std::string>>{
-           {"2345", "bytes 0-3/10"},      // another range
-           {"234", "bytes 2-5/10"},       // shorter than its Content-Range
-           {"2345", "bytes 2-5"},         // malformed
-           {"2345", ""}}) {               // none
+           {"2345", "bytes 0-3/10"},  // another range
+           {"234", "bytes 2-5/10"},   // shorter than its Content-Range
+           {"2345", "bytes 2-5"},     // malformed
+           {"2345", ""}}) {           // none
     asio::io_context io;
     const std::string b = body, cr = content_range;
     fake_s3 fake(io, [b, cr](int, const http::request&) {
       return cr.empty() ? answer(206, b) : partial(b, cr);
     });
     auto store = s3::make_store(io.get_executor(), config_for(fake.port));
-    BOOST_TEST(run(io, fake, [&]() -> asio::awaitable<void> {
-                 co_await store->get(std::string("k"), s3::byte_range(2, 5));
-               }) == "InvalidRangeResponse",
+    BOOST_TEST(run(io, fake,
+                   [&]() -> asio::awaitable<void> {
+                     co_await store->get(std::string("k"), s3::byte_range(2, 5));
+                   }) == "InvalidRangeResponse",
                content_range);
   }
 }
@@ -382,8 +383,8 @@ BOOST_AUTO_TEST_CASE(a_ranged_get_longer_than_asked_is_cut_off) {
 
 // A 33 MiB file: three parts of a multipart upload (16 MiB parts, above the 32 MiB threshold).
 std::filesystem::path multipart_file() {
-  const auto path = std::filesystem::temp_directory_path() /
-                    ("s3_retry_multipart_" + std::to_string(::getpid()));
+  const auto path =
+      std::filesystem::temp_directory_path() / ("s3_retry_multipart_" + std::to_string(::getpid()));
   std::FILE* f = std::fopen(path.c_str(), "wb");
   const std::string chunk(1 << 20, 'm');
   for (int i = 0; i < 33; ++i) std::fwrite(chunk.data(), 1, chunk.size(), f);
@@ -458,9 +459,9 @@ BOOST_AUTO_TEST_CASE(a_complete_whose_answer_was_lost_is_checked_with_head) {
                               : answer(404, error_xml("NoSuchUpload"));
               },
               [ours] {
-                http::response h = answer(200, std::string((33 << 20), 'm'),
-                                          ours ? "\"ef2c5f0e74f5f9224fa8cec6c947d732-3\""
-                                               : "\"someone-else-3\"");
+                http::response h =
+                    answer(200, std::string((33 << 20), 'm'),
+                           ours ? "\"ef2c5f0e74f5f9224fa8cec6c947d732-3\"" : "\"someone-else-3\"");
                 return h;
               });
         },
