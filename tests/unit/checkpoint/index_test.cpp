@@ -168,4 +168,17 @@ BOOST_AUTO_TEST_CASE(remote_manifests) {
   BOOST_CHECK_THROW(parse_remote_manifest(bad.dump(), "v1"), index_error);
   BOOST_TEST(!parse_remote_manifest(std::string(100000, '{'), "v1").has_value());
   BOOST_TEST(!parse_remote_manifest("[]", "v1").has_value());
+  // Numbers that a cast would make undefined behaviour (found by the fuzz target).
+  for (const char* created : {"1.3e92", "-9223372036854775808", "18446744073709551615", "1.5"}) {
+    std::string doc = local;
+    doc.replace(doc.find("\"created_at_unix_ms\": 1"), 23,
+                std::string("\"created_at_unix_ms\": ") + created);
+    BOOST_TEST(!parse_remote_manifest(doc, "v1").has_value(), created);
+  }
+  json pages = json::parse(text);
+  pages["database"] = {
+      {"file", "database.sqlite"}, {"bytes", 1}, {"pages", 4294967296}, {"sha256", ""}};
+  BOOST_TEST(!parse_remote_manifest(pages.dump(), "v1").has_value());
+  pages["database"]["pages"] = 1e300;
+  BOOST_TEST(!parse_remote_manifest(pages.dump(), "v1").has_value());
 }
