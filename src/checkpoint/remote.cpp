@@ -205,8 +205,22 @@ asio::awaitable<std::optional<std::string>> manifest_text_of(s3::object_store& s
   co_return std::nullopt;
 }
 
-// Whether the store's manifest of `id` is absent (false) or the very one we would write (true);
-// anything else is another checkpoint of that id.
+// Whether two manifests describe the same checkpoint: the one made here and its copy in the
+// store (or the copy a download made here of one in the store, whose manifest.json is rewritten
+// and whose index may differ: privileged bits dropped, holes not punched). Another machine's
+// checkpoint of that id differs in its creation time or its content.
+bool same_checkpoint(const manifest& a, const manifest& b) {
+  const auto database_sum = [](const manifest& m) {
+    return m.database ? m.database->sha256 : std::string();
+  };
+  return a.id == b.id && a.created_at == b.created_at && a.parent == b.parent &&
+         database_sum(a) == database_sum(b) && a.mount.files == b.mount.files &&
+         a.mount.dirs == b.mount.dirs && a.mount.symlinks == b.mount.symlinks &&
+         a.mount.bytes == b.mount.bytes;
+}
+
+// Whether the store's manifest of `id` is absent (false) or that of the checkpoint we would
+// write (true); anything else is another checkpoint of that id.
 asio::awaitable<bool> already_uploaded(s3::object_store& store, const std::string& id,
                                        const std::string& ours) {
   std::optional<std::string> theirs;
@@ -216,7 +230,17 @@ asio::awaitable<bool> already_uploaded(s3::object_store& store, const std::strin
     throw id_taken_remotely(id);  // present, and too large to be ours
   }
   if (!theirs) co_return false;
-  if (*theirs != ours) throw id_taken_remotely(id);
+  if (*theirs == ours) co_return true;
+  std::optional<remote_manifest> stored, mine;
+  try {
+    stored = parse_remote_manifest(*theirs, id);
+    mine = parse_remote_manifest(ours, id);
+  } catch (const index_error&) {
+    throw id_taken_remotely(id);  // a format of a newer state-manager: not ours
+  }
+  if (!stored || !mine || !same_checkpoint(stored->local, mine->local)) {
+    throw id_taken_remotely(id);
+  }
   co_return true;
 }
 

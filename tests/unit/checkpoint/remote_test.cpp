@@ -86,6 +86,8 @@ struct machines {
 BOOST_AUTO_TEST_CASE(another_machines_checkpoint_of_the_same_id_is_never_overwritten) {
   machines m;
   build(m.a, sample("v1", 1), "from a");
+  // A set-user-ID bit, which a download drops: the downloaded copy's index differs from a's.
+  fs::permissions(m.a.path_of("v1") / "mount" / "file", fs::perms(04755));
   build(m.b, sample("v1", 2), "from b");  // the same id, made elsewhere
   const fs::path manifest_path =
       m.dir.dir / "objects" / "bkt" / "checkpoints" / "v1" / "manifest.json";
@@ -116,6 +118,14 @@ BOOST_AUTO_TEST_CASE(another_machines_checkpoint_of_the_same_id_is_never_overwri
              }) == "ok");
   BOOST_TEST(got.found);
   BOOST_TEST(read(c.path_of("v1") / "mount" / "file") == "from a");
+  // The downloaded copy is the same checkpoint (its manifest.json rewritten): uploading it, as a
+  // resumed upload at the next start would, writes nothing and is no conflict.
+  BOOST_TEST(run([&](auto executor) -> asio::awaitable<void> {
+               auto store = sm::s3::make_store(executor, m.config());
+               bytes = co_await upload(*store, c, "v1", {}, {});
+             }) == "ok");
+  BOOST_TEST(bytes == 0u);
+  BOOST_TEST(read(manifest_path) == first);
 }
 
 BOOST_AUTO_TEST_CASE(a_download_with_a_damaged_object_commits_nothing) {
