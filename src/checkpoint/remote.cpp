@@ -407,6 +407,23 @@ asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id) {
   co_return info.has_value();
 }
 
+asio::awaitable<remote_copy> remote_copy_of(s3::object_store& store, manifest local) {
+  std::optional<std::string> text;
+  try {
+    text = co_await manifest_text_of(store, local.id);
+  } catch (const index_error&) {
+    co_return remote_copy::other;  // too large to be anyone's manifest
+  }
+  if (!text) co_return remote_copy::absent;
+  std::optional<remote_manifest> stored;
+  try {
+    stored = parse_remote_manifest(*text, local.id);
+  } catch (const index_error&) {
+    co_return remote_copy::other;
+  }
+  co_return stored&& same_checkpoint(stored->local, local) ? remote_copy::same : remote_copy::other;
+}
+
 asio::awaitable<download_result> download(s3::object_store& store, const local_store& local,
                                           std::string id, download_options options) {
   const std::string prefix = remote_prefix(id);

@@ -70,6 +70,12 @@ asio::awaitable<std::vector<manifest>> list_remote(s3::object_store& store,
 // Whether the store holds a whole checkpoint `id` (its manifest.json).
 asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id);
 
+// What the store holds under the id of the local checkpoint `local`: nothing whole, this very
+// checkpoint (uploaded, or the one it was downloaded from), or another checkpoint of that id
+// (another machine's; unreadable ones count as another's). One HEAD and one bounded GET.
+enum class remote_copy { absent, same, other };
+asio::awaitable<remote_copy> remote_copy_of(s3::object_store& store, manifest local);
+
 struct download_options {
   // Restore set-user-ID and set-group-ID bits of files and security.* extended attributes
   // (file capabilities) as the index says. Off: they are dropped and counted.

@@ -126,6 +126,17 @@ BOOST_AUTO_TEST_CASE(another_machines_checkpoint_of_the_same_id_is_never_overwri
              }) == "ok");
   BOOST_TEST(bytes == 0u);
   BOOST_TEST(read(manifest_path) == first);
+  // What a resumed upload asks first: a's and c's copies are the store's, b's is another.
+  std::vector<remote_copy> copies;
+  BOOST_TEST(run([&](auto executor) -> asio::awaitable<void> {
+               auto store = sm::s3::make_store(executor, m.config());
+               for (const local_store* here : {&m.a, &c, &m.b}) {
+                 copies.push_back(co_await remote_copy_of(*store, *here->read("v1")));
+               }
+               copies.push_back(co_await remote_copy_of(*store, sample("v9", 1)));
+             }) == "ok");
+  BOOST_TEST((copies == std::vector<remote_copy>{remote_copy::same, remote_copy::same,
+                                                 remote_copy::other, remote_copy::absent}));
 }
 
 BOOST_AUTO_TEST_CASE(a_download_with_a_damaged_object_commits_nothing) {
