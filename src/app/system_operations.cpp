@@ -303,11 +303,19 @@ asio::awaitable<void> system::resume_uploads_now(gate::pass) {
     for (const auto& m : local) {
       if (uploads_.closed() || !env_.store()) co_return;
       if (uploading_.contains(m.id)) continue;  // a new checkpoint's upload of it runs already
-      if (co_await checkpoint::exists_remotely(*env_.store(), m.id)) {
+      const checkpoint::remote_copy copy = co_await checkpoint::remote_copy_of(*env_.store(), m);
+      if (copy == checkpoint::remote_copy::same) {
         // Uploaded by an earlier run (or downloaded from the store): say so.
         if (env_.upload_status(m.id).is_null()) {
           env_.set_upload_status(m.id, {{"state", "done"}, {"bytes", nullptr}, {"error", nullptr}});
         }
+        continue;
+      }
+      if (copy == checkpoint::remote_copy::other) {
+        // Another machine's checkpoint has this id in the store: never overwritten.
+        const std::string why = checkpoint::id_taken_remotely(m.id).what();
+        log::warn("checkpoint not uploaded", {{"id", m.id}, {"error", why}});
+        env_.set_upload_status(m.id, {{"state", "failed"}, {"bytes", 0}, {"error", why}});
         continue;
       }
       if (uploads_.closed() || uploading_.contains(m.id)) continue;  // changed while we asked
