@@ -339,9 +339,10 @@ class api {
     using kind = checkpoint::restore_outcome::kind;
     switch (r.outcome) {
       case kind::restored:
-        co_return json_response(
-            200,
-            {{"id", r.id}, {"restored", checkpoint::to_json(*r.restored)}, {"took_ms", r.took_ms}});
+        co_return json_response(200, {{"id", r.id},
+                                      {"restored", checkpoint::to_json(*r.restored)},
+                                      {"took_ms", r.took_ms},
+                                      {"dropped_privileged", r.dropped_privileged}});
       case kind::busy:
         co_return busy();
       case kind::shutting_down:

@@ -243,6 +243,7 @@ asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::str
   if (auto refused = refuse<checkpoint::restore_outcome>(id)) co_return *refused;
   const gate::pass running = begin_operation("restore", id);
   checkpoint::restore_request request{id, env_.store(), data_mover()};
+  request.restore_privileged = env_.current() && env_.current()->restore_privileged;
   checkpoint::restore_outcome r;
   try {
     r = co_await checkpoint::restore(*this, checkpoint_paths(), std::move(request), progress_);
@@ -257,6 +258,11 @@ asio::awaitable<checkpoint::restore_outcome> system::restore_checkpoint(std::str
   }
   if (r.outcome != kind::restored) co_return r;
   log::info("restored", {{"id", id}, {"ms", std::to_string(r.took_ms)}});
+  if (r.dropped_privileged > 0) {
+    log::warn(
+        "restored without the privileged bits of the store's copy (restore_privileged is off)",
+        {{"id", id}, {"entries", std::to_string(r.dropped_privileged)}});
+  }
   if (!r.error.empty()) log::warn("restored, with a problem", {{"id", id}, {"error", r.error}});
   // The old state's files go in the background (removing 10,000 files takes seconds).
   asio::co_spawn(
@@ -357,12 +363,20 @@ asio::awaitable<json> system::upload_missing() {
     for (const auto& m : local) {
       if (uploads_.closed() || !env_.store()) break;
       if (uploading_.contains(m.id)) continue;  // a new checkpoint's upload of it runs already
-      if (co_await checkpoint::exists_remotely(*env_.store(), m.id)) {
+      const checkpoint::remote_copy copy = co_await checkpoint::remote_copy_of(*env_.store(), m);
+      if (copy == checkpoint::remote_copy::same) {
         // Uploaded by an earlier run (or downloaded from the store): say so.
         const json status = env_.upload_status(m.id);
         if (status.is_null() || status.value("state", "") != "done") {
           env_.set_upload_status(m.id, {{"state", "done"}, {"bytes", nullptr}, {"error", nullptr}});
         }
+        continue;
+      }
+      if (copy == checkpoint::remote_copy::other) {
+        // Another machine's checkpoint has this id in the store: never overwritten.
+        const std::string why = checkpoint::id_taken_remotely(m.id).what();
+        log::warn("checkpoint not uploaded", {{"id", m.id}, {"error", why}});
+        env_.set_upload_status(m.id, {{"state", "failed"}, {"bytes", 0}, {"error", why}});
         continue;
       }
       if (uploads_.closed() || uploading_.contains(m.id)) continue;  // changed while we asked

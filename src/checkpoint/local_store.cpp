@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <fstream>
+#include <limits>
 #include <system_error>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -83,21 +85,54 @@ json to_json(const manifest& m) {
           {"steps_ms", std::move(steps)}};
 }
 
+namespace {
+
+// A manifest from the store is not trusted: numbers are read only from JSON integers that fit
+// (nlohmann converts a float or an out-of-range integer with a cast, undefined behaviour).
+struct bad_number {};
+
+template <class T>
+T integer(const json& j) {
+  if (j.is_number_unsigned()) {
+    const auto v = j.get<std::uint64_t>();
+    if (v > std::uint64_t(std::numeric_limits<T>::max())) throw bad_number{};
+    return T(v);
+  }
+  if (!j.is_number_integer()) throw bad_number{};
+  const auto v = j.get<std::int64_t>();
+  if (v < 0 && !std::is_signed_v<T>) throw bad_number{};
+  if (v < std::int64_t(std::numeric_limits<T>::min())) throw bad_number{};
+  if (v > 0 && std::uint64_t(v) > std::uint64_t(std::numeric_limits<T>::max())) throw bad_number{};
+  return T(v);
+}
+
+template <class T>
+T integer_or(const json& object, const char* key, T fallback) {
+  const auto it = object.find(key);
+  return it == object.end() ? fallback : integer<T>(*it);
+}
+
+// Milliseconds since 1970 that a system_clock time point can hold (±292 years in ns).
+constexpr std::int64_t max_unix_ms = 9'000'000'000'000;
+
+}  // namespace
+
 std::optional<manifest> manifest_from_json(const json& d) {
   try {
     manifest m;
     m.id = d.at("id").get<std::string>();
     if (!valid_checkpoint_id(m.id)) return std::nullopt;
-    m.created_at = std::chrono::system_clock::time_point(
-        std::chrono::milliseconds(d.at("created_at_unix_ms").get<std::int64_t>()));
+    const auto created = integer<std::int64_t>(d.at("created_at_unix_ms"));
+    if (created > max_unix_ms || created < -max_unix_ms) return std::nullopt;
+    m.created_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(created));
     if (d.contains("parent") && d["parent"].is_string()) m.parent = d["parent"].get<std::string>();
     if (d.contains("version")) m.version = d["version"].get<std::string>();
     if (d.contains("database") && d["database"].is_object()) {
       const json& db = d["database"];
       manifest::database_copy copy;
       copy.file = db.at("file").get<std::string>();
-      copy.bytes = db.at("bytes").get<std::uint64_t>();
-      copy.pages = db.at("pages").get<std::uint32_t>();
+      copy.bytes = integer<std::uint64_t>(db.at("bytes"));
+      copy.pages = integer<std::uint32_t>(db.at("pages"));
       copy.sha256 = db.at("sha256").get<std::string>();
       copy.method = db.value("method", "");
       // Never a path out of the checkpoint.
@@ -107,15 +142,15 @@ std::optional<manifest> manifest_from_json(const json& d) {
       m.database = copy;
     }
     const json& mount = d.at("mount");
-    m.mount.files = mount.at("files").get<std::uint64_t>();
-    m.mount.dirs = mount.at("dirs").get<std::uint64_t>();
-    m.mount.symlinks = mount.at("symlinks").get<std::uint64_t>();
-    m.mount.bytes = mount.at("bytes").get<std::uint64_t>();
+    m.mount.files = integer<std::uint64_t>(mount.at("files"));
+    m.mount.dirs = integer<std::uint64_t>(mount.at("dirs"));
+    m.mount.symlinks = integer<std::uint64_t>(mount.at("symlinks"));
+    m.mount.bytes = integer<std::uint64_t>(mount.at("bytes"));
     if (mount.contains("copied_by") && mount["copied_by"].is_object()) {
       const json& by = mount["copied_by"];
-      m.mount.reflink = by.value("reflink", std::uint64_t{0});
-      m.mount.copy_file_range = by.value("copy_file_range", std::uint64_t{0});
-      m.mount.read_write = by.value("read_write", std::uint64_t{0});
+      m.mount.reflink = integer_or<std::uint64_t>(by, "reflink", 0);
+      m.mount.copy_file_range = integer_or<std::uint64_t>(by, "copy_file_range", 0);
+      m.mount.read_write = integer_or<std::uint64_t>(by, "read_write", 0);
     }
     if (d.contains("quiesce") && d["quiesce"].is_object()) {
       m.quiesce = d["quiesce"].value("mode", "none");
@@ -123,11 +158,14 @@ std::optional<manifest> manifest_from_json(const json& d) {
       m.quiesce_reach = d["quiesce"].value("reach", "");
     }
     if (d.contains("steps_ms")) {
-      for (const auto& [step, ms] : d["steps_ms"].items())
-        m.steps_ms[step] = ms.get<std::int64_t>();
+      for (const auto& [step, ms] : d["steps_ms"].items()) {
+        m.steps_ms[step] = integer<std::int64_t>(ms);
+      }
     }
     return m;
   } catch (const json::exception&) {
+    return std::nullopt;
+  } catch (const bad_number&) {
     return std::nullopt;
   }
 }

@@ -326,7 +326,10 @@ asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_re
     // Made on another machine: downloaded into a local checkpoint first.
     h.step(request.id, "download");
     try {
-      co_await download(*request.store, store, request.id);
+      download_options options;
+      options.restore_privileged = request.restore_privileged;
+      const download_result got = co_await download(*request.store, store, request.id, options);
+      out.dropped_privileged = got.dropped_privileged;
     } catch (const std::exception& e) {
       out.outcome = kind::download_failed;
       out.error = e.what();

@@ -114,6 +114,8 @@ struct restore_request {
   std::string id;
   s3::object_store* store = nullptr;  // where a checkpoint made elsewhere is downloaded from
   decltype(copy_options::move_data) move_data;
+  // A download keeps set-id bits and security.* xattrs (configuration "restore_privileged").
+  bool restore_privileged = false;
 };
 
 struct restore_outcome {
@@ -132,6 +134,8 @@ struct restore_outcome {
   std::optional<manifest> restored;
   std::string error;  // restored: what it replaced that could not be set aside as garbage
   std::int64_t took_ms = 0;
+  // Downloaded: the entries whose set-id bits or security.* xattrs were dropped.
+  std::uint64_t dropped_privileged = 0;
 };
 
 asio::awaitable<restore_outcome> restore(host& h, const paths& where, restore_request request,

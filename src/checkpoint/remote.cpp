@@ -29,7 +29,9 @@
 #include "base/hex.hpp"
 #include "checkpoint/checkpoint_id.hpp"
 #include "checkpoint/copy_tree.hpp"
+#include "checkpoint/index.hpp"
 #include "checkpoint/local_store.hpp"
+#include "s3/dynamic.hpp"
 
 namespace sm::checkpoint {
 
@@ -39,25 +41,7 @@ namespace {
 
 constexpr unsigned in_flight = 8;
 
-struct entry {
-  std::string path;  // relative to the checkpoint's directory
-  // f(ile), d(irectory), l(ink: a symlink), h(ard link: another name of an earlier 'f' entry,
-  // which alone is uploaded)
-  char type = 'f';
-  std::uint32_t mode = 0;
-  std::int64_t mtime_ns = 0;
-  std::uint64_t size = 0;
-  std::string target;                     // l: what the symlink points to; h: the earlier name
-  std::optional<std::uint32_t> uid, gid;  // absent in an index written before they were kept
-  xattr_list xattrs;
-  // f: the holes of a sparse file, [offset, length) each; the object holds zeros there, and a
-  // download punches them again.
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> holes;
-};
-
-// At most this many holes are kept per file (a pathological file could have millions); a file
-// with more comes back with its zeros written.
-constexpr std::size_t max_holes = 4096;
+using entry = index_entry;
 
 // The holes of the regular file at `path` whose blocks cover less than its size; none for a
 // file that is not sparse or whose file system cannot say.
@@ -81,63 +65,86 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> holes_of(const std::filesys
   return holes;
 }
 
-// Paths, link targets and xattr names are bytes; JSON strings must be UTF-8. What is not goes in
-// "<key>_hex" instead, so that no name makes an upload fail or comes back altered.
-bool valid_utf8(const std::string& text) {
-  try {
-    (void)json(text).dump();
-    return true;
-  } catch (const json::type_error&) {
-    return false;
-  }
-}
-
-void put_bytes(json& j, const std::string& key, const std::string& bytes) {
-  if (valid_utf8(bytes)) {
-    j[key] = bytes;
-  } else {
-    j[key + "_hex"] = hex(bytes);
-  }
-}
-
-std::string get_bytes(const json& j, const std::string& key) {
-  if (const auto it = j.find(key + "_hex"); it != j.end() && it->is_string()) {
-    if (auto bytes = unhex(it->get<std::string>())) return *bytes;
-    throw std::runtime_error("a checkpoint's index has a malformed " + key + "_hex");
-  }
-  const auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
-json to_json(const entry& e) {
-  json j = {{"type", std::string(1, e.type)},
-            {"mode", e.mode},
-            {"mtime_ns", e.mtime_ns},
-            {"size", e.size}};
-  put_bytes(j, "path", e.path);
-  if (e.type == 'l' || e.type == 'h') put_bytes(j, "target", e.target);
-  if (!e.holes.empty()) j["holes"] = e.holes;
-  if (e.uid) j["uid"] = *e.uid;
-  if (e.gid) j["gid"] = *e.gid;
-  if (!e.xattrs.empty()) {
-    json xattrs = json::array();
-    for (const auto& [name, value] : e.xattrs) {
-      json x = {{"value_hex", hex(value)}};
-      put_bytes(x, "name", name);
-      xattrs.push_back(std::move(x));
+// SHA-256 in lower-case hex, by libcrypto (loaded on first use). Blocking: on a worker.
+class sha256_digest {
+ public:
+  sha256_digest() : ctx_(s3::lib::crypto().md_ctx_new(), s3::lib::crypto().md_ctx_free) {
+    if (!ctx_ ||
+        s3::lib::crypto().digest_init(ctx_.get(), s3::lib::crypto().sha256(), nullptr) != 1) {
+      throw std::runtime_error("sha256: cannot initialise the digest");
     }
-    j["xattrs"] = std::move(xattrs);
   }
-  return j;
+  void update(const void* data, std::size_t size) {
+    if (s3::lib::crypto().digest_update(ctx_.get(), data, size) != 1) {
+      throw std::runtime_error("sha256: digest update failed");
+    }
+  }
+  std::string hex_digest() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    if (s3::lib::crypto().digest_final(ctx_.get(), digest, &size) != 1) {
+      throw std::runtime_error("sha256: digest final failed");
+    }
+    return hex(std::string_view(reinterpret_cast<const char*>(digest), size));
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_;
+};
+
+std::string sha256_of(std::string_view text) {
+  sha256_digest d;
+  d.update(text.data(), text.size());
+  return d.hex_digest();
 }
 
-// A path from the store must stay inside the checkpoint.
-bool safe_relative(const std::string& path) {
-  if (path.empty() || path.front() == '/') return false;
-  for (const auto& part : std::filesystem::path(path)) {
-    if (part == ".." || part == ".") return false;
+// The content's SHA-256 and size of the file at `path` (not following a symlink).
+std::pair<std::string, std::uint64_t> sha256_of_file(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "open " + path.string());
+  sha256_digest d;
+  std::vector<char> buffer(1 << 20);
+  std::uint64_t size = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int saved = errno;
+      ::close(fd);
+      throw std::system_error(saved, std::generic_category(), "read " + path.string());
+    }
+    if (n == 0) break;
+    d.update(buffer.data(), std::size_t(n));
+    size += std::uint64_t(n);
   }
-  return path.find('\0') == std::string::npos;
+  ::close(fd);
+  return {d.hex_digest(), size};
+}
+
+// The object `key`, nullopt when absent, refused (index_error) when larger than `limit` or,
+// when `expected` is given, of another size: a HEAD, then a GET of that version and that size
+// only (a ranged GET with If-Match), so that a huge object in the store is never read into
+// memory, even one swapped in between the two requests.
+asio::awaitable<std::optional<std::string>> get_bounded(s3::object_store& store, std::string key,
+                                                        std::uint64_t limit,
+                                                        std::optional<std::uint64_t> expected) {
+  const std::optional<s3::object_info> info = co_await store.head(key);
+  if (!info) co_return std::nullopt;
+  if (info->size > limit) {
+    throw index_error(key + " in the store has " + std::to_string(info->size) +
+                      " bytes, more than the " + std::to_string(limit) + " allowed: refused");
+  }
+  if (expected && info->size != *expected) {
+    throw index_error(key + " in the store has " + std::to_string(info->size) + " bytes, not the " +
+                      std::to_string(*expected) + " its manifest names");
+  }
+  if (info->size == 0) co_return std::string();
+  // One byte more than HEAD said: an object that grew meanwhile shows as too long.
+  std::string body = co_await store.get(key, s3::byte_range(0, info->size, info->etag));
+  if (body.size() != info->size) {
+    throw index_error(key + " in the store changed while it was read");
+  }
+  co_return body;
 }
 
 // Runs `work(i)` for i in [0, n), `in_flight` at a time; rethrows the first failure once all
@@ -185,11 +192,66 @@ std::string remote_prefix(const std::string& id) {
   return "checkpoints/" + id + "/";
 }
 
+namespace {
+
+// The store's manifest of `id` as text; nullopt when absent.
+asio::awaitable<std::optional<std::string>> manifest_text_of(s3::object_store& store,
+                                                             const std::string& id) {
+  try {
+    co_return co_await get_bounded(store, remote_prefix(id) + "manifest.json", max_manifest_bytes,
+                                   std::nullopt);
+  } catch (const s3::error& e) {
+    if (e.status() != 404) throw;  // removed between HEAD and GET: absent
+  }
+  co_return std::nullopt;
+}
+
+// Whether two manifests describe the same checkpoint: the one made here and its copy in the
+// store (or the copy a download made here of one in the store, whose manifest.json is rewritten
+// and whose index may differ: privileged bits dropped, holes not punched). Another machine's
+// checkpoint of that id differs in its creation time or its content.
+bool same_checkpoint(const manifest& a, const manifest& b) {
+  const auto database_sum = [](const manifest& m) {
+    return m.database ? m.database->sha256 : std::string();
+  };
+  return a.id == b.id && a.created_at == b.created_at && a.parent == b.parent &&
+         database_sum(a) == database_sum(b) && a.mount.files == b.mount.files &&
+         a.mount.dirs == b.mount.dirs && a.mount.symlinks == b.mount.symlinks &&
+         a.mount.bytes == b.mount.bytes;
+}
+
+// Whether the store's manifest of `id` is absent (false) or that of the checkpoint we would
+// write (true); anything else is another checkpoint of that id.
+asio::awaitable<bool> already_uploaded(s3::object_store& store, const std::string& id,
+                                       const std::string& ours) {
+  std::optional<std::string> theirs;
+  try {
+    theirs = co_await manifest_text_of(store, id);
+  } catch (const index_error&) {
+    throw id_taken_remotely(id);  // present, and too large to be ours
+  }
+  if (!theirs) co_return false;
+  if (*theirs == ours) co_return true;
+  std::optional<remote_manifest> stored, mine;
+  try {
+    stored = parse_remote_manifest(*theirs, id);
+    mine = parse_remote_manifest(ours, id);
+  } catch (const index_error&) {
+    throw id_taken_remotely(id);  // a format of a newer state-manager: not ours
+  }
+  if (!stored || !mine || !same_checkpoint(stored->local, mine->local)) {
+    throw id_taken_remotely(id);
+  }
+  co_return true;
+}
+
+}  // namespace
+
 asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store& local,
                                       std::string id, std::function<void(std::uint64_t)> progress,
                                       std::function<bool()> cancelled) {
-  const std::filesystem::path root = local.path_of(id);
   crash_point("upload.start");
+  const std::filesystem::path root = local.path_of(id);
   std::vector<entry> entries;
   std::string manifest_text, index_text;
   co_await offload_bulk([&] {
@@ -222,31 +284,46 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
             continue;  // the inode's owner, xattrs and times come with its first name
           }
         }
+        // The checkpoint is complete and never changes: its content is what goes up.
+        auto [sum, size] = sha256_of_file(it->path());
+        e.sha256 = std::move(sum);
+        e.size = size;
       } else {
-        continue;  // FIFOs and the like carry no data worth a copy elsewhere
+        continue;  // FIFOs, sockets and device nodes carry no data worth a copy elsewhere
       }
       e.xattrs = read_xattrs(it->path());
       if (e.type == 'f') e.holes = holes_of(it->path(), st);
       entries.push_back(std::move(e));
     }
     std::ifstream in(root / "manifest.json");
-    manifest_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    const std::string local_manifest((std::istreambuf_iterator<char>(in)),
+                                     std::istreambuf_iterator<char>());
+    if (local_manifest.empty()) throw std::runtime_error("checkpoint " + id + " has no manifest");
     // Here too: for 10,000 files, building and printing the index held the executor ~15 ms.
-    json index = json::array();
-    for (const entry& e : entries) index.push_back(to_json(e));
-    index_text = index.dump() + "\n";
+    index_text = index_to_text(entries);
+    manifest_text = remote_manifest_text(local_manifest, sha256_of(index_text), index_text.size());
   });
-  if (manifest_text.empty()) throw std::runtime_error("checkpoint " + id + " has no manifest");
+  if (index_text.size() > max_index_bytes) {
+    throw std::runtime_error("checkpoint " + id +
+                             " has too many files for the store (its index is " +
+                             std::to_string(index_text.size()) + " bytes)");
+  }
   const std::string prefix = remote_prefix(id);
+  // Another machine's checkpoint of this id is left alone before anything is written (its
+  // objects are content-addressed, so a race past this check still replaces none of them).
+  if (co_await already_uploaded(store, id, manifest_text)) co_return 0;
+
+  // Each content goes up once, under its hash.
   std::vector<const entry*> files;
+  std::set<std::string> hashes;
   for (const entry& e : entries) {
-    if (e.type == 'f') files.push_back(&e);
+    if (e.type == 'f' && hashes.insert(e.sha256).second) files.push_back(&e);
   }
   std::uint64_t done = 0;
   co_await for_each_parallel(files.size(), [&](std::size_t i) -> asio::awaitable<void> {
     if (cancelled && cancelled()) throw upload_cancelled();
     const entry& e = *files[i];
-    co_await store.put_file(prefix + "files/" + e.path, root / e.path);
+    co_await store.put_file(prefix + file_key(e, current_format), root / e.path);
     if (i == 0) crash_point("upload.middle");
     done += e.size;
     if (progress) progress(done);
@@ -254,25 +331,52 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
   s3::put_options json_type;
   json_type.content_type = "application/json";
   if (cancelled && cancelled()) throw upload_cancelled();
-  co_await store.put(prefix + "index.json", std::move(index_text), json_type);
+  const std::optional<remote_manifest> parsed = parse_remote_manifest(manifest_text, id);
+  if (!parsed) throw std::runtime_error("checkpoint " + id + " has an unreadable manifest");
+  co_await store.put(prefix + index_key(current_format, parsed->index_sha256),
+                     std::move(index_text), json_type);
+  // Last, and create-only: its presence is what says the checkpoint is whole in the store, and
+  // it never replaces another's. A 412 after a retry may be our own first attempt, whose
+  // answer was lost: the same text is success.
   crash_point("upload.before_manifest");
-  // Last: its presence is what says the checkpoint is whole in the store.
-  co_await store.put(prefix + "manifest.json", manifest_text, json_type);
+  s3::put_options create = json_type;
+  create.if_none_match = true;
+  int refused = 0;  // the store's answer to the create: 412 (exists) or 501 (cannot)
+  try {
+    co_await store.put(prefix + "manifest.json", manifest_text, create);
+  } catch (const s3::error& e) {
+    if (e.status() != 412 && e.status() != 501) throw;
+    refused = e.status();
+  }
+  if (refused == 412) {
+    // Perhaps our own first attempt, whose answer was lost: the same text is success.
+    if (!co_await already_uploaded(store, id, manifest_text)) {
+      throw std::runtime_error("checkpoint " + id + ": the store refused to create its manifest");
+    }
+  } else if (refused == 501) {
+    // The store cannot create conditionally (Swift's s3api): best effort, a HEAD then a plain
+    // PUT. Two machines racing between them can still both write; the later manifest wins,
+    // and each one's objects stay intact (content-addressed), so either checkpoint restores
+    // whole.
+    if (!co_await already_uploaded(store, id, manifest_text)) {
+      co_await store.put(prefix + "manifest.json", manifest_text, json_type);
+    }
+  }
   crash_point("upload.after_manifest");
   co_return done;
 }
 
 asio::awaitable<std::optional<manifest>> read_remote(s3::object_store& store, std::string id) {
-  std::string text;
+  std::optional<std::string> text;
   try {
-    text = co_await store.get(remote_prefix(id) + "manifest.json");
-  } catch (const s3::error& e) {
-    if (e.status() == 404) co_return std::nullopt;
-    throw;
+    text = co_await manifest_text_of(store, id);
+    if (!text) co_return std::nullopt;
+    std::optional<remote_manifest> m = parse_remote_manifest(*text, id);
+    if (!m) co_return std::nullopt;
+    co_return std::move(m->local);
+  } catch (const index_error&) {
+    co_return std::nullopt;  // too large, or a format of a newer state-manager
   }
-  std::optional<manifest> m = manifest_from_json(json::parse(text, nullptr, false));
-  if (m && m->id != id) m.reset();
-  co_return m;
 }
 
 asio::awaitable<std::vector<manifest>> list_remote(s3::object_store& store,
@@ -308,83 +412,53 @@ asio::awaitable<bool> exists_remotely(s3::object_store& store, std::string id) {
   co_return info.has_value();
 }
 
-asio::awaitable<bool> download(s3::object_store& store, const local_store& local, std::string id) {
+asio::awaitable<remote_copy> remote_copy_of(s3::object_store& store, manifest local) {
+  std::optional<std::string> text;
+  try {
+    text = co_await manifest_text_of(store, local.id);
+  } catch (const index_error&) {
+    co_return remote_copy::other;  // too large to be anyone's manifest
+  }
+  if (!text) co_return remote_copy::absent;
+  std::optional<remote_manifest> stored;
+  try {
+    stored = parse_remote_manifest(*text, local.id);
+  } catch (const index_error&) {
+    co_return remote_copy::other;
+  }
+  co_return stored&& same_checkpoint(stored->local, local) ? remote_copy::same : remote_copy::other;
+}
+
+asio::awaitable<download_result> download(s3::object_store& store, const local_store& local,
+                                          std::string id, download_options options) {
   const std::string prefix = remote_prefix(id);
   crash_point("download.start");
-  std::string manifest_text, index_text;
-  try {
-    manifest_text = co_await store.get(prefix + "manifest.json");
-  } catch (const s3::error& e) {
-    if (e.status() == 404) co_return false;
-    throw;
-  }
-  index_text = co_await store.get(prefix + "index.json");
-  const std::optional<manifest> m = manifest_from_json(json::parse(manifest_text, nullptr, false));
-  if (!m || m->id != id) {
-    throw std::runtime_error("checkpoint " + id + " in the store is not readable");
-  }
-  // Read off the executor: the index of 10,000 files is a few MB of JSON.
+  download_result result;
+  const std::optional<std::string> manifest_text = co_await manifest_text_of(store, id);
+  if (!manifest_text) co_return result;
+  const std::optional<remote_manifest> m = parse_remote_manifest(*manifest_text, id);
+  if (!m) throw index_error("checkpoint " + id + " in the store is not readable");
+  const std::string index_name = prefix + index_key(m->format, m->index_sha256);
+  const std::optional<std::string> index_found = co_await get_bounded(
+      store, index_name, max_index_bytes,
+      m->format >= 2 ? std::optional<std::uint64_t>(m->index_bytes) : std::nullopt);
+  if (!index_found) throw index_error("checkpoint " + id + " in the store has no index");
+  const std::string& index_text = *index_found;
+  // Checked and read off the executor: the index of 10,000 files is a few MB of JSON.
   std::vector<entry> entries;
   co_await offload_bulk([&] {
-    const json index = json::parse(index_text, nullptr, false);
-    if (!index.is_array()) {
-      throw std::runtime_error("checkpoint " + id + " in the store is not readable");
+    if (m->format >= 2 && sha256_of(index_text) != m->index_sha256) {
+      throw index_error("checkpoint " + id +
+                        " in the store is damaged: its index does not match the manifest's hash");
     }
-    // Each entry's parent must be an earlier directory entry (or the checkpoint itself), and
-    // no path may come twice: nothing made from the index can then lead through a symlink it
-    // made, out of the checkpoint.
-    std::set<std::string> files;  // what an 'h' entry may name: an earlier regular file
-    std::set<std::string> dirs, seen;
-    for (const json& j : index) {
-      if (!j.is_object())
-        throw std::runtime_error("checkpoint " + id + " in the store is not readable");
-      entry e;
-      e.path = get_bytes(j, "path");
-      const std::string type = j.value("type", "");
-      if (!safe_relative(e.path) || type.size() != 1) {
-        throw std::runtime_error("checkpoint " + id + " in the store names a path out of it");
-      }
-      e.type = type[0];
-      if (e.type != 'f' && e.type != 'd' && e.type != 'l' && e.type != 'h') {
-        throw std::runtime_error("checkpoint " + id +
-                                 " in the store has an entry of unknown type " + type +
-                                 " (made by a newer state-manager?)");
-      }
-      const std::string parent = std::filesystem::path(e.path).parent_path().string();
-      if ((!parent.empty() && !dirs.contains(parent)) || !seen.insert(e.path).second) {
-        throw std::runtime_error("checkpoint " + id + " in the store names " + e.path +
-                                 " outside a directory it holds");
-      }
-      e.mode = j.value("mode", 0644u) & 07777;
-      e.mtime_ns = j.value("mtime_ns", std::int64_t(0));
-      e.size = j.value("size", std::uint64_t(0));
-      e.target = get_bytes(j, "target");
-      if (j.contains("uid") && j.contains("gid")) {
-        e.uid = j.at("uid").get<std::uint32_t>();
-        e.gid = j.at("gid").get<std::uint32_t>();
-      }
-      for (const json& x : j.value("xattrs", json::array())) {
-        const auto value = unhex(x.value("value_hex", ""));
-        if (!value) throw std::runtime_error("checkpoint " + id + " in the store is not readable");
-        e.xattrs.emplace_back(get_bytes(x, "name"), *value);
-      }
-      for (const json& h : j.value("holes", json::array())) {
-        const auto [offset, length] = h.get<std::pair<std::uint64_t, std::uint64_t>>();
-        if (offset > e.size || length > e.size - offset) {
-          throw std::runtime_error("checkpoint " + id +
-                                   " in the store has a hole past the end of " + e.path);
-        }
-        if (e.holes.size() < max_holes) e.holes.emplace_back(offset, length);
-      }
-      if (e.type == 'f') files.insert(e.path);
-      if (e.type == 'd') dirs.insert(e.path);
-      if (e.type == 'h' && !files.contains(e.target)) {
-        throw std::runtime_error("checkpoint " + id + " in the store links " + e.path +
-                                 " to a file it does not hold");
-      }
-      entries.push_back(std::move(e));
+    try {
+      entries = parse_index(index_text, m->format);
+    } catch (const index_error& e) {
+      throw index_error("checkpoint " + id + " in the store: its index " + e.what());
     }
+    if (!options.restore_privileged) result.dropped_privileged = drop_privileged(entries);
   });
+  result.found = true;
   const std::filesystem::path partial = local.partial_of(id);
   co_await offload_bulk([&] {
     remove_tree(partial);
@@ -401,8 +475,16 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     }
     co_await for_each_parallel(files.size(), [&](std::size_t i) -> asio::awaitable<void> {
       const entry& e = *files[i];
-      co_await store.get_file(prefix + "files/" + e.path, partial / e.path);
+      co_await store.get_file(prefix + file_key(e, m->format), partial / e.path);
       if (i == 0) crash_point("download.middle");
+      if (m->format < 2) co_return;  // no checksums then
+      co_await offload_bulk([&] {
+        const auto [sum, size] = sha256_of_file(partial / e.path);
+        if (sum != e.sha256 || size != e.size) {
+          throw damaged_object("checkpoint " + id + " in the store is damaged: the object for " +
+                               e.path + " does not match its sha256 or size");
+        }
+      });
     });
     co_await offload_bulk([&] {
       // Links; then owners, xattrs, modes and times, deepest first (a directory's time after
@@ -445,7 +527,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
         ::utimensat(AT_FDCWD, p.c_str(), times, AT_SYMLINK_NOFOLLOW);
       }
       crash_point("download.before_commit");
-      local.commit(*m);
+      local.commit(m->local);
     });
   } catch (...) {
     failure = std::current_exception();
@@ -459,7 +541,7 @@ asio::awaitable<bool> download(s3::object_store& store, const local_store& local
     });
     std::rethrow_exception(failure);
   }
-  co_return true;
+  co_return result;
 }
 
 }  // namespace sm::checkpoint

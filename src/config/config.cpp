@@ -671,8 +671,16 @@ parse_result parse(const json& document, const environment_lookup& env,
     return result;
   }
   configuration config;
-  check.only_known(document, "",
-                   {"storage", "stacks", "components", "database", "checkpoint_mode"});
+  check.only_known(
+      document, "",
+      {"storage", "stacks", "components", "database", "checkpoint_mode", "restore_privileged"});
+  if (const auto it = document.find("restore_privileged"); it != document.end()) {
+    if (it->is_boolean()) {
+      config.restore_privileged = it->get<bool>();
+    } else {
+      check.add("restore_privileged", "must be true or false");
+    }
+  }
   parse_storage(check, document, own, config.storage);
   parse_checkpoint_mode(check, document, config.checkpoint);
   parse_database(check, document, config.database);
@@ -722,7 +730,8 @@ json to_redacted_json(const configuration& config) {
           {"stacks", config.stacks},
           {"components", std::move(components)},
           {"database", std::move(database)},
-          {"checkpoint_mode", config.checkpoint == checkpoint_mode::freeze ? "freeze" : "stop"}};
+          {"checkpoint_mode", config.checkpoint == checkpoint_mode::freeze ? "freeze" : "stop"},
+          {"restore_privileged", config.restore_privileged}};
 }
 
 json problems_to_json(const std::vector<problem>& problems) {

@@ -73,6 +73,9 @@ struct configuration {
   storage_config storage;
   checkpoint_mode checkpoint = checkpoint_mode::stop;  // "checkpoint_mode": "stop" | "freeze"
   database_config database;
+  // "restore_privileged": a checkpoint downloaded from the store keeps the set-id bits and
+  // security.* xattrs (file capabilities) its index names; off, they are dropped and counted.
+  bool restore_privileged = false;
   std::vector<std::string> stacks;  // canonical names, in the order given: "database", "web"
   std::map<std::string, component_config> components;
 };

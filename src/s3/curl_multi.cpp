@@ -42,19 +42,32 @@ curl_multi::~curl_multi() {
   }
 }
 
-int curl_multi::on_close(void* self_ptr, curl_socket_t fd) {
+// The three callbacks are noexcept: an exception must never unwind through curl's C frames
+// (that ends the process). What they cannot do fails the transfer, through curl.
+int curl_multi::on_close(void* self_ptr, curl_socket_t fd) noexcept {
   auto* self = static_cast<curl_multi*>(self_ptr);
   // Our watch on it (if any) ends before the descriptor number can be reused.
-  if (const auto it = self->watches_.find(fd); it != self->watches_.end()) {
-    it->second->gone = true;
-    it->second->descriptor.release();
-    self->watches_.erase(it);
+  try {
+    if (const auto it = self->watches_.find(fd); it != self->watches_.end()) {
+      it->second->gone = true;
+      it->second->descriptor.release();
+      self->watches_.erase(it);
+    }
+  } catch (...) {
   }
   return ::close(fd);
 }
 
-int curl_multi::on_socket(CURL*, curl_socket_t fd, int what, void* self_ptr, void*) {
-  auto* self = static_cast<curl_multi*>(self_ptr);
+int curl_multi::on_socket(CURL*, curl_socket_t fd, int what, void* self_ptr, void*) noexcept {
+  try {
+    return static_cast<curl_multi*>(self_ptr)->watch_socket(fd, what);
+  } catch (...) {
+    return -1;  // curl fails the transfers on this socket
+  }
+}
+
+int curl_multi::watch_socket(curl_socket_t fd, int what) {
+  curl_multi* self = this;
   auto it = self->watches_.find(fd);
   if (what == CURL_POLL_REMOVE) {
     if (it != self->watches_.end()) {
@@ -90,7 +103,7 @@ void curl_multi::arm(const std::shared_ptr<watch>& w) {
     wait(asio::posix::stream_descriptor::wait_write, w->writing, CURL_CSELECT_OUT);
 }
 
-int curl_multi::on_timer(CURLM*, long timeout_ms, void* self_ptr) {
+int curl_multi::on_timer(CURLM*, long timeout_ms, void* self_ptr) noexcept try {
   auto* self = static_cast<curl_multi*>(self_ptr);
   self->timer_.cancel();
   if (timeout_ms < 0) return 0;
@@ -100,6 +113,8 @@ int curl_multi::on_timer(CURLM*, long timeout_ms, void* self_ptr) {
     if (!ec) self->action(CURL_SOCKET_TIMEOUT, 0);
   });
   return 0;
+} catch (...) {
+  return -1;
 }
 
 void curl_multi::action(curl_socket_t fd, int events) {

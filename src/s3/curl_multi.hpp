@@ -33,9 +33,11 @@ class curl_multi {
     bool finished = false;
   };
 
-  static int on_socket(CURL* easy, curl_socket_t fd, int what, void* self, void* socket_data);
-  static int on_timer(CURLM* multi, long timeout_ms, void* self);
-  static int on_close(void* self, curl_socket_t fd);
+  static int on_socket(CURL* easy, curl_socket_t fd, int what, void* self,
+                       void* socket_data) noexcept;
+  static int on_timer(CURLM* multi, long timeout_ms, void* self) noexcept;
+  static int on_close(void* self, curl_socket_t fd) noexcept;
+  int watch_socket(curl_socket_t fd, int what);
   void arm(const std::shared_ptr<watch>& w);
   void action(curl_socket_t fd, int events);
   void collect();

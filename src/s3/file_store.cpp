@@ -623,6 +623,7 @@ class file_store final : public object_store {
     co_return co_await blocking([&] {
       auto object = open_for_reading(path, key);
       if (!object) throw no_such_key(key);
+      check_version(range, object->st, key);
       const auto [offset, length] =
           resolve_range(range, static_cast<std::uint64_t>(object->st.st_size), key);
       std::string body(length, '\0');
@@ -653,6 +654,7 @@ class file_store final : public object_store {
       }
       auto object = open_for_reading(path, key);
       if (!object) throw no_such_key(key);
+      check_version(range, object->st, key);
       const auto size = static_cast<std::uint64_t>(object->st.st_size);
       const auto [offset, length] = resolve_range(range, size, key);
       const std::string dir = to.has_parent_path() ? to.parent_path().string() : ".";
@@ -805,6 +807,16 @@ class file_store final : public object_store {
     if (options.if_none_match && !options.if_match.empty()) {
       throw error(400, "InvalidArgument", "if_none_match and if_match together can never hold",
                   key);
+    }
+  }
+
+  // A range read only from the version it names (byte_range::if_match): the inode opened is
+  // the one read, so the comparison holds for the whole read.
+  static void check_version(const std::optional<byte_range>& range, const struct stat& st,
+                            const std::string& key) {
+    if (range && !range->if_match.empty() && etag_of(st) != unquote(range->if_match)) {
+      throw precondition_failed(key, "the object's ETag is " + etag_of(st) + ", not " +
+                                         unquote(range->if_match) + " (if_match)");
     }
   }
 

@@ -11,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <asio/any_io_executor.hpp>
@@ -57,10 +58,20 @@ struct put_options {
   unsigned max_attempts = 0;  // 0: the store's (store_config::max_attempts)
 };
 
-// Inclusive byte range; `last` unset: to the end.
+// Inclusive byte range; `last` unset: to the end. The answer is checked: exactly the bytes
+// asked for (those that exist, when `last` is past the end), or an error, never other data.
 struct byte_range {
+  byte_range() = default;
+  byte_range(std::uint64_t first_byte, std::optional<std::uint64_t> last_byte = std::nullopt,
+             std::string version = {})
+      : first(first_byte), last(last_byte), if_match(std::move(version)) {}
+
   std::uint64_t first = 0;
   std::optional<std::uint64_t> last;
+  // Only from this version of the object (its ETag, as head() or a listing gave it): another
+  // version fails with "PreconditionFailed" (412), so that ranges read one after another never
+  // mix two versions. Empty: whichever version is there.
+  std::string if_match;
 };
 
 struct store_config {

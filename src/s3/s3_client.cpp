@@ -87,10 +87,21 @@ struct request {
   unsigned max_attempts = 0;  // 0: the store's
 };
 
+// Bodies of answers other than 2xx (error documents) are kept up to this size; the rest is
+// dropped, so that a misbehaving server cannot fill memory with an error page.
+constexpr std::size_t max_error_body = 1u << 20;
+
 struct response {
   long status = 0;
   std::string body;
   std::map<std::string, std::string> headers;  // lower-case names
+  // Filled by the callbacks while the transfer runs: the status line's code, the most body a
+  // 2xx answer may carry (0: no bound), and what a callback could not do (an exception must
+  // never cross curl's C frames: it is kept here, the transfer aborted, and it is rethrown
+  // once curl has returned).
+  long head_status = 0;
+  std::uint64_t body_limit = 0;
+  std::exception_ptr failure;
   std::string header(const std::string& name) const {
     const auto it = headers.find(name);
     return it == headers.end() ? std::string() : it->second;
@@ -102,7 +113,8 @@ struct upload_cursor {
   std::size_t at = 0;
 };
 
-std::size_t read_body(char* buffer, std::size_t size, std::size_t count, void* user) {
+// curl's callbacks: noexcept, whatever happens inside (see response::failure).
+std::size_t read_body(char* buffer, std::size_t size, std::size_t count, void* user) noexcept {
   auto* cursor = static_cast<upload_cursor*>(user);
   const std::size_t n = std::min(size * count, cursor->data.size() - cursor->at);
   std::memcpy(buffer, cursor->data.data() + cursor->at, n);
@@ -110,26 +122,77 @@ std::size_t read_body(char* buffer, std::size_t size, std::size_t count, void* u
   return n;
 }
 
-std::size_t write_body(char* data, std::size_t size, std::size_t count, void* user) {
-  static_cast<response*>(user)->body.append(data, size * count);
-  return size * count;
+std::size_t write_body(char* data, std::size_t size, std::size_t count, void* user) noexcept {
+  auto* answer = static_cast<response*>(user);
+  const std::size_t n = size * count;
+  try {
+    const bool success = answer->head_status >= 200 && answer->head_status < 300;
+    if (!success) {
+      if (answer->body.size() < max_error_body) {
+        answer->body.append(data, std::min(n, max_error_body - answer->body.size()));
+      }
+      return n;
+    }
+    if (answer->body_limit != 0 && answer->body.size() + n > answer->body_limit) {
+      throw error(
+          static_cast<int>(answer->head_status), "InvalidRangeResponse",
+          "more bytes than the range asked for (" + std::to_string(answer->body_limit) + ")");
+    }
+    answer->body.append(data, n);
+    return n;
+  } catch (...) {
+    answer->failure = std::current_exception();
+    return 0;  // curl aborts the transfer (CURLE_WRITE_ERROR)
+  }
 }
 
-std::size_t write_header(char* data, std::size_t size, std::size_t count, void* user) {
-  const std::string_view line(data, size * count);
-  const auto colon = line.find(':');
-  if (colon != std::string_view::npos) {
-    std::string_view value = line.substr(colon + 1);
-    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
-      value.remove_prefix(1);
-    while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
-      value.remove_suffix(1);
-    static_cast<response*>(user)->headers[lower(std::string(line.substr(0, colon)))] =
-        std::string(value);
-  } else if (line.starts_with("HTTP/")) {
-    static_cast<response*>(user)->headers.clear();  // a 100 Continue's or a redirect's headers
+std::size_t write_header(char* data, std::size_t size, std::size_t count, void* user) noexcept {
+  auto* answer = static_cast<response*>(user);
+  try {
+    const std::string_view line(data, size * count);
+    const auto colon = line.find(':');
+    if (line.starts_with("HTTP/")) {
+      answer->headers.clear();  // a 100 Continue's or a redirect's headers
+      const auto space = line.find(' ');
+      answer->head_status =
+          space == std::string_view::npos ? 0 : std::strtol(line.data() + space + 1, nullptr, 10);
+    } else if (colon != std::string_view::npos) {
+      std::string_view value = line.substr(colon + 1);
+      while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+        value.remove_prefix(1);
+      while (!value.empty() &&
+             (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
+        value.remove_suffix(1);
+      answer->headers[lower(std::string(line.substr(0, colon)))] = std::string(value);
+    }
+    return size * count;
+  } catch (...) {
+    answer->failure = std::current_exception();
+    return 0;  // curl aborts the transfer
   }
-  return size * count;
+}
+
+// "bytes FIRST-LAST/TOTAL" (TOTAL may be "*"); nullopt when malformed.
+std::optional<std::pair<std::uint64_t, std::uint64_t>> parse_content_range(std::string_view text) {
+  if (!text.starts_with("bytes ")) return std::nullopt;
+  text.remove_prefix(6);
+  const auto dash = text.find('-'), slash = text.find('/');
+  if (dash == std::string_view::npos || slash == std::string_view::npos || slash < dash) {
+    return std::nullopt;
+  }
+  auto number = [](std::string_view digits) -> std::optional<std::uint64_t> {
+    if (digits.empty() || digits.size() > 19) return std::nullopt;
+    std::uint64_t value = 0;
+    for (const char c : digits) {
+      if (c < '0' || c > '9') return std::nullopt;
+      value = value * 10 + std::uint64_t(c - '0');
+    }
+    return value;
+  };
+  const auto first = number(text.substr(0, dash));
+  const auto last = number(text.substr(dash + 1, slash - dash - 1));
+  if (!first || !last || *last < *first) return std::nullopt;
+  return std::pair{*first, *last};
 }
 
 class s3_client final : public object_store {
@@ -197,7 +260,8 @@ class s3_client final : public object_store {
       co_await for_each_parallel(
           starts.size(), ranges_in_flight, [&](std::size_t i) -> asio::awaitable<void> {
             const std::uint64_t last = std::min(end, starts[i] + range_size) - 1;
-            const std::string data = co_await get(key, byte_range{starts[i], last});
+            // One version only: a replaced object fails (412) instead of mixing two.
+            const std::string data = co_await get(key, byte_range{starts[i], last, info->etag});
             const std::uint64_t offset = starts[i] - first;
             co_await offload([&] {
               write_at(fd, data, offset);
@@ -434,16 +498,7 @@ class s3_client final : public object_store {
             part.has_body = true;
             etags[i] = unquote((co_await send(part)).header("etag"));
           });
-      const std::string body = complete_multipart_body(etags);
-      request done;
-      done.method = "POST";
-      done.key = full(key);
-      done.about = key;
-      done.query = {{"uploadId", upload_id}};
-      done.body = body;
-      done.has_body = true;
-      done.headers = {"Content-Type: application/xml"};
-      co_return parse_complete_multipart((co_await send(done)).body);
+      co_return co_await complete(key, upload_id, etags, size);
     } catch (...) {
       // Abort, best effort, so the parts do not linger in the bucket; then the real failure.
       const std::exception_ptr failure = std::current_exception();
@@ -455,6 +510,68 @@ class s3_client final : public object_store {
       abort_later(std::move(abort));
       std::rethrow_exception(failure);
     }
+  }
+
+  // CompleteMultipartUpload. S3 may answer 200 and report a failure in the body (<Error>): that
+  // is retried like a 5xx. A Complete whose 200 was lost and that is sent again finds the upload
+  // gone (404 NoSuchUpload): the object is then checked with HEAD, and one with the multipart
+  // ETag these parts give (or, where the parts' ETags are not MD5s, the file's size) is ours.
+  asio::awaitable<std::string> complete(const std::string& key, const std::string& upload_id,
+                                        const std::vector<std::string>& etags, std::uint64_t size) {
+    const std::string body = complete_multipart_body(etags);
+    request done;
+    done.method = "POST";
+    done.key = full(key);
+    done.about = key;
+    done.query = {{"uploadId", upload_id}};
+    done.body = body;
+    done.has_body = true;
+    done.headers = {"Content-Type: application/xml"};
+    asio::steady_timer pause(executor_);
+    std::chrono::milliseconds backoff(100);
+    for (unsigned attempt = 1;; ++attempt) {
+      std::optional<error> failed;
+      bool in_body = false;  // a 200 whose body says <Error>
+      try {
+        const response answer = co_await send(done);
+        in_body = true;
+        co_return parse_complete_multipart(answer.body);
+      } catch (const error& e) {
+        failed = e;
+      }
+      if (failed->status() == 404 && failed->code() == "NoSuchUpload") {
+        const std::optional<object_info> info = co_await head(key);
+        const std::string expected = multipart_etag(etags);
+        if (info && (expected.empty() ? info->size == size : info->etag == expected)) {
+          co_return info->etag;
+        }
+        throw *failed;
+      }
+      const unsigned limit = std::max(1u, config_.max_attempts);
+      if (!in_body || !failed->retryable() || attempt >= limit) throw *failed;
+      std::uniform_int_distribution<long> spread(0, backoff.count());
+      pause.expires_after(std::chrono::milliseconds(spread(jitter_)));
+      std::error_code ec;
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+    }
+  }
+
+  // The ETag S3 gives a multipart object: the MD5 of the parts' binary MD5s, "-", their count.
+  // Empty when a part's ETag is not an MD5 (then it cannot be predicted).
+  static std::string multipart_etag(const std::vector<std::string>& etags) {
+    std::string digests;
+    for (const std::string& etag : etags) {
+      const std::optional<std::string> bytes = etag.size() == 32 ? unhex(etag) : std::nullopt;
+      if (!bytes) return {};
+      digests += *bytes;
+    }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    lib::crypto().digest(digests.data(), digests.size(), digest, &length, lib::crypto().md5(),
+                         nullptr);
+    return hex(std::string_view(reinterpret_cast<const char*>(digest), length)) + "-" +
+           std::to_string(etags.size());
   }
 
   void abort_later(request r) {
@@ -529,7 +646,10 @@ class s3_client final : public object_store {
     // A ranged GET's size is known: growing the body 16 MiB at a time cost a quarter of a
     // download's CPU in copies and page faults.
     if (r.range && r.range->last && *r.range->last >= r.range->first) {
-      answer.body.reserve(static_cast<std::size_t>(*r.range->last - r.range->first + 1));
+      answer.body_limit = *r.range->last - r.range->first + 1;
+      // Reserved up to a bound: a range's size says what is asked, not what the object holds.
+      answer.body.reserve(
+          static_cast<std::size_t>(std::min<std::uint64_t>(answer.body_limit, 64u << 20)));
     }
     upload_cursor cursor{r.body};
     const std::string url =
@@ -571,6 +691,7 @@ class s3_client final : public object_store {
     if (r.range) {
       headers.push_back("Range: bytes=" + std::to_string(r.range->first) + "-" +
                         (r.range->last ? std::to_string(*r.range->last) : std::string()));
+      if (!r.range->if_match.empty()) headers.push_back("If-Match: \"" + r.range->if_match + "\"");
     }
     if (r.method == "HEAD") {
       lib::curl().easy_setopt(e, CURLOPT_NOBODY, 1L);
@@ -597,6 +718,7 @@ class s3_client final : public object_store {
     lib::curl().easy_setopt(e, CURLOPT_HTTPHEADER, list);
 
     const CURLcode result = co_await multi_.perform(e);
+    if (answer.failure) std::rethrow_exception(answer.failure);
     if (result != CURLE_OK) {
       const std::string code = result == CURLE_OPERATION_TIMEDOUT ? "Timeout"
                                : result == CURLE_COULDNT_CONNECT  ? "ConnectionFailed"
@@ -605,7 +727,10 @@ class s3_client final : public object_store {
                   r.about);
     }
     lib::curl().easy_getinfo(e, CURLINFO_RESPONSE_CODE, &answer.status);
-    if (answer.status >= 200 && answer.status < 300) co_return answer;
+    if (answer.status >= 200 && answer.status < 300) {
+      if (r.range) check_range(r, answer);
+      co_return answer;
+    }
     if (const auto body = parse_error(answer.body)) {
       throw error(static_cast<int>(answer.status), body->code, body->message, r.about);
     }
@@ -616,6 +741,35 @@ class s3_client final : public object_store {
                              : answer.status == 501 ? "NotImplemented"
                                                     : "HTTP" + std::to_string(answer.status);
     throw error(static_cast<int>(answer.status), code, answer.body.substr(0, 200), r.about);
+  }
+
+  // A ranged GET's 2xx must be 206 with a Content-Range that starts where asked and ends where
+  // asked (or at the object's end) and a body of that length: a 200 (the whole object, the
+  // range ignored) or anything else is an error, never data.
+  static void check_range(const request& r, const response& answer) {
+    auto wrong = [&](const std::string& why) {
+      return error(static_cast<int>(answer.status), "InvalidRangeResponse", why, r.about);
+    };
+    if (answer.status != 206) {
+      throw wrong("a ranged GET answered " + std::to_string(answer.status) + ", not 206");
+    }
+    const std::string header = answer.header("content-range");
+    const auto range = parse_content_range(header);
+    if (!range) throw wrong("a malformed Content-Range: \"" + header + "\"");
+    const std::string_view text = header;
+    const auto total_text = text.substr(text.find('/') + 1);
+    std::optional<std::uint64_t> total;
+    if (total_text != "*") total = std::strtoull(std::string(total_text).c_str(), nullptr, 10);
+    std::uint64_t expected_last = r.range->last.value_or(UINT64_MAX);
+    if (total && *total > 0) expected_last = std::min(expected_last, *total - 1);
+    if (range->first != r.range->first || (total && range->second != expected_last) ||
+        (!total && r.range->last && range->second != *r.range->last)) {
+      throw wrong("Content-Range \"" + header + "\" is not the range asked for");
+    }
+    if (answer.body.size() != range->second - range->first + 1) {
+      throw wrong("the body has " + std::to_string(answer.body.size()) +
+                  " bytes, its Content-Range says " + header);
+    }
   }
 
   asio::any_io_executor executor_;

@@ -10,6 +10,21 @@ config() {  # config KEY_PREFIX
   "stacks": ["database"]}' "$TEST_DIR" "$1"
 }
 store=$TEST_DIR/objects/env-bucket
+# object_of DIR PATH: the object file that holds PATH of the checkpoint uploaded to DIR
+# (files/<sha256>, found through manifest.json and the index it names).
+object_of() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+d, path = sys.argv[1], sys.argv[2]
+sha = json.load(open(d + "/manifest.json"))["store"]["index_sha256"]
+for e in json.load(open(d + "/index-" + sha + ".json")):
+    if e.get("path") == path:
+        print(d + "/files/" + e["sha256"])
+EOF
+}
+index_of() {  # index_of DIR: the index file of the checkpoint uploaded to DIR
+  python3 -c 'import json,sys; print(sys.argv[1] + "/index-" + json.load(open(sys.argv[1] + "/manifest.json"))["store"]["index_sha256"] + ".json")' "$1"
+}
 upload_is() {  # upload_is ID STATE: whether GET /checkpoints/ID says its upload is STATE
   [[ $(curl -s "$SM_URL/checkpoints/$1" |
     python3 -c 'import json,sys; u=json.load(sys.stdin).get("upload") or {}; print(u.get("state"))') == "$2" ]]
@@ -50,9 +65,10 @@ expect_status 200
 [[ -e $store/checkpoints/meta/manifest.json ]] || fail "release-lease answered before the upload ended"
 expect_json 'j["released"] is True'
 # The second name of the inode is not uploaded twice.
-[[ -e $store/checkpoints/meta/files/mount/sub/file ]] || fail "the linked file is not in the store"
-[[ ! -e $store/checkpoints/meta/files/mount/hard ]] || fail "a hard link's second name was uploaded again"
-python3 - "$store/checkpoints/meta/index.json" <<'EOF' || fail "the index does not describe the link"
+linked=$(object_of "$store/checkpoints/meta" mount/sub/file)
+[[ -n $linked && $(cat "$linked") == linked ]] || fail "the linked file is not in the store"
+[[ -z $(object_of "$store/checkpoints/meta" mount/hard) ]] || fail "a hard link's second name was uploaded again"
+python3 - "$(index_of "$store/checkpoints/meta")" <<'EOF' || fail "the index does not describe the link"
 import json, sys
 index = {e.get("path"): e for e in json.load(open(sys.argv[1]))}
 hard = index["mount/hard"]
@@ -63,11 +79,12 @@ sm_stop
 ((SM_EXIT == 0)) || fail "a exited $SM_EXIT"
 cd "$TEST_DIR"
 
-# --- Machine b (its own directory, the same bucket) restores it from the store.
+# --- Machine b (its own directory, the same bucket) restores it from the store, set-id bits
+# included (restore_privileged; checkpoint_distrust_test.sh covers the default).
 mkdir b
 cd b
 sm_start -- sleep 1000
-req POST /config -d "$(config "")"
+req POST /config -d "$(config "" | sed 's/^{/{"restore_privileged": true, /')"
 expect_status 200
 # Before any restore, b lists what a made: in the store only.
 req GET /checkpoints
@@ -108,12 +125,19 @@ if ((as_root)); then
   [[ $(stat -c %u:%g data/env/symlink) == 4321:8765 ]] || fail "the symlink's owner"
 fi
 # A checkpoint in the store whose index leads out of it (through a symlink it makes, or by an
-# entry of a type we do not know) is refused, and nothing is written outside.
+# entry of a type we do not know) is refused, and nothing is written outside. (In the layout
+# before hashes, format 1, whose downloads are still read: no "store" in the manifest,
+# index.json, files/<path>.)
 mkdir -p "$TEST_DIR/outside"
 for evil in through-link unknown-type; do
   mkdir -p "$store/checkpoints/$evil/files/mount"
-  sed "s/\"id\": \"meta\"/\"id\": \"$evil\"/" "$store/checkpoints/meta/manifest.json" \
-    >"$store/checkpoints/$evil/manifest.json"
+  python3 - "$store/checkpoints/meta/manifest.json" "$evil" >"$store/checkpoints/$evil/manifest.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["id"] = sys.argv[2]
+del m["store"]
+print(json.dumps(m))
+EOF
   echo pwn >"$store/checkpoints/$evil/files/mount/f"
 done
 cat >"$store/checkpoints/through-link/index.json" <<EOF
@@ -153,7 +177,7 @@ sm_start -- sleep 1000
 wait_until "the upload to be resumed" test -e "$store/c/checkpoints/retried/manifest.json"
 grep -q 'uploading it again' "$SM_LOG" || fail "no log line for the resumed upload"
 wait_until "the upload's status" upload_is retried done
-[[ $(cat "$store/c/checkpoints/retried/files/mount/file") == "retry me" ]] || fail "the resumed upload's file"
+[[ $(cat "$(object_of "$store/c/checkpoints/retried" mount/file)") == "retry me" ]] || fail "the resumed upload's file"
 sm_stop
 # The next start finds it in the store and says so, without uploading it again.
 sm_start -- sleep 1000
@@ -185,6 +209,6 @@ lease = os.stat(sys.argv[1] + "/lease.json").st_mtime_ns
 sys.exit(0 if lease >= manifest else 1)
 EOF
 for i in $(seq 1 24); do
-  cmp "data/env/big-$i" "$store/d/checkpoints/at-exit/files/mount/big-$i" || fail "big-$i in the store"
+  cmp "data/env/big-$i" "$(object_of "$store/d/checkpoints/at-exit" "mount/big-$i")" || fail "big-$i in the store"
 done
 log "ok"

@@ -102,7 +102,13 @@ fi
 # Each checkpoint goes up to the store in the background.
 wait_until "test2 in the store" sh -c "curl -s '$SM_URL/checkpoints/test2' | grep -q '\"state\":\"done\"'"
 [[ -e $TEST_DIR/objects/env-bucket/checkpoints/test2/manifest.json ]] || fail "no manifest in the store"
-[[ -e $TEST_DIR/objects/env-bucket/checkpoints/test2/files/mount/deep/er/blob ]] || fail "no blob in the store"
+python3 - "$TEST_DIR/objects/env-bucket/checkpoints/test2" <<'EOF' || fail "no blob in the store"
+import json, os, sys
+d = sys.argv[1]
+sha = json.load(open(d + "/manifest.json"))["store"]["index_sha256"]
+blob = [e for e in json.load(open(d + "/index-" + sha + ".json")) if e["path"] == "mount/deep/er/blob"]
+assert blob and os.path.exists(d + "/files/" + blob[0]["sha256"]), blob
+EOF
 
 # Restore test2: files and rows changed after it come back as they were, COMMAND restarts with a
 # new PID, the database is replicated again (a new generation).

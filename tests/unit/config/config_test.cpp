@@ -1063,3 +1063,23 @@ BOOST_AUTO_TEST_CASE(without_own_paths_only_the_root_and_dot_dot_are_refused) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_CASE(restore_privileged_defaults_to_false_and_round_trips) {
+  const cfg::parse_result plain = parse(minimal_file_store());
+  BOOST_REQUIRE(plain.config.has_value());
+  BOOST_TEST(!plain.config->restore_privileged);
+  BOOST_TEST(cfg::to_redacted_json(*plain.config).at("restore_privileged") == false);
+  json doc = minimal_file_store();
+  doc["restore_privileged"] = true;
+  const cfg::parse_result on = parse(doc);
+  BOOST_REQUIRE_MESSAGE(on.config.has_value(), all_paths(on));
+  BOOST_TEST(on.config->restore_privileged);
+  const cfg::parse_result again = parse(cfg::to_redacted_json(*on.config));
+  BOOST_REQUIRE_MESSAGE(again.config.has_value(), all_paths(again));
+  BOOST_TEST(again.config->restore_privileged);
+  for (const json& bad : {json("true"), json(1), json(nullptr)}) {
+    json d = minimal_file_store();
+    d["restore_privileged"] = bad;
+    expect_problem(d, "restore_privileged");
+  }
+}
