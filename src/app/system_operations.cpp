@@ -305,7 +305,7 @@ asio::awaitable<std::string> system::upload(std::string id) {
   } guard{uploading_, id};
   env_.set_upload_status(id, {{"state", "uploading"}, {"bytes", 0}, {"error", nullptr}});
   std::string failure;
-  bool cancelled = false;
+  bool cancelled = false, taken = false;
   std::uint64_t bytes = 0;
   try {
     const checkpoint::local_store local(env_.paths().checkpoints_dir());
@@ -317,12 +317,19 @@ asio::awaitable<std::string> system::upload(std::string id) {
   } catch (const checkpoint::upload_cancelled& e) {
     failure = e.what();
     cancelled = true;
+  } catch (const checkpoint::id_taken_remotely& e) {
+    // Another machine's checkpoint has this id in the store: never overwritten, and no retry
+    // would change that.
+    failure = e.what();
+    taken = true;
   } catch (const std::exception& e) {
     failure = e.what();
   }
   const char* state = failure.empty() ? "done" : cancelled ? "stopped" : "failed";
   if (cancelled) {
     log::warn("checkpoint upload stopped; it resumes at the next start", {{"id", id}});
+  } else if (taken) {
+    log::error("checkpoint not uploaded", {{"id", id}, {"error", failure}});
   } else if (!failure.empty()) {
     log::error("checkpoint upload failed; it is tried again", {{"id", id}, {"error", failure}});
     schedule_upload_retry();
