@@ -126,11 +126,14 @@ machine() {  # machine DIR ACCESS_JSON SECRET_JSON NAME=VALUE (the variable $env
   req GET / "${auth[@]}"
   no_secret_in "$dir: GET /" "$BODY_FILE"
   [[ -e $store/$dir/checkpoints/s1/manifest.json ]] || fail "$dir: the checkpoint is not in the store"
-  [[ -e $store/$dir/checkpoints/s1/files/config.json ]] ||
-    fail "$dir: the checkpoint's configuration is not in the store"
-  python3 - "$store/$dir/checkpoints/s1/files/config.json" <<'EOF' || fail "$dir: the checkpoint's configuration is not the redacted one"
-import json, sys
-c = json.load(open(sys.argv[1]))
+  # The store's objects are named by content (files/<sha256>): the index says which is the
+  # configuration.
+  python3 - "$store/$dir/checkpoints/s1" <<'EOF' || fail "$dir: the checkpoint's configuration in the store is not the redacted one"
+import glob, json, os, sys
+root = sys.argv[1]
+index = json.load(open(glob.glob(os.path.join(root, "index-*.json"))[0]))
+entry = next(e for e in index if e.get("path") == "config.json")
+c = json.load(open(os.path.join(root, "files", entry["sha256"])))
 assert c["storage"]["access_key"] == "***" and c["storage"]["secret_key"] == "***", c["storage"]
 assert c["components"]["worker"]["command"] == ["sleep", "1000"], c
 EOF
