@@ -31,7 +31,7 @@
 #include "checkpoint/copy_tree.hpp"
 #include "checkpoint/index.hpp"
 #include "checkpoint/local_store.hpp"
-#include "s3/dynamic.hpp"
+#include "s3/sha256.hpp"
 
 namespace sm::checkpoint {
 
@@ -65,60 +65,11 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> holes_of(const std::filesys
   return holes;
 }
 
-// SHA-256 in lower-case hex, by libcrypto (loaded on first use). Blocking: on a worker.
-class sha256_digest {
- public:
-  sha256_digest() : ctx_(s3::lib::crypto().md_ctx_new(), s3::lib::crypto().md_ctx_free) {
-    if (!ctx_ ||
-        s3::lib::crypto().digest_init(ctx_.get(), s3::lib::crypto().sha256(), nullptr) != 1) {
-      throw std::runtime_error("sha256: cannot initialise the digest");
-    }
-  }
-  void update(const void* data, std::size_t size) {
-    if (s3::lib::crypto().digest_update(ctx_.get(), data, size) != 1) {
-      throw std::runtime_error("sha256: digest update failed");
-    }
-  }
-  std::string hex_digest() {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int size = 0;
-    if (s3::lib::crypto().digest_final(ctx_.get(), digest, &size) != 1) {
-      throw std::runtime_error("sha256: digest final failed");
-    }
-    return hex(std::string_view(reinterpret_cast<const char*>(digest), size));
-  }
-
- private:
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_;
-};
-
-std::string sha256_of(std::string_view text) {
-  sha256_digest d;
-  d.update(text.data(), text.size());
-  return d.hex_digest();
-}
+std::string sha256_of(std::string_view text) { return s3::sha256_hex(text); }
 
 // The content's SHA-256 and size of the file at `path` (not following a symlink).
 std::pair<std::string, std::uint64_t> sha256_of_file(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) throw std::system_error(errno, std::generic_category(), "open " + path.string());
-  sha256_digest d;
-  std::vector<char> buffer(1 << 20);
-  std::uint64_t size = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int saved = errno;
-      ::close(fd);
-      throw std::system_error(saved, std::generic_category(), "read " + path.string());
-    }
-    if (n == 0) break;
-    d.update(buffer.data(), std::size_t(n));
-    size += std::uint64_t(n);
-  }
-  ::close(fd);
-  return {d.hex_digest(), size};
+  return s3::sha256_of_file(path, /*follow_symlinks=*/false);
 }
 
 // The object `key`, nullopt when absent, refused (index_error) when larger than `limit` or,

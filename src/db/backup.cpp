@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "db/database.hpp"
-#include "s3/dynamic.hpp"
+#include "s3/sha256.hpp"
 
 namespace sm::db {
 
@@ -175,36 +175,11 @@ std::optional<backup_result> clone(const std::filesystem::path& db,
 }
 
 std::string sha256_file(const std::filesystem::path& file) {
-  const auto& crypto = s3::lib::crypto();
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(crypto.md_ctx_new(), crypto.md_ctx_free);
-  if (!ctx || crypto.digest_init(ctx.get(), crypto.sha256(), nullptr) != 1) {
-    throw error("sha256: cannot initialise the digest");
+  try {
+    return s3::sha256_of_file(file).first;
+  } catch (const std::exception& e) {
+    throw error("sha256 of " + file.string() + ": " + e.what());
   }
-  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw error("sha256 of " + file.string() + ": " + std::strerror(errno));
-  std::vector<unsigned char> buffer(1 << 20);
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int saved = errno;
-      ::close(fd);
-      throw error("sha256 of " + file.string() + ": " + std::strerror(saved));
-    }
-    if (n == 0) break;
-    crypto.digest_update(ctx.get(), buffer.data(), std::size_t(n));
-  }
-  ::close(fd);
-  unsigned char digest[32];
-  unsigned int size = 0;
-  crypto.digest_final(ctx.get(), digest, &size);
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < size; ++i) {
-    out += hex[digest[i] >> 4];
-    out += hex[digest[i] & 15];
-  }
-  return out;
 }
 
 backup_result backup(const std::filesystem::path& db, const std::filesystem::path& to) {
