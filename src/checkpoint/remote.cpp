@@ -65,6 +65,9 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> holes_of(const std::filesys
   return holes;
 }
 
+// Deeper trees stay local (a checkpoint that deep is refused by the upload, not by its making).
+constexpr int max_upload_depth = 256;
+
 std::string sha256_of(std::string_view text) { return s3::sha256_hex(text); }
 
 // The content's SHA-256 and size of the file at `path` (not following a symlink).
@@ -210,6 +213,13 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
     std::map<std::pair<dev_t, ino_t>, std::string> first_name;
     for (auto it = std::filesystem::recursive_directory_iterator(root);
          it != std::filesystem::recursive_directory_iterator(); ++it) {
+      // The walk holds a descriptor per level and every entry's whole path: a tree thousands of
+      // levels deep (copied and restored fine here) would take the bulk worker for minutes and
+      // then fail. It is refused at once, saying why.
+      if (it.depth() >= max_upload_depth) {
+        throw std::runtime_error("checkpoint " + id + " is too deep to upload: more than " +
+                                 std::to_string(max_upload_depth) + " directory levels");
+      }
       struct stat st {};
       if (::lstat(it->path().c_str(), &st) != 0) continue;
       entry e;

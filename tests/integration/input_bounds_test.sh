@@ -15,9 +15,7 @@ else
 fi
 WORK=$PWD
 # Few descriptors: the walks hold a bounded number whatever the depth (the recursive ones held
-# one or two a level). It also makes the checkpoint's upload, whose walk of the store's files
-# holds one a level, give up on this tree at once instead of after minutes of path building
-# (it fails either way: its paths are far over any key's length).
+# one or two a level). The checkpoint's upload refuses a tree this deep at once, saying so.
 ulimit -n 512
 
 # Alive and answering.
@@ -168,6 +166,11 @@ req POST /checkpoint -d '{"id": "deep"}'
 expect_status 200
 expect_alive "after the checkpoint of a deep tree"
 deep_tree check tmp/checkpoints/deep/mount "$DEPTH" || fail "the checkpoint's tree differs"
+upload_refused() {
+  req GET /checkpoints/deep
+  python3 -c 'import json, sys; u = json.load(open(sys.argv[1]))["upload"]; sys.exit(0 if u["state"] == "failed" and "too deep to upload" in u["error"] else 1)' "$BODY_FILE"
+}
+wait_until "the deep checkpoint's upload refused" upload_refused
 
 # The restore sets the tree in place aside and removes it; the checkpoint's comes back.
 echo later >data/env/later
@@ -189,7 +192,7 @@ deep_tree check data/env "$DEPTH" || fail "the tree changed over the restart"
 # A deleted checkpoint goes whole (remove_all ran out of descriptors at this depth).
 deleted() {
   req DELETE /checkpoints/deep
-  [[ $STATUS == 200 ]]  # 409 while its upload (which a path this long fails) is at work
+  [[ $STATUS == 200 ]]  # 409 while an upload (retried) is at work
 }
 wait_until "the checkpoint deleted" deleted
 wait_until "the checkpoint's directory removed" test ! -e tmp/checkpoints/deep
