@@ -19,6 +19,8 @@ struct release_outcome {
   enum class kind {
     released,     // everything is in the store and the lease is free (or was not held)
     incomplete,   // `missing` is not in the store: the lease is kept, everything runs again
+    lost,         // the lease was lost while releasing: `missing` may not be in the store
+    starting,     // a configuration is being applied or the components are starting
     shutting_down,
   } outcome = kind::released;
   bool was_held = false;                              // released: this call freed it

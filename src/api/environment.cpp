@@ -187,8 +187,8 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
     if (!lease_->writable()) return "the lease is within its safety margin of expiry, not renewed";
     return {};
   });
+  lease_ = std::move(held);  // before the store it uses goes (a re-claim)
   lease_store_ = std::move(lease_store);
-  lease_ = std::move(held);
   const auto alive = alive_;
   lease_->on_expiry_near([this, alive] {
     if (!*alive) return;
@@ -367,6 +367,11 @@ asio::awaitable<bool> environment::claim_saved(std::function<bool()> stop) {
   std::chrono::seconds backoff(1);
   while (!stop() && !stopping_) {
     const std::optional<apply_result> refused = co_await claim(*config_);
+    if (!refused && stop()) {
+      // Told to stop while claiming (a release or a shut-down came meanwhile): given back.
+      co_await release_lease();
+      co_return false;
+    }
     if (!refused) {
       claim_error_.clear();
       if (backup_.state == "none") {

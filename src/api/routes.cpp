@@ -394,6 +394,15 @@ class api {
                               {"missing", std::move(out.missing)},
                               {"flushed", std::move(out.flushed)},
                               {"lease", env_.status()["lease"]}});
+      case kind::lost:
+        co_return json_error(409, "lease not held",
+                             {{"reason", system_.fenced()},
+                              {"released", false},
+                              {"missing", std::move(out.missing)},
+                              {"flushed", std::move(out.flushed)}});
+      case kind::starting:
+        co_return json_error(409,
+                             "the components are starting; release once they are up (GET / says)");
       case kind::shutting_down:
         co_return shutting_down();
     }

@@ -84,7 +84,11 @@ void system::begin() {
     asio::co_spawn(
         executor_,
         [this]() -> asio::awaitable<void> {
-          if (!co_await env_.claim_saved([this] { return shutting_down_; })) co_return;
+          // A release before the claim is had (a fenced machine) ends it: the lease, if it came
+          // meanwhile, is given back.
+          if (!co_await env_.claim_saved([this] { return shutting_down_ || !fenced_.empty(); })) {
+            co_return;
+          }
           co_await start_components(*env_.current());
           start_command();
           resume_uploads();
@@ -111,6 +115,11 @@ asio::awaitable<void> system::start_components(const config::configuration& conf
     log::info("stopping COMMAND to apply the configuration");
     co_await command_->stop(stop_reason::restore);
   }
+  starting_components_ = true;
+  struct done_guard {
+    bool& flag;
+    ~done_guard() { flag = false; }
+  } starting{starting_components_};
   components_ = make_components(executor_, reaper_, opts_, config, env_, prefixed_output_);
   components_made_ = true;
   for (auto& c : components_) watch(*c, part_changed::source::component);
@@ -230,9 +239,20 @@ asio::awaitable<api::release_outcome> system::release_lease() {
   // Already fenced (released before, or lost): there is nothing left to hand over from here;
   // what still runs (COMMAND outlives a loss) stops, writing nothing.
   if (!fenced_.empty()) {
-    out.flushed = co_await stop_all(stop_reason::release);
+    out.flushed = co_await stop_all(stop_reason::fence);
     co_return out;
   }
+  // Starting (a configuration applied, the database restoring): what starts next would outrun
+  // the release's stop.
+  if (starting_components_ || env_.applying()) {
+    out.outcome = kind::starting;
+    co_return out;
+  }
+  releasing_ = true;
+  struct done_guard {
+    bool& flag;
+    ~done_guard() { flag = false; }
+  } releasing{releasing_};
   // A checkpoint or restore under way finishes first: stopping underneath it could leave half
   // a swap, and its checkpoint is state to hand over too.
   co_await operations_.wait_idle(forever);
@@ -248,13 +268,25 @@ asio::awaitable<api::release_outcome> system::release_lease() {
   // uploads under way end on their own; what failed before is tried once more now.
   co_await uploads_.wait_idle(forever);
   if (env_.store() && fenced_.empty()) {
-    for (json& m : co_await upload_missing()) out.missing.push_back(std::move(m));
+    // Under a pass, as every upload: shut-down waits for it.
+    if (std::optional<gate::pass> uploading = uploads_.enter()) {
+      for (json& m : co_await upload_missing()) out.missing.push_back(std::move(m));
+    } else {
+      out.missing.push_back(
+          {{"part", "checkpoints"}, {"error", "not checked: " + uploads_.closed_why()}});
+    }
   }
   if (const std::string backup = env_.config_backup_problem(); !backup.empty()) {
     out.missing.push_back({{"part", "configuration backup"}, {"error", backup}});
   }
   if (!fenced_.empty()) {
-    // Lost while releasing: nothing more to do here.
+    // Lost while releasing: whatever is missing stays missing, and the lease is not ours.
+    out.outcome = kind::lost;
+    co_return out;
+  }
+  if (shutting_down_) {
+    // Shut-down began meanwhile: it finishes the hand-over (or says what it could not).
+    out.outcome = kind::shutting_down;
     co_return out;
   }
   if (!out.missing.empty()) {
@@ -264,6 +296,7 @@ asio::awaitable<api::release_outcome> system::release_lease() {
     log::error("release refused: part of the state is not in the store; keeping the lease",
                {{"missing", out.missing.dump()}});
     out.outcome = kind::incomplete;
+    releasing_ = false;  // the retries may be armed again
     co_await start_all(&stopped);
     if (std::find(stopped.begin(), stopped.end(), command_.get()) != stopped.end()) {
       start_command();
@@ -272,9 +305,10 @@ asio::awaitable<api::release_outcome> system::release_lease() {
     publish_state();
     co_return out;
   }
+  // Fenced first: nothing may start or write while the lease goes.
   uploads_.close("not uploaded: this machine released the lease");
-  out.was_held = co_await env_.release_lease();
   fence("this machine released the lease");
+  out.was_held = co_await env_.release_lease();
   co_return out;
 }
 

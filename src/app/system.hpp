@@ -181,6 +181,9 @@ class system final : public api::control, private checkpoint::host {
   // another's), and a loss or shut-down's bound cancels those under way between two objects.
   gate uploads_;
   std::set<std::string> uploading_;  // ids whose upload runs
+  // Ids another machine's checkpoint holds in the store: never uploaded, never retried, and not
+  // what a release waits for (there is nothing it could do about them).
+  std::set<std::string> taken_elsewhere_;
   bool resume_scanning_ = false;
   asio::steady_timer upload_retry_;  // armed while a retry waits (under a pass of uploads_)
   bool upload_retry_armed_ = false;
@@ -188,6 +191,10 @@ class system final : public api::control, private checkpoint::host {
 
   // Why this machine may no longer write to the store (released, lost); empty while it may.
   std::string fenced_;
+  // A release is at work: no upload retry is armed meanwhile (the release tries once more
+  // itself), and start_components is not (a release waits for neither).
+  bool releasing_ = false;
+  bool starting_components_ = false;
 };
 
 }  // namespace sm::app

@@ -329,6 +329,7 @@ asio::awaitable<std::string> system::upload(std::string id) {
   if (cancelled) {
     log::warn("checkpoint upload stopped; it resumes at the next start", {{"id", id}});
   } else if (taken) {
+    taken_elsewhere_.insert(id);
     log::error("checkpoint not uploaded", {{"id", id}, {"error", failure}});
   } else if (!failure.empty()) {
     log::error("checkpoint upload failed; it is tried again", {{"id", id}, {"error", failure}});
@@ -344,7 +345,7 @@ asio::awaitable<std::string> system::upload(std::string id) {
 }
 
 void system::resume_uploads() {
-  if (!env_.store() || resume_scanning_) return;
+  if (!env_.store() || resume_scanning_ || releasing_) return;
   std::optional<gate::pass> pass = uploads_.enter();
   if (!pass) return;
   resume_scanning_ = true;
@@ -368,7 +369,13 @@ asio::awaitable<json> system::upload_missing() {
     co_await offload(
         [&] { local = checkpoint::local_store(env_.paths().checkpoints_dir()).list(); });
     for (const auto& m : local) {
-      if (uploads_.closed() || !env_.store()) break;
+      if (uploads_.closed() || !env_.store()) {
+        // Not checked: a release must not take this for "everything is in the store".
+        missing.push_back({{"part", "checkpoints"},
+                           {"error", "not checked: " + (uploads_.closed() ? uploads_.closed_why()
+                                                                        : "no store")}});
+        break;
+      }
       if (uploading_.contains(m.id)) continue;  // a new checkpoint's upload of it runs already
       const checkpoint::remote_copy copy = co_await checkpoint::remote_copy_of(*env_.store(), m);
       if (copy == checkpoint::remote_copy::same) {
@@ -389,7 +396,8 @@ asio::awaitable<json> system::upload_missing() {
       if (uploads_.closed() || uploading_.contains(m.id)) continue;  // changed while we asked
       log::info("checkpoint not in the store; uploading it again", {{"id", m.id}});
       env_.set_upload_status(m.id, {{"state", "pending"}, {"bytes", 0}, {"error", nullptr}});
-      if (std::string failure = co_await upload(m.id); !failure.empty()) {
+      if (std::string failure = co_await upload(m.id);
+          !failure.empty() && !taken_elsewhere_.contains(m.id)) {
         missing.push_back({{"part", "checkpoint"}, {"id", m.id}, {"error", failure}});
       }
     }
@@ -402,7 +410,9 @@ asio::awaitable<json> system::upload_missing() {
 }
 
 void system::schedule_upload_retry() {
-  if (upload_retry_armed_ || !env_.store() || shutting_down_ || !fenced_.empty()) return;
+  if (upload_retry_armed_ || !env_.store() || shutting_down_ || !fenced_.empty() || releasing_) {
+    return;
+  }
   std::optional<gate::pass> pass = uploads_.enter();
   if (!pass) return;
   upload_retry_armed_ = true;

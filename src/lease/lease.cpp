@@ -375,7 +375,11 @@ asio::awaitable<void> lease::release() {
       // held it before (previous_owner()), and that its own local state may be stale.
       const std::string text = co_await store_.get(key);
       const std::optional<record> there = from_json(text);
-      if (there && there->owner == owner_) {
+      // Already expired: it shows us as the one before, and another owner may be writing it
+      // now (no compare-and-swap here to keep us from overwriting theirs). Left as it is.
+      if (there && there->owner == owner_ && there->expires_at <= system_clock::now()) {
+        // nothing to free
+      } else if (there && there->owner == owner_) {
         record freed = *there;
         freed.expires_at = system_clock::now();
         freed.counter = there->counter + 1;
