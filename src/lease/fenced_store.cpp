@@ -12,15 +12,26 @@ void fenced_store::allow(const std::string& key) const {
   }
 }
 
+void fenced_store::guard(s3::put_options& options) const {
+  // Asked again at every attempt and part (S3): a write that waited for a slot or retried past
+  // the lease's margin fails there instead of landing.
+  options.may_write = [may = may_write_, also = std::move(options.may_write)]() {
+    if (std::string why = may(); !why.empty()) return why;
+    return also ? also() : std::string();
+  };
+}
+
 asio::awaitable<std::string> fenced_store::put(std::string key, std::string body,
                                                s3::put_options options) {
   allow(key);
+  guard(options);
   co_return co_await inner_->put(std::move(key), std::move(body), std::move(options));
 }
 
 asio::awaitable<std::string> fenced_store::put_file(std::string key, std::filesystem::path file,
                                                     s3::put_options options) {
   allow(key);
+  guard(options);
   co_return co_await inner_->put_file(std::move(key), std::move(file), std::move(options));
 }
 

@@ -3,7 +3,9 @@
 // says so, and otherwise fails with s3::error 409 "LeaseNotHeld" without reaching the store.
 // DESIGN 3.2: nothing writes under the prefix unless the lease is held and not about to expire.
 // The fencing of the components stops the writers; this is the rule kept in one place, for the
-// write a fence does not reach in time (one under way when the lease went, a retry loop).
+// write a fence does not reach in time. A put is asked again before every attempt, part and
+// Complete (put_options::may_write), so one that queued or retried past the margin fails then;
+// a remove or copy is checked when it is called.
 // The lease itself writes through the inner store.
 #pragma once
 
@@ -46,6 +48,8 @@ class fenced_store final : public s3::object_store {
  private:
   // Throws the 409 when a write may not go.
   void allow(const std::string& key) const;
+  // Makes the store ask again before every attempt (put_options::may_write).
+  void guard(s3::put_options& options) const;
 
   std::unique_ptr<s3::object_store> inner_;
   std::function<std::string()> may_write_;

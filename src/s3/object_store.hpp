@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -56,6 +57,11 @@ struct put_options {
   std::string if_match;        // replace only this version (ETag); empty: unconditional
   std::string content_type = "application/octet-stream";
   unsigned max_attempts = 0;  // 0: the store's (store_config::max_attempts)
+  // Asked again before every attempt of the write (once it has a request slot), before each
+  // part of a multipart upload and before its Complete: a non-empty answer (why not) fails the
+  // write with 409 "LeaseNotHeld" there, never retried. Empty: always. (DESIGN 3.2: a write
+  // that queued or retried past the lease's safety margin must not land.)
+  std::function<std::string()> may_write;
 };
 
 // Inclusive byte range; `last` unset: to the end. The answer is checked: exactly the bytes

@@ -85,6 +85,8 @@ struct request {
   std::optional<byte_range> range;
   std::string about;          // the key to name in errors
   unsigned max_attempts = 0;  // 0: the store's
+  // A write's put_options::may_write, asked before every attempt; null: always.
+  const std::function<std::string()>* may_write = nullptr;
 };
 
 // Bodies of answers other than 2xx (error documents) are kept up to this size; the rest is
@@ -217,6 +219,7 @@ class s3_client final : public object_store {
     r.has_body = true;
     conditions(r, options);
     r.max_attempts = options.max_attempts;
+    if (options.may_write) r.may_write = &options.may_write;
     const response answer = co_await send(r);
     co_return unquote(answer.header("etag"));
   }
@@ -480,6 +483,8 @@ class s3_client final : public object_store {
     start.query = {{"uploads", ""}};
     start.has_body = true;
     start.headers = {"Content-Type: " + options.content_type};
+    const std::function<std::string()>* may_write = options.may_write ? &options.may_write : nullptr;
+    start.may_write = may_write;
     const std::string upload_id = parse_initiate_multipart((co_await send(start)).body);
     const std::size_t parts = static_cast<std::size_t>((size + part_size - 1) / part_size);
     std::vector<std::string> etags(parts);
@@ -496,9 +501,10 @@ class s3_client final : public object_store {
             part.query = {{"partNumber", std::to_string(i + 1)}, {"uploadId", upload_id}};
             part.body = data;
             part.has_body = true;
+            part.may_write = may_write;
             etags[i] = unquote((co_await send(part)).header("etag"));
           });
-      co_return co_await complete(key, upload_id, etags, size);
+      co_return co_await complete(key, upload_id, etags, size, may_write);
     } catch (...) {
       // Abort, best effort, so the parts do not linger in the bucket; then the real failure.
       const std::exception_ptr failure = std::current_exception();
@@ -517,7 +523,8 @@ class s3_client final : public object_store {
   // gone (404 NoSuchUpload): the object is then checked with HEAD, and one with the multipart
   // ETag these parts give (or, where the parts' ETags are not MD5s, the file's size) is ours.
   asio::awaitable<std::string> complete(const std::string& key, const std::string& upload_id,
-                                        const std::vector<std::string>& etags, std::uint64_t size) {
+                                        const std::vector<std::string>& etags, std::uint64_t size,
+                                        const std::function<std::string()>* may_write) {
     const std::string body = complete_multipart_body(etags);
     request done;
     done.method = "POST";
@@ -527,6 +534,7 @@ class s3_client final : public object_store {
     done.body = body;
     done.has_body = true;
     done.headers = {"Content-Type: application/xml"};
+    done.may_write = may_write;
     asio::steady_timer pause(executor_);
     std::chrono::milliseconds backoff(100);
     for (unsigned attempt = 1;; ++attempt) {
@@ -597,6 +605,12 @@ class s3_client final : public object_store {
         response answer;
         std::exception_ptr failure;
         try {
+          // Asked with the slot in hand: the wait for it may have outlasted the permission.
+          if (r.may_write) {
+            if (std::string why = (*r.may_write)(); !why.empty()) {
+              throw error(409, "LeaseNotHeld", "not written: " + why, r.about);
+            }
+          }
           answer = co_await attempt_once(r);
         } catch (...) {
           failure = std::current_exception();

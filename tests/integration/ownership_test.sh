@@ -199,4 +199,24 @@ expect_status 200
 expect_json 'j["location"] == "store"'
 sm_stop "$e_PID"
 sm_stop "$d_PID"
+
+# --- F releases while an upload the store refuses is still under way: 503, not a wait ---------
+# (the failing upload armed its retry while the release waited for the uploads, whose gate the
+# retry held: the release never answered, with everything stopped).
+P=in-flight/
+mkdir -p "$TEST_DIR/env-$P"
+truncate -s 1G "$TEST_DIR/env-$P/big"  # sparse: quick to copy, seconds to hash for the upload
+start f -- "${COMMAND[@]}"
+on f POST /config -d "$(config "$P")"
+expect_status 200
+wait_until "F's database to replicate" db_healthy f
+touch "$(prefix_dir "$P")checkpoints"
+on f POST /checkpoint -d '{"id": "c1"}'
+expect_status 200
+on f POST /release-lease
+expect_status 503
+expect_json '[m.get("id") for m in j["missing"] if m["part"] == "checkpoint"] == ["c1"]'
+expect_json 'j["lease"]["held"] is True'
+wait_until "F's database to run again" database_up f
+sm_stop "$f_PID"
 log "passed"

@@ -481,3 +481,21 @@ BOOST_AUTO_TEST_CASE(a_complete_whose_answer_was_lost_is_checked_with_head) {
   }
   std::filesystem::remove(file);
 }
+
+// DESIGN 3.2: a write is asked again before every attempt, so a retry that comes after the lease
+// went (or entered its safety margin) fails instead of landing.
+BOOST_AUTO_TEST_CASE(a_write_whose_permission_ends_is_not_retried) {
+  asio::io_context io;
+  fake_s3 fake(io, [](int, const http::request&) { return answer(503, error_xml("SlowDown")); });
+  auto store = s3::make_store(io.get_executor(), config_for(fake.port));
+  int asked = 0;
+  BOOST_TEST(run(io, fake, [&]() -> asio::awaitable<void> {
+               s3::put_options options;
+               options.may_write = [&asked] {
+                 return ++asked == 1 ? std::string() : std::string("the lease is not held");
+               };
+               co_await store->put(std::string("k"), std::string("v"), options);
+             }) == "LeaseNotHeld");
+  BOOST_TEST(fake.requests == 1);  // the first attempt went; the retry was refused
+  BOOST_TEST(asked == 2);
+}
