@@ -104,7 +104,7 @@ asio::awaitable<void> environment::pause(duration d) {
 }
 
 asio::awaitable<std::optional<environment::apply_result>> environment::claim(
-    const config::configuration& config) {
+    const config::configuration& config, std::function<bool()> stop) {
   using kind = apply_result::kind;
   const auto executor = co_await asio::this_coro::executor;
   s3::store_config sc;
@@ -134,7 +134,7 @@ asio::awaitable<std::optional<environment::apply_result>> environment::claim(
   bool logged_wait = false;
   for (;;) {
     std::optional<apply_result> failure;
-    if (stopping_) {
+    if (stopping_ || (stop && stop())) {
       failure.emplace(kind::storage_failed, "state-manager is shutting down");
       failure->store = apply_result::store_problem::shutting_down;
       failure->code = "ShuttingDown";
@@ -298,7 +298,7 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
   applying_ = true;
   std::optional<apply_result> refused;
   try {
-    refused = co_await claim(*parsed.config);
+    refused = co_await claim(*parsed.config, {});
   } catch (...) {
     applying_ = false;
     throw;
@@ -366,7 +366,7 @@ asio::awaitable<bool> environment::claim_saved(std::function<bool()> stop) {
   if (!config_ || store_) co_return store_ != nullptr;
   std::chrono::seconds backoff(1);
   while (!stop() && !stopping_) {
-    const std::optional<apply_result> refused = co_await claim(*config_);
+    const std::optional<apply_result> refused = co_await claim(*config_, stop);
     if (!refused && stop()) {
       // Told to stop while claiming (a release or a shut-down came meanwhile): given back.
       co_await release_lease();
@@ -381,6 +381,7 @@ asio::awaitable<bool> environment::claim_saved(std::function<bool()> stop) {
       }
       co_return true;
     }
+    if (stop()) break;  // told to stop while claiming: not a problem to report
     if (refused->message != claim_error_) {
       log::warn("cannot claim the environment's storage yet; retrying",
                 {{"error", refused->message}, {"code", refused->code}});

@@ -133,7 +133,9 @@ class environment {
   config::environment_lookup env_;
   std::optional<config::configuration> config_;
   bool applying_ = false;  // a POST /config is between validation and its answer
-  asio::awaitable<std::optional<apply_result>> claim(const config::configuration& config);
+  // `stop` (may be empty) ends a wait for the lease as shut-down does.
+  asio::awaitable<std::optional<apply_result>> claim(const config::configuration& config,
+                                                     std::function<bool()> stop);
   asio::awaitable<void> back_up_config(std::string document);
   // Waits `d`, or less if shut_down() is called meanwhile.
   asio::awaitable<void> pause(duration d);

@@ -87,6 +87,9 @@ void system::begin() {
           // A release before the claim is had (a fenced machine) ends it: the lease, if it came
           // meanwhile, is given back.
           if (!co_await env_.claim_saved([this] { return shutting_down_ || !fenced_.empty(); })) {
+            if (!fenced_.empty()) {
+              log::info("no longer claiming the environment's storage", {{"why", fenced_}});
+            }
             co_return;
           }
           co_await start_components(*env_.current());

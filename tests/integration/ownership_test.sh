@@ -219,4 +219,27 @@ expect_json '[m.get("id") for m in j["missing"] if m["part"] == "checkpoint"] ==
 expect_json 'j["lease"]["held"] is True'
 wait_until "F's database to run again" database_up f
 sm_stop "$f_PID"
+
+# --- G boots with a saved configuration and waits for H's lease; released, it stops claiming --
+# (it went on claiming, took the lease once H let go, and kept it while fenced).
+P=claiming/
+mkdir -p "$TEST_DIR/env-$P" "$TEST_DIR/g/tmp"
+start h
+on h POST /config -d "$(config "$P")"
+expect_status 200
+config "$P" >"$TEST_DIR/g/tmp/config.json"
+start g --wait-for-lease
+wait_until "G waiting for the lease" grep -q 'waiting for the lease' "$g_LOG"
+on g POST /release-lease
+expect_status 200
+expect_json 'j["released"] is False'
+wait_until "G to stop claiming" grep -q 'no longer claiming' "$g_LOG"
+sm_stop "$h_PID"
+start i
+on i POST /config -d "$(config "$P")"
+expect_status 200
+on g GET /
+expect_json 'j["lease"] is None or j["lease"]["held"] is False'
+sm_stop "$i_PID"
+sm_stop "$g_PID"
 log "passed"
