@@ -242,4 +242,35 @@ on g GET /
 expect_json 'j["lease"] is None or j["lease"]["held"] is False'
 sm_stop "$i_PID"
 sm_stop "$g_PID"
+
+# --- J is asked to release while its components are starting: 409, and nothing runs on -------
+# (the release answered 200 while POST /config went on starting the rest, COMMAND included,
+# after the lease was gone). A component not ready until the test says so holds the start.
+P=starting/
+mkdir -p "$TEST_DIR/env-$P"
+start j -- "${COMMAND[@]}"
+printf '{"storage": {"bucket": "env-bucket", "endpoint": "file://%s", "key_prefix": "%s",
+  "env_dir": "%s"}, "stacks": ["slow"], "components": {"slow": {"command": ["sleep", "100000"],
+  "ready_command": ["test", "-e", "%s"], "ready_timeout": "60s"}}}\n' \
+  "$OBJECTS" "$P" "$TEST_DIR/env-$P" "$TEST_DIR/j-go" >"$TEST_DIR/j-config.json"
+curl -s -o "$TEST_DIR/j-config-answer" -w '%{http_code}' -X POST --data-binary "@$TEST_DIR/j-config.json" \
+  "$j_URL/config" >"$TEST_DIR/j-config-status" &
+CONFIG_PID=$!
+STARTED_PIDS+=("$CONFIG_PID")
+wait_until "J's component starting" component_is j slow starting
+on j POST /release-lease
+expect_status 409
+expect_json '"starting" in j["error"]'
+touch "$TEST_DIR/j-go"
+wait "$CONFIG_PID" || true
+[[ $(cat "$TEST_DIR/j-config-status") == 200 ]] || fail "J's POST /config: $(cat "$TEST_DIR/j-config-status")"
+on j GET /
+expect_json 'j["lease"]["held"] is True and j["fenced"] is None and j["state"] == "running"'
+# Up now: the release goes through, and everything stops.
+on j POST /release-lease
+expect_status 200
+expect_json 'j["released"] is True'
+on j GET /
+expect_json 'j["process"]["state"] == "stopped" and j["components"]["slow"]["state"] == "stopped"'
+sm_stop "$j_PID"
 log "passed"
