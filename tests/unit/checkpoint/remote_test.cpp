@@ -158,3 +158,35 @@ BOOST_AUTO_TEST_CASE(a_download_with_a_damaged_object_commits_nothing) {
   BOOST_TEST(!fs::exists(m.b.path_of("v1")));
   BOOST_TEST(!fs::exists(m.b.partial_of("v1")));
 }
+
+// A download reads at most the size the index names: an object swapped for a far larger one is
+// never written whole to the disk (and what is read is still checked); an empty file needs no
+// object at all.
+BOOST_AUTO_TEST_CASE(a_download_reads_no_more_than_the_index_names) {
+  machines m;
+  build(m.a, sample("v1", 1), "12345");
+  std::ofstream(m.a.path_of("v1") / "mount" / "empty");  // after the commit: a plain file there
+  BOOST_TEST(run([&](auto executor) -> asio::awaitable<void> {
+               auto store = sm::s3::make_store(executor, m.config());
+               co_await upload(*store, m.a, "v1", {}, {});
+             }) == "ok");
+  const fs::path files = m.dir.dir / "objects" / "bkt" / "checkpoints" / "v1" / "files";
+  for (const auto& e : fs::recursive_directory_iterator(files)) {
+    if (!e.is_regular_file()) continue;
+    if (read(e.path()) == "12345") {
+      // The right bytes first, then 64 MiB more: only the first five are read.
+      std::ofstream out(e.path(), std::ios::app);
+      out << std::string(64u << 20, 'x');
+    } else if (e.file_size() == 0) {
+      fs::remove(e.path());  // the empty file's object: not needed
+    }
+  }
+  const std::string outcome = run([&](auto executor) -> asio::awaitable<void> {
+    auto store = sm::s3::make_store(executor, m.config());
+    co_await download(*store, m.b, "v1", download_options{});
+  });
+  BOOST_TEST(outcome == "ok");
+  BOOST_TEST(read(m.b.path_of("v1") / "mount" / "file") == "12345");
+  BOOST_TEST(fs::exists(m.b.path_of("v1") / "mount" / "empty"));
+  BOOST_TEST(fs::file_size(m.b.path_of("v1") / "mount" / "empty") == 0u);
+}
