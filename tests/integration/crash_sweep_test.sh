@@ -21,10 +21,12 @@
 # CRASH_POINTS_ONLY="a b" sweeps only those points (to show one failing on older code).
 source "$(dirname "$0")/harness.sh"
 
-# COMMAND: a process that ends once its parent is gone. A state-manager killed at a crash point
-# leaves its children behind (a real PID 1's death takes the container with it; a test's does
-# not), and the harness stops only the instances it started.
-COMMAND=(sh -c 'parent=$PPID; while kill -0 "$parent" 2>/dev/null; do sleep 0.2; done')
+# COMMAND: a process that ends once its parent state-manager is gone. A state-manager killed at a
+# crash point leaves its children behind (a real PID 1's death takes the container with it; a
+# test's does not), and the harness stops only the instances it started. The parent is checked
+# by name: one killed right after the spawn leaves the child reparented before it looks (its
+# parent then is init, which never goes).
+COMMAND=(sh -c 'parent=$PPID; while [ "$(cat /proc/$parent/comm 2>/dev/null)" = state-manager ]; do sleep 0.2; done')
 
 : "${CRASH_POINT_HEADER:?CRASH_POINT_HEADER must name src/base/crash_point.hpp}"
 mapfile -t POINTS < <(sed -n '/BEGIN crash points/,/END crash points/p' "$CRASH_POINT_HEADER" |
