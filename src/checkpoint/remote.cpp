@@ -69,8 +69,6 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> holes_of(const std::filesys
 // Deeper trees stay local (a checkpoint that deep is refused by the upload, not by its making).
 constexpr int max_upload_depth = 256;
 
-std::string sha256_of(std::string_view text) { return s3::sha256_hex(text); }
-
 // The content's SHA-256 and size of the file at `path` (not following a symlink).
 std::pair<std::string, std::uint64_t> sha256_of_file(const std::filesystem::path& path) {
   return s3::sha256_of_file(path, /*follow_symlinks=*/false);
@@ -263,7 +261,7 @@ asio::awaitable<std::uint64_t> upload(s3::object_store& store, const local_store
     if (local_manifest.empty()) throw std::runtime_error("checkpoint " + id + " has no manifest");
     // Here too: for 10,000 files, building and printing the index held the executor ~15 ms.
     index_text = index_to_text(entries);
-    manifest_text = remote_manifest_text(local_manifest, sha256_of(index_text), index_text.size());
+    manifest_text = remote_manifest_text(local_manifest, s3::sha256_hex(index_text), index_text.size());
   });
   if (index_text.size() > max_index_bytes) {
     throw std::runtime_error("checkpoint " + id +
@@ -409,7 +407,7 @@ asio::awaitable<download_result> download(s3::object_store& store, const local_s
   // Checked and read off the executor: the index of 10,000 files is a few MB of JSON.
   std::vector<entry> entries;
   co_await offload_bulk([&] {
-    if (m->format >= 2 && sha256_of(index_text) != m->index_sha256) {
+    if (m->format >= 2 && s3::sha256_hex(index_text) != m->index_sha256) {
       throw index_error("checkpoint " + id +
                         " in the store is damaged: its index does not match the manifest's hash");
     }

@@ -22,6 +22,7 @@
 #include "http/server.hpp"
 #include "lease/lease.hpp"
 #include "s3/object_store.hpp"
+#include "support/rethrow.hpp"
 
 using namespace sm;
 using namespace std::chrono_literals;
@@ -149,13 +150,7 @@ BOOST_AUTO_TEST_CASE(a_lease_write_passes_the_bulk_uploads_that_hold_every_slot)
       });
   io.run();
   sm::stop_offload_worker();
-  if (failure) {
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
-      BOOST_FAIL(std::string("exception: ") + e.what());
-    }
-  }
+  test_support::fail_on(failure);
   BOOST_TEST(all_held);
   BOOST_TEST(bulk_waiting);
   BOOST_TEST(fake.lease_arrived == 1);

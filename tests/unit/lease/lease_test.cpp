@@ -39,6 +39,7 @@
 #include "async/offload.hpp"
 #include "lease/lease.hpp"
 #include "s3/object_store.hpp"
+#include "support/rethrow.hpp"
 
 namespace fs = std::filesystem;
 namespace s3 = sm::s3;
@@ -267,13 +268,7 @@ struct scene {
     io.run();
     io.restart();
     sm::stop_offload_worker();
-    if (failure) {
-      try {
-        std::rethrow_exception(failure);
-      } catch (const std::exception& e) {
-        BOOST_FAIL(std::string("exception: ") + e.what());
-      }
-    }
+    test_support::fail_on(failure);
     BOOST_TEST(finished);
   }
 };

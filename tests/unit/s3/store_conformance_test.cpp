@@ -23,6 +23,7 @@
 #include "async/offload.hpp"
 #include "s3/object_store.hpp"
 #include "support/scratch_dir.hpp"
+#include "support/rethrow.hpp"
 
 using namespace sm::s3;
 namespace fs = std::filesystem;
@@ -68,13 +69,7 @@ void with_store(const std::string& name, Body body) {
       [&](std::exception_ptr e) { failure = e; });
   io.run();
   sm::stop_offload_worker();
-  if (failure) {
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
-      BOOST_FAIL(std::string("exception: ") + e.what());
-    }
-  }
+  test_support::fail_on(failure);
 }
 
 std::string random_bytes(std::size_t size, unsigned seed) {

@@ -19,6 +19,7 @@
 #include "async/offload.hpp"
 
 #include "support/scratch_dir.hpp"
+#include "support/rethrow.hpp"
 
 namespace test_support {
 
@@ -31,13 +32,7 @@ void run(Body body) {
   asio::co_spawn(io, body(io), [&](std::exception_ptr e) { failure = e; });
   io.run();
   sm::stop_offload_worker();
-  if (failure) {
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
-      BOOST_FAIL(std::string("exception: ") + e.what());
-    }
-  }
+  test_support::fail_on(failure);
 }
 
 inline std::string read_all(const std::filesystem::path& file) {
