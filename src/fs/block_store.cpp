@@ -1,0 +1,1 @@
+#include "fs/block_store.hpp"
