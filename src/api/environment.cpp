@@ -29,21 +29,6 @@ using json = nlohmann::json;
 
 namespace {
 
-// The first component named in `stacks` that this build has no implementation of: asking for
-// it is an honest 501, never a pretend start.
-std::optional<environment::apply_result> not_built_yet(const config::configuration& config) {
-  for (const std::string& stack : config.stacks) {
-    std::string message;
-    if (stack == config::filesystem_stack) {
-      message = "the filesystem component (FUSE over object storage) is not built yet";
-    } else {
-      continue;  // a component declared under "components": supervised
-    }
-    return environment::apply_result(environment::apply_result::kind::not_built, message, stack);
-  }
-  return std::nullopt;
-}
-
 // Where env_dir may not go: our own directories, relative ones as the working directory makes
 // them (taken once: state-manager never changes it).
 config::own_paths own_paths_of(const environment_paths& paths) {
@@ -274,7 +259,6 @@ environment::load_report environment::load_saved() {
     return set_aside("invalid configuration");
   }
   take_key_variables(*parsed.config);
-  if (auto missing = not_built_yet(*parsed.config)) return set_aside(missing->message);
   config_ = std::move(parsed.config);
   report.outcome = load_report::kind::loaded;
   return report;
@@ -292,7 +276,6 @@ asio::awaitable<environment::apply_result> environment::apply(const json& docume
     co_return invalid;
   }
   take_key_variables(*parsed.config);
-  if (auto missing = not_built_yet(*parsed.config)) co_return *missing;
 
   // The store must answer and the lease be ours before anything is saved.
   applying_ = true;

@@ -69,21 +69,18 @@ class environment {
       already_configured,
       busy,
       invalid,
-      not_built,
       failed,
       storage_failed,  // the store refused, did not answer, or shut-down began: `store`, code
       lease_held,      // another live owner (409): details name it
     } outcome;
     std::vector<config::problem> problems;  // invalid
-    std::string message;                    // not_built, failed, storage_failed, lease_held
-    std::string stack;                      // not_built: the component that is not built
+    std::string message;                    // failed, storage_failed, lease_held
     // storage_failed: why the store could not be claimed.
     enum class store_problem { refused, unreachable, shutting_down } store = store_problem::refused;
     std::string code;                  // storage_failed: the S3 error code
     std::string holder, holder_until;  // lease_held
 
-    explicit apply_result(kind k, std::string why = {}, std::string component = {})
-        : outcome(k), message(std::move(why)), stack(std::move(component)) {}
+    explicit apply_result(kind k, std::string why = {}) : outcome(k), message(std::move(why)) {}
   };
   // POST /config: validate, reach the store and take the lease, save atomically (mode 0600),
   // back the configuration up to the store, initialise the components. Nothing is saved

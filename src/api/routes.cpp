@@ -233,8 +233,6 @@ class api {
         co_return json_error(409, "a configuration is being applied");
       case kind::invalid:
         co_return json_response(400, config::problems_to_json(result.problems));
-      case kind::not_built:
-        co_return json_error(501, result.message, {{"stack", result.stack}});
       case kind::failed:
         co_return json_error(500, result.message);
       case kind::storage_failed: {

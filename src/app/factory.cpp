@@ -4,6 +4,7 @@
 
 #include "api/environment.hpp"
 #include "db/component.hpp"
+#include "fs/component.hpp"
 #include "supervisor/process_component.hpp"
 
 namespace sm::app {
@@ -20,6 +21,15 @@ std::vector<std::unique_ptr<supervisor::component>> make_components(
     made.push_back(std::make_unique<db::component>(executor, *env.store(),
                                                    opts.data_dir / "database.sqlite",
                                                    config.database, env.lease_taken_over()));
+  }
+  // The filesystem before the declared processes: they may live on it.
+  if (named(config::filesystem_stack) && env.store()) {
+    fs::component_settings settings;
+    settings.mountpoint = config.storage.env_dir;
+    settings.metadata = opts.data_dir / "filesystem" / "meta.sqlite";
+    settings.staging_dir = opts.data_dir / "filesystem" / "staging";
+    settings.cache_dir = opts.data_dir / "filesystem" / "cache";
+    made.push_back(std::make_unique<fs::component>(executor, *env.store(), std::move(settings)));
   }
   const supervisor::declared_defaults defaults{
       opts.restart_delay, opts.timeout_stop, opts.log_prefix, {output[0], output[1]}};

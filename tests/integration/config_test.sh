@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# POST /config and GET /config: validation with JSON paths, components not built
-# yet (501), saving to tmp/config.json (0600, unresolved {"$env"}), redaction, applied once.
+# POST /config and GET /config: validation with JSON paths, saving to tmp/config.json (0600,
+# unresolved {"$env"}), redaction, applied once.
 source "$(dirname "$0")/harness.sh"
 
 # A real S3 server: an http(s) endpoint is reached (and the lease taken) before anything is
@@ -67,22 +67,6 @@ req POST /config -d '{"storage": {"bucket": "bkt", "endpoint": "http://127.0.0.1
 expect_status 400
 [[ $BODY == *SM_TEST_UNSET_VARIABLE* ]] || fail "unset \$env variable not named: $BODY"
 expect_unconfigured 'unset $env'
-
-# Components that are not built in this stage: 501 with a JSON error, never a pretended success.
-dir_json=$(file_config | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["storage"]))')
-for stacks in '["filesystem"]' '["juicefs"]'; do
-  req POST /config -d "{\"storage\": $dir_json, \"stacks\": $stacks}"
-  expect_status 501
-  expect_json_response
-  expect_json 'isinstance(j["error"], str) and j["error"]'
-  expect_unconfigured "stacks $stacks"
-done
-# A declared component and a component not built yet: still 501, nothing started or saved.
-req POST /config -d "{\"storage\": $dir_json, \"stacks\": [\"web\", \"filesystem\"],
-  \"components\": {\"web\": {\"command\": [\"sleep\", \"100\"]}}}"
-expect_status 501
-expect_json_response
-expect_unconfigured "declared component with the filesystem"
 
 # The store must answer and accept us: an unreachable endpoint is 502, a wrong secret and a
 # missing bucket are 400 with the store's error code; nothing is saved.
