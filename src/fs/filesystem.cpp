@@ -355,6 +355,60 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     const std::uint64_t end = std::uint64_t(slice->chunk) * chunk_size + slice->pos + slice->len;
     const int err = meta.append_slices(ino, slice->chunk, {record}, end);
     if (err != 0) throw std::system_error(err, std::generic_category(), "append slices");
+    // Many small writes make many records, and every read paints them all: past a threshold
+    // the chunk is compacted in the background.
+    const std::size_t records = meta.chunk(ino, slice->chunk).size();
+    if (records >= compact_threshold && records % compact_threshold == 0) {
+      asio::co_spawn(executor, compact(ino, slice->chunk), asio::detached);
+    }
+  }
+
+  // Rewrites a fragmented chunk: each run of adjacent visible records becomes one new slice
+  // (holes stay holes), swapped in only if the chunk did not change meanwhile (it cannot: the
+  // file's lock is held throughout). The old slices lose their references.
+  static constexpr std::size_t compact_threshold = 100;
+  asio::awaitable<void> compact(inode_id ino, std::uint32_t chunk) {
+    auto self = shared_from_this();
+    try {
+      inode_state& s = state(ino);
+      auto guard = co_await locked(s.lock);
+      co_await finish_all(ino, s);
+      attributes a;
+      if (meta.getattr(ino, a) != 0) co_return;
+      const std::uint64_t chunk_start = std::uint64_t(chunk) * chunk_size;
+      if (a.size <= chunk_start) co_return;
+      const auto chunk_len =
+          static_cast<std::uint32_t>(std::min<std::uint64_t>(chunk_size, a.size - chunk_start));
+      const std::vector<slice_record> before = meta.chunk(ino, chunk);
+      const std::vector<slice_record> shown = visible(before, chunk_len);
+      std::vector<slice_record> after;
+      for (std::size_t i = 0; i < shown.size();) {
+        std::size_t j = i + 1;
+        while (j < shown.size() && shown[j].pos == shown[j - 1].pos + shown[j - 1].len) ++j;
+        if (j - i == 1) {
+          after.push_back(shown[i]);
+        } else {
+          const std::uint32_t pos = shown[i].pos;
+          const std::uint32_t len = shown[j - 1].pos + shown[j - 1].len - pos;
+          std::string data;
+          co_await read_range(ino, chunk_start + pos, len, data);
+          data.resize(len, '\0');
+          const std::uint64_t id = meta.new_slice_id();
+          for (const block_ref& b : blocks_of(id, len, block_size)) {
+            co_await blocks.stage(
+                b, std::span<const char>(data.data() + std::uint64_t(b.index) * block_size,
+                                         b.length));
+          }
+          after.push_back(slice_record{pos, id, len, 0, len});
+        }
+        i = j;
+      }
+      if (after.size() < before.size()) meta.replace_chunk(ino, chunk, before, after);
+      schedule_commit();
+    } catch (const std::exception& e) {
+      note_error("compact", ino, errno_of(e));
+    }
+    maybe_drop_if_unknown(ino);
   }
 
   asio::awaitable<void> finish_all(inode_id ino, inode_state& s) {
