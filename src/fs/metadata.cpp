@@ -201,6 +201,7 @@ struct metadata::impl {
   // Keyed by the SQL text's address: every statement is a literal at one place below.
   std::unordered_map<const char*, std::unique_ptr<statement>> statements;
   bool in_transaction = false;
+  bool lost_transaction = false;  // see begin_transaction
   counters count;        // mirrors the counters row; written back at each commit
   counters before_call;  // restored when a call's savepoint rolls back
   std::uint64_t next_slice = 0, slice_limit = 0;  // [next, limit) reserved and committed
@@ -250,7 +251,13 @@ struct metadata::impl {
   }
 
   void begin_transaction() {
-    if (in_transaction) return;
+    if (in_transaction && !sqlite3_get_autocommit(db)) return;
+    if (in_transaction) {
+      // SQLite rolled the group's transaction back on an error of a read: the calls before it
+      // are gone, so the commit that ends this group must fail rather than report them done.
+      lost_transaction = true;
+      load_counters();
+    }
     exec("BEGIN IMMEDIATE");
     in_transaction = true;
   }
@@ -260,6 +267,7 @@ struct metadata::impl {
   void abandon_transaction() noexcept {
     if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
     in_transaction = false;
+    lost_transaction = false;
     try {
       load_counters();
     } catch (...) {
@@ -270,6 +278,10 @@ struct metadata::impl {
   void commit() {
     if (!in_transaction) return;
     try {
+      if (lost_transaction || sqlite3_get_autocommit(db)) {
+        lost_transaction = false;
+        fail(db, SQLITE_IOERR, "the open transaction was rolled back by an earlier error");
+      }
       exec("UPDATE counters SET next_inode = ?1, used_bytes = ?2, inodes = ?3 WHERE id = 1",
            count.next_inode, count.used_bytes, count.inodes);
       exec("COMMIT");
@@ -1045,6 +1057,10 @@ int metadata::copy_range(inode_id from, std::uint64_t from_offset, inode_id to,
     }
     reference_changes changes;
     for (const auto& [index, records] : out) {
+      const bool only_holes = std::all_of(records.begin(), records.end(), [](const slice_record& r) {
+        return r.id == hole_slice;
+      });
+      if (only_holes && !m.raw_chunk(to, index)) continue;  // zeros over nothing: nothing to write
       m.append_to_chunk(to, index, records);
       count_references(changes, records, +1);
     }

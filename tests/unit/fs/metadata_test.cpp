@@ -753,6 +753,16 @@ BOOST_AUTO_TEST_CASE(copy_range_limits_and_errors) {
   BOOST_TEST(m->copy_range(f.ino, 0, f.ino, 50, 60) == EINVAL);  // overlapping
   BOOST_REQUIRE(m->copy_range(f.ino, 0, f.ino, 100, 50) == 0);   // same file, apart
   BOOST_TEST((read_byte(*m, f.ino, 120) == byte_source{id, 20}));
+  // Zeros copied over nothing write nothing.
+  const attributes sparse = make(root_inode, "sparse");
+  attribute_change c;
+  c.size = 2 * chunk_size;
+  attributes a;
+  BOOST_REQUIRE(m->setattr(sparse.ino, c, a) == 0);
+  const attributes empty = make(root_inode, "empty");
+  BOOST_REQUIRE(m->copy_range(sparse.ino, 10, empty.ino, 0, chunk_size) == 0);
+  BOOST_TEST(attr(empty.ino).size == chunk_size);
+  BOOST_TEST(m->chunk(empty.ino, 0).empty());
   const attributes d = dir(root_inode, "d");
   BOOST_TEST(m->copy_range(d.ino, 0, g.ino, 0, 1) == EISDIR);
   BOOST_TEST(m->copy_range(f.ino, 0, d.ino, 0, 1) == EISDIR);
