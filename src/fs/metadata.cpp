@@ -1078,6 +1078,12 @@ int metadata::copy_range(inode_id from, std::uint64_t from_offset, inode_id to,
 std::uint64_t metadata::new_slice_id() {
   impl& m = *impl_;
   if (m.next_slice < m.slice_limit) return m.next_slice++;
+  // The reservation must outlive a power loss, not only a crash of the process: blocks named by
+  // these ids may reach the object store before anything else is synced. Its commit runs with
+  // synchronous=FULL (the WAL synced at commit), which SQLite allows only outside a transaction,
+  // so the open group commits first.
+  m.commit();
+  m.exec_script("PRAGMA synchronous = FULL");
   std::uint64_t base = 0;
   try {
     m.begin_transaction();
@@ -1087,11 +1093,13 @@ std::uint64_t metadata::new_slice_id() {
       base = c.number(0);
     }
     m.exec("UPDATE counters SET next_slice = ?1 WHERE id = 1", base + slice_batch);
+    m.commit();
   } catch (...) {
     m.abandon_transaction();
+    sqlite3_exec(m.db, "PRAGMA synchronous = NORMAL", nullptr, nullptr, nullptr);
     throw;
   }
-  m.commit();  // the batch is ours only once this is durable
+  m.exec_script("PRAGMA synchronous = NORMAL");
   m.next_slice = base;
   m.slice_limit = base + slice_batch;
   return m.next_slice++;
