@@ -293,8 +293,12 @@ struct metadata::impl {
   }
 
   void rollback_call() noexcept {
-    if (sqlite3_get_autocommit(db)) {  // SQLite rolled the whole transaction back (I/O error)
+    if (sqlite3_get_autocommit(db)) {
+      // SQLite rolled the whole group back (disk full, I/O error): the group's earlier calls are
+      // gone too, so its commit must fail rather than let them be reported done.
       abandon_transaction();
+      in_transaction = true;
+      lost_transaction = true;
       return;
     }
     try {
