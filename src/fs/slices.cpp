@@ -161,8 +161,9 @@ bool parse_block_file_name(std::string_view name, block_ref& out) {
       if (!digit || ++part > 2) return false;
       digit = false;
     } else if (c >= '0' && c <= '9') {
-      if (parts[part] > (~0ull - 9) / 10) return false;
-      parts[part] = parts[part] * 10 + std::uint64_t(c - '0');
+      const std::uint64_t d = std::uint64_t(c - '0');
+      if (parts[part] > (~0ull - d) / 10) return false;  // exact: 2^64 - 1 still parses
+      parts[part] = parts[part] * 10 + d;
       digit = true;
     } else {
       return false;
