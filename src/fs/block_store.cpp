@@ -182,7 +182,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   unsigned uploading_ = 0;
   bool store_failing_ = false;  // the last upload attempt failed (retryably): no progress
   bool uploads_refused_ = false;  // a non-retryable failure (the lease is gone): uploads stopped
-  std::vector<std::string> unsynced_;  // staged since the last sync()
+  std::unordered_set<std::string> unsynced_;  // staged since the last sync(), still staged
   bool syncing_ = false;
   wakeup sync_done_;
 
@@ -428,7 +428,10 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     const auto from = staging_path(name), to = cache_path(name);
     std::uint64_t disk_bytes = disk_estimate(block.length);
     try {
+      // Synced first: a file in the cache is trusted as whole after a power cut, and this one
+      // may never have been (sync() is the writer's to call).
       co_await offload([&] {
+        fsync_path(from, O_RDONLY);
         struct stat st {};
         if (::stat(from.c_str(), &st) == 0) disk_bytes = std::uint64_t(st.st_blocks) * 512;
       });
@@ -454,6 +457,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       record_failure(std::string("move ") + from.string() + ": " + e.what());
     }
     staged_.erase(name);
+    unsynced_.erase(name);
     staging_bytes_ -= block.length;
     stats_.staging_bytes = staging_bytes_;
     stats_.staging_blocks = staged_.size();
@@ -577,8 +581,8 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   // Reads from a local file of the block: true when it was there.
   asio::awaitable<bool> read_local(const std::string& name, const block_ref& block,
                                    std::uint64_t offset, std::span<char> out, bool& counted) {
-    if (staged_.contains(name) || being_staged_.contains(name)) {
-      if (being_staged_.contains(name)) co_return false;  // not in place yet
+    if (being_staged_.contains(name)) co_return false;  // not in place yet
+    if (staged_.contains(name)) {
       auto fd = co_await open_block(name, staging_path(name));
       if (!fd) co_return false;  // moved on meanwhile: look again
       co_await read_fully(fd->get(), offset, out);
@@ -617,18 +621,22 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     if (out.empty()) co_return;
     const std::string name = block_file_name(block);
     const auto deadline = deadline_after(settings_.read_deadline);
+    auto pass = work_.enter();
+    if (!pass) throw std::system_error(EIO, std::generic_category(), "block store stopped");
     bool counted = false;  // as a hit or a miss
     for (int attempt = 0;; ++attempt) {
+      // Written right now: read once it is in place (stage() wakes progress_ either way).
+      while (being_staged_.contains(name) && !stopped_) {
+        co_await progress_.wait(clock::time_point::max());
+      }
       if (co_await read_local(name, block, offset, out, counted)) co_return;
       if (attempt >= lookup_attempts || stopped_) {
         throw std::system_error(EIO, std::generic_category(),
                                 "block " + name + " could not be read");
       }
-      if (being_staged_.contains(name)) {
-        co_await progress_.wait(clock::now() + std::chrono::milliseconds(10));
+      if (staged_.contains(name) || cache_.contains(name) || being_staged_.contains(name)) {
         continue;
       }
-      if (staged_.contains(name) || cache_.contains(name)) continue;
       if (!counted) {
         ++stats_.cache_misses;
         counted = true;
@@ -662,7 +670,8 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       throw std::invalid_argument("stage: " + std::to_string(data.size()) +
                                   " bytes for block " + block_file_name(block));
     }
-    if (stopped_) throw std::system_error(EIO, std::generic_category(), "block store stopped");
+    auto pass = work_.enter();
+    if (!pass) throw std::system_error(EIO, std::generic_category(), "block store stopped");
     const std::string name = block_file_name(block);
     if (staged_.contains(name) || being_staged_.contains(name) || cache_.contains(name)) {
       co_return;
@@ -697,7 +706,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     if (placed) {
       staged_.emplace(name, staged_block{block});
       stats_.staging_blocks = staged_.size();
-      unsynced_.push_back(name);
+      unsynced_.insert(name);
       upload_queue_.push_back(name);
       progress_.notify();  // a reader waiting for the file to be in place
       pump_uploads();
@@ -761,7 +770,8 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     while (syncing_) co_await sync_done_.wait(clock::time_point::max());
     syncing_ = true;
     std::vector<std::string> names;
-    names.swap(unsynced_);
+    names.assign(unsynced_.begin(), unsynced_.end());
+    unsynced_.clear();
     try {
       for (const auto& name : names) {
         if (!staged_.contains(name)) continue;  // up already
@@ -771,7 +781,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       co_await offload([&] { fsync_path(settings_.staging_dir, O_RDONLY | O_DIRECTORY); });
     } catch (...) {
       // Not synced: the next sync tries them again.
-      unsynced_.insert(unsynced_.begin(), names.begin(), names.end());
+      unsynced_.insert(names.begin(), names.end());
       syncing_ = false;
       sync_done_.notify();
       throw;
@@ -802,7 +812,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       staged_.emplace(f.name, staged_block{f.block});
       staging_bytes_ += f.block.length;
       upload_queue_.push_back(f.name);
-      unsynced_.push_back(f.name);
+      unsynced_.insert(f.name);
     }
     // The cache: oldest modification first is least recently used (the best order a scan can
     // give: atime is not reliable under relatime/noatime).

@@ -517,3 +517,25 @@ BOOST_FIXTURE_TEST_CASE(a_block_the_cache_cannot_admit_is_read_by_range, fixture
   BOOST_TEST(store.get_file_calls == 0);
   BOOST_TEST(names_in(cache()).empty());
 }
+
+BOOST_FIXTURE_TEST_CASE(staging_waits_for_uploads_while_they_progress, fixture) {
+  auto s = settings();
+  s.staging_size = block_length;  // one block at a time
+  auto& b = open(s);
+  for (std::uint32_t i = 0; i < 6; ++i) BOOST_TEST(stage(b, block(20, i)) == 0);
+  BOOST_TEST(b.stats().staging_bytes <= block_length);
+  BOOST_TEST(drain(b));
+  for (std::uint32_t i = 0; i < 6; ++i) BOOST_TEST(fs::exists(object(block(20, i))));
+  BOOST_TEST(b.stats().uploaded_blocks == 6u);
+}
+
+BOOST_FIXTURE_TEST_CASE(stop_leaves_staged_blocks_staged_and_ends_retries, fixture) {
+  store.puts_down = true;
+  auto& b = open(settings());
+  BOOST_TEST(stage(b, block(30)) == 0);
+  run_until([&] { return store.put_file_calls >= 1; });
+  stop(b);  // returns although the upload would retry for ever
+  BOOST_TEST(names_in(staging()) == std::vector<std::string>{"30_0_65536"});
+  BOOST_TEST(b.stats().staging_blocks == 1u);
+  opened.clear();
+}
