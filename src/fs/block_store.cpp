@@ -373,7 +373,13 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   }
 
   static asio::awaitable<void> upload(std::shared_ptr<impl> self, std::string name) {
-    co_await self->upload_one(name);
+    try {
+      co_await self->upload_one(name);
+    } catch (const std::exception& e) {
+      // Not expected (upload_one handles the store's and the disk's failures); the block stays
+      // staged for the next start rather than the slot being lost.
+      self->record_failure(std::string("upload ") + name + ": " + e.what());
+    }
     --self->uploading_;
     self->stats_.uploads_in_flight = self->uploading_;
     self->progress_.notify();
@@ -543,7 +549,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
                                   "block missing from the store: " + key);
         }
         failure = "read " + key + ": " + e.what();
-      } catch (const std::system_error& e) {
+      } catch (const std::exception& e) {
         failure = "read " + key + ": " + e.what();
       }
       record_failure(failure);
