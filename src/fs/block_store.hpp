@@ -42,6 +42,10 @@ struct block_store_settings {
   // A read of a block that is in neither staging nor the cache retries the store for this long
   // at most, then fails with EIO.
   std::chrono::milliseconds read_deadline{30000};
+  // An upload that failed (retryably) is tried again after this, doubling up to the max, until
+  // it succeeds or stop().
+  std::chrono::milliseconds upload_backoff_first{1000};
+  std::chrono::milliseconds upload_backoff_max{30000};
 };
 
 struct block_store_stats {
