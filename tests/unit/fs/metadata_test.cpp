@@ -166,6 +166,30 @@ BOOST_AUTO_TEST_CASE(make_node_creates_files_devices_and_directories) {
   BOOST_TEST(m->stats().inodes == 5u);
 }
 
+BOOST_AUTO_TEST_CASE(a_new_entry_moves_its_directory_s_mtime_and_ctime) {
+  const attributes d = dir(root_inode, "d");
+  age(d.ino);
+  time_value t = after(attr(d.ino).ctime);
+  make(d.ino, "f");
+  BOOST_TEST(!(attr(d.ino).mtime < t));
+  BOOST_TEST(!(attr(d.ino).ctime < t));
+  age(d.ino);
+  t = after(attr(d.ino).ctime);
+  attributes a;
+  BOOST_REQUIRE(m->make_symlink(d.ino, "l", "f", root_user, a) == 0);
+  BOOST_TEST(!(attr(d.ino).mtime < t));
+  BOOST_TEST(!(attr(d.ino).ctime < t));
+  age(d.ino);
+  t = after(attr(d.ino).ctime);
+  make(d.ino, "sub", S_IFDIR | 0700);
+  BOOST_TEST(!(attr(d.ino).mtime < t));
+  BOOST_TEST(attr(d.ino).nlink == 3u);
+  // A failed create leaves the directory alone.
+  age(d.ino);
+  BOOST_TEST(m->make_node(d.ino, "f", S_IFREG | 0644, 0, root_user, a) == EEXIST);
+  BOOST_TEST(attr(d.ino).mtime.sec == 2000);
+}
+
 BOOST_AUTO_TEST_CASE(make_node_errors) {
   const attributes f = make(root_inode, "f");
   attributes a;
