@@ -2,11 +2,13 @@
 #include <boost/test/unit_test.hpp>
 
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <time.h>
 
 #include <chrono>
+#include <csignal>
 #include <ctime>
 #include <cstdio>
 #include <map>
@@ -918,6 +920,42 @@ BOOST_AUTO_TEST_CASE(a_call_that_throws_undoes_only_itself) {
   reopen();
   BOOST_TEST(m->lookup(root_inode, "g", a) == 0);
   BOOST_TEST(a.ino == g.ino);
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_commit_undoes_the_whole_group_and_the_store_goes_on) {
+  make(root_inode, "kept");
+  m->commit();
+  const statistics before = m->stats();
+  // Writes past the WAL's present size fail (as a full disk would) while the group commits.
+  const auto wal = std::filesystem::path(file.string() + "-wal");
+  rlimit old_limit{};
+  BOOST_REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old_limit;
+  small.rlim_cur = std::filesystem::file_size(wal);
+  for (int i = 0; i < 3000; ++i) make(root_inode, "lost" + std::to_string(i));
+  BOOST_REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+  bool failed = false;
+  try {
+    m->commit();
+  } catch (const std::system_error&) {
+    failed = true;
+  }
+  BOOST_REQUIRE(::setrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+  std::signal(SIGXFSZ, old_handler);
+  BOOST_REQUIRE(failed);
+  BOOST_TEST(!m->in_transaction());
+  attributes a;
+  BOOST_TEST(m->lookup(root_inode, "lost0", a) == ENOENT);
+  BOOST_TEST(m->stats().inodes == before.inodes);
+  const attributes next = make(root_inode, "after");
+  m->commit();
+  reopen();
+  BOOST_TEST(m->lookup(root_inode, "kept", a) == 0);
+  BOOST_TEST(m->lookup(root_inode, "after", a) == 0);
+  BOOST_TEST(a.ino == next.ino);
+  BOOST_TEST(m->lookup(root_inode, "lost2999", a) == ENOENT);
+  BOOST_TEST(m->stats().inodes == before.inodes + 1);
 }
 
 BOOST_AUTO_TEST_CASE(slice_ids_are_never_handed_out_twice_even_across_a_crash) {
