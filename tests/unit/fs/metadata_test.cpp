@@ -958,6 +958,49 @@ BOOST_AUTO_TEST_CASE(a_failed_commit_undoes_the_whole_group_and_the_store_goes_o
   BOOST_TEST(m->stats().inodes == before.inodes + 1);
 }
 
+BOOST_AUTO_TEST_CASE(a_call_failing_for_the_disk_fails_its_whole_group) {
+  make(root_inode, "kept");
+  m->commit();
+  const statistics before = m->stats();
+  const auto wal = std::filesystem::path(file.string() + "-wal");
+  rlimit old_limit{};
+  BOOST_REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old_limit;
+  small.rlim_cur = std::filesystem::file_size(wal);
+  BOOST_REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+  // A group big enough that SQLite spills pages to the WAL before the commit: a call fails.
+  int failed_at = -1;
+  for (int i = 0; i < 50000 && failed_at < 0; ++i) {
+    attributes a;
+    try {
+      m->make_node(root_inode, "lost" + std::to_string(i), S_IFREG | 0644, 0, root_user, a);
+    } catch (const std::system_error&) {
+      failed_at = i;
+    }
+  }
+  bool commit_failed = false;
+  try {
+    m->commit();
+  } catch (const std::system_error&) {
+    commit_failed = true;
+  }
+  BOOST_REQUIRE(::setrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+  std::signal(SIGXFSZ, old_handler);
+  BOOST_TEST_MESSAGE("a call failed at " << failed_at);
+  BOOST_TEST(failed_at > 0);
+  BOOST_TEST(commit_failed);  // the calls before the failure are gone with it: not reported done
+  attributes a;
+  BOOST_TEST(m->lookup(root_inode, "lost0", a) == ENOENT);
+  BOOST_TEST(m->stats().inodes == before.inodes);
+  make(root_inode, "after");
+  m->commit();
+  reopen();
+  BOOST_TEST(m->lookup(root_inode, "kept", a) == 0);
+  BOOST_TEST(m->lookup(root_inode, "after", a) == 0);
+  BOOST_TEST(m->lookup(root_inode, "lost0", a) == ENOENT);
+}
+
 BOOST_AUTO_TEST_CASE(slice_ids_are_never_handed_out_twice_even_across_a_crash) {
   std::uint64_t last = 0;
   for (int i = 0; i < 1500; ++i) {  // past one reserved batch
