@@ -539,3 +539,19 @@ BOOST_FIXTURE_TEST_CASE(stop_leaves_staged_blocks_staged_and_ends_retries, fixtu
   BOOST_TEST(b.stats().staging_blocks == 1u);
   opened.clear();
 }
+
+BOOST_FIXTURE_TEST_CASE(a_full_disk_fails_stage_with_enospc_and_leaves_no_partial_file, fixture) {
+  auto& b = open(settings());
+  const block_ref r = block(50);
+  // The temporary file is /dev/full: every write to it fails with ENOSPC.
+  fs::create_symlink("/dev/full", staging() / "50_0_65536.tmp");
+  BOOST_TEST(stage(b, r) == ENOSPC);
+  BOOST_TEST(names_in(staging()).empty());
+  BOOST_TEST(b.stats().staging_bytes == 0u);
+  BOOST_TEST(b.stats().last_error.find("50_0_65536") != std::string::npos);
+  // Room again: the same block stages and goes up.
+  BOOST_TEST(stage(b, r) == 0);
+  BOOST_TEST(drain(b));
+  BOOST_TEST(fs::exists(object(r)));
+  BOOST_TEST(b.stats().last_error == "");
+}
