@@ -145,6 +145,10 @@ struct fixture {
   ~fixture() {
     for (auto& b : opened) stop(*b);
     opened.clear();
+    // Until nothing is left: after stop() no work may remain (else this never returns), and
+    // an offload's worker must have let go of the executor before the io_context goes.
+    io.restart();
+    io.run();
     ring.reset();
   }
 

@@ -167,6 +167,8 @@ int main(int argc, char** argv) {
               (unsigned long long)s.cache_hits, (unsigned long long)s.cache_misses);
   run([&]() -> asio::awaitable<void> { co_await blocks_store->stop(); });
   blocks_store.reset();
+  io.restart();
+  io.run();  // what is left (an offload's worker letting go of the executor) ends first
   ring.reset();
   sm::stop_offload_worker();
   return 0;
