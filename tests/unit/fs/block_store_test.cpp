@@ -559,3 +559,18 @@ BOOST_FIXTURE_TEST_CASE(a_full_disk_fails_stage_with_enospc_and_leaves_no_partia
   BOOST_TEST(fs::exists(object(r)));
   BOOST_TEST(b.stats().last_error == "");
 }
+
+BOOST_FIXTURE_TEST_CASE(an_uploaded_block_the_cache_cannot_admit_leaves_staging, fixture) {
+  auto s = settings();
+  s.cache_size = 4096;
+  auto& b = open(s);
+  const block_ref r = block(60);
+  BOOST_TEST(stage(b, r) == 0);
+  BOOST_TEST(drain(b));
+  BOOST_TEST(fs::exists(object(r)));
+  BOOST_TEST(names_in(staging()).empty());
+  BOOST_TEST(names_in(cache()).empty());
+  BOOST_TEST(b.stats().cache_bytes == 0u);
+  BOOST_TEST((read(b, r) == content_of(r)));
+  BOOST_TEST(store.get_calls == 1);
+}
