@@ -731,8 +731,11 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       if (!*fd) err = errno;
     });
     if (err != 0) {
+      const std::string what = "stage " + name + ": create " + temp.string() + ": " +
+                               std::generic_category().message(err);
+      record_failure(what);
       throw std::system_error(err == ENOSPC || err == EDQUOT ? ENOSPC : EIO,
-                              std::generic_category(), "create " + temp.string());
+                              std::generic_category(), what);
     }
     std::exception_ptr failure;
     try {
@@ -757,8 +760,8 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       try {
         std::rethrow_exception(failure);
       } catch (const std::system_error& e) {
-        const int code = e.code().value();
-        full = e.code().category() == std::generic_category() && (code == ENOSPC || code == EDQUOT);
+        full = e.code() == std::errc::no_space_on_device ||
+               e.code() == std::error_code(EDQUOT, std::generic_category());
         what += e.what();
       } catch (const std::exception& e) {
         what += e.what();

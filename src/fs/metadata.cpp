@@ -292,13 +292,18 @@ struct metadata::impl {
     }
   }
 
+  // The whole group is undone (SQLite gave it up on disk full or an I/O error, or its savepoint
+  // could not be rolled back): its earlier calls are gone too, so its commit must fail rather
+  // than let them be reported done.
+  void lose_transaction() noexcept {
+    abandon_transaction();
+    in_transaction = true;
+    lost_transaction = true;
+  }
+
   void rollback_call() noexcept {
     if (sqlite3_get_autocommit(db)) {
-      // SQLite rolled the whole group back (disk full, I/O error): the group's earlier calls are
-      // gone too, so its commit must fail rather than let them be reported done.
-      abandon_transaction();
-      in_transaction = true;
-      lost_transaction = true;
+      lose_transaction();
       return;
     }
     try {
@@ -306,7 +311,7 @@ struct metadata::impl {
       exec("RELEASE op");
       count = before_call;
     } catch (...) {
-      abandon_transaction();
+      lose_transaction();
     }
   }
 

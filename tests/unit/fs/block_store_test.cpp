@@ -145,6 +145,10 @@ struct fixture {
   ~fixture() {
     for (auto& b : opened) stop(*b);
     opened.clear();
+    // Until nothing is left: after stop() no work may remain (else this never returns), and
+    // an offload's worker must have let go of the executor before the io_context goes.
+    io.restart();
+    io.run();
     ring.reset();
   }
 
@@ -538,4 +542,35 @@ BOOST_FIXTURE_TEST_CASE(stop_leaves_staged_blocks_staged_and_ends_retries, fixtu
   BOOST_TEST(names_in(staging()) == std::vector<std::string>{"30_0_65536"});
   BOOST_TEST(b.stats().staging_blocks == 1u);
   opened.clear();
+}
+
+BOOST_FIXTURE_TEST_CASE(a_full_disk_fails_stage_with_enospc_and_leaves_no_partial_file, fixture) {
+  auto& b = open(settings());
+  const block_ref r = block(50);
+  // The temporary file is /dev/full: every write to it fails with ENOSPC.
+  fs::create_symlink("/dev/full", staging() / "50_0_65536.tmp");
+  BOOST_TEST(stage(b, r) == ENOSPC);
+  BOOST_TEST(names_in(staging()).empty());
+  BOOST_TEST(b.stats().staging_bytes == 0u);
+  BOOST_TEST(b.stats().last_error.find("50_0_65536") != std::string::npos);
+  // Room again: the same block stages and goes up.
+  BOOST_TEST(stage(b, r) == 0);
+  BOOST_TEST(drain(b));
+  BOOST_TEST(fs::exists(object(r)));
+  BOOST_TEST(b.stats().last_error == "");
+}
+
+BOOST_FIXTURE_TEST_CASE(an_uploaded_block_the_cache_cannot_admit_leaves_staging, fixture) {
+  auto s = settings();
+  s.cache_size = 4096;
+  auto& b = open(s);
+  const block_ref r = block(60);
+  BOOST_TEST(stage(b, r) == 0);
+  BOOST_TEST(drain(b));
+  BOOST_TEST(fs::exists(object(r)));
+  BOOST_TEST(names_in(staging()).empty());
+  BOOST_TEST(names_in(cache()).empty());
+  BOOST_TEST(b.stats().cache_bytes == 0u);
+  BOOST_TEST((read(b, r) == content_of(r)));
+  BOOST_TEST(store.get_calls == 1);
 }
