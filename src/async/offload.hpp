@@ -13,6 +13,9 @@
 
 namespace sm {
 
+// Capture by reference (`offload([&] {...})`): the caller's frame outlives the call. A lambda
+// that captures a std::string, a path or a shared_ptr by value, written inside the co_await
+// expression, has its captures destroyed twice by g++ 12 (a double free seen here).
 asio::awaitable<void> offload(std::function<void()> work);
 
 // The same on a second worker, for work that takes long: a checkpoint's or a restore's copy,

@@ -121,9 +121,11 @@ asio::awaitable<void> component::start() {
     bs.block_size = made->meta->settings().block_size;
     made->blocks = std::make_unique<block_store>(executor_, store_, *made->ring, bs);
     metadata* meta = made->meta.get();
-    co_await made->blocks->open([meta](std::uint64_t slice) {
+    // Named locals around co_await: g++ 12 mishandles temporaries in expressions there.
+    std::function<bool(std::uint64_t)> keep = [meta](std::uint64_t slice) {
       return meta->slice_referenced(slice);
-    });
+    };
+    co_await made->blocks->open(std::move(keep));
 
     stage = "mounting";
     filesystem_settings fss;
@@ -135,14 +137,16 @@ asio::awaitable<void> component::start() {
         std::make_unique<filesystem>(executor_, *made->meta, *made->blocks, std::move(fss));
     made->mount = std::make_unique<fuse_mount>(executor_, filesystem::operations(),
                                                made->operations.get());
-    co_await made->mount->mount(s.mountpoint, mount_options(s.mount_options));
+    std::vector<std::string> options = mount_options(s.mount_options);
+    std::filesystem::path at = s.mountpoint;
+    co_await made->mount->mount(std::move(at), std::move(options));
     const bool up = co_await made->operations->wait_initialized(mount_patience);
     if (!up) {
       throw std::runtime_error("the kernel did not initialise the mount within 60 s");
     }
     const std::string device = made->mount->device();
     if (!device.empty()) {
-      co_await offload([device] {
+      co_await offload([&] {
         const std::string knob = "/sys/class/bdi/" + device + "/read_ahead_kb";
         unique_fd fd(::open(knob.c_str(), O_WRONLY | O_CLOEXEC));
         const std::string value = std::to_string(readahead_kb);

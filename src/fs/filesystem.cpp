@@ -999,7 +999,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   asio::awaitable<void> sync_durably() {
     co_await blocks.sync();
     const std::string wal = meta.file().string() + "-wal";
-    co_await offload([wal] {
+    co_await offload([&] {
       unique_fd fd(::open(wal.c_str(), O_RDONLY | O_CLOEXEC));
       if (fd && ::fdatasync(fd.get()) != 0) {
         throw std::system_error(errno, std::generic_category(), "fdatasync " + wal);

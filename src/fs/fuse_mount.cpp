@@ -215,7 +215,7 @@ asio::awaitable<void> fuse_mount::unmount(std::chrono::milliseconds grace) {
     // A plain unmount first: it succeeds when nobody uses the file system, and the session
     // ends at once. Busy, it is detached instead, and served until its last user goes.
     const std::filesystem::path at = m->mountpoint;
-    co_await offload([at] {
+    co_await offload([&] {
       if (::umount2(at.c_str(), UMOUNT_NOFOLLOW) != 0 && errno == EBUSY) {
         ::umount2(at.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
       }
@@ -235,7 +235,7 @@ asio::awaitable<void> fuse_mount::unmount(std::chrono::milliseconds grace) {
   }
   // Closes the descriptor (a session still in use is cut off: its users see ENOTCONN) and
   // detaches the mount if it is still there.
-  co_await offload([m] {
+  co_await offload([&] {
     fuse_session_unmount(m->session);
     fuse_session_destroy(m->session);
     m->session = nullptr;
