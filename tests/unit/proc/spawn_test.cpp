@@ -32,10 +32,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-asio::awaitable<proc::child> start(proc::reaper& reaper, proc::spawn_request request) {
-  co_return co_await proc::spawn(reaper, std::move(request));
-}
-
 // g++ 12 miscompiles braced initializers in coroutines: requests are made here.
 template <class... Args>
 proc::spawn_request command(const Args&... args) {
@@ -93,7 +89,7 @@ BOOST_AUTO_TEST_CASE(a_missing_program_is_enoent_and_a_shell_would_say_127) {
   run_with_reaper([&](proc::reaper& reaper) -> asio::awaitable<void> {
     std::optional<std::error_code> error;
     try {
-      proc::child c = co_await start(reaper, command("/nonexistent/sm-no-such-program"));
+      proc::child c = co_await proc::spawn(reaper, command("/nonexistent/sm-no-such-program"));
     } catch (const std::system_error& e) {
       error = e.code();
     }
@@ -102,7 +98,7 @@ BOOST_AUTO_TEST_CASE(a_missing_program_is_enoent_and_a_shell_would_say_127) {
     BOOST_TEST(proc::exec_failure_status(error->value()) == 127);
     error.reset();
     try {
-      proc::child c = co_await start(reaper, command("sm-no-such-program-in-path"));
+      proc::child c = co_await proc::spawn(reaper, command("sm-no-such-program-in-path"));
     } catch (const std::system_error& e) {
       error = e.code();
     }
@@ -110,7 +106,7 @@ BOOST_AUTO_TEST_CASE(a_missing_program_is_enoent_and_a_shell_would_say_127) {
     BOOST_TEST(error->value() == ENOENT);
     error.reset();
     try {
-      proc::child c = co_await start(reaper, command(not_executable));
+      proc::child c = co_await proc::spawn(reaper, command(not_executable));
     } catch (const std::system_error& e) {
       error = e.code();
     }
@@ -126,7 +122,7 @@ BOOST_AUTO_TEST_CASE(environment_output_signals_and_group) {
   ::setenv("SM_SPAWN_TEST_SECRET", "hidden", 1);
   ::signal(SIGPIPE, SIG_IGN);
   run_with_reaper([](proc::reaper& reaper) -> asio::awaitable<void> {
-    proc::child c = co_await start(reaper, environment_report());
+    proc::child c = co_await proc::spawn(reaper, environment_report());
     BOOST_TEST_REQUIRE(c.output[0].has_value());
     asio::streambuf out;
     std::error_code ec;
@@ -145,7 +141,7 @@ BOOST_AUTO_TEST_CASE(environment_output_signals_and_group) {
 BOOST_AUTO_TEST_CASE(statuses_of_quick_children_are_never_stolen) {
   run_with_reaper([](proc::reaper& reaper) -> asio::awaitable<void> {
     for (int i = 0; i < 300; ++i) {
-      proc::child c = co_await start(reaper, command("/bin/sh", "-c", "exit 5"));
+      proc::child c = co_await proc::spawn(reaper, command("/bin/sh", "-c", "exit 5"));
       const proc::exit_status status = co_await reaper.wait(c);
       BOOST_TEST_REQUIRE(status.code == 5);
     }
@@ -168,7 +164,7 @@ BOOST_AUTO_TEST_CASE(the_executor_runs_on_while_an_exec_is_held) {
     asio::co_spawn(
         executor,
         [&]() -> asio::awaitable<void> {
-          proc::child c = co_await start(reaper, command(fs.program()));
+          proc::child c = co_await proc::spawn(reaper, command(fs.program()));
           status = co_await reaper.wait(c);
         },
         [](std::exception_ptr e) { test_support::fail_on(e); });
