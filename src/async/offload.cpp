@@ -18,8 +18,9 @@ namespace sm {
 
 namespace {
 std::mutex pool_mutex;
-// guarded by pool_mutex; each created on first use: [0] short calls, [1] bulk work
-std::unique_ptr<asio::thread_pool> pools[2];
+// guarded by pool_mutex; each created on first use: [0] short calls, [1] bulk work, [2] process
+// starts
+std::unique_ptr<asio::thread_pool> pools[3];
 
 // Every signal blocked on the calling thread while `start` runs: a thread started then inherits
 // the mask. Signals are the executor's to receive, through signalfd and signal_set, never a
@@ -78,6 +79,10 @@ asio::awaitable<void> offload(std::function<void()> work) {
 
 asio::awaitable<void> offload_bulk(std::function<void()> work) {
   return run_on(1, std::move(work));
+}
+
+asio::awaitable<void> offload_spawn(std::function<void()> work) {
+  return run_on(2, std::move(work));
 }
 
 asio::awaitable<void> offload_thread(std::function<void()> work) {

@@ -29,6 +29,14 @@ asio::awaitable<void> offload_bulk(std::function<void()> work);
 // without holding up the short calls.
 asio::awaitable<void> offload_thread(std::function<void()> work);
 
+// The same on a worker kept for starting processes (proc::spawn). A start waits for the new
+// program's exec (posix_spawn returns only then), and that exec may read a program, or search
+// PATH, on state-manager's own FUSE mount, which only the executor answers: so it runs here,
+// never on the executor, and never queued behind file work (a bulk copy, a long fsync) that
+// would hold a restart up. One long-lived thread rather than one a call: a child that asked for
+// PR_SET_PDEATHSIG gets that signal when the *thread* that started it ends.
+asio::awaitable<void> offload_spawn(std::function<void()> work);
+
 // Joins the workers; called once at shut-down, after the executor stopped.
 void stop_offload_worker();
 

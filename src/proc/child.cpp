@@ -13,7 +13,10 @@
 #include <system_error>
 
 #include <asio/redirect_error.hpp>
+#include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
+
+#include "async/offload.hpp"
 
 extern char** environ;
 
@@ -75,13 +78,15 @@ int exec_failure_status(int error) {
   return error == ENOENT || error == ENOTDIR ? 127 : 126;
 }
 
-child spawn(asio::any_io_executor executor, const spawn_request& request) {
+asio::awaitable<child> spawn(reaper& reaper, spawn_request request) {
   if (request.argv.empty() || request.argv.front().empty()) {
     throw std::system_error(ENOENT, std::generic_category(), "no command");
   }
+  const asio::any_io_executor executor = co_await asio::this_coro::executor;
   std::vector<char*> argv;
   for (const std::string& arg : request.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
+  // Our environment is read here, on the executor, where it is changed if ever.
   const std::vector<std::string> env_strings = child_environment(request);
   std::vector<char*> envp;
   for (const std::string& entry : env_strings) envp.push_back(const_cast<char*>(entry.c_str()));
@@ -114,22 +119,36 @@ child spawn(asio::any_io_executor executor, const spawn_request& request) {
     }
   }
   pid_t pid = 0;
-  // glibc's posix_spawnp uses clone(CLONE_VM|CLONE_VFORK): no page-table copy, whatever our
-  // size, and a failed exec comes back here as the error code.
-  const int error =
-      ::posix_spawnp(&pid, argv[0], &actions, &attributes.attr, argv.data(), envp.data());
-  if (error != 0) {
-    throw std::system_error(error, std::generic_category(), "cannot execute " + request.argv[0]);
+  int pidfd = -1;
+  reaper.start_began();
+  try {
+    // Its own worker: never the executor's thread (posix_spawnp blocks until the exec is done),
+    // never queued behind file work.
+    co_await sm::offload_spawn([&] {
+      // glibc's posix_spawnp uses clone(CLONE_VM|CLONE_VFORK): no page-table copy, whatever
+      // our size, and a failed exec comes back here as the error code.
+      const int error =
+          ::posix_spawnp(&pid, argv[0], &actions, &attributes.attr, argv.data(), envp.data());
+      if (error != 0) {
+        throw std::system_error(error, std::generic_category(),
+                                "cannot execute " + request.argv[0]);
+      }
+      // The child cannot have been reaped yet: the reaper puts reaping off while a start is
+      // in flight, and owners reap only their own children, through their pidfds.
+      pidfd = pidfd_open(pid);
+      if (pidfd < 0) {
+        const int e = errno;
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        throw std::system_error(e, std::generic_category(), "pidfd_open");
+      }
+    });
+  } catch (...) {
+    reaper.start_ended(0);
+    throw;
   }
-  // The child cannot have been reaped yet: only this thread reaps, and it is here.
-  const int fd = pidfd_open(pid);
-  if (fd < 0) {
-    const int e = errno;
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    throw std::system_error(e, std::generic_category(), "pidfd_open");
-  }
-  child started(pid, asio::posix::stream_descriptor(executor, fd));
+  reaper.start_ended(pid);
+  child started(pid, asio::posix::stream_descriptor(executor, pidfd));
   if (request.capture_output) {
     for (int i = 0; i < 2; ++i) {
       ::close(pipes[i][1]);  // the child's end: ours would keep the pipe open after it exits
@@ -138,7 +157,7 @@ child spawn(asio::any_io_executor executor, const spawn_request& request) {
       pipes[i][0] = -1;  // owned by the descriptor now
     }
   }
-  return started;
+  co_return started;
 }
 
 reaper::reaper(asio::any_io_executor executor) : sigchld_(executor, {SIGCHLD}) {}
@@ -156,7 +175,24 @@ asio::awaitable<void> reaper::run() {
   }
 }
 
+void reaper::start_ended(pid_t pid) {
+  if (pid > 0) {
+    // A status kept under this pid belongs to an earlier child, never awaited, whose pid was
+    // reused: this one cannot have been reaped yet.
+    handed_over_.erase(pid);
+    awaited_.insert(pid);
+  }
+  if (--starts_in_flight_ == 0 && reap_put_off_) {
+    reap_put_off_ = false;
+    reap_orphans();
+  }
+}
+
 void reaper::reap_orphans() {
+  if (starts_in_flight_ > 0) {
+    reap_put_off_ = true;
+    return;
+  }
   for (;;) {
     siginfo_t info{};
     if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG) != 0 || info.si_pid == 0) return;

@@ -55,11 +55,19 @@ class child {
   asio::posix::stream_descriptor pidfd_;
 };
 
+class reaper;
+
 // Starts a child in its own process group (so that signals reach its whole tree), with every
 // signal at its default disposition and none blocked, whatever state-manager itself does with
 // them. stdin, stdout and stderr are state-manager's own. Throws std::system_error carrying the
 // errno of the failed exec: ENOENT for a missing program, EACCES/ENOEXEC for one that cannot run.
-child spawn(asio::any_io_executor executor, const spawn_request& request);
+//
+// The start itself runs off the executor's thread (sm::offload_spawn) and is awaited:
+// posix_spawn returns only once the child has exec'd, and an exec of a program on
+// state-manager's own FUSE mount (or a PATH search through it) needs the executor to answer.
+// The child comes back registered with `reaper`: its exit status is kept for reaper.wait(c),
+// whenever that is called, and never counted as an orphan's.
+asio::awaitable<child> spawn(reaper& reaper, spawn_request request);
 
 // The exit status a shell reports for a program that could not be started: 127 when it was not
 // found, 126 when it was found but could not be executed.
@@ -90,7 +98,8 @@ class reaper {
     sigchld_.close();
   }
 
-  // Reaps every exited child that is not awaited through wait(), without blocking.
+  // Reaps every exited child that is not awaited through wait(), without blocking. While a
+  // start is in flight, later: when the last one in flight has ended (see below).
   void reap_orphans();
 
   std::size_t orphans_reaped() const { return orphans_reaped_; }
@@ -101,6 +110,16 @@ class reaper {
   std::unordered_map<pid_t, exit_status> handed_over_;  // reaped here for a wait()
   std::size_t orphans_reaped_ = 0;
   bool stopped_ = false;
+
+  // While a start is in flight (on another thread), the new child's pid is not known here yet:
+  // a waitid(P_ALL) could collect its exit (a program that ends at once) before it is
+  // registered, and count it as an orphan's. So reaping is put off until no start is in
+  // flight; a supervised child's exit is still collected at once, by its owner's pidfd.
+  friend asio::awaitable<child> spawn(reaper& reaper, spawn_request request);
+  void start_began() { ++starts_in_flight_; }
+  void start_ended(pid_t pid);  // pid: the child started, or 0 when the start failed
+  unsigned starts_in_flight_ = 0;
+  bool reap_put_off_ = false;
 };
 
 }  // namespace sm::proc

@@ -59,7 +59,7 @@ void supervised_process::set_state(state s) {
     return;
   }
   const state from = std::exchange(state_, s);
-  for (asio::steady_timer* waiter : waiters_) waiter->cancel();
+  wake_waiters();
   // The hook only observes (logs, events); its failure must not stop the supervision.
   if (on_transition) {
     try {
@@ -84,6 +84,26 @@ asio::awaitable<bool> supervised_process::wait_running(duration timeout) {
   co_return up();
 }
 
+void supervised_process::wake_waiters() {
+  for (asio::steady_timer* waiter : waiters_) waiter->cancel();
+}
+
+asio::awaitable<void> supervised_process::wait_until(std::function<bool()> done) {
+  asio::steady_timer wake(executor_, clock::time_point::max());
+  waiters_.push_back(&wake);
+  // Check, then wait, in one turn: a change cannot slip in between.
+  while (!done()) {
+    std::error_code ec;
+    co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  std::erase(waiters_, &wake);
+}
+
+proc::spawn_request supervised_process::request_for(const std::vector<std::string>& argv,
+                                                    bool capture_output) const {
+  return proc::spawn_request{argv, settings_.extra_env, settings_.unset_env, capture_output};
+}
+
 void supervised_process::fail_before_start(std::string why) {
   if (state_ != state::pending) return;  // stopped meanwhile (shut-down): nothing to fail
   record_error(std::move(why));
@@ -92,8 +112,7 @@ void supervised_process::fail_before_start(std::string why) {
 
 asio::awaitable<std::string> supervised_process::run_check(clock::time_point deadline) {
   try {
-    proc::child check =
-        proc::spawn(executor_, {settings_.ready_command, settings_.extra_env, settings_.unset_env});
+    proc::child check = co_await proc::spawn(reaper_, request_for(settings_.ready_command, false));
     // A check that hangs is killed (its whole group) at the deadline, or by stop().
     struct limit {
       asio::steady_timer timer;
@@ -110,6 +129,8 @@ asio::awaitable<std::string> supervised_process::run_check(clock::time_point dea
         },
         asio::detached);
     check_pid_ = check_pid;
+    // stop() came while it started, and kills only a check it knows of: no grace for a check.
+    if (stop_requested_) ::kill(-check_pid, SIGKILL);
     const proc::exit_status status = co_await reaper_.wait(check);
     check_pid_ = 0;
     bound->done = true;
@@ -202,9 +223,11 @@ asio::awaitable<void> supervised_process::run() {
     }
     leftover_group_ = 0;
     try {
-      proc::child child =
-          proc::spawn(executor_, {settings_.command, settings_.extra_env, settings_.unset_env,
-                                  !settings_.output_prefix.empty()});
+      // The start is awaited (its exec runs off the executor): stop() may come meanwhile, and
+      // waits for it to end (spawning_) to stop what it started.
+      spawning_ = true;
+      proc::child child = co_await proc::spawn(
+          reaper_, request_for(settings_.command, !settings_.output_prefix.empty()));
       std::erase_if(outputs_, [](const auto& w) { return w.expired(); });
       for (int i = 0; i < 2; ++i) {
         if (!child.output[i]) continue;
@@ -218,11 +241,16 @@ asio::awaitable<void> supervised_process::run() {
                        asio::detached);
       }
       pid_ = child.pid();
+      spawning_ = false;
+      wake_waiters();
       ++generation_;
       started_at_ = std::chrono::system_clock::now();
       started_steady_ = clock::now();
       last_error_.clear();
-      if (settings_.ready_command.empty()) {
+      if (stop_requested_) {
+        // stop() came while it started: it is `stopping`, and stop() stops it now that its pid
+        // is known.
+      } else if (settings_.ready_command.empty()) {
         set_state(state::running);
       } else {
         asio::co_spawn(executor_, await_readiness(generation_), asio::detached);
@@ -237,6 +265,8 @@ asio::awaitable<void> supervised_process::run() {
       // reason for this exit.
       if (state_ == state::running || state_ == state::degraded) last_error_.clear();
     } catch (const std::system_error& e) {
+      spawning_ = false;
+      wake_waiters();
       // Could not start it at all (missing, not executable): retrying the same exec cannot
       // help, so it ends for good with the status a shell would report (127 or 126).
       record_error(e.what());
@@ -326,6 +356,8 @@ asio::awaitable<void> supervised_process::stop() {
   }
   set_state(state::stopping);
   if (check_pid_ != 0) ::kill(-check_pid_, SIGKILL);  // a readiness check has no grace
+  // A start in flight: what it starts is stopped like the rest, once its pid is known.
+  co_await wait_until([this] { return !spawning_; });
   const pid_t group = pid_;
   if (group != 0) {
     const auto deadline = clock::now() + settings_.timeout_stop;
@@ -358,13 +390,9 @@ bool supervised_process::rearm() {
 }
 
 asio::awaitable<void> supervised_process::wait_final() {
-  asio::steady_timer wake(executor_, clock::time_point::max());
-  waiters_.push_back(&wake);
-  while (running_loop_ || (state_ != state::stopped && state_ != state::failed)) {
-    std::error_code ec;
-    co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-  }
-  std::erase(waiters_, &wake);
+  co_await wait_until([this] {
+    return !running_loop_ && (state_ == state::stopped || state_ == state::failed);
+  });
 }
 
 namespace {

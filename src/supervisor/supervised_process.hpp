@@ -169,7 +169,10 @@ class supervised_process {
 
  private:
   void set_state(state s);
-  asio::awaitable<void> wait_final();      // until run() returned and the state is final
+  void wake_waiters();  // every wait_until() checks its condition again
+  asio::awaitable<void> wait_until(std::function<bool()> done);
+  asio::awaitable<void> wait_final();  // until run() returned and the state is final
+  proc::spawn_request request_for(const std::vector<std::string>& argv, bool capture_output) const;
   void record_error(std::string message);  // last_error_, and the bounded history
   asio::awaitable<void> await_readiness(unsigned generation);
   asio::awaitable<void> watch_health(unsigned generation);
@@ -186,6 +189,7 @@ class supervised_process {
   bool stop_requested_ = false;
   bool running_loop_ = false;
   bool stop_started_ = false;  // the first stop() does the work; later ones wait for it
+  bool spawning_ = false;      // run()'s start of the process is in flight (pid_ not known yet)
   pid_t check_pid_ = 0;        // a ready_command running now, or 0
   pid_t leftover_group_ = 0;   // the last run's group, sent SIGTERM when its leader exited
   std::optional<wall_time> started_at_;
@@ -202,7 +206,7 @@ class supervised_process {
   bool breaker_open_ = false;                 // the circuit breaker gave up
   asio::steady_timer delay_;                  // the restart delay; cancelled by stop()
   asio::steady_timer exited_;                 // cancelled each time the process exits or run() ends
-  std::vector<asio::steady_timer*> waiters_;  // wait_running()s, woken on every change
+  std::vector<asio::steady_timer*> waiters_;  // wait_running()s, wait_until()s: woken on changes
   unsigned generation_ = 0;  // counts starts, so a readiness check knows its process
   std::vector<std::weak_ptr<asio::posix::stream_descriptor>> outputs_;  // being forwarded
 };
