@@ -89,10 +89,14 @@ ls -l "$mnt/test.txt" >/dev/null || fail "test.txt gone after a restart"
 [[ $(cat "$mnt/test.txt") == test ]] || fail "test.txt differs after a restart"
 
 # Concurrent access: ten writers at once, every file right.
-for i in {1..10}; do
-  echo "test$i" >"$mnt/test$i.txt" &
-done
-wait
+# (In a shell of its own: its `wait` then waits for the writers, not for state-manager.)
+(
+  cd "$mnt"
+  for i in {1..10}; do
+    echo "test$i" > ./test$i.txt &
+  done
+  wait
+)
 ls -l "$mnt"/test*.txt >/dev/null || fail "ls -l of the ten files"
 for i in {1..10}; do
   [[ $(cat "$mnt/test$i.txt") == "test$i" ]] || fail "test$i.txt reads '$(cat "$mnt/test$i.txt")'"
