@@ -491,7 +491,9 @@ std::string format_size(std::uint64_t bytes) {
 std::optional<std::uint64_t> size_value(checker& check, const json& value,
                                         const std::string& path) {
   std::optional<std::uint64_t> bytes;
-  if (value.is_number_unsigned()) {
+  // A document parsed from text holds non-negative integers as unsigned; one built in code
+  // may hold them as signed.
+  if (value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0)) {
     bytes = value.get<std::uint64_t>();
   } else if (value.is_number_integer()) {
     check.add(path, "must not be negative");
@@ -509,8 +511,8 @@ std::optional<std::uint64_t> size_value(checker& check, const json& value,
     size_parse_result parsed = parse_size(text);
     if (!parsed.bytes) {
       check.add(path, "invalid size \"" + checker::shown(text) + "\": " + parsed.problem +
-                          " (write bytes, or a number with a unit: \"4096\", \"512KiB\", "
-                          "\"4MiB\", \"1GiB\", \"1TB\")");
+                          "; write bytes, or a number with a unit: \"4096\", \"512KiB\", "
+                          "\"4MiB\", \"1GiB\", \"1TB\"");
       return std::nullopt;
     }
     bytes = parsed.bytes;
@@ -948,7 +950,7 @@ size_parse_result parse_size(std::string_view text) {
   if (digits == 0) return {std::nullopt, "must start with digits"};
   const std::string_view unit = text.substr(digits);
   if (!unit.empty() && (unit.front() == '.' || unit.front() == ',')) {
-    return {std::nullopt, "must be a whole number (no fraction)"};
+    return {std::nullopt, "must be a whole number"};
   }
   static constexpr struct {
     std::string_view name;
