@@ -787,6 +787,14 @@ const char* const vocabulary[] = {
     "",
     "x/y",
     "..",
+    "filesystem",
+    "cache_dir",
+    "cache_size",
+    "block_size",
+    "staging_size",
+    "mount_options",
+    "4MiB",
+    "ro",
 };
 
 json random_value(lcg& rng, int depth) {
