@@ -323,7 +323,8 @@ std::optional<std::string> env_dir_problem(std::string_view text,
   const own_paths own = own_dirs.value_or(own_paths{});
   std::optional<lexical_path> env_dir;
   if (auto why = path_shape_problem(
-          text, own, ": a checkpoint would copy the whole machine, a restore replace it", env_dir)) {
+          text, own, ": a checkpoint would copy the whole machine, a restore replace it",
+          env_dir)) {
     return why;
   }
   if (!own_dirs) return std::nullopt;
@@ -536,14 +537,13 @@ void parse_filesystem_sizes(checker& check, const json& spec, filesystem_config&
   bool block_size_known = true;
   if (spec.contains("block_size")) {
     const std::optional<std::uint64_t> block = given("block_size");
-    block_size_known = block && *block >= 64 * kib && *block <= 16 * mib &&
-                       (*block & (*block - 1)) == 0;
+    block_size_known =
+        block && *block >= 64 * kib && *block <= 16 * mib && (*block & (*block - 1)) == 0;
     if (block_size_known) {
       out.block_size = *block;
     } else if (block) {
       check.add("filesystem.block_size",
-                "must be a power of two from 64KiB to 16MiB (" + format_size(*block) +
-                    " is not)");
+                "must be a power of two from 64KiB to 16MiB (" + format_size(*block) + " is not)");
     }
   }
   const struct {
@@ -584,13 +584,14 @@ void parse_mount_options(checker& check, const json& spec, filesystem_config& ou
   const auto begin = std::begin(filesystem_mount_options);
   const auto end = std::end(filesystem_mount_options);
   std::string allowed;
-  for (auto it = begin; it != end; ++it) allowed += (allowed.empty() ? "" : ", ") + std::string(*it);
+  for (auto it = begin; it != end; ++it)
+    allowed += (allowed.empty() ? "" : ", ") + std::string(*it);
   for (std::size_t i = 0; i < options->size(); ++i) {
     const std::string& option = (*options)[i];
     const std::string path = checker::index("filesystem.mount_options", i);
     if (std::find(begin, end, option) == end) {
-      check.add(path, "unknown mount option \"" + checker::shown(option) + "\": allowed are " +
-                          allowed);
+      check.add(path,
+                "unknown mount option \"" + checker::shown(option) + "\": allowed are " + allowed);
       continue;
     }
     const auto earlier = options->begin() + static_cast<std::ptrdiff_t>(i);
@@ -620,7 +621,7 @@ void parse_filesystem_paths(checker& check, const json& spec,
   struct one_path {
     const char* key;
     std::filesystem::path& given;
-    std::filesystem::path in_data_dir;       // the default, when own_dirs is known
+    std::filesystem::path in_data_dir;      // the default, when own_dirs is known
     std::optional<lexical_path> effective;  // nullopt: unknown, or refused already
     bool defaulted = true;
   };
@@ -688,10 +689,10 @@ void parse_filesystem_paths(checker& check, const json& spec,
       if (!a.effective || !b.effective || (a.defaulted && b.defaulted)) continue;
       one_path& at = a.defaulted ? b : a;
       one_path& other = a.defaulted ? a : b;
-      const std::string named =
-          other.defaulted ? "the default " + std::string(other.key) + " (" +
-                                checker::shown(other.in_data_dir.string()) + ")"
-                          : "filesystem." + std::string(other.key);
+      const std::string named = other.defaulted
+                                    ? "the default " + std::string(other.key) + " (" +
+                                          checker::shown(other.in_data_dir.string()) + ")"
+                                    : "filesystem." + std::string(other.key);
       if (auto why = overlap_problem(*at.effective, *other.effective, named)) {
         check.add(checker::join("filesystem", at.key), *why);
       }
@@ -708,8 +709,8 @@ void parse_filesystem(checker& check, const json& doc, const std::optional<own_p
     return;
   }
   check.only_known(spec, "filesystem",
-                   {"cache_dir", "staging_dir", "metadata", "cache_size", "capacity",
-                    "block_size", "staging_size", "upload_concurrency", "mount_options"});
+                   {"cache_dir", "staging_dir", "metadata", "cache_size", "capacity", "block_size",
+                    "staging_size", "upload_concurrency", "mount_options"});
   parse_filesystem_sizes(check, spec, out);
   if (spec.contains("upload_concurrency")) {
     const json& n = spec["upload_concurrency"];
@@ -955,16 +956,9 @@ size_parse_result parse_size(std::string_view text) {
   static constexpr struct {
     std::string_view name;
     std::uint64_t factor;
-  } units[] = {{"", 1},
-               {"B", 1},
-               {"KiB", kib},
-               {"MiB", mib},
-               {"GiB", gib},
-               {"TiB", tib},
-               {"KB", 1000},
-               {"MB", 1000'000},
-               {"GB", 1000'000'000},
-               {"TB", 1000'000'000'000}};
+  } units[] = {
+      {"", 1},      {"B", 1},     {"KiB", kib},     {"MiB", mib},         {"GiB", gib},
+      {"TiB", tib}, {"KB", 1000}, {"MB", 1000'000}, {"GB", 1000'000'000}, {"TB", 1000'000'000'000}};
   for (const auto& [name, factor] : units) {
     if (unit != name) continue;
     if (overflow || number > UINT64_MAX / factor) return {std::nullopt, "is too large"};
@@ -988,10 +982,9 @@ parse_result parse(const json& document, const environment_lookup& env,
     return result;
   }
   configuration config;
-  check.only_known(
-      document, "",
-      {"storage", "stacks", "components", "database", "filesystem", "checkpoint_mode",
-       "restore_privileged"});
+  check.only_known(document, "",
+                   {"storage", "stacks", "components", "database", "filesystem", "checkpoint_mode",
+                    "restore_privileged"});
   if (const auto it = document.find("restore_privileged"); it != document.end()) {
     if (it->is_boolean()) {
       config.restore_privileged = it->get<bool>();

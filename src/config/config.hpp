@@ -77,9 +77,9 @@ inline constexpr std::uint64_t tib = 1024 * gib;
 // storage.env_dir, and never overlaps env_dir (the mount), state-manager's own directories, or
 // the other two.
 struct filesystem_config {
-  std::filesystem::path cache_dir;    // empty: <data_dir>/filesystem/cache
-  std::filesystem::path staging_dir;  // empty: <data_dir>/filesystem/staging
-  std::filesystem::path metadata;     // empty: <data_dir>/filesystem/meta.sqlite
+  std::filesystem::path cache_dir;     // empty: <data_dir>/filesystem/cache
+  std::filesystem::path staging_dir;   // empty: <data_dir>/filesystem/staging
+  std::filesystem::path metadata;      // empty: <data_dir>/filesystem/meta.sqlite
   std::uint64_t cache_size = 1 * gib;  // at least 2 × block_size: the cache's bound on disk
   std::uint64_t capacity = 1 * tib;    // at least 1 MiB: the size `df` shows
   // A power of two from 64 KiB to 16 MiB; a filesystem keeps the one it was made with.
@@ -105,8 +105,12 @@ struct filesystem_config {
 
 // The FUSE mount options "filesystem.mount_options" may name.
 inline constexpr std::string_view filesystem_mount_options[] = {
-    "allow_other", "default_permissions", "ro",   "rw",     "nosuid",  "suid",
-    "nodev",       "dev",                 "noexec", "exec", "noatime", "atime"};
+    "allow_other", "default_permissions",
+    "ro",          "rw",
+    "nosuid",      "suid",
+    "nodev",       "dev",
+    "noexec",      "exec",
+    "noatime",     "atime"};
 
 // A size as users write it: digits alone (bytes), or digits and a unit: B, KiB, MiB, GiB, TiB
 // (powers of 1024) or KB, MB, GB, TB (powers of 1000): "4096", "512KiB", "4MiB", "1GB". Units

@@ -1195,49 +1195,47 @@ BOOST_AUTO_TEST_CASE(unknown_fields_and_wrong_shapes) {
 }
 
 BOOST_AUTO_TEST_CASE(the_size_parser) {
-  const std::pair<std::string, std::uint64_t> good[] = {
-      {"0", 0},
-      {"4096", 4096},
-      {"4096B", 4096},
-      {"512KiB", 512ull << 10},
-      {"4MiB", 4ull << 20},
-      {"1GiB", 1ull << 30},
-      {"1TiB", 1ull << 40},
-      {"3KB", 3000},
-      {"5MB", 5'000'000},
-      {"7GB", 7'000'000'000},
-      {"2TB", 2'000'000'000'000},
-      {"007MiB", 7ull << 20},
-      {"18446744073709551615", UINT64_MAX},
-      {"16777215TiB", 16777215ull << 40}};
+  const std::pair<std::string, std::uint64_t> good[] = {{"0", 0},
+                                                        {"4096", 4096},
+                                                        {"4096B", 4096},
+                                                        {"512KiB", 512ull << 10},
+                                                        {"4MiB", 4ull << 20},
+                                                        {"1GiB", 1ull << 30},
+                                                        {"1TiB", 1ull << 40},
+                                                        {"3KB", 3000},
+                                                        {"5MB", 5'000'000},
+                                                        {"7GB", 7'000'000'000},
+                                                        {"2TB", 2'000'000'000'000},
+                                                        {"007MiB", 7ull << 20},
+                                                        {"18446744073709551615", UINT64_MAX},
+                                                        {"16777215TiB", 16777215ull << 40}};
   for (const auto& [text, bytes] : good) {
     const cfg::size_parse_result r = cfg::parse_size(text);
     BOOST_TEST_INFO("size \"" << text << "\"");
     BOOST_TEST((r.bytes == std::optional<std::uint64_t>(bytes)));
     BOOST_TEST(r.problem.empty());
   }
-  const std::pair<std::string, std::string_view> bad[] = {
-      {"", "empty"},
-      {"-1", "negative"},
-      {"-4MiB", "negative"},
-      {"1.5GiB", "whole"},
-      {"1,5GiB", "whole"},
-      {"GiB", "digits"},
-      {"+4MiB", "digits"},
-      {" 4MiB", "digits"},
-      {"4 MiB", "unit"},
-      {"4MiB ", "unit"},
-      {"4mib", "unit"},
-      {"4K", "unit"},
-      {"4M", "unit"},
-      {"4KiBB", "unit"},
-      {"4e6", "unit"},
-      {"0x10", "unit"},
-      {"4PiB", "unit"},
-      {"18446744073709551616", "too large"},
-      {"99999999999999999999999", "too large"},
-      {"16777216TiB", "too large"},
-      {"18446744073709552KB", "too large"}};
+  const std::pair<std::string, std::string_view> bad[] = {{"", "empty"},
+                                                          {"-1", "negative"},
+                                                          {"-4MiB", "negative"},
+                                                          {"1.5GiB", "whole"},
+                                                          {"1,5GiB", "whole"},
+                                                          {"GiB", "digits"},
+                                                          {"+4MiB", "digits"},
+                                                          {" 4MiB", "digits"},
+                                                          {"4 MiB", "unit"},
+                                                          {"4MiB ", "unit"},
+                                                          {"4mib", "unit"},
+                                                          {"4K", "unit"},
+                                                          {"4M", "unit"},
+                                                          {"4KiBB", "unit"},
+                                                          {"4e6", "unit"},
+                                                          {"0x10", "unit"},
+                                                          {"4PiB", "unit"},
+                                                          {"18446744073709551616", "too large"},
+                                                          {"99999999999999999999999", "too large"},
+                                                          {"16777216TiB", "too large"},
+                                                          {"18446744073709552KB", "too large"}};
   for (const auto& [text, why] : bad) {
     const cfg::size_parse_result r = cfg::parse_size(text);
     BOOST_TEST_INFO("size \"" << text << "\"");
@@ -1253,9 +1251,9 @@ BOOST_AUTO_TEST_CASE(sizes_as_json_values) {
   BOOST_TEST(contains(fs_problem({{"capacity", 1.5e9}}, "filesystem.capacity"), "whole"));
   BOOST_TEST(contains(fs_problem({{"capacity", 1e30}}, "filesystem.capacity"), "too large"));
   // Integers past 64 bits, as the JSON parser reads them.
-  BOOST_TEST(contains(fs_problem({{"capacity", json::parse("18446744073709551616")}},
-                                 "filesystem.capacity"),
-                      "too large"));
+  BOOST_TEST(contains(
+      fs_problem({{"capacity", json::parse("18446744073709551616")}}, "filesystem.capacity"),
+      "too large"));
   // Within 64 bits but past 1 EiB: refused with the bound.
   const std::string past = fs_problem({{"capacity", "1048577TiB"}}, "filesystem.capacity");
   BOOST_TEST(contains(past, "1048576TiB"), past);
@@ -1267,18 +1265,15 @@ BOOST_AUTO_TEST_CASE(sizes_as_json_values) {
     BOOST_TEST(!fs_problem({{"staging_size", bad}}, "filesystem.staging_size").empty());
   }
   // No {"$env"} for sizes: they are no secret.
-  BOOST_TEST(
-      !fs_problem({{"cache_size", {{"$env", "SIZE"}}}}, "filesystem.cache_size").empty());
+  BOOST_TEST(!fs_problem({{"cache_size", {{"$env", "SIZE"}}}}, "filesystem.cache_size").empty());
 }
 
 BOOST_AUTO_TEST_CASE(block_size_is_a_power_of_two_from_64KiB_to_16MiB) {
-  for (const json& good : {json("64KiB"), json("128KiB"), json("1MiB"), json(4194304),
-                           json("8MiB"), json("16MiB")}) {
-    BOOST_TEST(valid_fs({{"block_size", good}}).block_size == cfg::parse_size(
-                                                                  good.is_string()
-                                                                      ? good.get<std::string>()
-                                                                      : good.dump())
-                                                                  .bytes.value());
+  for (const json& good :
+       {json("64KiB"), json("128KiB"), json("1MiB"), json(4194304), json("8MiB"), json("16MiB")}) {
+    BOOST_TEST(
+        valid_fs({{"block_size", good}}).block_size ==
+        cfg::parse_size(good.is_string() ? good.get<std::string>() : good.dump()).bytes.value());
   }
   for (const json& bad : {json("32KiB"), json("32MiB"), json("3MiB"), json("4MB"), json(0),
                           json(65537), json("1GiB")}) {
@@ -1329,27 +1324,28 @@ BOOST_AUTO_TEST_CASE(mount_options_from_the_allowed_set) {
   std::vector<std::string> every(std::begin(cfg::filesystem_mount_options),
                                  std::end(cfg::filesystem_mount_options));
   BOOST_TEST(every.size() == 12u);
-  const std::vector<std::string> some = {"allow_other", "default_permissions", "ro", "nosuid",
-                                         "nodev",       "noexec",              "noatime"};
+  const std::vector<std::string> some = {
+      "allow_other", "default_permissions", "ro", "nosuid", "nodev", "noexec", "noatime"};
   BOOST_TEST(valid_fs({{"mount_options", some}}).mount_options == some);
-  BOOST_TEST(valid_fs({{"mount_options", {"rw", "suid", "dev", "exec", "atime"}}})
-                 .mount_options.size() == 5u);
+  BOOST_TEST(
+      valid_fs({{"mount_options", {"rw", "suid", "dev", "exec", "atime"}}}).mount_options.size() ==
+      5u);
   BOOST_TEST(valid_fs({{"mount_options", json::array()}}).mount_options.empty());
 
   const std::string unknown =
       fs_problem({{"mount_options", {"ro", "max_read=4096"}}}, "filesystem.mount_options[1]");
   BOOST_TEST(contains(unknown, "max_read=4096"), unknown);
   for (const auto& option : every) BOOST_TEST(contains(unknown, option), unknown);
-  BOOST_TEST(!fs_problem({{"mount_options", {"Allow_Other"}}}, "filesystem.mount_options[0]")
-                  .empty());
-  BOOST_TEST(contains(fs_problem({{"mount_options", {"ro", "nodev", "ro"}}},
-                                 "filesystem.mount_options[2]"),
-                      "twice"));
+  BOOST_TEST(
+      !fs_problem({{"mount_options", {"Allow_Other"}}}, "filesystem.mount_options[0]").empty());
+  BOOST_TEST(contains(
+      fs_problem({{"mount_options", {"ro", "nodev", "ro"}}}, "filesystem.mount_options[2]"),
+      "twice"));
   BOOST_TEST(contains(fs_problem({{"mount_options", {"ro", "rw"}}}, "filesystem.mount_options[1]"),
                       "contradicts"));
-  BOOST_TEST(contains(fs_problem({{"mount_options", {"exec", "nodev", "noexec"}}},
-                                 "filesystem.mount_options[2]"),
-                      "\"exec\""));
+  BOOST_TEST(contains(
+      fs_problem({{"mount_options", {"exec", "nodev", "noexec"}}}, "filesystem.mount_options[2]"),
+      "\"exec\""));
   BOOST_TEST(!fs_problem({{"mount_options", "ro"}}, "filesystem.mount_options").empty());
   BOOST_TEST(!fs_problem({{"mount_options", {"ro", 1}}}, "filesystem.mount_options[1]").empty());
 }
@@ -1445,8 +1441,8 @@ BOOST_AUTO_TEST_CASE(paths_apart_from_state_managers_own_files) {
 // The cache is rebuilt from, and evicts, whatever its folder holds: staging blocks or the
 // metadata in it would be lost.
 BOOST_AUTO_TEST_CASE(paths_apart_from_each_other) {
-  const std::string same = fs_problem({{"cache_dir", "/fs"}, {"staging_dir", "/fs"}},
-                                      "filesystem.staging_dir", serving);
+  const std::string same =
+      fs_problem({{"cache_dir", "/fs"}, {"staging_dir", "/fs"}}, "filesystem.staging_dir", serving);
   BOOST_TEST(contains(same, "must not be filesystem.cache_dir"), same);
   const std::string inside = fs_problem(
       {{"cache_dir", "/fs/cache"}, {"metadata", "/fs/cache/meta.sqlite"}}, "filesystem.metadata");
@@ -1464,10 +1460,11 @@ BOOST_AUTO_TEST_CASE(paths_apart_from_each_other) {
       with_filesystem({{"cache_dir", "/fs"}, {"staging_dir", "/fs"}}), no_env(), serving);
   BOOST_TEST(r.problems.size() == 1u, all_paths(r));
   // Siblings are apart.
-  BOOST_TEST(valid_fs({{"cache_dir", "/fs/cache"}, {"staging_dir", "/fs/cache2"},
-                       {"metadata", "/fs/meta"}},
-                      serving)
-                 .staging_dir == std::filesystem::path("/fs/cache2"));
+  BOOST_TEST(
+      valid_fs(
+          {{"cache_dir", "/fs/cache"}, {"staging_dir", "/fs/cache2"}, {"metadata", "/fs/meta"}},
+          serving)
+          .staging_dir == std::filesystem::path("/fs/cache2"));
 }
 
 BOOST_AUTO_TEST_CASE(every_problem_at_once) {
@@ -1515,8 +1512,7 @@ BOOST_AUTO_TEST_CASE(round_trips_through_parse) {
             "mount_options": ["allow_other", "rw", "nodev"]})")}) {
     const cfg::parse_result r = cfg::parse(with_filesystem(settings), no_env(), serving);
     BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
-    const cfg::parse_result again =
-        cfg::parse(cfg::to_redacted_json(*r.config), no_env(), serving);
+    const cfg::parse_result again = cfg::parse(cfg::to_redacted_json(*r.config), no_env(), serving);
     BOOST_REQUIRE_MESSAGE(again.config.has_value(), all_paths(again));
     BOOST_TEST((again.config->filesystem == r.config->filesystem), settings.dump());
   }
