@@ -586,6 +586,7 @@ void parse_mount_options(checker& check, const json& spec, filesystem_config& ou
   std::string allowed;
   for (auto it = begin; it != end; ++it)
     allowed += (allowed.empty() ? "" : ", ") + std::string(*it);
+  std::set<std::string_view> seen;
   for (std::size_t i = 0; i < options->size(); ++i) {
     const std::string& option = (*options)[i];
     const std::string path = checker::index("filesystem.mount_options", i);
@@ -594,14 +595,14 @@ void parse_mount_options(checker& check, const json& spec, filesystem_config& ou
                 "unknown mount option \"" + checker::shown(option) + "\": allowed are " + allowed);
       continue;
     }
-    const auto earlier = options->begin() + static_cast<std::ptrdiff_t>(i);
-    if (std::find(options->begin(), earlier, option) != earlier) {
+    // A set, not a search of the earlier entries: a list of a million "ro" stays linear.
+    if (!seen.insert(option).second) {
       check.add(path, "\"" + option + "\" is listed twice");
       continue;
     }
     for (const auto& [a, b] : opposites) {
       const std::string_view other = option == a ? b : option == b ? a : std::string_view();
-      if (!other.empty() && std::find(options->begin(), earlier, other) != earlier) {
+      if (!other.empty() && seen.count(other)) {
         check.add(path, "\"" + option + "\" contradicts \"" + std::string(other) + "\"");
       }
     }

@@ -1350,6 +1350,17 @@ BOOST_AUTO_TEST_CASE(mount_options_from_the_allowed_set) {
   BOOST_TEST(!fs_problem({{"mount_options", {"ro", 1}}}, "filesystem.mount_options[1]").empty());
 }
 
+// A body under the HTTP limit holds some 150000 options: checking them for repeats must not
+// compare each with all before it (seconds, not milliseconds, before the set).
+BOOST_AUTO_TEST_CASE(a_long_list_of_mount_options_is_checked_in_linear_time) {
+  std::vector<std::string> options(75000, "x");
+  options.resize(150000, "ro");
+  const cfg::parse_result r = parse(with_filesystem({{"mount_options", options}}));
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(r.problems.size() == cfg::max_problems + 1);
+  BOOST_TEST(r.problems.front().path == "filesystem.mount_options[0]");
+}
+
 BOOST_AUTO_TEST_CASE(paths_are_proper_paths) {
   for (const char* key : {"cache_dir", "staging_dir", "metadata"}) {
     const std::string path = std::string("filesystem.") + key;
