@@ -74,8 +74,9 @@ inline constexpr std::uint64_t tib = 1024 * gib;
 // The three paths default to places under --data-dir, which the configuration does not know
 // (it is the command line's): an empty path means that default, and the *_in(data_dir)
 // functions give the path in effect. A path given is relative to the working directory, like
-// storage.env_dir, and never overlaps env_dir (the mount), state-manager's own directories, or
-// the other two.
+// storage.env_dir, and never overlaps env_dir (the mount), the other two, --tmp-dir, or
+// --data-dir other than inside it (not under the database's names), compared lexically as
+// env_dir is.
 struct filesystem_config {
   std::filesystem::path cache_dir;     // empty: <data_dir>/filesystem/cache
   std::filesystem::path staging_dir;   // empty: <data_dir>/filesystem/staging
@@ -115,7 +116,7 @@ inline constexpr std::string_view filesystem_mount_options[] = {
 // A size as users write it: digits alone (bytes), or digits and a unit: B, KiB, MiB, GiB, TiB
 // (powers of 1024) or KB, MB, GB, TB (powers of 1000): "4096", "512KiB", "4MiB", "1GB". Units
 // are case-sensitive; no sign, fraction, exponent or space. Exactly one of `bytes` and
-// `problem` (why not, as a sentence's end: "has no digits") is set.
+// `problem` (why not, as a sentence's end: "must start with digits") is set.
 struct size_parse_result {
   std::optional<std::uint64_t> bytes;
   std::string problem;
