@@ -1,8 +1,11 @@
 #include "config/config.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -284,18 +287,45 @@ bool own_name_in_data_dir(std::string_view name) {
          name == ".restore-trash" || name == "filesystem";
 }
 
-std::optional<std::string> env_dir_problem(std::string_view text,
-                                           const std::optional<own_paths>& own_dirs) {
+// What every directory of the configuration must be: a non-empty path, not "/" (`why_not_root`
+// says why), without NUL or ".." (which would make it incomparable lexically). Sets `out` to
+// the path's lexical form when it is one.
+std::optional<std::string> path_shape_problem(std::string_view text, const own_paths& own,
+                                              std::string_view why_not_root,
+                                              std::optional<lexical_path>& out) {
   if (text.empty()) return "must not be empty";
   if (text.find('\0') != std::string_view::npos) return "must not contain NUL";
   if (text.size() > max_env_dir_length) {
     return "must be at most " + std::to_string(max_env_dir_length) + " bytes long";
   }
+  out = lexical(std::filesystem::path(text), own);
+  if (!out) return "must not contain \"..\" segments";
+  if (out->anchored && out->parts.empty()) {
+    out.reset();
+    return "must not be \"/\"" + std::string(why_not_root);
+  }
+  return std::nullopt;
+}
+
+// When one of `path` (the one being checked) and `other` holds the other: why `path` is refused.
+std::optional<std::string> overlap_problem(const lexical_path& path, const lexical_path& other,
+                                           const std::string& named) {
+  const bool inside = within(path, other);
+  const bool holds = within(other, path);
+  if (inside && holds) return "must not be " + named;
+  if (holds) return "must not hold " + named;
+  if (inside) return "must not be inside " + named;
+  return std::nullopt;
+}
+
+std::optional<std::string> env_dir_problem(std::string_view text,
+                                           const std::optional<own_paths>& own_dirs) {
   const own_paths own = own_dirs.value_or(own_paths{});
-  const std::optional<lexical_path> env_dir = lexical(std::filesystem::path(text), own);
-  if (!env_dir) return "must not contain \"..\" segments";
-  if (env_dir->anchored && env_dir->parts.empty()) {
-    return "must not be \"/\": a checkpoint would copy the whole machine, a restore replace it";
+  std::optional<lexical_path> env_dir;
+  if (auto why = path_shape_problem(
+          text, own, ": a checkpoint would copy the whole machine, a restore replace it",
+          env_dir)) {
+    return why;
   }
   if (!own_dirs) return std::nullopt;
   const struct {
@@ -443,6 +473,256 @@ void parse_database(checker& check, const json& doc, database_config& out) {
       out.checkpoint_pages = pages.get<std::uint64_t>();
     }
   }
+}
+
+// The shortest exact spelling of a size in binary units: 8388608 -> "8MiB", 1000 -> "1000".
+std::string format_size(std::uint64_t bytes) {
+  static constexpr struct {
+    std::uint64_t factor;
+    const char* unit;
+  } units[] = {{tib, "TiB"}, {gib, "GiB"}, {mib, "MiB"}, {kib, "KiB"}};
+  for (const auto& [factor, unit] : units) {
+    if (bytes != 0 && bytes % factor == 0) return std::to_string(bytes / factor) + unit;
+  }
+  return std::to_string(bytes);
+}
+
+// A size given as an integer of bytes or a string parse_size reads; nullopt (with a problem)
+// otherwise, or past max_size.
+std::optional<std::uint64_t> size_value(checker& check, const json& value,
+                                        const std::string& path) {
+  std::optional<std::uint64_t> bytes;
+  // A document parsed from text holds non-negative integers as unsigned; one built in code
+  // may hold them as signed.
+  if (value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0)) {
+    bytes = value.get<std::uint64_t>();
+  } else if (value.is_number_integer()) {
+    check.add(path, "must not be negative");
+    return std::nullopt;
+  } else if (value.is_number_float()) {
+    // nlohmann reads integers past 64 bits as doubles.
+    const double d = value.get<double>();
+    check.add(path, d >= 18446744073709551616.0
+                        ? "too large: at most " + format_size(max_size) + " (1 EiB)"
+                        : std::string("must be a whole number of bytes (or a string such as "
+                                      "\"512KiB\")"));
+    return std::nullopt;
+  } else if (value.is_string()) {
+    const std::string& text = value.get_ref<const std::string&>();
+    size_parse_result parsed = parse_size(text);
+    if (!parsed.bytes) {
+      check.add(path, "invalid size \"" + checker::shown(text) + "\": " + parsed.problem +
+                          "; write bytes, or a number with a unit: \"4096\", \"512KiB\", "
+                          "\"4MiB\", \"1GiB\", \"1TB\"");
+      return std::nullopt;
+    }
+    bytes = parsed.bytes;
+  } else {
+    check.add(path, "must be a size: an integer of bytes, or a string such as \"4MiB\"");
+    return std::nullopt;
+  }
+  if (*bytes > max_size) {
+    check.add(path, "too large: at most " + format_size(max_size) + " (1 EiB)");
+    return std::nullopt;
+  }
+  return bytes;
+}
+
+void parse_filesystem_sizes(checker& check, const json& spec, filesystem_config& out) {
+  auto given = [&](const char* key) -> std::optional<std::uint64_t> {
+    if (!spec.contains(key)) return std::nullopt;
+    return size_value(check, spec[key], checker::join("filesystem", key));
+  };
+  // cache_size and staging_size are checked against the block size in effect, when it is one.
+  bool block_size_known = true;
+  if (spec.contains("block_size")) {
+    const std::optional<std::uint64_t> block = given("block_size");
+    block_size_known =
+        block && *block >= 64 * kib && *block <= 16 * mib && (*block & (*block - 1)) == 0;
+    if (block_size_known) {
+      out.block_size = *block;
+    } else if (block) {
+      check.add("filesystem.block_size",
+                "must be a power of two from 64KiB to 16MiB (" + format_size(*block) + " is not)");
+    }
+  }
+  const struct {
+    const char* key;
+    std::uint64_t& into;
+    const char* what;
+  } at_least_two_blocks[] = {{"cache_size", out.cache_size, "the cache must hold"},
+                             {"staging_size", out.staging_size, "staging must hold"}};
+  for (const auto& [key, into, what] : at_least_two_blocks) {
+    const std::optional<std::uint64_t> bytes = given(key);
+    if (!bytes) continue;
+    if (block_size_known && *bytes < 2 * out.block_size) {
+      check.add(checker::join("filesystem", key),
+                "must be at least 2 × block_size (" + format_size(2 * out.block_size) +
+                    " with a block_size of " + format_size(out.block_size) + "): " + what +
+                    " two blocks");
+    } else {
+      into = *bytes;
+    }
+  }
+  if (const std::optional<std::uint64_t> capacity = given("capacity")) {
+    if (*capacity < mib) {
+      check.add("filesystem.capacity", "must be at least 1MiB");
+    } else {
+      out.capacity = *capacity;
+    }
+  }
+}
+
+void parse_mount_options(checker& check, const json& spec, filesystem_config& out) {
+  if (!spec.contains("mount_options")) return;
+  std::optional<std::vector<std::string>> options =
+      check.string_list(spec["mount_options"], "filesystem.mount_options");
+  if (!options) return;
+  // Pairs that undo each other: both given is a mistake, whichever was meant.
+  static constexpr std::pair<std::string_view, std::string_view> opposites[] = {
+      {"ro", "rw"}, {"nosuid", "suid"}, {"nodev", "dev"}, {"noexec", "exec"}, {"noatime", "atime"}};
+  const auto begin = std::begin(filesystem_mount_options);
+  const auto end = std::end(filesystem_mount_options);
+  std::string allowed;
+  for (auto it = begin; it != end; ++it)
+    allowed += (allowed.empty() ? "" : ", ") + std::string(*it);
+  std::set<std::string_view> seen;
+  for (std::size_t i = 0; i < options->size(); ++i) {
+    const std::string& option = (*options)[i];
+    const std::string path = checker::index("filesystem.mount_options", i);
+    if (std::find(begin, end, option) == end) {
+      check.add(path,
+                "unknown mount option \"" + checker::shown(option) + "\": allowed are " + allowed);
+      continue;
+    }
+    // A set, not a search of the earlier entries: a list of a million "ro" stays linear.
+    if (!seen.insert(option).second) {
+      check.add(path, "\"" + option + "\" is listed twice");
+      continue;
+    }
+    for (const auto& [a, b] : opposites) {
+      const std::string_view other = option == a ? b : option == b ? a : std::string_view();
+      if (!other.empty() && seen.count(other)) {
+        check.add(path, "\"" + option + "\" contradicts \"" + std::string(other) + "\"");
+      }
+    }
+  }
+  out.mount_options = std::move(*options);
+}
+
+// The three paths: each a proper path, and apart from env_dir (the mount: the filesystem would
+// keep its own blocks in itself), from state-manager's own directories and files, and from each
+// other (the cache is rebuilt from, and evicts, whatever its folder holds). Defaults are
+// <data_dir>/filesystem/..., compared only when `own_dirs` says where data_dir is.
+void parse_filesystem_paths(checker& check, const json& spec,
+                            const std::optional<own_paths>& own_dirs, const std::string& env_dir,
+                            filesystem_config& out) {
+  const own_paths own = own_dirs.value_or(own_paths{});
+  const filesystem_config defaults;
+  struct one_path {
+    const char* key;
+    std::filesystem::path& given;
+    std::filesystem::path in_data_dir;      // the default, when own_dirs is known
+    std::optional<lexical_path> effective;  // nullopt: unknown, or refused already
+    bool defaulted = true;
+  };
+  one_path paths[] = {
+      {"cache_dir", out.cache_dir, defaults.cache_dir_in(own.data_dir), std::nullopt},
+      {"staging_dir", out.staging_dir, defaults.staging_dir_in(own.data_dir), std::nullopt},
+      {"metadata", out.metadata, defaults.metadata_in(own.data_dir), std::nullopt},
+  };
+  // A refused env_dir ("/", "..") is reported at storage.env_dir, and compared with nothing.
+  std::optional<lexical_path> mount = lexical(env_dir, own);
+  if (mount && mount->anchored && mount->parts.empty()) mount.reset();
+  for (one_path& p : paths) {
+    const std::string path = checker::join("filesystem", p.key);
+    // null is the default, as GET /config shows it.
+    if (!spec.contains(p.key) || spec[p.key].is_null()) {
+      if (own_dirs) p.effective = lexical(p.in_data_dir, own);
+      continue;
+    }
+    p.defaulted = false;
+    const std::optional<std::string> text = check.string_value(spec[p.key], path);
+    if (!text) continue;
+    std::optional<lexical_path> lexical_form;
+    if (auto why = path_shape_problem(*text, own, "", lexical_form)) {
+      check.add(path, *why);
+      continue;
+    }
+    p.given = *text;
+    p.effective = std::move(lexical_form);
+    if (mount) {
+      if (auto why = overlap_problem(*p.effective, *mount,
+                                     "storage.env_dir (" + checker::shown(env_dir) +
+                                         "), where the filesystem is mounted")) {
+        check.add(path, *why);
+      }
+    }
+    if (!own_dirs) continue;
+    const struct {
+      const std::filesystem::path& dir;
+      const char* what;
+    } owned[] = {{own.data_dir, "data"}, {own.tmp_dir, "tmp"}};
+    for (const auto& [dir, what] : owned) {
+      const std::optional<lexical_path> mine = lexical(dir, own);
+      if (!mine) continue;
+      const std::string named = std::string("state-manager's ") + what + " directory (" +
+                                checker::shown(dir.string()) + ")";
+      std::optional<std::string> why = overlap_problem(*p.effective, *mine, named);
+      if (why && std::string_view(what) == "data" && within(*p.effective, *mine) &&
+          p.effective->parts.size() > mine->parts.size()) {
+        // Inside data_dir is where the defaults are: only the database's names are taken.
+        const std::string& name = p.effective->parts[mine->parts.size()];
+        why.reset();
+        if (name != "filesystem" && own_name_in_data_dir(name)) {
+          why = "must not be inside state-manager's own files in " + named +
+                " (database.sqlite*, .restore-aside, .restore-trash)";
+        }
+      }
+      if (why) check.add(path, *why);
+    }
+  }
+  // Each pair once, reported at a path the user gave (the later one when both were).
+  for (std::size_t i = 0; i < std::size(paths); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      one_path& a = paths[i];
+      one_path& b = paths[j];
+      if (!a.effective || !b.effective || (a.defaulted && b.defaulted)) continue;
+      one_path& at = a.defaulted ? b : a;
+      one_path& other = a.defaulted ? a : b;
+      const std::string named = other.defaulted
+                                    ? "the default " + std::string(other.key) + " (" +
+                                          checker::shown(other.in_data_dir.string()) + ")"
+                                    : "filesystem." + std::string(other.key);
+      if (auto why = overlap_problem(*at.effective, *other.effective, named)) {
+        check.add(checker::join("filesystem", at.key), *why);
+      }
+    }
+  }
+}
+
+void parse_filesystem(checker& check, const json& doc, const std::optional<own_paths>& own,
+                      const std::string& env_dir, filesystem_config& out) {
+  if (!doc.contains("filesystem")) return;
+  const json& spec = doc["filesystem"];
+  if (!spec.is_object()) {
+    check.add("filesystem", "must be an object (the filesystem component's settings)");
+    return;
+  }
+  check.only_known(spec, "filesystem",
+                   {"cache_dir", "staging_dir", "metadata", "cache_size", "capacity", "block_size",
+                    "staging_size", "upload_concurrency", "mount_options"});
+  parse_filesystem_sizes(check, spec, out);
+  if (spec.contains("upload_concurrency")) {
+    const json& n = spec["upload_concurrency"];
+    if (!n.is_number_integer() || n.get<std::int64_t>() < 1 || n.get<std::int64_t>() > 256) {
+      check.add("filesystem.upload_concurrency", "must be an integer from 1 to 256");
+    } else {
+      out.upload_concurrency = n.get<unsigned>();
+    }
+  }
+  parse_mount_options(check, spec, out);
+  parse_filesystem_paths(check, spec, own, env_dir, out);
 }
 
 void parse_checkpoint_mode(checker& check, const json& doc, checkpoint_mode& out) {
@@ -657,6 +937,38 @@ std::string_view builtin_stack(std::string_view name) {
   return {};
 }
 
+size_parse_result parse_size(std::string_view text) {
+  if (text.empty()) return {std::nullopt, "is empty"};
+  if (text.front() == '-') return {std::nullopt, "must not be negative"};
+  std::size_t digits = 0;
+  std::uint64_t number = 0;
+  bool overflow = false;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') {
+    const std::uint64_t digit = static_cast<std::uint64_t>(text[digits] - '0');
+    if (number > (UINT64_MAX - digit) / 10) overflow = true;
+    number = number * 10 + digit;
+    ++digits;
+  }
+  if (digits == 0) return {std::nullopt, "must start with digits"};
+  const std::string_view unit = text.substr(digits);
+  if (!unit.empty() && (unit.front() == '.' || unit.front() == ',')) {
+    return {std::nullopt, "must be a whole number"};
+  }
+  static constexpr struct {
+    std::string_view name;
+    std::uint64_t factor;
+  } units[] = {
+      {"", 1},      {"B", 1},     {"KiB", kib},     {"MiB", mib},         {"GiB", gib},
+      {"TiB", tib}, {"KB", 1000}, {"MB", 1000'000}, {"GB", 1000'000'000}, {"TB", 1000'000'000'000}};
+  for (const auto& [name, factor] : units) {
+    if (unit != name) continue;
+    if (overflow || number > UINT64_MAX / factor) return {std::nullopt, "is too large"};
+    return {number * factor, {}};
+  }
+  return {std::nullopt, "has an unknown unit \"" + std::string(unit.substr(0, 16)) +
+                            "\" (B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"};
+}
+
 std::optional<std::string> process_environment(const std::string& name) {
   return environment_value(name);
 }
@@ -671,9 +983,9 @@ parse_result parse(const json& document, const environment_lookup& env,
     return result;
   }
   configuration config;
-  check.only_known(
-      document, "",
-      {"storage", "stacks", "components", "database", "checkpoint_mode", "restore_privileged"});
+  check.only_known(document, "",
+                   {"storage", "stacks", "components", "database", "filesystem", "checkpoint_mode",
+                    "restore_privileged"});
   if (const auto it = document.find("restore_privileged"); it != document.end()) {
     if (it->is_boolean()) {
       config.restore_privileged = it->get<bool>();
@@ -684,6 +996,7 @@ parse_result parse(const json& document, const environment_lookup& env,
   parse_storage(check, document, own, config.storage);
   parse_checkpoint_mode(check, document, config.checkpoint);
   parse_database(check, document, config.database);
+  parse_filesystem(check, document, own, config.storage.env_dir, config.filesystem);
   const bool components_known = parse_components(check, document, config);
   parse_stacks(check, document, components_known, config);
   result.problems = check.finish();
@@ -726,10 +1039,26 @@ json to_redacted_json(const configuration& config) {
                    {"snapshot_interval", format_duration(d.snapshot_interval)},
                    {"retention", format_duration(d.retention)},
                    {"checkpoint_pages", d.checkpoint_pages}};
+  // A path left to its default is null: the default depends on --data-dir, which the
+  // configuration does not hold (and a null submitted again means the default again).
+  auto path_or_null = [](const std::filesystem::path& p) {
+    return p.empty() ? json(nullptr) : json(p.string());
+  };
+  const filesystem_config& f = config.filesystem;
+  json filesystem = {{"cache_dir", path_or_null(f.cache_dir)},
+                     {"staging_dir", path_or_null(f.staging_dir)},
+                     {"metadata", path_or_null(f.metadata)},
+                     {"cache_size", f.cache_size},
+                     {"capacity", f.capacity},
+                     {"block_size", f.block_size},
+                     {"staging_size", f.staging_size},
+                     {"upload_concurrency", f.upload_concurrency},
+                     {"mount_options", f.mount_options}};
   return {{"storage", std::move(storage)},
           {"stacks", config.stacks},
           {"components", std::move(components)},
           {"database", std::move(database)},
+          {"filesystem", std::move(filesystem)},
           {"checkpoint_mode", config.checkpoint == checkpoint_mode::freeze ? "freeze" : "stop"},
           {"restore_privileged", config.restore_privileged}};
 }

@@ -63,6 +63,66 @@ struct database_config {
   std::uint64_t checkpoint_pages = 1000;        // our checkpoint runs past this many WAL pages
 };
 
+inline constexpr std::uint64_t kib = 1024;
+inline constexpr std::uint64_t mib = 1024 * kib;
+inline constexpr std::uint64_t gib = 1024 * mib;
+inline constexpr std::uint64_t tib = 1024 * gib;
+
+// The built-in filesystem component's settings (optional "filesystem" object; accepted, and
+// then unused, when "filesystem" is not in stacks). Sizes are bytes.
+//
+// The three paths default to places under --data-dir, which the configuration does not know
+// (it is the command line's): an empty path means that default, and the *_in(data_dir)
+// functions give the path in effect. A path given is relative to the working directory, like
+// storage.env_dir, and never overlaps env_dir (the mount), the other two, --tmp-dir, or
+// --data-dir other than inside it (not under the database's names), compared lexically as
+// env_dir is.
+struct filesystem_config {
+  std::filesystem::path cache_dir;     // empty: <data_dir>/filesystem/cache
+  std::filesystem::path staging_dir;   // empty: <data_dir>/filesystem/staging
+  std::filesystem::path metadata;      // empty: <data_dir>/filesystem/meta.sqlite
+  std::uint64_t cache_size = 1 * gib;  // at least 2 × block_size: the cache's bound on disk
+  std::uint64_t capacity = 1 * tib;    // at least 1 MiB: the size `df` shows
+  // A power of two from 64 KiB to 16 MiB; a filesystem keeps the one it was made with.
+  std::uint64_t block_size = 4 * mib;
+  // At least 2 × block_size: written bytes not yet in the store; when full, writers get ENOSPC.
+  std::uint64_t staging_size = 8 * gib;
+  unsigned upload_concurrency = 16;  // 1..256 block uploads at once
+  // Each one of filesystem_mount_options, at most once, no two that contradict ("ro", "rw").
+  std::vector<std::string> mount_options;
+
+  std::filesystem::path cache_dir_in(const std::filesystem::path& data_dir) const {
+    return cache_dir.empty() ? data_dir / "filesystem" / "cache" : cache_dir;
+  }
+  std::filesystem::path staging_dir_in(const std::filesystem::path& data_dir) const {
+    return staging_dir.empty() ? data_dir / "filesystem" / "staging" : staging_dir;
+  }
+  std::filesystem::path metadata_in(const std::filesystem::path& data_dir) const {
+    return metadata.empty() ? data_dir / "filesystem" / "meta.sqlite" : metadata;
+  }
+
+  bool operator==(const filesystem_config&) const = default;
+};
+
+// The FUSE mount options "filesystem.mount_options" may name.
+inline constexpr std::string_view filesystem_mount_options[] = {
+    "allow_other", "default_permissions",
+    "ro",          "rw",
+    "nosuid",      "suid",
+    "nodev",       "dev",
+    "noexec",      "exec",
+    "noatime",     "atime"};
+
+// A size as users write it: digits alone (bytes), or digits and a unit: B, KiB, MiB, GiB, TiB
+// (powers of 1024) or KB, MB, GB, TB (powers of 1000): "4096", "512KiB", "4MiB", "1GB". Units
+// are case-sensitive; no sign, fraction, exponent or space. Exactly one of `bytes` and
+// `problem` (why not, as a sentence's end: "must start with digits") is set.
+struct size_parse_result {
+  std::optional<std::uint64_t> bytes;
+  std::string problem;
+};
+size_parse_result parse_size(std::string_view text);
+
 // How POST /checkpoint holds the supervised processes still while it copies.
 enum class checkpoint_mode {
   stop,    // SIGTERM (SIGKILL after the stop timeout), restarted afterwards with new PIDs
@@ -73,6 +133,7 @@ struct configuration {
   storage_config storage;
   checkpoint_mode checkpoint = checkpoint_mode::stop;  // "checkpoint_mode": "stop" | "freeze"
   database_config database;
+  filesystem_config filesystem;
   // "restore_privileged": a checkpoint downloaded from the store keeps the set-id bits and
   // security.* xattrs (file capabilities) its index names; off, they are dropped and counted.
   bool restore_privileged = false;
@@ -97,6 +158,8 @@ std::optional<std::string> process_environment(const std::string& name);
 inline constexpr std::size_t max_components = 1000;
 inline constexpr std::size_t max_dependencies = 1000;    // depends_on entries of one component
 inline constexpr std::size_t max_env_dir_length = 4095;  // PATH_MAX less its NUL
+// Any size in "filesystem" (1 EiB): sums and doublings of sizes never overflow 64 bits.
+inline constexpr std::uint64_t max_size = 1024 * 1024 * tib;
 // Problems listed at most; one more entry then says how many were left out.
 inline constexpr std::size_t max_problems = 100;
 // A name longer than this (an unknown field's, an invalid component's) is cut where it appears
@@ -123,13 +186,16 @@ struct parse_result {
 // or cyclic depends_on, a value from the environment that is not UTF-8, an env_dir that is "/",
 // relative with "..", or overlaps `own` when given (equal to data_dir or tmp_dir, holding
 // either, inside tmp_dir, or inside data_dir under a name of state-manager's own files), a
-// limit above exceeded: each is a problem with its path. Never throws on bad input; time and
+// limit above exceeded, a "filesystem" size, count, mount option or path out of its bounds
+// (see filesystem_config): each is a problem with its path. Never throws on bad input; time and
 // memory are linear in the document's size, and nothing recurses on its nesting.
 parse_result parse(const nlohmann::json& document, const environment_lookup& env,
                    const std::optional<own_paths>& own = std::nullopt);
 
 // The effective configuration, defaults filled in, secrets ("access_key", "secret_key", and the
-// values of component "env") replaced by "***": what GET /config shows.
+// values of component "env") replaced by "***": what GET /config shows. "filesystem" shows
+// sizes as integers of bytes and a path left to its default as null (the default is under
+// --data-dir, which the configuration does not hold); parse() reads it back the same.
 nlohmann::json to_redacted_json(const configuration& config);
 
 // {"error": "invalid configuration", "details": [{"path": ..., "message": ...}, ...]}

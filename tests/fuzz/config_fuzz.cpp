@@ -3,8 +3,8 @@
 // JSON and, when it is JSON, validated. Invariants: never a throw, a crash or a hang (the
 // validator is linear and walks nothing recursively); a configuration iff no problems; at most
 // max_problems problems plus the one that counts the rest, each small whatever the document's
-// names; a valid configuration's redacted form is valid again, with the same stacks and
-// components.
+// names; a valid configuration's redacted form is valid again, with the same stacks,
+// components, env_dir and filesystem settings.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -72,5 +72,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check(again.config->stacks == r.config->stacks);
   check(again.config->components.size() == r.config->components.size());
   check(again.config->storage.env_dir == r.config->storage.env_dir);
+  check(again.config->filesystem == r.config->filesystem);
   return 0;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# POST /config and GET /config: validation with JSON paths, saving to tmp/config.json (0600,
-# unresolved {"$env"}), redaction, applied once.
+# POST /config and GET /config: validation with JSON paths (the filesystem's settings too),
+# saving to tmp/config.json (0600, unresolved {"$env"}), redaction, applied once.
 source "$(dirname "$0")/harness.sh"
 
 # A real S3 server: an http(s) endpoint is reached (and the lease taken) before anything is
@@ -51,6 +51,11 @@ expect_invalid '{"storage": {"bucket": "bkt", "endpoint": "http://127.0.0.1:9000
   storage.access_key storage.secret_key
 expect_invalid '{"storage": {"bucket": 7, "endpoint": "file:///x", "colour": "red"}, "stacks": []}' \
   storage.bucket storage.colour
+# The filesystem's settings, checked also when it is not in stacks (a cache in the mount).
+expect_invalid '{"storage": {"bucket": "bkt", "endpoint": "file:///x"}, "stacks": [],
+  "filesystem": {"cache_size": "1.5GiB", "mount_options": ["nosuch"], "cache_dir": "data/env/c",
+                 "colour": 1}}' \
+  filesystem.cache_size 'filesystem.mount_options[0]' filesystem.cache_dir filesystem.colour
 
 # Not JSON at all, or an empty body.
 for body in 'not json' '{"storage": ' '' '[]' '"config"'; do
@@ -114,6 +119,9 @@ expect_json "j['storage']['bucket'] == 'env-bucket' and j['storage']['endpoint']
 expect_json 'j["storage"]["access_key"] == "***" and j["storage"]["secret_key"] == "***"'
 expect_json 'j["storage"]["region"] == "us-east-1" and j["storage"]["key_prefix"] == "" and j["storage"]["env_dir"] == "data/env"'
 expect_json 'j["stacks"] == [] and j.get("components", {}) == {}'
+# The filesystem's settings as they are in effect: sizes in bytes, default paths null.
+expect_json 'j["filesystem"]["block_size"] == 4194304 and j["filesystem"]["cache_size"] == 1073741824'
+expect_json 'j["filesystem"]["cache_dir"] is None and j["filesystem"]["mount_options"] == []'
 [[ $BODY != *"$SECRET"* && $BODY != *"$ACCESS"* ]] || fail "GET /config leaks a secret: $BODY"
 
 req GET /

@@ -787,6 +787,14 @@ const char* const vocabulary[] = {
     "",
     "x/y",
     "..",
+    "filesystem",
+    "cache_dir",
+    "cache_size",
+    "block_size",
+    "staging_size",
+    "mount_options",
+    "4MiB",
+    "ro",
 };
 
 json random_value(lcg& rng, int depth) {
@@ -1083,3 +1091,442 @@ BOOST_AUTO_TEST_CASE(restore_privileged_defaults_to_false_and_round_trips) {
     expect_problem(d, "restore_privileged");
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(filesystem)
+
+json with_filesystem(const json& settings) {
+  json doc = minimal_file_store();
+  doc["stacks"] = {"filesystem"};
+  doc["filesystem"] = settings;
+  return doc;
+}
+
+// Parses with `settings` as the "filesystem" object, requiring it to be valid.
+cfg::filesystem_config valid_fs(const json& settings,
+                                const std::optional<cfg::own_paths>& own = std::nullopt) {
+  const cfg::parse_result r = cfg::parse(with_filesystem(settings), no_env(), own);
+  BOOST_TEST(r.problems.empty(), "settings " << settings.dump() << ": " << all_paths(r));
+  return r.config ? r.config->filesystem : cfg::filesystem_config{};
+}
+
+// The messages of the problems at `path` for `settings`, requiring one ("" when there is none).
+std::string fs_problem(const json& settings, const std::string& path,
+                       const std::optional<cfg::own_paths>& own = std::nullopt) {
+  const cfg::parse_result r = cfg::parse(with_filesystem(settings), no_env(), own);
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(at(r, path) != nullptr,
+             "settings " << settings.dump() << ": no problem at " << path << "; " << all_paths(r));
+  std::string messages;
+  for (const cfg::problem& p : r.problems) {
+    if (p.path == path) messages += (messages.empty() ? "" : " | ") + p.message;
+  }
+  return messages;
+}
+
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
+
+const cfg::own_paths serving{"/srv/app", "data", "tmp"};
+
+BOOST_AUTO_TEST_CASE(defaults_without_the_object_and_with_an_empty_one) {
+  for (const json& doc : {minimal_file_store(), with_filesystem(json::object())}) {
+    const cfg::parse_result r = parse(doc);
+    BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+    const cfg::filesystem_config& f = r.config->filesystem;
+    BOOST_TEST((f == cfg::filesystem_config{}));
+    BOOST_TEST(f.cache_dir.empty());
+    BOOST_TEST(f.staging_dir.empty());
+    BOOST_TEST(f.metadata.empty());
+    BOOST_TEST(f.cache_size == 1024ull * 1024 * 1024);
+    BOOST_TEST(f.capacity == 1024ull * 1024 * 1024 * 1024);
+    BOOST_TEST(f.block_size == 4ull * 1024 * 1024);
+    BOOST_TEST(f.staging_size == 8ull * 1024 * 1024 * 1024);
+    BOOST_TEST(f.upload_concurrency == 16u);
+    BOOST_TEST(f.mount_options.empty());
+    // Empty paths are the defaults under --data-dir.
+    BOOST_TEST(f.cache_dir_in("data") == std::filesystem::path("data/filesystem/cache"));
+    BOOST_TEST(f.staging_dir_in("/var/sm") == std::filesystem::path("/var/sm/filesystem/staging"));
+    BOOST_TEST(f.metadata_in("data") == std::filesystem::path("data/filesystem/meta.sqlite"));
+  }
+  cfg::filesystem_config given;
+  given.cache_dir = "/cache";
+  BOOST_TEST(given.cache_dir_in("data") == std::filesystem::path("/cache"));
+}
+
+BOOST_AUTO_TEST_CASE(accepted_when_the_filesystem_is_not_in_stacks) {
+  json doc = minimal_file_store();
+  doc["stacks"] = {"database"};
+  doc["filesystem"] = {{"cache_size", "2GiB"}};
+  const cfg::parse_result r = parse(doc);
+  BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+  BOOST_TEST(r.config->filesystem.cache_size == 2ull << 30);
+  // The alias names the same component.
+  doc["stacks"] = {"juicefs"};
+  BOOST_TEST(parse(doc).problems.empty());
+}
+
+BOOST_AUTO_TEST_CASE(every_field_given) {
+  const cfg::filesystem_config f = valid_fs(json::parse(R"({
+    "cache_dir": "/var/cache/fs", "staging_dir": "/var/lib/fs/staging",
+    "metadata": "/var/lib/fs/meta.sqlite", "cache_size": "10GiB", "capacity": "2TB",
+    "block_size": "1MiB", "staging_size": 1073741824, "upload_concurrency": 64,
+    "mount_options": ["allow_other", "default_permissions", "noatime"]})"),
+                                            serving);
+  BOOST_TEST(f.cache_dir == std::filesystem::path("/var/cache/fs"));
+  BOOST_TEST(f.staging_dir == std::filesystem::path("/var/lib/fs/staging"));
+  BOOST_TEST(f.metadata == std::filesystem::path("/var/lib/fs/meta.sqlite"));
+  BOOST_TEST(f.cache_size == 10ull << 30);
+  BOOST_TEST(f.capacity == 2'000'000'000'000ull);
+  BOOST_TEST(f.block_size == 1ull << 20);
+  BOOST_TEST(f.staging_size == 1ull << 30);
+  BOOST_TEST(f.upload_concurrency == 64u);
+  BOOST_TEST((f.mount_options ==
+              std::vector<std::string>{"allow_other", "default_permissions", "noatime"}));
+}
+
+BOOST_AUTO_TEST_CASE(unknown_fields_and_wrong_shapes) {
+  BOOST_TEST(!fs_problem({{"cache_sise", "1GiB"}}, "filesystem.cache_sise").empty());
+  BOOST_TEST(!fs_problem({{"entry_timeout", "1s"}}, "filesystem.entry_timeout").empty());
+  for (const json& bad : {json("big"), json(1), json::array(), json(nullptr)}) {
+    BOOST_TEST(!fs_problem(bad, "filesystem").empty());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(the_size_parser) {
+  const std::pair<std::string, std::uint64_t> good[] = {{"0", 0},
+                                                        {"4096", 4096},
+                                                        {"4096B", 4096},
+                                                        {"512KiB", 512ull << 10},
+                                                        {"4MiB", 4ull << 20},
+                                                        {"1GiB", 1ull << 30},
+                                                        {"1TiB", 1ull << 40},
+                                                        {"3KB", 3000},
+                                                        {"5MB", 5'000'000},
+                                                        {"7GB", 7'000'000'000},
+                                                        {"2TB", 2'000'000'000'000},
+                                                        {"007MiB", 7ull << 20},
+                                                        {"18446744073709551615", UINT64_MAX},
+                                                        {"16777215TiB", 16777215ull << 40}};
+  for (const auto& [text, bytes] : good) {
+    const cfg::size_parse_result r = cfg::parse_size(text);
+    BOOST_TEST_INFO("size \"" << text << "\"");
+    BOOST_TEST((r.bytes == std::optional<std::uint64_t>(bytes)));
+    BOOST_TEST(r.problem.empty());
+  }
+  const std::pair<std::string, std::string_view> bad[] = {{"", "empty"},
+                                                          {"-1", "negative"},
+                                                          {"-4MiB", "negative"},
+                                                          {"1.5GiB", "whole"},
+                                                          {"1,5GiB", "whole"},
+                                                          {"GiB", "digits"},
+                                                          {"+4MiB", "digits"},
+                                                          {" 4MiB", "digits"},
+                                                          {"4 MiB", "unit"},
+                                                          {"4MiB ", "unit"},
+                                                          {"4mib", "unit"},
+                                                          {"4K", "unit"},
+                                                          {"4M", "unit"},
+                                                          {"4KiBB", "unit"},
+                                                          {"4e6", "unit"},
+                                                          {"0x10", "unit"},
+                                                          {"4PiB", "unit"},
+                                                          {"18446744073709551616", "too large"},
+                                                          {"99999999999999999999999", "too large"},
+                                                          {"16777216TiB", "too large"},
+                                                          {"18446744073709552KB", "too large"}};
+  for (const auto& [text, why] : bad) {
+    const cfg::size_parse_result r = cfg::parse_size(text);
+    BOOST_TEST_INFO("size \"" << text << "\"");
+    BOOST_TEST(!r.bytes.has_value());
+    BOOST_TEST(contains(r.problem, why), r.problem);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(sizes_as_json_values) {
+  BOOST_TEST(valid_fs({{"capacity", 1048576}}).capacity == 1ull << 20);
+  BOOST_TEST(valid_fs({{"capacity", "1048576"}}).capacity == 1ull << 20);
+  BOOST_TEST(contains(fs_problem({{"capacity", -1}}, "filesystem.capacity"), "negative"));
+  BOOST_TEST(contains(fs_problem({{"capacity", 1.5e9}}, "filesystem.capacity"), "whole"));
+  BOOST_TEST(contains(fs_problem({{"capacity", 1e30}}, "filesystem.capacity"), "too large"));
+  // Integers past 64 bits, as the JSON parser reads them.
+  BOOST_TEST(contains(
+      fs_problem({{"capacity", json::parse("18446744073709551616")}}, "filesystem.capacity"),
+      "too large"));
+  // Within 64 bits but past 1 EiB: refused with the bound.
+  const std::string past = fs_problem({{"capacity", "1048577TiB"}}, "filesystem.capacity");
+  BOOST_TEST(contains(past, "1048576TiB"), past);
+  BOOST_TEST(valid_fs({{"capacity", "1048576TiB"}}).capacity == cfg::max_size);
+  const std::string garbage = fs_problem({{"cache_size", "lots"}}, "filesystem.cache_size");
+  BOOST_TEST(contains(garbage, "\"lots\""), garbage);
+  BOOST_TEST(contains(garbage, "4MiB"), garbage);  // says how to write one
+  for (const json& bad : {json(true), json::array({1}), json::object(), json(nullptr)}) {
+    BOOST_TEST(!fs_problem({{"staging_size", bad}}, "filesystem.staging_size").empty());
+  }
+  // No {"$env"} for sizes: they are no secret.
+  BOOST_TEST(!fs_problem({{"cache_size", {{"$env", "SIZE"}}}}, "filesystem.cache_size").empty());
+}
+
+BOOST_AUTO_TEST_CASE(block_size_is_a_power_of_two_from_64KiB_to_16MiB) {
+  for (const json& good :
+       {json("64KiB"), json("128KiB"), json("1MiB"), json(4194304), json("8MiB"), json("16MiB")}) {
+    BOOST_TEST(
+        valid_fs({{"block_size", good}}).block_size ==
+        cfg::parse_size(good.is_string() ? good.get<std::string>() : good.dump()).bytes.value());
+  }
+  for (const json& bad : {json("32KiB"), json("32MiB"), json("3MiB"), json("4MB"), json(0),
+                          json(65537), json("1GiB")}) {
+    const std::string why = fs_problem({{"block_size", bad}}, "filesystem.block_size");
+    BOOST_TEST(contains(why, "power of two from 64KiB to 16MiB"), why);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(cache_and_staging_hold_two_blocks_at_least) {
+  // Against the default block size (4MiB) ...
+  for (const char* key : {"cache_size", "staging_size"}) {
+    BOOST_TEST(valid_fs({{key, "8MiB"}}).block_size == 4ull << 20);
+    const std::string why = fs_problem({{key, "8388607"}}, std::string("filesystem.") + key);
+    BOOST_TEST(contains(why, "2 × block_size"), why);
+    BOOST_TEST(contains(why, "8MiB"), why);
+    // ... and against the one given.
+    const cfg::filesystem_config small = valid_fs({{"block_size", "64KiB"}, {key, "128KiB"}});
+    BOOST_TEST(small.block_size == 64ull << 10);
+    const std::string big =
+        fs_problem({{"block_size", "16MiB"}, {key, "16MiB"}}, std::string("filesystem.") + key);
+    BOOST_TEST(contains(big, "32MiB"), big);
+  }
+  // An invalid block size is reported once, not again through the sizes that depend on it.
+  const cfg::parse_result r =
+      parse(with_filesystem({{"block_size", "3MiB"}, {"cache_size", "1MiB"}}));
+  BOOST_TEST(at(r, "filesystem.block_size") != nullptr);
+  BOOST_TEST(at(r, "filesystem.cache_size") == nullptr, all_paths(r));
+}
+
+BOOST_AUTO_TEST_CASE(capacity_is_1MiB_at_least) {
+  BOOST_TEST(valid_fs({{"capacity", "1MiB"}}).capacity == 1ull << 20);
+  BOOST_TEST(contains(fs_problem({{"capacity", "1048575"}}, "filesystem.capacity"), "1MiB"));
+  BOOST_TEST(!fs_problem({{"capacity", 0}}, "filesystem.capacity").empty());
+}
+
+BOOST_AUTO_TEST_CASE(upload_concurrency_from_1_to_256) {
+  BOOST_TEST(valid_fs({{"upload_concurrency", 1}}).upload_concurrency == 1u);
+  BOOST_TEST(valid_fs({{"upload_concurrency", 256}}).upload_concurrency == 256u);
+  for (const json& bad : {json(0), json(257), json(-1), json(1.5), json("16"), json(nullptr),
+                          json::parse("18446744073709551615")}) {
+    BOOST_TEST_INFO("upload_concurrency " << bad.dump());
+    BOOST_TEST(contains(fs_problem({{"upload_concurrency", bad}}, "filesystem.upload_concurrency"),
+                        "1 to 256"));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(mount_options_from_the_allowed_set) {
+  std::vector<std::string> every(std::begin(cfg::filesystem_mount_options),
+                                 std::end(cfg::filesystem_mount_options));
+  BOOST_TEST(every.size() == 12u);
+  const std::vector<std::string> some = {
+      "allow_other", "default_permissions", "ro", "nosuid", "nodev", "noexec", "noatime"};
+  BOOST_TEST(valid_fs({{"mount_options", some}}).mount_options == some);
+  BOOST_TEST(
+      valid_fs({{"mount_options", {"rw", "suid", "dev", "exec", "atime"}}}).mount_options.size() ==
+      5u);
+  BOOST_TEST(valid_fs({{"mount_options", json::array()}}).mount_options.empty());
+
+  const std::string unknown =
+      fs_problem({{"mount_options", {"ro", "max_read=4096"}}}, "filesystem.mount_options[1]");
+  BOOST_TEST(contains(unknown, "max_read=4096"), unknown);
+  for (const auto& option : every) BOOST_TEST(contains(unknown, option), unknown);
+  BOOST_TEST(
+      !fs_problem({{"mount_options", {"Allow_Other"}}}, "filesystem.mount_options[0]").empty());
+  BOOST_TEST(contains(
+      fs_problem({{"mount_options", {"ro", "nodev", "ro"}}}, "filesystem.mount_options[2]"),
+      "twice"));
+  BOOST_TEST(contains(fs_problem({{"mount_options", {"ro", "rw"}}}, "filesystem.mount_options[1]"),
+                      "contradicts"));
+  BOOST_TEST(contains(
+      fs_problem({{"mount_options", {"exec", "nodev", "noexec"}}}, "filesystem.mount_options[2]"),
+      "\"exec\""));
+  BOOST_TEST(!fs_problem({{"mount_options", "ro"}}, "filesystem.mount_options").empty());
+  BOOST_TEST(!fs_problem({{"mount_options", {"ro", 1}}}, "filesystem.mount_options[1]").empty());
+}
+
+// A body under the HTTP limit holds some 150000 options: checking them for repeats must not
+// compare each with all before it (seconds, not milliseconds, before the set).
+BOOST_AUTO_TEST_CASE(a_long_list_of_mount_options_is_checked_in_linear_time) {
+  std::vector<std::string> options(75000, "x");
+  options.resize(150000, "ro");
+  const cfg::parse_result r = parse(with_filesystem({{"mount_options", options}}));
+  BOOST_TEST(!r.config.has_value());
+  BOOST_TEST(r.problems.size() == cfg::max_problems + 1);
+  BOOST_TEST(r.problems.front().path == "filesystem.mount_options[0]");
+}
+
+BOOST_AUTO_TEST_CASE(paths_are_proper_paths) {
+  for (const char* key : {"cache_dir", "staging_dir", "metadata"}) {
+    const std::string path = std::string("filesystem.") + key;
+    BOOST_TEST_INFO(key);
+    BOOST_TEST(contains(fs_problem({{key, ""}}, path), "empty"));
+    BOOST_TEST(contains(fs_problem({{key, "/"}}, path), "\"/\""));
+    BOOST_TEST(contains(fs_problem({{key, "//."}}, path), "\"/\""));
+    BOOST_TEST(contains(fs_problem({{key, std::string("a\0b", 3)}}, path), "NUL"));
+    BOOST_TEST(contains(fs_problem({{key, "a/../b"}}, path), ".."));
+    BOOST_TEST(!fs_problem({{key, std::string(5000, 'a')}}, path).empty());
+    BOOST_TEST(!fs_problem({{key, 7}}, path).empty());
+    // null is the default, as GET /config shows it.
+    BOOST_TEST((valid_fs({{key, nullptr}}, serving) == cfg::filesystem_config{}));
+  }
+  // Relative to the working directory, as given; and from the environment like env_dir.
+  BOOST_TEST(valid_fs({{"cache_dir", "cache"}}, serving).cache_dir ==
+             std::filesystem::path("cache"));
+  fake_env env;
+  env.vars = {{"CACHE", "/mnt/nvme/cache"}};
+  const cfg::parse_result r =
+      cfg::parse(with_filesystem({{"cache_dir", {{"$env", "CACHE"}}}}), env.lookup(), serving);
+  BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+  BOOST_TEST(r.config->filesystem.cache_dir == std::filesystem::path("/mnt/nvme/cache"));
+}
+
+// The mount is env_dir: a cache, staging or metadata on it would be served by the filesystem
+// that needs them, a folder holding it would see the mount inside.
+BOOST_AUTO_TEST_CASE(paths_apart_from_env_dir) {
+  json doc = with_filesystem(json::object());
+  doc["storage"]["env_dir"] = "/workspace";
+  for (const char* key : {"cache_dir", "staging_dir", "metadata"}) {
+    for (const std::optional<cfg::own_paths>& own :
+         {std::optional<cfg::own_paths>(), std::optional<cfg::own_paths>(serving)}) {
+      for (const auto& [given, word] :
+           {std::pair<std::string, std::string_view>{"/workspace", "must not be storage"},
+            {"/workspace/", "must not be storage"},
+            {"/./workspace/.cache", "inside"},
+            {"/workspace/a/b", "inside"},
+            {"/", "\"/\""}}) {
+        doc["filesystem"] = {{key, given}};
+        const cfg::parse_result r = cfg::parse(doc, no_env(), own);
+        BOOST_TEST_INFO(key << " \"" << given << "\"");
+        const cfg::problem* p = at(r, std::string("filesystem.") + key);
+        BOOST_REQUIRE_MESSAGE(p != nullptr, all_paths(r));
+        BOOST_TEST(contains(p->message, word), p->message);
+        if (given != "/") BOOST_TEST(contains(p->message, "/workspace"), p->message);
+      }
+      doc["filesystem"] = {{key, "/workspace2"}};
+      BOOST_TEST(cfg::parse(doc, no_env(), own).problems.empty());
+    }
+  }
+  // A relative env_dir, compared through the working directory.
+  json relative = with_filesystem({{"cache_dir", "/srv/app/env/cache"}});
+  relative["storage"]["env_dir"] = "env";
+  BOOST_TEST(at(cfg::parse(relative, no_env(), serving), "filesystem.cache_dir") != nullptr);
+  // Holding it: the default env_dir is data/env.
+  const std::string holds = fs_problem({{"staging_dir", "/srv/app"}}, "filesystem.staging_dir",
+                                       cfg::own_paths{"/srv/app", "/var/sm", "/tmp/sm"});
+  BOOST_TEST(contains(holds, "must not hold storage.env_dir"), holds);
+}
+
+BOOST_AUTO_TEST_CASE(paths_apart_from_state_managers_own_files) {
+  const std::pair<std::string, std::string_view> bad[] = {
+      {"data", "must not be state-manager's data"},
+      {"/srv/app/data", "must not be state-manager's data"},
+      {"/srv/app", "hold"},
+      {"tmp", "must not be state-manager's tmp"},
+      {"tmp/cache", "inside state-manager's tmp"},
+      {"data/database.sqlite", "own files"},
+      {"data/database.sqlite-litestream/x", "own files"},
+      {"data/.restore-aside", "own files"}};
+  for (const auto& [given, word] : bad) {
+    BOOST_TEST_INFO("cache_dir \"" << given << "\"");
+    const std::string why = fs_problem({{"cache_dir", given}}, "filesystem.cache_dir", serving);
+    BOOST_TEST(contains(why, word), why);
+  }
+  // Elsewhere in the data directory is where the defaults are, and fine.
+  BOOST_TEST(valid_fs({{"cache_dir", "data/cache"}, {"metadata", "data/fs-meta.sqlite"}}, serving)
+                 .cache_dir == std::filesystem::path("data/cache"));
+  BOOST_TEST(valid_fs({{"cache_dir", "data/filesystem/cache"},
+                       {"staging_dir", "data/filesystem/staging"},
+                       {"metadata", "data/filesystem/meta.sqlite"}},
+                      serving)
+                 .metadata == std::filesystem::path("data/filesystem/meta.sqlite"));
+  // Without own paths, the directories are unknown: nothing to compare with.
+  BOOST_TEST(valid_fs({{"cache_dir", "tmp"}}).cache_dir == std::filesystem::path("tmp"));
+}
+
+// The cache is rebuilt from, and evicts, whatever its folder holds: staging blocks or the
+// metadata in it would be lost.
+BOOST_AUTO_TEST_CASE(paths_apart_from_each_other) {
+  const std::string same =
+      fs_problem({{"cache_dir", "/fs"}, {"staging_dir", "/fs"}}, "filesystem.staging_dir", serving);
+  BOOST_TEST(contains(same, "must not be filesystem.cache_dir"), same);
+  const std::string inside = fs_problem(
+      {{"cache_dir", "/fs/cache"}, {"metadata", "/fs/cache/meta.sqlite"}}, "filesystem.metadata");
+  BOOST_TEST(contains(inside, "inside filesystem.cache_dir"), inside);
+  // Against a default: reported at the path given, naming the default.
+  const std::string holds =
+      fs_problem({{"cache_dir", "data/filesystem"}}, "filesystem.cache_dir", serving);
+  BOOST_TEST(contains(holds, "must not hold the default"), holds);
+  BOOST_TEST(contains(holds, "data/filesystem/"), holds);
+  const std::string in_default = fs_problem({{"staging_dir", "data/filesystem/cache/staging"}},
+                                            "filesystem.staging_dir", serving);
+  BOOST_TEST(contains(in_default, "inside the default cache_dir"), in_default);
+  // Each pair once.
+  const cfg::parse_result r = cfg::parse(
+      with_filesystem({{"cache_dir", "/fs"}, {"staging_dir", "/fs"}}), no_env(), serving);
+  BOOST_TEST(r.problems.size() == 1u, all_paths(r));
+  // Siblings are apart.
+  BOOST_TEST(
+      valid_fs(
+          {{"cache_dir", "/fs/cache"}, {"staging_dir", "/fs/cache2"}, {"metadata", "/fs/meta"}},
+          serving)
+          .staging_dir == std::filesystem::path("/fs/cache2"));
+}
+
+BOOST_AUTO_TEST_CASE(every_problem_at_once) {
+  const cfg::parse_result r = parse(with_filesystem(json::parse(R"({
+    "cache_size": "x", "capacity": -1, "block_size": 3, "staging_size": 1.5,
+    "upload_concurrency": 0, "mount_options": ["suid", "bogus"], "cache_dir": "",
+    "staging_dir": "/", "metadata": 1, "colour": "blue"})")));
+  BOOST_TEST(!r.config.has_value());
+  for (const char* path :
+       {"filesystem.colour", "filesystem.cache_size", "filesystem.capacity",
+        "filesystem.block_size", "filesystem.staging_size", "filesystem.upload_concurrency",
+        "filesystem.mount_options[1]", "filesystem.cache_dir", "filesystem.staging_dir",
+        "filesystem.metadata"}) {
+    BOOST_TEST(at(r, path) != nullptr, path << ": " << all_paths(r));
+  }
+  BOOST_TEST(r.problems.front().path == "filesystem.colour");  // unknown fields first
+}
+
+BOOST_AUTO_TEST_CASE(shown_by_get_config) {
+  const cfg::parse_result plain = parse(minimal_file_store());
+  BOOST_REQUIRE(plain.config.has_value());
+  const json defaults = cfg::to_redacted_json(*plain.config).at("filesystem");
+  BOOST_TEST(defaults == json::parse(R"({
+    "cache_dir": null, "staging_dir": null, "metadata": null,
+    "cache_size": 1073741824, "capacity": 1099511627776, "block_size": 4194304,
+    "staging_size": 8589934592, "upload_concurrency": 16, "mount_options": []})"),
+             defaults.dump());
+
+  const cfg::filesystem_config f =
+      valid_fs({{"cache_dir", "cache"}, {"cache_size", "2GB"}, {"mount_options", {"ro"}}});
+  cfg::configuration c;
+  c.filesystem = f;
+  const json shown = cfg::to_redacted_json(c).at("filesystem");
+  BOOST_TEST(shown.at("cache_dir") == "cache");
+  BOOST_TEST(shown.at("staging_dir").is_null());
+  BOOST_TEST(shown.at("cache_size") == 2'000'000'000u);
+  BOOST_TEST(shown.at("mount_options") == json({"ro"}));
+}
+
+BOOST_AUTO_TEST_CASE(round_trips_through_parse) {
+  for (const json& settings :
+       {json::object(), json::parse(R"({"cache_dir": "/c", "staging_dir": "s",
+            "metadata": "data/m.sqlite", "cache_size": "3GiB", "capacity": "5TB",
+            "block_size": "64KiB", "staging_size": 131072, "upload_concurrency": 256,
+            "mount_options": ["allow_other", "rw", "nodev"]})")}) {
+    const cfg::parse_result r = cfg::parse(with_filesystem(settings), no_env(), serving);
+    BOOST_REQUIRE_MESSAGE(r.config.has_value(), all_paths(r));
+    const cfg::parse_result again = cfg::parse(cfg::to_redacted_json(*r.config), no_env(), serving);
+    BOOST_REQUIRE_MESSAGE(again.config.has_value(), all_paths(again));
+    BOOST_TEST((again.config->filesystem == r.config->filesystem), settings.dump());
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
