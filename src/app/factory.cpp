@@ -24,11 +24,18 @@ std::vector<std::unique_ptr<supervisor::component>> make_components(
   }
   // The filesystem before the declared processes: they may live on it.
   if (named(config::filesystem_stack) && env.store()) {
+    const config::filesystem_config& f = config.filesystem;
     fs::component_settings settings;
     settings.mountpoint = config.storage.env_dir;
-    settings.metadata = opts.data_dir / "filesystem" / "meta.sqlite";
-    settings.staging_dir = opts.data_dir / "filesystem" / "staging";
-    settings.cache_dir = opts.data_dir / "filesystem" / "cache";
+    settings.metadata = f.metadata_in(opts.data_dir);
+    settings.staging_dir = f.staging_dir_in(opts.data_dir);
+    settings.cache_dir = f.cache_dir_in(opts.data_dir);
+    settings.cache_size = f.cache_size;
+    settings.staging_size = f.staging_size;
+    settings.capacity = f.capacity;
+    settings.block_size = static_cast<std::uint32_t>(f.block_size);  // at most 16 MiB
+    settings.upload_concurrency = f.upload_concurrency;
+    settings.mount_options = f.mount_options;
     made.push_back(std::make_unique<fs::component>(executor, *env.store(), std::move(settings)));
   }
   const supervisor::declared_defaults defaults{
