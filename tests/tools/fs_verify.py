@@ -317,6 +317,7 @@ class Verifier:
         self.done = header["done"]
         self.max_size = header["max_size"]
         self.model = model
+        self.largest = len(model)
 
 
 def say(quiet, text):
