@@ -335,6 +335,27 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
         asio::detached);
   }
 
+  // Evicts unpinned cached blocks, least recently used first, until `bytes` are freed twice
+  // over or none is left, and waits until their files are gone. False when nothing was evicted.
+  asio::awaitable<bool> free_disk_from_cache(std::uint64_t bytes) {
+    std::vector<std::string> victims;
+    std::vector<std::filesystem::path> paths;
+    std::uint64_t freed = 0;
+    for (auto it = lru_.end(); it != lru_.begin() && freed < 2 * bytes;) {
+      --it;
+      if (cache_.at(*it)->pins > 0) continue;
+      freed += cache_.at(*it)->disk_bytes;
+      victims.push_back(*it);
+      paths.push_back(cache_path(*it));
+      ++it;
+      cache_forget(victims.back());
+    }
+    if (victims.empty()) co_return false;
+    remove_files(victims, std::move(paths));
+    while (!removing_.empty()) co_await progress_.wait(clock::time_point::max());
+    co_return true;
+  }
+
   // Evicts the least recently used unpinned blocks until `need` more bytes fit under
   // cache_size (counting the reservations of fetches in flight). False when they cannot.
   bool make_room(std::uint64_t need) {
@@ -434,10 +455,10 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     const auto from = staging_path(name), to = cache_path(name);
     std::uint64_t disk_bytes = disk_estimate(block.length);
     try {
-      // Synced first: a file in the cache is trusted as whole after a power cut, and this one
-      // may never have been (sync() is the writer's to call).
+      // Not synced here: an fsync a block would queue every upload behind the disk. After a
+      // power cut open() drops a cache file whose size is not its block's length (the length
+      // is in its name), which is what a rename that outran its data leaves on ext4.
       co_await offload([&] {
-        fsync_path(from, O_RDONLY);
         struct stat st {};
         if (::stat(from.c_str(), &st) == 0) disk_bytes = std::uint64_t(st.st_blocks) * 512;
       });
@@ -698,15 +719,34 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     staging_bytes_ += block.length;
     stats_.staging_bytes = staging_bytes_;
     bool placed = false;
+    std::exception_ptr failure;
+    bool disk_full = false;
     try {
       co_await write_staged(name, data);
       placed = true;
+    } catch (const std::system_error& e) {
+      disk_full = e.code().value() == ENOSPC;
+      failure = std::current_exception();
     } catch (...) {
+      failure = std::current_exception();
+    }
+    // The cache is only a copy of what the store has: on a full disk it gives its room to
+    // blocks that are nowhere else yet, and the write is tried once more.
+    if (!placed && disk_full && co_await free_disk_from_cache(block.length)) {
+      try {
+        co_await write_staged(name, data);
+        placed = true;
+        failure = nullptr;
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    if (!placed) {
       being_staged_.erase(name);
       staging_bytes_ -= block.length;
       stats_.staging_bytes = staging_bytes_;
       progress_.notify();
-      throw;
+      std::rethrow_exception(failure);
     }
     being_staged_.erase(name);
     if (placed) {

@@ -30,6 +30,10 @@ constexpr auto mount_patience = std::chrono::seconds(60);
 constexpr auto unmount_grace = std::chrono::seconds(5);
 constexpr auto release_drain = std::chrono::seconds(60);
 constexpr auto shutdown_drain = std::chrono::seconds(10);
+// A read of a block neither staged nor cached retries the store this long, then fails with EIO.
+// A store request under way at the deadline finishes its own retries first (about 20 s at most
+// with the store's 10 attempts), so EIO comes within about 40 s of the read.
+constexpr auto read_deadline = std::chrono::seconds(20);
 // The kernel's readahead for the mount (KiB): its default of 128 KiB cuts sequential reads into
 // small requests; 16 MiB lets several blocks be asked for at once.
 constexpr int readahead_kb = 16384;
@@ -118,6 +122,7 @@ asio::awaitable<void> component::start() {
     bs.cache_size = s.cache_size;
     bs.staging_size = s.staging_size;
     bs.upload_concurrency = s.upload_concurrency;
+    bs.read_deadline = read_deadline;
     bs.block_size = made->meta->settings().block_size;
     made->blocks = std::make_unique<block_store>(executor_, store_, *made->ring, bs);
     metadata* meta = made->meta.get();

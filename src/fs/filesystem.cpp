@@ -622,6 +622,9 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
     conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+    // O_TRUNC as a truncate (a setattr) before the open, not a flag of the open: one path for
+    // every truncate, with the times POSIX asks for.
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
     conn->want &= ~FUSE_CAP_SPLICE_READ;
     conn->want &= ~FUSE_CAP_SPLICE_WRITE;
     conn->want &= ~FUSE_CAP_SPLICE_MOVE;
