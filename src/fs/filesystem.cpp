@@ -489,7 +489,9 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   // sees everything written before it.
   asio::awaitable<void> settle(inode_id ino) {
     inode_state* s = find_state(ino);
-    if (!s || !s->dirty()) co_return;
+    // A finish under way has taken its slices off the list before their records are in:
+    // waiting for the lock is waiting for it (a read must not see the size from before).
+    if (!s || (!s->dirty() && s->lock.idle())) co_return;
     auto guard = co_await locked(s->lock);
     co_await finish_all(ino, *s);
   }
