@@ -20,7 +20,7 @@ namespace {
 std::mutex pool_mutex;
 // guarded by pool_mutex; each created on first use: [0] short calls, [1] bulk work, [2] process
 // starts
-std::unique_ptr<asio::thread_pool> pools[3];
+std::unique_ptr<asio::thread_pool> pools[4];
 
 // Every signal blocked on the calling thread while `start` runs: a thread started then inherits
 // the mask. Signals are the executor's to receive, through signalfd and signal_set, never a
@@ -35,11 +35,17 @@ auto with_signals_blocked(F start) {
   return made;
 }
 
+// Threads a lane has: one each (its calls run in order), but the filesystem's, whose calls
+// are independent of each other and many at once (a block staged while others are uploaded).
+constexpr std::size_t files_lane = 3;
+constexpr std::size_t files_threads = 4;
+
 asio::thread_pool& worker(int lane) {
   std::lock_guard lock(pool_mutex);
   auto& pool = pools[lane];
   if (!pool) {
-    pool = with_signals_blocked([] { return std::make_unique<asio::thread_pool>(1); });
+    const std::size_t threads = std::size_t(lane) == files_lane ? files_threads : 1;
+    pool = with_signals_blocked([&] { return std::make_unique<asio::thread_pool>(threads); });
   }
   return *pool;
 }
@@ -83,6 +89,10 @@ asio::awaitable<void> offload_bulk(std::function<void()> work) {
 
 asio::awaitable<void> offload_spawn(std::function<void()> work) {
   return run_on(2, std::move(work));
+}
+
+asio::awaitable<void> offload_files(std::function<void()> work) {
+  return run_on(files_lane, std::move(work));
 }
 
 asio::awaitable<void> offload_thread(std::function<void()> work) {

@@ -37,6 +37,11 @@ asio::awaitable<void> offload_thread(std::function<void()> work);
 // PR_SET_PDEATHSIG gets that signal when the *thread* that started it ends.
 asio::awaitable<void> offload_spawn(std::function<void()> work);
 
+// The same on the filesystem's workers (a few threads, no order among calls): opening, renaming,
+// syncing and removing its block files, so that a staged block never waits behind another
+// user's call (an upload's read of a whole object, a checkpoint's walk) or behind another block.
+asio::awaitable<void> offload_files(std::function<void()> work);
+
 // Joins the workers; called once at shut-down, after the executor stopped.
 void stop_offload_worker();
 

@@ -264,7 +264,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     }
     int err = 0;
     auto fd = std::make_shared<unique_fd>();
-    co_await offload([&] {
+    co_await offload_files([&] {
       fd->reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
       if (!*fd) err = errno;
     });
@@ -320,7 +320,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
         [](std::shared_ptr<impl> self, std::vector<std::string> names,
            std::vector<std::filesystem::path> paths) -> asio::awaitable<void> {
           try {
-            co_await offload([&] {
+            co_await offload_files([&] {
               for (const auto& p : paths) ::unlink(p.c_str());
             });
           } catch (...) {
@@ -458,7 +458,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       // Not synced here: an fsync a block would queue every upload behind the disk. After a
       // power cut open() drops a cache file whose size is not its block's length (the length
       // is in its name), which is what a rename that outran its data leaves on ext4.
-      co_await offload([&] {
+      co_await offload_files([&] {
         struct stat st {};
         if (::stat(from.c_str(), &st) == 0) disk_bytes = std::uint64_t(st.st_blocks) * 512;
       });
@@ -467,7 +467,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
         // Counted before the rename so that no other admission takes the room meanwhile.
         reserved_bytes_ += disk_bytes;
         int err = 0;
-        co_await offload([&] {
+        co_await offload_files([&] {
           if (::rename(from.c_str(), to.c_str()) != 0) err = errno;
         });
         reserved_bytes_ -= disk_bytes;
@@ -478,7 +478,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       }
       if (!moved) {
         forget_open_file(name);
-        co_await offload([&] { ::unlink(from.c_str()); });
+        co_await offload_files([&] { ::unlink(from.c_str()); });
       }
     } catch (const std::exception& e) {
       record_failure(std::string("move ") + from.string() + ": " + e.what());
@@ -529,7 +529,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     co_await with_deadline(deadline, key, [&]() -> asio::awaitable<void> {
       const s3::object_info info = co_await store_.get_file(key, path);
       if (info.size != block.length) {
-        co_await offload([&] { ::unlink(path.c_str()); });
+        co_await offload_files([&] { ::unlink(path.c_str()); });
         throw s3::error(500, "InternalError",
                         "the object is " + std::to_string(info.size) + " bytes, not " +
                             std::to_string(block.length),
@@ -537,7 +537,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       }
     });
     std::uint64_t disk_bytes = reserved;
-    co_await offload([&] {
+    co_await offload_files([&] {
       struct stat st {};
       if (::stat(path.c_str(), &st) == 0) disk_bytes = std::uint64_t(st.st_blocks) * 512;
     });
@@ -766,7 +766,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     const std::filesystem::path temp = final_path.string() + ".tmp";
     auto fd = std::make_shared<unique_fd>();
     int err = 0;
-    co_await offload([&] {
+    co_await offload_files([&] {
       fd->reset(::open(temp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
       if (!*fd) err = errno;
     });
@@ -785,7 +785,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
         if (n == 0) throw std::system_error(EIO, std::generic_category(), "io_uring write");
         done += n;
       }
-      co_await offload([&] {
+      co_await offload_files([&] {
         if (::rename(temp.c_str(), final_path.c_str()) != 0) err = errno;
       });
       if (err != 0) throw std::system_error(err, std::generic_category(), "rename " + temp.string());
@@ -794,7 +794,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     }
     if (failure) {
       fd.reset();
-      co_await offload([&] { ::unlink(temp.c_str()); });
+      co_await offload_files([&] { ::unlink(temp.c_str()); });
       bool full = false;
       std::string what = "stage " + name + ": ";
       try {
@@ -825,9 +825,9 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       for (const auto& name : names) {
         if (!staged_.contains(name)) continue;  // up already
         const auto path = staging_path(name);
-        co_await offload([&] { fsync_path(path, O_RDONLY); });
+        co_await offload_files([&] { fsync_path(path, O_RDONLY); });
       }
-      co_await offload([&] { fsync_path(settings_.staging_dir, O_RDONLY | O_DIRECTORY); });
+      co_await offload_files([&] { fsync_path(settings_.staging_dir, O_RDONLY | O_DIRECTORY); });
     } catch (...) {
       // Not synced: the next sync tries them again.
       unsynced_.insert(names.begin(), names.end());
@@ -843,7 +843,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
 
   asio::awaitable<void> open(std::function<bool(std::uint64_t)> keep) {
     std::vector<found_file> staged, cached;
-    co_await offload([&] {
+    co_await offload_files([&] {
       std::filesystem::create_directories(settings_.staging_dir);
       std::filesystem::create_directories(settings_.cache_dir);
       staged = scan(settings_.staging_dir);
@@ -876,7 +876,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
       cache_insert(f.name, f.disk_bytes);  // to the front: the newest ends most recent
     }
     if (!drop.empty()) {
-      co_await offload([&] {
+      co_await offload_files([&] {
         for (const auto& p : drop) ::unlink(p.c_str());
       });
     }

@@ -121,12 +121,21 @@ int errno_of(const std::exception& e) {
 
 // One slice being written: a contiguous range of one chunk, buffered block by block. Shared with
 // the background stagings of its full blocks.
+// A block's bytes while they are written. Large writes get a whole block at once (from the pool
+// of recycled ones: a fresh one costs a page fault and a zeroed page every 4 KiB); a small file
+// grows a small buffer.
+struct block_buffer {
+  std::unique_ptr<char[]> data;
+  std::size_t size = 0, capacity = 0;
+  bool empty() const { return size == 0; }
+};
+
 struct open_slice {
   std::uint64_t id = 0;
   std::uint32_t chunk = 0;
   std::uint32_t pos = 0;  // in the chunk
   std::uint32_t len = 0;
-  std::vector<std::string> blocks;  // block i's bytes; emptied once staged
+  std::vector<block_buffer> blocks;  // block i's bytes; emptied once staged
   unsigned staging = 0;             // block stagings in flight
   std::exception_ptr failed;        // the first staging failure
   clock::time_point touched;
@@ -164,6 +173,10 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
 
   std::uint64_t buffered = 0;  // bytes in open slices' blocks
   signal buffer_freed;
+  // Whole-block buffers given back, for the next large write; emptied when writes go idle.
+  static constexpr std::size_t pool_keep = 8;
+  std::vector<std::unique_ptr<char[]>> free_blocks;
+  clock::time_point last_write{};
 
   // Group commit: replies waiting for the commit of this turn.
   std::vector<std::function<void(int)>> after_commit;
@@ -319,21 +332,113 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     }
   }
 
+  void give_back(block_buffer b) {
+    if (b.capacity == block_size && free_blocks.size() < pool_keep) {
+      free_blocks.push_back(std::move(b.data));
+    }
+  }
+  std::unique_ptr<char[]> whole_block() {
+    if (!free_blocks.empty()) {
+      auto b = std::move(free_blocks.back());
+      free_blocks.pop_back();
+      return b;
+    }
+    return std::unique_ptr<char[]>(new char[block_size]);
+  }
+  // Room for `more` bytes after b.size (at most a block).
+  void grow(block_buffer& b, std::size_t more) {
+    const std::size_t need = b.size + more;
+    if (need <= b.capacity) return;
+    std::size_t capacity;
+    std::unique_ptr<char[]> bigger;
+    if (more >= (128u << 10) || need > block_size / 2) {
+      capacity = block_size;
+      bigger = whole_block();
+    } else {
+      capacity = std::min<std::size_t>(block_size, std::max<std::size_t>({need, b.capacity * 2,
+                                                                          std::size_t(16) << 10}));
+      bigger = capacity == block_size ? whole_block() : std::unique_ptr<char[]>(new char[capacity]);
+    }
+    if (b.size > 0) std::memcpy(bigger.get(), b.data.get(), b.size);
+    give_back(std::move(b));
+    b.data = std::move(bigger);
+    b.capacity = capacity;
+  }
+
+  // Copies `data` onto the end of `slice` block by block; a block that fills is staged at once.
+  void append_to_slice(const std::shared_ptr<open_slice>& slice, std::string_view data) {
+    slice->touched = clock::now();
+    last_write = slice->touched;
+    std::size_t done = 0;
+    while (done < data.size()) {
+      const std::uint32_t at = slice->len;  // in the slice
+      const std::uint32_t index = at / block_size;
+      const std::uint32_t in_block = at % block_size;
+      const std::size_t take = std::min<std::size_t>(data.size() - done, block_size - in_block);
+      if (slice->blocks.size() <= index) slice->blocks.resize(index + 1);
+      block_buffer& b = slice->blocks[index];
+      grow(b, take);
+      std::memcpy(b.data.get() + b.size, data.data() + done, take);
+      b.size += take;
+      buffered += take;
+      slice->len += static_cast<std::uint32_t>(take);
+      done += take;
+      if (b.size == block_size) stage_in_background(slice, index);
+    }
+  }
+
+  std::shared_ptr<open_slice> new_slice(inode_state& s, std::uint32_t chunk,
+                                        std::uint32_t in_chunk) {
+    auto slice = std::make_shared<open_slice>();
+    slice->id = meta.new_slice_id();
+    slice->chunk = chunk;
+    slice->pos = in_chunk;
+    slice->staged = std::make_unique<signal>(executor);
+    s.slices.push_back(slice);
+    return slice;
+  }
+  std::shared_ptr<open_slice> slice_of(inode_state& s, std::uint32_t chunk) {
+    for (auto& sl : s.slices) {
+      if (sl->chunk == chunk) return sl;
+    }
+    return nullptr;
+  }
+
+  // A write that needs no waiting (it continues its slice or starts one, fits the pool, stays in
+  // one chunk, and nothing failed): done at once, with no copy of the request's bytes and no
+  // coroutine. False: take the general path.
+  bool write_now(inode_id ino, inode_state& s, std::uint64_t offset, std::string_view data) {
+    if (!s.lock.idle() || data.empty()) return false;
+    const auto chunk = static_cast<std::uint32_t>(offset / chunk_size);
+    const auto in_chunk = static_cast<std::uint32_t>(offset % chunk_size);
+    if (std::uint64_t(in_chunk) + data.size() > chunk_size) return false;
+    if (buffered > 0 && buffered + data.size() > settings.write_buffer) return false;
+    std::shared_ptr<open_slice> slice = slice_of(s, chunk);
+    if (slice && (slice->failed || slice->pos + slice->len != in_chunk)) return false;
+    if (!slice) slice = new_slice(s, chunk, in_chunk);
+    (void)ino;
+    append_to_slice(slice, data);
+    s.written_end = std::max(s.written_end, offset + data.size());
+    s.written_at = now_time();
+    return true;
+  }
+
   // Stages block `index` of `slice` in the background; its buffer is freed when done.
   void stage_in_background(const std::shared_ptr<open_slice>& slice, std::uint32_t index) {
     ++slice->staging;
     asio::co_spawn(
         executor,
         [self = shared_from_this(), slice, index]() -> asio::awaitable<void> {
-          std::string data = std::move(slice->blocks[index]);
-          slice->blocks[index] = std::string();
-          const block_ref ref{slice->id, index, static_cast<std::uint32_t>(data.size())};
+          block_buffer data = std::move(slice->blocks[index]);
+          slice->blocks[index] = block_buffer{};
+          const block_ref ref{slice->id, index, static_cast<std::uint32_t>(data.size)};
           try {
-            co_await self->blocks.stage(ref, data);
+            co_await self->blocks.stage(ref, std::span<const char>(data.data.get(), data.size));
           } catch (...) {
             if (!slice->failed) slice->failed = std::current_exception();
           }
-          self->buffered -= data.size();
+          self->buffered -= data.size;
+          self->give_back(std::move(data));
           self->buffer_freed.notify();
           --slice->staging;
           slice->staged->notify();
@@ -438,42 +543,13 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
         co_await finish_all(ino, s);
         co_await room_for(n);
       }
-      std::shared_ptr<open_slice> slice;
-      for (auto& sl : s.slices) {
-        if (sl->chunk == chunk) slice = sl;
-      }
+      std::shared_ptr<open_slice> slice = slice_of(s, chunk);
       if (slice && slice->pos + slice->len != in_chunk) {
         co_await finish(ino, s, slice);  // not a continuation: a new slice
         slice.reset();
       }
-      if (!slice) {
-        slice = std::make_shared<open_slice>();
-        slice->id = meta.new_slice_id();
-        slice->chunk = chunk;
-        slice->pos = in_chunk;
-        slice->staged = std::make_unique<signal>(executor);
-        s.slices.push_back(slice);
-      }
-      slice->touched = clock::now();
-      // Copy block by block; a block that fills is staged at once.
-      std::size_t done = 0;
-      while (done < n) {
-        const std::uint32_t at = slice->len;  // in the slice
-        const std::uint32_t index = at / block_size;
-        const std::uint32_t in_block = at % block_size;
-        const std::size_t take = std::min<std::size_t>(n - done, block_size - in_block);
-        if (slice->blocks.size() <= index) slice->blocks.resize(index + 1);
-        std::string& b = slice->blocks[index];
-        if (b.capacity() < in_block + take) {
-          b.reserve(std::min<std::size_t>(block_size, std::max<std::size_t>(
-                                                          b.capacity() * 2, in_block + take)));
-        }
-        b.append(data.data() + done, take);
-        buffered += take;
-        slice->len += static_cast<std::uint32_t>(take);
-        done += take;
-        if (b.size() == block_size) stage_in_background(slice, index);
-      }
+      if (!slice) slice = new_slice(s, chunk, in_chunk);
+      append_to_slice(slice, data.substr(0, n));
       if (slice->failed) {
         auto failure = slice->failed;
         std::rethrow_exception(failure);
@@ -587,6 +663,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   asio::awaitable<void> flush_idle() {
     auto self = shared_from_this();
     const auto cutoff = clock::now() - std::chrono::seconds(1);
+    if (last_write < cutoff) free_blocks.clear();  // idle: the memory goes back
     std::vector<inode_id> idle;
     for (auto& [ino, s] : inodes) {
       if (!s->dirty() || !s->lock.idle()) continue;
@@ -956,6 +1033,13 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     impl& self = of(req);
     ++self.counters.requests;
     if (self.closed) return self.reply_error(req, EROFS);
+    if (off >= 0 && std::uint64_t(off) + size <= max_file_size &&
+        self.write_now(ino, self.state(ino), static_cast<std::uint64_t>(off),
+                       std::string_view(buf, size))) {
+      ++self.counters.fast_writes;
+      fuse_reply_write(req, size);
+      return;
+    }
     // The request's buffer is reused for the next request: the bytes are copied now.
     asio::co_spawn(self.executor,
                    self.write(req, ino, std::string(buf, size), static_cast<std::uint64_t>(off)),

@@ -43,6 +43,7 @@ struct filesystem_stats {
   std::uint64_t buffered_bytes = 0;  // written, not yet staged
   std::uint64_t open_files = 0, known_inodes = 0;
   std::uint64_t commits = 0;
+  std::uint64_t fast_writes = 0;  // writes done at once, without a coroutine
   std::string last_error;  // "<operation> <inode or name>: <errno text>"
 };
 
