@@ -7,6 +7,8 @@
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
 #include "async/offload.hpp"
@@ -30,6 +32,8 @@ constexpr auto mount_patience = std::chrono::seconds(60);
 constexpr auto unmount_grace = std::chrono::seconds(5);
 constexpr auto release_drain = std::chrono::seconds(60);
 constexpr auto shutdown_drain = std::chrono::seconds(10);
+// How long a stop waits for the operations under way to finish.
+constexpr auto work_grace = std::chrono::seconds(10);
 // A read of a block neither staged nor cached retries the store this long, then fails with EIO.
 // A store request under way at the deadline finishes its own retries first (about 20 s at most
 // with the store's 10 attempts), so EIO comes within about 40 s of the read.
@@ -60,7 +64,10 @@ struct component::parts {
 
 component::component(asio::any_io_executor executor, s3::object_store& store,
                      component_settings settings)
-    : executor_(executor), store_(store), settings_(std::move(settings)) {}
+    : executor_(executor),
+      store_(store),
+      settings_(std::move(settings)),
+      stopped_signal_(executor, std::chrono::steady_clock::time_point::max()) {}
 
 component::~component() = default;
 
@@ -162,8 +169,12 @@ asio::awaitable<void> component::start() {
     last_error_ = stage + ": " + e.what();
   }
   if (!last_error_.empty()) {
-    if (made->mount && made->mount->mounted()) co_await made->mount->unmount(unmount_grace);
+    if (made->mount) {
+      co_await made->mount->unmount(unmount_grace);
+      if (made->operations) co_await made->operations->wait_idle(work_grace);
+    }
     if (made->blocks) co_await made->blocks->stop();
+    if (made->mount) co_await made->mount->close_session();
     made.reset();
     move_to(state::failed);
     co_return;
@@ -180,34 +191,43 @@ asio::awaitable<void> component::start() {
 
 asio::awaitable<std::string> component::take_down(stop_reason why) {
   std::string problem;
+  auto note = [&](const std::string& what) {
+    if (!problem.empty()) problem += "; ";
+    problem += what;
+  };
   parts& p = *parts_;
+  // Unmounted first (the kernel writes back what mmaps dirtied while we still serve), then
+  // the requests under way finish, then what they buffered is flushed.
+  co_await p.mount->unmount(why == stop_reason::fence ? std::chrono::seconds(1) : unmount_grace);
+  co_await p.operations->wait_idle(work_grace);
   if (why != stop_reason::fence) {
     try {
       co_await p.operations->flush_all();
     } catch (const std::exception& e) {
-      problem = std::string("buffered writes could not be flushed: ") + e.what();
+      note(std::string("buffered writes could not be flushed: ") + e.what());
     }
   }
   p.operations->close();
-  co_await p.mount->unmount(why == stop_reason::fence ? std::chrono::seconds(1) : unmount_grace);
   if (why == stop_reason::release || why == stop_reason::shutdown) {
     const bool all_up = co_await p.blocks->drain(why == stop_reason::release ? release_drain
                                                                               : shutdown_drain);
     if (!all_up && why == stop_reason::release) {
       const block_store_stats bs = p.blocks->stats();
-      if (!problem.empty()) problem += "; ";
-      problem += std::to_string(bs.staging_blocks) + " blocks (" +
-                 std::to_string(bs.staging_bytes) + " bytes) are not in the store" +
-                 (bs.last_error.empty() ? "" : ": " + bs.last_error);
+      note(std::to_string(bs.staging_blocks) + " blocks (" + std::to_string(bs.staging_bytes) +
+           " bytes) are not in the store" + (bs.last_error.empty() ? "" : ": " + bs.last_error));
     }
   }
   co_await p.blocks->stop();
+  // Background work (stagings, compactions) ends once the block store refuses it.
+  if (!co_await p.operations->wait_idle(work_grace)) {
+    note("filesystem work was still under way when it was stopped");
+  }
   try {
     p.meta->commit();
   } catch (const std::exception& e) {
-    if (!problem.empty()) problem += "; ";
-    problem += std::string("metadata commit: ") + e.what();
+    note(std::string("metadata commit: ") + e.what());
   }
+  co_await p.mount->close_session();
   parts_.reset();
   co_return problem;
 }
@@ -227,8 +247,20 @@ asio::awaitable<json> component::stop(stop_reason why) {
     }
     co_return json(nullptr);
   }
+  if (stopping_) {
+    // One stop at a time (a fence may come while a release drains): the second waits for the
+    // first, which stops everything.
+    while (stopping_) {
+      std::error_code ec;
+      co_await stopped_signal_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    co_return json(nullptr);
+  }
+  stopping_ = true;
   move_to(state::stopping);
   std::string problem = co_await take_down(why);
+  stopping_ = false;
+  stopped_signal_.cancel();
   if (why == stop_reason::release) {
     // The metadata (which blocks make which file) lives only here until it is replicated.
     if (!problem.empty()) problem += "; ";

@@ -19,6 +19,7 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/steady_timer.hpp>
 #include <nlohmann/json_fwd.hpp>
 
 #include "supervisor/component.hpp"
@@ -75,6 +76,8 @@ class component final : public supervisor::component {
   state state_ = state::pending;
   std::string last_error_;
   std::unique_ptr<parts> parts_;
+  bool stopping_ = false;               // a stop is under way
+  asio::steady_timer stopped_signal_;  // cancelled when it is over
 };
 
 }  // namespace sm::fs

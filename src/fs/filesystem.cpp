@@ -127,6 +127,7 @@ int errno_of(const std::exception& e) {
 struct block_buffer {
   std::unique_ptr<char[]> data;
   std::size_t size = 0, capacity = 0;
+  bool staging = false;  // its staging is under way: not to be staged again meanwhile
   bool empty() const { return size == 0; }
 };
 
@@ -182,6 +183,20 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   std::vector<std::function<void(int)>> after_commit;
   bool commit_posted = false;
 
+  // Coroutines under way (requests and background work): the session and what they use are
+  // destroyed only once none is left.
+  std::uint64_t active = 0;
+  signal went_idle;
+  struct activity_pass {
+    impl* self;
+    explicit activity_pass(impl* s) : self(s) { ++self->active; }
+    activity_pass(const activity_pass&) = delete;
+    ~activity_pass() {
+      if (--self->active == 0) self->went_idle.notify();
+    }
+  };
+  activity_pass activity() { return activity_pass(this); }
+
   bool initialized = false;
   signal initialized_signal;
   bool closed = false;
@@ -195,8 +210,12 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
         settings(s),
         block_size(m.settings().block_size),
         buffer_freed(ex),
+        went_idle(ex),
         initialized_signal(ex),
         idle_timer(ex) {}
+
+  template <auto Op>
+  struct answering;
 
   static impl& of(fuse_req_t req) {
     return *static_cast<filesystem*>(fuse_req_userdata(req))->impl_;
@@ -426,20 +445,30 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   // Stages block `index` of `slice` in the background; its buffer is freed when done.
   void stage_in_background(const std::shared_ptr<open_slice>& slice, std::uint32_t index) {
     ++slice->staging;
+    slice->blocks[index].staging = true;
     asio::co_spawn(
         executor,
         [self = shared_from_this(), slice, index]() -> asio::awaitable<void> {
-          block_buffer data = std::move(slice->blocks[index]);
-          slice->blocks[index] = block_buffer{};
+          const auto busy = self->activity();
+          block_buffer& data = slice->blocks[index];
           const block_ref ref{slice->id, index, static_cast<std::uint32_t>(data.size)};
+          bool staged = false;
           try {
             co_await self->blocks.stage(ref, std::span<const char>(data.data.get(), data.size));
+            staged = true;
           } catch (...) {
             if (!slice->failed) slice->failed = std::current_exception();
           }
-          self->buffered -= data.size;
-          self->give_back(std::move(data));
-          self->buffer_freed.notify();
+          // The bytes stay until they are staged: a failed staging loses nothing, the next
+          // finish tries again.
+          block_buffer& done = slice->blocks[index];
+          done.staging = false;
+          if (staged) {
+            self->buffered -= done.size;
+            self->give_back(std::move(done));
+            done = block_buffer{};
+            self->buffer_freed.notify();
+          }
           --slice->staging;
           slice->staged->notify();
         },
@@ -450,11 +479,17 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   // its record. Under the inode's lock.
   asio::awaitable<void> finish(inode_id ino, inode_state& s, std::shared_ptr<open_slice> slice) {
     s.slices.erase(std::remove(s.slices.begin(), s.slices.end(), slice), s.slices.end());
+    slice->failed = nullptr;
     for (std::uint32_t i = 0; i < slice->blocks.size(); ++i) {
-      if (!slice->blocks[i].empty()) stage_in_background(slice, i);
+      if (!slice->blocks[i].empty() && !slice->blocks[i].staging) stage_in_background(slice, i);
     }
     while (slice->staging > 0) co_await slice->staged->wait();
-    if (slice->failed) std::rethrow_exception(slice->failed);
+    if (slice->failed) {
+      // Back on the file, its bytes with it: every later flush, fsync and close tries again
+      // and reports the error until the blocks are staged.
+      s.slices.insert(s.slices.begin(), slice);
+      std::rethrow_exception(slice->failed);
+    }
     if (slice->len == 0) co_return;
     const slice_record record{slice->pos, slice->id, slice->len, 0, slice->len};
     const std::uint64_t end = std::uint64_t(slice->chunk) * chunk_size + slice->pos + slice->len;
@@ -474,6 +509,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   static constexpr std::size_t compact_threshold = 100;
   asio::awaitable<void> compact(inode_id ino, std::uint32_t chunk) {
     auto self = shared_from_this();
+    const auto busy = activity();
     try {
       inode_state& s = state(ino);
       auto guard = co_await locked(s.lock);
@@ -508,26 +544,32 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
         }
         i = j;
       }
-      if (after.size() < before.size()) meta.replace_chunk(ino, chunk, before, after);
+      // The old slices may have been fsynced: the new blocks are made as durable before
+      // the records that drop the old ones can be committed (and synced by anyone).
+      if (after.size() < before.size()) {
+        co_await blocks.sync();
+        meta.replace_chunk(ino, chunk, before, after);
+      }
       schedule_commit();
     } catch (const std::exception& e) {
       note_error("compact", ino, errno_of(e));
     }
-    maybe_drop_if_unknown(ino);
+    maybe_drop(ino);
   }
 
   asio::awaitable<void> finish_all(inode_id ino, inode_state& s) {
     std::exception_ptr first;
-    while (!s.slices.empty()) {
+    std::vector<std::shared_ptr<open_slice>> pending = s.slices;
+    for (auto& slice : pending) {
       try {
-        co_await finish(ino, s, s.slices.front());
+        co_await finish(ino, s, slice);
       } catch (...) {
         if (!first) first = std::current_exception();
       }
     }
+    if (first) std::rethrow_exception(first);
     s.written_end = 0;
     s.written_at.reset();
-    if (first) std::rethrow_exception(first);
   }
 
   // Appends `data` at `offset`, under the inode's lock.
@@ -662,6 +704,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   }
   asio::awaitable<void> flush_idle() {
     auto self = shared_from_this();
+    const auto busy = activity();
     const auto cutoff = clock::now() - std::chrono::seconds(1);
     if (last_write < cutoff) free_blocks.clear();  // idle: the memory goes back
     std::vector<inode_id> idle;
@@ -680,6 +723,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
       } catch (const std::exception& e) {
         note_error("background flush", ino, errno_of(e));
       }
+      maybe_drop(ino);
     }
     if (!idle.empty()) co_await committed();
     if (!closed) arm_idle_flusher();
@@ -777,6 +821,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   }
   asio::awaitable<void> setattr(fuse_req_t req, inode_id ino, attribute_change change) {
     auto self = shared_from_this();
+    const auto busy = activity();
     attributes a;
     int err = 0;
     try {
@@ -794,7 +839,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
       err = errno_of(e);
       note_error("setattr", ino, err);
     }
-    maybe_drop_if_unknown(ino);
+    maybe_drop(ino);
     if (err != 0) co_return reply_error(req, err);
     err = co_await committed();
     if (err != 0) co_return reply_error(req, err);
@@ -802,14 +847,6 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     const struct stat st = to_stat(a);
     fuse_reply_attr(req, &st, settings.attr_timeout);
   }
-  // An inode state made only to take a lock goes again when nothing else holds it.
-  void maybe_drop_if_unknown(inode_id ino) {
-    inode_state* s = find_state(ino);
-    if (s && s->lookups == 0 && s->opens == 0 && s->lock.idle() && !s->dirty() && !s->unlinked) {
-      inodes.erase(ino);
-    }
-  }
-
   // Creation and removal: the change now, the reply after the commit.
   void reply_entry_after_commit(fuse_req_t req, const attributes& a) {
     when_committed([this, req, a](int err) {
@@ -1000,6 +1037,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   asio::awaitable<void> read(fuse_req_t req, inode_id ino, std::size_t size, std::uint64_t off,
                              std::uint64_t fh) {
     auto self = shared_from_this();
+    const auto busy = activity();
     std::string out;
     try {
       co_await settle(ino);
@@ -1047,6 +1085,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   }
   asio::awaitable<void> write(fuse_req_t req, inode_id ino, std::string data, std::uint64_t off) {
     auto self = shared_from_this();
+    const auto busy = activity();
     if (off + data.size() > max_file_size) co_return reply_error(req, EFBIG);
     inode_state& s = state(ino);
     try {
@@ -1074,6 +1113,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   // fsync: also durable against a power cut (staging fsynced, the metadata's WAL synced).
   asio::awaitable<void> flush(fuse_req_t req, inode_id ino, bool durable) {
     auto self = shared_from_this();
+    const auto busy = activity();
     int err = 0;
     try {
       co_await settle(ino);
@@ -1090,6 +1130,9 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     const std::string wal = meta.file().string() + "-wal";
     co_await offload([&] {
       unique_fd fd(::open(wal.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd && errno != ENOENT) {  // no WAL: nothing was written since the last checkpoint
+        throw std::system_error(errno, std::generic_category(), "open " + wal);
+      }
       if (fd && ::fdatasync(fd.get()) != 0) {
         throw std::system_error(errno, std::generic_category(), "fdatasync " + wal);
       }
@@ -1247,6 +1290,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   asio::awaitable<void> fallocate(fuse_req_t req, inode_id ino, int mode, std::uint64_t offset,
                                   std::uint64_t length) {
     auto self = shared_from_this();
+    const auto busy = activity();
     constexpr int punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
     if (mode != 0 && mode != FALLOC_FL_KEEP_SIZE && mode != punch &&
         mode != FALLOC_FL_ZERO_RANGE && mode != (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
@@ -1275,7 +1319,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
       err = errno_of(e);
       note_error("fallocate", ino, err);
     }
-    maybe_drop_if_unknown(ino);
+    maybe_drop(ino);
     if (err == 0) err = co_await committed();
     reply_error(req, err);
   }
@@ -1287,6 +1331,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   }
   asio::awaitable<void> lseek(fuse_req_t req, inode_id ino, off_t off, int whence) {
     auto self = shared_from_this();
+    const auto busy = activity();
     if (whence != SEEK_DATA && whence != SEEK_HOLE) co_return reply_error(req, EINVAL);
     try {
       co_await settle(ino);
@@ -1298,8 +1343,20 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     if (off < 0 || static_cast<std::uint64_t>(off) >= a.size) co_return reply_error(req, ENXIO);
     std::uint64_t at = static_cast<std::uint64_t>(off);
     while (at < a.size) {
-      const auto chunk = static_cast<std::uint32_t>(at / chunk_size);
-      const std::uint64_t chunk_start = std::uint64_t(chunk) * chunk_size;
+      // Chunks that do not exist are holes: skip to the next one that does.
+      const std::optional<std::uint32_t> next =
+          meta.next_chunk(ino, static_cast<std::uint32_t>(at / chunk_size));
+      const std::uint64_t next_start = next ? std::uint64_t(*next) * chunk_size : a.size;
+      if (next_start >= a.size) {
+        if (whence == SEEK_HOLE) co_return (void)fuse_reply_lseek(req, static_cast<off_t>(at));
+        break;
+      }
+      if (next_start > at) {
+        if (whence == SEEK_HOLE) co_return (void)fuse_reply_lseek(req, static_cast<off_t>(at));
+        at = next_start;
+      }
+      const auto chunk = *next;
+      const std::uint64_t chunk_start = next_start;
       const auto chunk_len =
           static_cast<std::uint32_t>(std::min<std::uint64_t>(chunk_size, a.size - chunk_start));
       for (const segment& seg : paint(meta.chunk(ino, chunk), chunk_len)) {
@@ -1324,6 +1381,9 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     impl& self = of(req);
     ++self.counters.requests;
     if (flags != 0) return self.reply_error(req, EINVAL);
+    // A short count is a valid answer (callers loop): it bounds the metadata work one request
+    // does on the executor.
+    len = std::min<size_t>(len, size_t(1) << 30);
     asio::co_spawn(self.executor,
                    self.copy_range(req, ino_in, static_cast<std::uint64_t>(off_in), ino_out,
                                    static_cast<std::uint64_t>(off_out), len),
@@ -1332,6 +1392,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   asio::awaitable<void> copy_range(fuse_req_t req, inode_id from, std::uint64_t from_off,
                                    inode_id to, std::uint64_t to_off, std::size_t len) {
     auto self = shared_from_this();
+    const auto busy = activity();
     int err = 0;
     std::uint64_t copied = 0;
     try {
@@ -1349,10 +1410,26 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
       err = errno_of(e);
       note_error("copy_file_range", to, err);
     }
-    maybe_drop_if_unknown(to);
+    maybe_drop(to);
     if (err == 0) err = co_await committed();
     if (err != 0) co_return reply_error(req, err);
     fuse_reply_write(req, copied);
+  }
+};
+
+// An operation that throws (SQLite failing on a full disk, a damaged chunk) answers the request
+// with the errno instead of unwinding through libfuse, which would leave it unanswered and its
+// caller hung.
+template <typename... A, void (*Op)(fuse_req_t, A...)>
+struct filesystem::impl::answering<Op> {
+  static void call(fuse_req_t req, A... args) {
+    try {
+      Op(req, args...);
+    } catch (const std::exception& e) {
+      const int err = errno_of(e);
+      impl::of(req).note_error("request", 0, err);
+      fuse_reply_err(req, err);
+    }
   }
 };
 
@@ -1371,39 +1448,39 @@ const fuse_lowlevel_ops& filesystem::operations() {
   static const fuse_lowlevel_ops ops = [] {
     fuse_lowlevel_ops o{};
     o.init = &impl::op_init;
-    o.lookup = &impl::op_lookup;
+    o.lookup = &impl::answering<&impl::op_lookup>::call;
     o.forget = &impl::op_forget;
     o.forget_multi = &impl::op_forget_multi;
-    o.getattr = &impl::op_getattr;
-    o.setattr = &impl::op_setattr;
-    o.readlink = &impl::op_readlink;
-    o.mknod = &impl::op_mknod;
-    o.mkdir = &impl::op_mkdir;
-    o.unlink = &impl::op_unlink;
-    o.rmdir = &impl::op_rmdir;
-    o.symlink = &impl::op_symlink;
-    o.rename = &impl::op_rename;
-    o.link = &impl::op_link;
-    o.open = &impl::op_open;
-    o.read = &impl::op_read;
-    o.write = &impl::op_write;
-    o.flush = &impl::op_flush;
-    o.release = &impl::op_release;
-    o.fsync = &impl::op_fsync;
-    o.opendir = &impl::op_opendir;
-    o.readdir = &impl::op_readdir;
-    o.readdirplus = &impl::op_readdirplus;
-    o.releasedir = &impl::op_releasedir;
-    o.fsyncdir = &impl::op_fsyncdir;
-    o.statfs = &impl::op_statfs;
-    o.setxattr = &impl::op_setxattr;
-    o.getxattr = &impl::op_getxattr;
-    o.listxattr = &impl::op_listxattr;
-    o.removexattr = &impl::op_removexattr;
-    o.create = &impl::op_create;
-    o.fallocate = &impl::op_fallocate;
-    o.lseek = &impl::op_lseek;
-    o.copy_file_range = &impl::op_copy_file_range;
+    o.getattr = &impl::answering<&impl::op_getattr>::call;
+    o.setattr = &impl::answering<&impl::op_setattr>::call;
+    o.readlink = &impl::answering<&impl::op_readlink>::call;
+    o.mknod = &impl::answering<&impl::op_mknod>::call;
+    o.mkdir = &impl::answering<&impl::op_mkdir>::call;
+    o.unlink = &impl::answering<&impl::op_unlink>::call;
+    o.rmdir = &impl::answering<&impl::op_rmdir>::call;
+    o.symlink = &impl::answering<&impl::op_symlink>::call;
+    o.rename = &impl::answering<&impl::op_rename>::call;
+    o.link = &impl::answering<&impl::op_link>::call;
+    o.open = &impl::answering<&impl::op_open>::call;
+    o.read = &impl::answering<&impl::op_read>::call;
+    o.write = &impl::answering<&impl::op_write>::call;
+    o.flush = &impl::answering<&impl::op_flush>::call;
+    o.release = &impl::answering<&impl::op_release>::call;
+    o.fsync = &impl::answering<&impl::op_fsync>::call;
+    o.opendir = &impl::answering<&impl::op_opendir>::call;
+    o.readdir = &impl::answering<&impl::op_readdir>::call;
+    o.readdirplus = &impl::answering<&impl::op_readdirplus>::call;
+    o.releasedir = &impl::answering<&impl::op_releasedir>::call;
+    o.fsyncdir = &impl::answering<&impl::op_fsyncdir>::call;
+    o.statfs = &impl::answering<&impl::op_statfs>::call;
+    o.setxattr = &impl::answering<&impl::op_setxattr>::call;
+    o.getxattr = &impl::answering<&impl::op_getxattr>::call;
+    o.listxattr = &impl::answering<&impl::op_listxattr>::call;
+    o.removexattr = &impl::answering<&impl::op_removexattr>::call;
+    o.create = &impl::answering<&impl::op_create>::call;
+    o.fallocate = &impl::answering<&impl::op_fallocate>::call;
+    o.lseek = &impl::answering<&impl::op_lseek>::call;
+    o.copy_file_range = &impl::answering<&impl::op_copy_file_range>::call;
     return o;
   }();
   return ops;
@@ -1428,11 +1505,34 @@ asio::awaitable<void> filesystem::flush_all() {
   auto self = impl_;
   std::vector<inode_id> dirty;
   for (auto& [ino, s] : self->inodes) {
-    if (s->dirty()) dirty.push_back(ino);
+    if (s->dirty() || !s->lock.idle()) dirty.push_back(ino);  // a finish under way too
   }
-  for (inode_id ino : dirty) co_await self->settle(ino);
+  std::exception_ptr first;
+  for (inode_id ino : dirty) {
+    try {
+      co_await self->settle(ino);
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
   const int err = co_await self->committed();
   if (err != 0) throw std::system_error(err, std::generic_category(), "metadata commit");
+}
+
+asio::awaitable<bool> filesystem::wait_idle(std::chrono::milliseconds timeout) {
+  auto self = impl_;
+  asio::steady_timer deadline(self->executor);
+  deadline.expires_after(timeout);
+  bool timed_out = false;
+  deadline.async_wait([&, w = std::weak_ptr<impl>(self)](std::error_code ec) {
+    if (ec) return;
+    timed_out = true;
+    if (auto s = w.lock()) s->went_idle.notify();
+  });
+  while (self->active > 0 && !timed_out) co_await self->went_idle.wait();
+  deadline.cancel();
+  co_return self->active == 0;
 }
 
 void filesystem::close() {

@@ -65,6 +65,9 @@ class filesystem {
   // Finishes every buffered slice (staged, appended) and commits: what shut-down, release and a
   // checkpoint's quiesce need before they go on. Throws std::system_error on failure.
   asio::awaitable<void> flush_all();
+  // Until no request or background work is under way (true), or `timeout` passed (false): the
+  // session and the metadata and blocks they use may then go.
+  asio::awaitable<bool> wait_idle(std::chrono::milliseconds timeout);
   // Stops the idle flusher and refuses new writes (EROFS); called before unmounting.
   void close();
 

@@ -85,7 +85,7 @@ struct fuse_mount::impl : std::enable_shared_from_this<impl> {
     stop_notifier();
     if (fd) fd->release();  // libfuse owns the descriptor
     if (session) {
-      if (is_mounted) fuse_session_unmount(session);
+      if (is_mounted) ::umount2(mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
       fuse_session_destroy(session);
     }
     std::free(buffer.mem);
@@ -156,7 +156,12 @@ struct fuse_mount::impl : std::enable_shared_from_this<impl> {
                       : "unmounted");
           break;
         }
-        fuse_session_process_buf(session, &buffer);
+        try {
+          fuse_session_process_buf(session, &buffer);
+        } catch (...) {
+          // The operations answer their own failures; nothing may end the loop that serves
+          // every other request.
+        }
       }
     }
   }
@@ -210,8 +215,8 @@ asio::awaitable<void> fuse_mount::mount(std::filesystem::path mountpoint,
 
 asio::awaitable<void> fuse_mount::unmount(std::chrono::milliseconds grace) {
   auto m = impl_;
-  if (!m->session) co_return;
-  if (m->is_mounted && !m->has_ended) {
+  if (!m->session || !m->is_mounted) co_return;
+  if (!m->has_ended) {
     // A plain unmount first: it succeeds when nobody uses the file system, and the session
     // ends at once. Busy, it is detached instead, and served until its last user goes.
     const std::filesystem::path at = m->mountpoint;
@@ -228,19 +233,27 @@ asio::awaitable<void> fuse_mount::unmount(std::chrono::milliseconds grace) {
   }
   m->end("unmounted");
   m->stop_notifier();
+  if (m->fd) m->fd->cancel();
+  m->is_mounted = false;
+}
+
+asio::awaitable<void> fuse_mount::close_session() {
+  auto m = impl_;
+  if (!m->session) co_return;
+  m->end("closed");
+  m->stop_notifier();
   if (m->fd) {
     m->fd->cancel();
     m->fd->release();
     m->fd.reset();
   }
-  // Closes the descriptor (a session still in use is cut off: its users see ENOTCONN) and
-  // detaches the mount if it is still there.
+  // Closes the descriptor: a mount still in use (detached, its grace over) is cut off, and its
+  // users see ENOTCONN. The mount itself is gone already (unmount()): libfuse's own unmount
+  // would only complain that there is none.
   co_await offload([&] {
-    fuse_session_unmount(m->session);
     fuse_session_destroy(m->session);
     m->session = nullptr;
   });
-  m->is_mounted = false;
 }
 
 bool fuse_mount::mounted() const { return impl_->is_mounted && !impl_->has_ended; }

@@ -38,10 +38,13 @@ class fuse_mount {
   // std::system_error with the reason.
   asio::awaitable<void> mount(std::filesystem::path mountpoint, std::vector<std::string> options);
 
-  // Detaches the mount (processes that still hold files on it keep them, and are still served)
-  // and serves until the kernel ends the session (the last user gone), at most `grace`; then
-  // the session ends. Safe when not mounted.
+  // Unmounts (or, while processes still hold files on it, detaches the mount and serves them
+  // until the kernel ends the session, at most `grace`); then requests are no longer read. The
+  // session stays, so that replies of operations still under way go nowhere harmlessly. Safe
+  // when not mounted.
   asio::awaitable<void> unmount(std::chrono::milliseconds grace);
+  // Ends the session and closes its descriptor: once no operation is under way any more.
+  asio::awaitable<void> close_session();
 
   bool mounted() const;
   // Called once when the session ends, with why (also when unmount() ends it).

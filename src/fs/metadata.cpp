@@ -262,6 +262,15 @@ struct metadata::impl {
     in_transaction = true;
   }
 
+  // The indexes of `ino`'s chunks from `first` to `last`, in order.
+  std::vector<std::uint32_t> chunk_indexes(inode_id ino, std::uint64_t first, std::uint64_t last) {
+    std::vector<std::uint32_t> out;
+    cursor c = query("SELECT idx FROM chunks WHERE ino = ?1 AND idx >= ?2 AND idx <= ?3 ORDER BY idx",
+                     ino, first, last);
+    while (c.next()) out.push_back(static_cast<std::uint32_t>(c.number(0)));
+    return out;
+  }
+
   // Undoes everything since the last commit (after SQLite itself gave up the transaction, or
   // when a commit failed).
   void abandon_transaction() noexcept {
@@ -647,6 +656,14 @@ const format& metadata::settings() const { return impl_->settings; }
 const std::filesystem::path& metadata::file() const { return impl_->file; }
 
 void metadata::commit() { impl_->commit(); }
+
+std::optional<std::uint32_t> metadata::next_chunk(inode_id ino, std::uint32_t from) {
+  cursor c = impl_->query(
+      "SELECT idx FROM chunks WHERE ino = ?1 AND idx >= ?2 ORDER BY idx LIMIT 1", ino,
+      std::uint64_t(from));
+  if (!c.next()) return std::nullopt;
+  return static_cast<std::uint32_t>(c.number(0));
+}
 bool metadata::in_transaction() const { return impl_->in_transaction; }
 
 int metadata::lookup(inode_id parent, std::string_view name, attributes& out) {
@@ -982,7 +999,11 @@ int metadata::punch_hole(inode_id ino, std::uint64_t offset, std::uint64_t lengt
         std::min(n->a.size, length > ~offset ? ~std::uint64_t(0) : offset + length);
     if (offset >= end) return 0;
     reference_changes changes;
-    for (std::uint64_t index = offset / chunk_size; index <= (end - 1) / chunk_size; ++index) {
+    // Only chunks that exist: one that does not is a hole already (a huge sparse file has
+    // millions of chunk indexes and few chunks).
+    for (const std::uint32_t idx_in_range :
+         m.chunk_indexes(ino, offset / chunk_size, (end - 1) / chunk_size)) {
+      const std::uint64_t index = idx_in_range;
       const std::uint64_t base = index * chunk_size;
       const auto from = static_cast<std::uint32_t>(std::max(offset, base) - base);
       const auto to = static_cast<std::uint32_t>(std::min(end, base + chunk_size) - base);
@@ -1090,8 +1111,14 @@ std::uint64_t metadata::new_slice_id() {
   // The reservation must outlive a power loss, not only a crash of the process: blocks named by
   // these ids may reach the object store before anything else is synced. Its commit runs with
   // synchronous=FULL (the WAL synced at commit), which SQLite allows only outside a transaction,
-  // so the open group commits first.
-  m.commit();
+  // so the open group commits first. If that fails, the group stays lost: its own commit then
+  // fails too, and none of its calls is reported done.
+  try {
+    m.commit();
+  } catch (...) {
+    m.lose_transaction();
+    throw;
+  }
   m.exec_script("PRAGMA synchronous = FULL");
   std::uint64_t base = 0;
   try {

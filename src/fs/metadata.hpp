@@ -149,6 +149,9 @@ class metadata {
   std::vector<inode_id> orphans();
 
   // ---- data ---------------------------------------------------------------------------------
+  // The first chunk of `ino` that exists at or after `from` (nullopt: none): for walks over a
+  // sparse file that skip its holes instead of asking for every chunk index.
+  std::optional<std::uint32_t> next_chunk(inode_id ino, std::uint32_t from);
   // The records of chunk `index` of `ino`, oldest first (empty when none).
   std::vector<slice_record> chunk(inode_id ino, std::uint32_t index);
   // A write session's result: `records` appended to chunk `index` (their slices' reference
