@@ -181,7 +181,6 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   std::uint64_t staging_bytes_ = 0;               // staged_ and being_staged_
   unsigned uploading_ = 0;
   bool store_failing_ = false;  // the last upload attempt failed (retryably): no progress
-  bool uploads_refused_ = false;  // a non-retryable failure (the lease is gone): uploads stopped
   std::unordered_set<std::string> unsynced_;  // staged since the last sync(), still staged
   bool syncing_ = false;
   wakeup sync_done_;
@@ -378,7 +377,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   // --- uploads ---
 
   void pump_uploads() {
-    while (!stopped_ && !uploads_refused_ && uploading_ < std::max(1u, settings_.upload_concurrency) &&
+    while (!stopped_ && uploading_ < std::max(1u, settings_.upload_concurrency) &&
            !upload_queue_.empty()) {
       std::string name = std::move(upload_queue_.front());
       upload_queue_.pop_front();
@@ -420,24 +419,16 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
         co_return;
       }
       std::string failure;
-      bool refused = false;
       try {
         co_await store_.put_file(key, staging_path(name));
         break;
-      } catch (const s3::error& e) {
-        failure = "upload " + key + ": " + e.what();
-        refused = !e.retryable();
       } catch (const std::exception& e) {
         failure = "upload " + key + ": " + e.what();
       }
+      // Every failure is tried again, after a backoff of up to upload_backoff_max, even one
+      // the store calls final: a refusal for the lease (409 LeaseNotHeld) lasts only until a
+      // renewal gets through, and a lost lease stops the component, and this store with it.
       record_failure(std::move(failure));
-      if (refused) {
-        // The lease is gone (409 LeaseNotHeld) or the store refuses the write: another try
-        // cannot succeed. The block stays staged for the next holder of the lease.
-        uploads_refused_ = true;
-        upload_queue_.push_front(name);
-        co_return;
-      }
       store_failing_ = true;
       progress_.notify();
       co_await sleep_unless_stopped(backoff);
@@ -706,7 +697,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     // Back-pressure: wait for uploads to free room while they make progress. An empty staging
     // area takes any block, so that a staging_size below block_size still moves.
     while (staging_bytes_ > 0 && staging_bytes_ + block.length > settings_.staging_size) {
-      if (store_failing_ || uploads_refused_ || stopped_) {
+      if (store_failing_ || stopped_) {
         throw std::system_error(ENOSPC, std::generic_category(),
                                 "staging is full and the store is not taking uploads");
       }
@@ -913,7 +904,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   asio::awaitable<bool> drain(std::chrono::milliseconds timeout) {
     const auto deadline = deadline_after(timeout);
     while (!staged_.empty() || !being_staged_.empty()) {
-      if (uploads_refused_ || stopped_ || clock::now() >= deadline) co_return false;
+      if (stopped_ || clock::now() >= deadline) co_return false;
       co_await progress_.wait(deadline);
     }
     co_return true;

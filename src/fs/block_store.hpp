@@ -93,7 +93,8 @@ class block_store {
   void prefetch(block_ref block);
 
   // Waits until nothing is staged any more (every block is in the store), or `timeout` passed,
-  // or uploads failed with a non-retryable error (the lease is gone): true when all are up.
+  // or stop() was called: true when all are up. Failed uploads, whatever the error, are tried
+  // again meanwhile (backoff up to upload_backoff_max).
   asio::awaitable<bool> drain(std::chrono::milliseconds timeout);
 
   // Stops uploads and prefetches and waits for those in flight to end (what is staged stays

@@ -116,6 +116,54 @@ cmp "$TEST_DIR/src/during" "$mnt/during" || fail "a file written during the outa
 sm_stop
 ((SM_EXIT == 0)) || fail "shut-down exited $SM_EXIT"
 
+# --- Uploads refused for good while staging is full: no byte is dropped ---------------------------
+# (A plain file where the store's fs/ folder goes: every upload fails without a retry.) The
+# writes fit the buffer; their staging fails once staging is full; fsync and close report it;
+# once the store takes uploads again, a later fsync succeeds and every byte is there.
+mkdir "$TEST_DIR/refusing"
+cd "$TEST_DIR/refusing"
+sm_start --lease-ttl 300s
+req POST /config -d "$(cat <<JSON
+{"storage": {"bucket": "env-bucket", "endpoint": "file://$TEST_DIR/refusing/objects", "env_dir": "$TEST_DIR/mnt3"},
+ "filesystem": {"block_size": "64KiB", "staging_size": "128KiB"},
+ "stacks": ["filesystem"]}
+JSON
+)"
+expect_status 200
+mkdir -p objects/env-bucket
+rm -rf objects/env-bucket/fs
+echo "not a folder" >objects/env-bucket/fs
+python3 - "$TEST_DIR/mnt3/kept" "$TEST_DIR/refusing/objects/env-bucket/fs" <<'PY' || fail "bytes written while uploads failed"
+import os, sys
+path, blocker = sys.argv[1], sys.argv[2]
+data = bytes(range(256)) * 768  # 3 blocks of 64 KiB
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+for i in range(3):
+    assert os.pwrite(fd, data[i * 65536:(i + 1) * 65536], i * 65536) == 65536
+try:
+    os.fsync(fd)
+    sys.exit("fsync succeeded although the third block could not be staged")
+except OSError:
+    pass
+os.remove(blocker)  # the store takes uploads again: once a retry (at most 30 s apart) gets
+import time         # through, staging has room, and the bytes kept since go there
+deadline = time.monotonic() + 90
+while True:
+    try:
+        os.fsync(fd)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+os.close(fd)
+with open(path, "rb") as f:
+    got = f.read()
+assert got == data, "%d bytes read back, expected %d" % (len(got), len(data))
+PY
+sm_stop
+cd "$TEST_DIR"
+
 # --- The disk full: staging and cache on a 1 MiB tmpfs --------------------------------------------
 if mount_tmpfs "$TEST_DIR/small-disk" 1m; then
   mkdir "$TEST_DIR/disk"
