@@ -393,7 +393,7 @@ rm "$TEST_DIR/web.out"
 sm_start
 wait_until "web running again after a restart" process_json 'j["components"]["web"]["state"] == "running"'
 wait_until "the web component's output after a restart" test -s "$TEST_DIR/web.out"
-process_json 'j["components"]["web"].get("restarts", 0) == 0' || fail "web restarted (started before the mount?): $BODY"
+process_json 'j["components"]["web"]["restarts"] == 0' || fail "web restarted (started before the mount?): $BODY"
 sm_stop
 ((SM_EXIT == 0)) || fail "shut-down exited $SM_EXIT"
 mounted && fail "still mounted"
