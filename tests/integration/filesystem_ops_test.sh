@@ -35,6 +35,7 @@ fs_value() {  # KEY: components.filesystem[KEY]
   req GET /
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["components"]["filesystem"][sys.argv[2]])' "$BODY_FILE" "$1"
 }
+fs_running() { fs_json 'f["state"] == "running"'; }
 staging_empty() { fs_json 'f["staging"]["blocks"] == 0 and f["uploads_in_flight"] == 0'; }
 block_objects() { find "$objects/env-bucket/fs/blocks" -type f 2>/dev/null | wc -l; }
 drop_cached_pages() {  # the kernel's pages of these files go, so that reads reach us
@@ -336,7 +337,7 @@ PY
 # --- 4 (continued). A file unlinked while open when state-manager is killed ---------------------
 # Its inode is an orphan in the metadata: the next start removes it, and its space comes back.
 sm_start
-wait_until "the mount" mounted
+wait_until "the filesystem running" fs_running
 used_before=$(fs_value used_bytes)
 inodes_before=$(fs_value inodes)
 python3 - "$mnt/orphan" "$TEST_DIR/orphan-ready" <<'PY' &
@@ -357,7 +358,7 @@ wait "$SM_PID" 2>/dev/null || true
 kill "$holder"
 wait "$holder" 2>/dev/null || true
 sm_start
-wait_until "the mount after kill -9" mounted
+wait_until "the filesystem running after kill -9" fs_running
 fs_json "f['used_bytes'] <= $used_before and f['inodes'] == $inodes_before" ||
   fail "the orphan of a kill -9 was not removed at the next start: $BODY"
 sm_stop
@@ -435,8 +436,8 @@ rm tmp/config.json
 sm_start
 req POST /config -d "$(config '["database", "filesystem"]')"
 expect_status 200
-process_json 'j["components"]["database"]["state"] == "running" and j["components"]["filesystem"]["state"] == "running"' ||
-  fail "both components running: $BODY"
+wait_until "both components running" \
+  process_json 'j["components"]["database"]["state"] == "running" and j["components"]["filesystem"]["state"] == "running"'
 sql "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);"
 echo "version one" >"$mnt/doc.txt"
 head -c 5000000 /dev/urandom >"$TEST_DIR/blob"
