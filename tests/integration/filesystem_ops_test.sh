@@ -6,6 +6,7 @@
 #   - fallocate: allocate, punch a hole, zero a range; an unsupported mode fails cleanly;
 #   - a file unlinked while open lives until its last close, and its space comes back then;
 #   - hard links across directories; a sparse file over several chunks; a file over two chunks;
+#     copy_file_range, a punched hole and a zeroed range across the chunk boundary;
 #   - many small pieces of one chunk are compacted into few records;
 #   - GET / components.filesystem, df against the configured capacity, GET /metrics, GET /events;
 #   - COMMAND (and a declared component) that lives on the mount, or runs inside it, across a
@@ -254,6 +255,54 @@ assert os.lseek(fd, 0, os.SEEK_DATA) == at and os.lseek(fd, 0, os.SEEK_HOLE) == 
 os.close(fd)
 PY
 rm "$mnt/sparse130"
+# copy_file_range, a punched hole and a zeroed range across the 64 MiB chunk boundary, each
+# compared with a model.
+python3 - "$mnt/across" "$mnt/across-copy" <<'PY' || fail "operations across the chunk boundary"
+import ctypes, os, sys
+M = 1 << 20
+libc = ctypes.CDLL(None, use_errno=True)
+def fallocate(fd, mode, off, n):
+    assert libc.fallocate(fd, mode, ctypes.c_long(off), ctypes.c_long(n)) == 0, ctypes.get_errno()
+def reread(path, model):
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    got = open(path, "rb").read()
+    assert len(got) == len(model), (path, len(got), len(model))
+    if got != bytes(model):
+        raise AssertionError(f"{path} differs from byte {next(i for i, (a, b) in enumerate(zip(got, model)) if a != b)}")
+src = bytearray(70 * M)
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)
+data = os.urandom(4 * M)
+os.pwrite(fd, data, 62 * M)
+src[62 * M:66 * M] = data
+os.ftruncate(fd, 70 * M)
+os.fsync(fd)
+dst = bytearray(os.urandom(3 * M)) + bytearray(67 * M)
+fo = os.open(sys.argv[2], os.O_CREAT | os.O_RDWR, 0o644)
+os.pwrite(fo, bytes(dst[:3 * M]), 0)
+os.ftruncate(fo, 70 * M)
+for so, do, n in ((63 * M, M + 7, 2 * M + 13), (M // 2, 63 * M + 12345, 2 * M), (62 * M - 100, 64 * M - 50, 3 * M)):
+    done = 0
+    while done < n:
+        r = os.copy_file_range(fd, fo, n - done, so + done, do + done)
+        assert r > 0
+        done += r
+    dst[do:do + n] = src[so:so + n]
+os.close(fo)
+reread(sys.argv[2], dst)
+fallocate(fd, 3, 63 * M + 5, 2 * M)            # PUNCH_HOLE | KEEP_SIZE
+src[63 * M + 5:65 * M + 5] = bytes(2 * M)
+fallocate(fd, 0x10, 65 * M + 100, 7 * M)       # ZERO_RANGE, past the end: the file grows
+src[65 * M + 100:] = bytes(len(src) - 65 * M - 100)
+src.extend(bytes(72 * M + 100 - len(src)))
+assert os.lseek(fd, 62 * M, os.SEEK_HOLE) == 63 * M + 5
+assert os.lseek(fd, 63 * M + 5, os.SEEK_DATA) == 65 * M + 5
+assert os.lseek(fd, 65 * M + 5, os.SEEK_HOLE) == 65 * M + 100
+os.close(fd)
+reread(sys.argv[1], src)
+PY
+rm "$mnt/across" "$mnt/across-copy"
 dd if=/dev/urandom of="$TEST_DIR/two-chunks" bs=1M count=140 status=none
 dd if="$TEST_DIR/two-chunks" of="$mnt/two-chunks" bs=1M status=none || fail "dd of 140 MB into the mount"
 [[ $(stat -c %s "$mnt/two-chunks") == 146800640 ]] || fail "140 MB file size $(stat -c %s "$mnt/two-chunks")"
