@@ -111,7 +111,9 @@ PY
 rm "$mnt/big-copy" "$mnt/dst" "$mnt/unflushed" "$mnt/unflushed-copy"
 
 # --- 2. SEEK_DATA / SEEK_HOLE on a sparse file, beside the same on the local disk -----------------
-python3 - "$mnt/sparse" "$TEST_DIR/sparse" <<'PY' || fail "SEEK_DATA / SEEK_HOLE"
+# The local disk is held to the same answers where it is a file system that tracks holes.
+local_fs=$(df --output=fstype "$TEST_DIR" | tail -n1)
+python3 - "$mnt/sparse" "$TEST_DIR/sparse" "$local_fs" <<'PY' || fail "SEEK_DATA / SEEK_HOLE"
 import errno, os, sys
 M = 10 << 20
 def make(path):
@@ -129,15 +131,17 @@ ours, local = make(sys.argv[1]), make(sys.argv[2])
 size = M + 4096
 assert os.fstat(ours).st_size == size
 D, H = os.SEEK_DATA, os.SEEK_HOLE
-for fd, where in ((ours, "mount"), (local, "local disk")):
+compared = [(ours, "mount")]
+if sys.argv[3] in ("ext4", "xfs", "btrfs", "tmpfs"):
+    compared.append((local, "local disk"))
+for fd, where in compared:
     got = {
         "data@0": seek(fd, 0, D), "hole@0": seek(fd, 0, H),
         "data@8192": seek(fd, 8192, D), "hole@8192": seek(fd, 8192, H),
         "data@M+100": seek(fd, M + 100, D), "hole@M+100": seek(fd, M + 100, H),
         "data@end": seek(fd, size, D), "hole@end": seek(fd, size, H),
-        "data@-1": seek(fd, size + 5, D),
+        "data@end+5": seek(fd, size + 5, D),
     }
-    print(where, got, file=sys.stderr)
     assert got["data@0"] == 0, (where, got)
     assert isinstance(got["hole@0"], int) and 4096 <= got["hole@0"] <= M, (where, got)
     assert isinstance(got["data@8192"], int) and 8192 <= got["data@8192"] <= M, (where, got)
@@ -145,7 +149,7 @@ for fd, where in ((ours, "mount"), (local, "local disk")):
     assert got["data@M+100"] == M + 100, (where, got)
     assert got["hole@M+100"] == size, (where, got)  # the end of the file is a hole
     assert got["data@end"] == "ENXIO" and got["hole@end"] == "ENXIO", (where, got)
-    assert got["data@-1"] == "ENXIO", (where, got)
+    assert got["data@end+5"] == "ENXIO", (where, got)
 # Where the mount's answer is finer than ext4's block granularity, it is exactly the data's end.
 assert seek(ours, 0, H) == 4096 and seek(ours, 8192, D) == M, "the mount's answers are not exact"
 # A hole written over becomes data.
@@ -165,7 +169,6 @@ fallocate -n -l 1M "$mnt/kept" || fail "fallocate -n (keep size)"
 [[ $(stat -c %s "$mnt/kept") == 5 && $(cat "$mnt/kept") == hello ]] || fail "fallocate -n changed the file"
 head -c 65536 /dev/urandom >"$TEST_DIR/f2"
 cp "$TEST_DIR/f2" "$mnt/f2"
-cp "$TEST_DIR/f2" "$TEST_DIR/f3"
 fallocate -p -o 4096 -l 8192 "$mnt/f2" || fail "fallocate -p (punch hole)"
 python3 - "$mnt/f2" "$TEST_DIR/f2" <<'PY' || fail "the punched file"
 import sys
