@@ -58,6 +58,7 @@ expect_status 200
 mounted || fail "not mounted when POST /config answered"
 
 # --- 1. copy_file_range: a copy within the mount shares the blocks -------------------------------
+# (cp of coreutils 9 tries FICLONE, which FUSE refuses, then copy_file_range.)
 head -c 20000000 /dev/urandom >"$TEST_DIR/big"
 cp "$TEST_DIR/big" "$mnt/big"
 wait_until "the 20 MB file's blocks in the store" staging_empty
