@@ -50,6 +50,9 @@ constexpr std::chrono::milliseconds fetch_backoff_max{2000};
 // the cache, or the cache evicted it) is looked up again, this many times at most.
 constexpr int lookup_attempts = 8;
 
+// A cached block's file is read ahead into the page cache at most once in this long.
+constexpr std::chrono::seconds warm_interval{2};
+
 [[noreturn]] void throw_errno(int err, const std::string& what) {
   throw std::system_error(err, std::generic_category(), what);
 }
@@ -211,6 +214,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   std::unordered_map<std::string, std::shared_ptr<fetch_state>> fetching_;
   std::unordered_map<std::string, unsigned> removing_;  // unlinks queued, not done yet
   unsigned prefetches_ = 0;
+  std::unordered_map<std::string, clock::time_point> warmed_;  // cached blocks warm() asked for
 
   // Open files by block name (the same inode in staging/ or cache/: a move keeps it).
   struct open_file {
@@ -945,7 +949,11 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     try {
       if (stopped_) return;
       const std::string name = block_file_name(block);
-      if (staged_.contains(name) || being_staged_.contains(name) || cache_.contains(name) ||
+      if (cache_.contains(name)) {
+        warm(name);
+        return;
+      }
+      if (staged_.contains(name) || being_staged_.contains(name) ||
           fetching_.contains(name) || prefetches_ >= std::max(1u, settings_.upload_concurrency)) {
         return;
       }
@@ -963,6 +971,35 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
           asio::detached);
     } catch (...) {
     }
+  }
+
+  // Readahead of a cached block: asks the kernel to read its file into the page cache now, in
+  // the background, so that the reads to come find it there rather than each waiting for the
+  // disk piece by piece. Once per block in warm_interval (readahead asks for the same blocks
+  // again with every read).
+  void warm(const std::string& name) {
+    const auto now = clock::now();
+    if (auto it = warmed_.find(name); it != warmed_.end() && now - it->second < warm_interval) {
+      return;
+    }
+    if (warmed_.size() >= 4 * open_files_max) {
+      std::erase_if(warmed_, [&](const auto& e) { return now - e.second >= warm_interval; });
+    }
+    warmed_[name] = now;
+    asio::co_spawn(
+        executor_,
+        [](std::shared_ptr<impl> self, std::string name) -> asio::awaitable<void> {
+          auto pass = self->work_.enter();
+          if (!pass || !self->cache_.contains(name)) co_return;
+          try {
+            auto fd = co_await self->open_block(name, self->cache_path(name));
+            if (!fd) co_return;
+            co_await offload_files([&] { ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_WILLNEED); });
+          } catch (...) {
+            // Only a hint: the read itself reports what is wrong.
+          }
+        }(shared_from_this(), name),
+        asio::detached);
   }
 
   asio::awaitable<bool> drain(std::chrono::milliseconds timeout) {
