@@ -50,6 +50,9 @@ constexpr std::chrono::milliseconds fetch_backoff_max{2000};
 // the cache, or the cache evicted it) is looked up again, this many times at most.
 constexpr int lookup_attempts = 8;
 
+// A cached block's file is read ahead into the page cache at most once in this long.
+constexpr std::chrono::seconds warm_interval{2};
+
 [[noreturn]] void throw_errno(int err, const std::string& what) {
   throw std::system_error(err, std::generic_category(), what);
 }
@@ -197,16 +200,20 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   std::uint64_t cache_bytes_ = 0;
   std::uint64_t reserved_bytes_ = 0;  // promised to fetches in flight
 
-  // A fetch in flight, shared by every reader of the block and a prefetch.
+  // A fetch in flight, shared by every reader of the block and a prefetch. `done` once the
+  // block's bytes are in `data` (or it failed): readers are served from memory while its cache
+  // file is written; the entry leaves fetching_ once that file is in place (or not admitted).
   struct fetch_state {
     explicit fetch_state(asio::any_io_executor e) : done_signal(std::move(e)) {}
     bool done = false;
     std::exception_ptr failure;
+    std::shared_ptr<const std::string> data;  // block.length bytes, set when done and fine
     wakeup done_signal;
   };
   std::unordered_map<std::string, std::shared_ptr<fetch_state>> fetching_;
   std::unordered_map<std::string, unsigned> removing_;  // unlinks queued, not done yet
   unsigned prefetches_ = 0;
+  std::unordered_map<std::string, clock::time_point> warmed_;  // cached blocks warm() asked for
 
   // Open files by block name (the same inode in staging/ or cache/: a move keeps it).
   struct open_file {
@@ -497,43 +504,91 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
   static asio::awaitable<void> fetch(std::shared_ptr<impl> self, std::string name,
                                      block_ref block, std::uint64_t reserved,
                                      std::shared_ptr<fetch_state> state) {
+    std::shared_ptr<const std::string> data;
     try {
-      co_await self->fetch_into_cache(name, block, reserved);
+      data = co_await self->fetch_into_memory(block);
     } catch (...) {
       state->failure = std::current_exception();
     }
-    self->reserved_bytes_ -= reserved;
-    self->fetching_.erase(name);
+    // The waiting readers are served now, from memory; the cache file follows.
+    state->data = data;
     state->done = true;
     state->done_signal.notify();
+    if (data) {
+      try {
+        co_await self->write_cache_file(name, block, reserved, *data);
+      } catch (const std::exception& e) {
+        // Only a copy: the block is read from the store again next time.
+        self->record_failure("cache " + name + ": " + e.what());
+      }
+    }
+    self->reserved_bytes_ -= reserved;
+    self->fetching_.erase(name);
   }
 
-  asio::awaitable<void> fetch_into_cache(const std::string& name, const block_ref& block,
-                                         std::uint64_t reserved) {
+  // One GET of the whole block (no HEAD: its length is in its name), into memory.
+  asio::awaitable<std::shared_ptr<const std::string>> fetch_into_memory(const block_ref& block) {
     auto pass = work_.enter();
     if (!pass) throw std::system_error(EIO, std::generic_category(), "block store stopped");
     const auto deadline = deadline_after(settings_.read_deadline);
-    // An eviction of an older file of this name must land before the new one does.
-    while (removing_.contains(name) && !stopped_) co_await progress_.wait(deadline);
     const std::string key = block_key(block);
-    const auto path = cache_path(name);
+    std::shared_ptr<const std::string> out;
     co_await with_deadline(deadline, key, [&]() -> asio::awaitable<void> {
-      const s3::object_info info = co_await store_.get_file(key, path);
-      if (info.size != block.length) {
-        co_await offload_files([&] { ::unlink(path.c_str()); });
+      std::string body = co_await store_.get(key);
+      if (body.size() != block.length) {
         throw s3::error(500, "InternalError",
-                        "the object is " + std::to_string(info.size) + " bytes, not " +
+                        "the object is " + std::to_string(body.size()) + " bytes, not " +
                             std::to_string(block.length),
                         key);
       }
-    });
-    std::uint64_t disk_bytes = reserved;
-    co_await offload_files([&] {
-      struct stat st {};
-      if (::stat(path.c_str(), &st) == 0) disk_bytes = std::uint64_t(st.st_blocks) * 512;
+      out = std::make_shared<const std::string>(std::move(body));
     });
     ++stats_.downloaded_blocks;
     stats_.downloaded_bytes += block.length;
+    co_return out;
+  }
+
+  // Writes a fetched block to cache/ as "<name>.tmp", renamed into place, on the filesystem's
+  // lane. Not synced: a cache file is only a copy, and open() drops one whose size is not its
+  // block's length (what a power cut after a rename that outran its data leaves).
+  asio::awaitable<void> write_cache_file(const std::string& name, const block_ref& block,
+                                         std::uint64_t reserved, const std::string& data) {
+    auto pass = work_.enter();
+    if (!pass) co_return;
+    // An eviction of an older file of this name must land before the new one does.
+    while (removing_.contains(name) && !stopped_) co_await progress_.wait(clock::time_point::max());
+    if (stopped_ || cache_.contains(name)) co_return;
+    const auto path = cache_path(name);
+    const std::filesystem::path temp = path.string() + ".tmp";
+    std::uint64_t disk_bytes = reserved;
+    std::string failure;
+    co_await offload_files([&] {
+      unique_fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+      if (!fd) {
+        failure = "create " + temp.string() + ": " + std::generic_category().message(errno);
+        return;
+      }
+      for (std::size_t done = 0; done < data.size();) {
+        const ssize_t n = ::pwrite(fd.get(), data.data() + done, data.size() - done,
+                                   static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          failure = "write " + temp.string() + ": " +
+                    std::generic_category().message(n < 0 ? errno : EIO);
+          ::unlink(temp.c_str());
+          return;
+        }
+        done += static_cast<std::size_t>(n);
+      }
+      struct stat st {};
+      if (::fstat(fd.get(), &st) == 0) disk_bytes = std::uint64_t(st.st_blocks) * 512;
+      if (::rename(temp.c_str(), path.c_str()) != 0) {
+        failure = "rename " + temp.string() + ": " + std::generic_category().message(errno);
+        ::unlink(temp.c_str());
+      }
+    });
+    if (!failure.empty()) throw std::runtime_error(failure);
+    (void)block;
     cache_insert(name, disk_bytes);
     // The estimate may have been short: evict down to the limit again (this block is the most
     // recently used, so it goes last).
@@ -678,6 +733,10 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
                                 "block " + name + " not fetched within the read deadline");
       }
       if (state->failure) std::rethrow_exception(state->failure);
+      if (state->data) {
+        std::copy_n(state->data->data() + offset, out.size(), out.begin());
+        co_return;
+      }
     }
   }
 
@@ -890,7 +949,11 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     try {
       if (stopped_) return;
       const std::string name = block_file_name(block);
-      if (staged_.contains(name) || being_staged_.contains(name) || cache_.contains(name) ||
+      if (cache_.contains(name)) {
+        warm(name);
+        return;
+      }
+      if (staged_.contains(name) || being_staged_.contains(name) ||
           fetching_.contains(name) || prefetches_ >= std::max(1u, settings_.upload_concurrency)) {
         return;
       }
@@ -908,6 +971,35 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
           asio::detached);
     } catch (...) {
     }
+  }
+
+  // Readahead of a cached block: asks the kernel to read its file into the page cache now, in
+  // the background, so that the reads to come find it there rather than each waiting for the
+  // disk piece by piece. Once per block in warm_interval (readahead asks for the same blocks
+  // again with every read).
+  void warm(const std::string& name) {
+    const auto now = clock::now();
+    if (auto it = warmed_.find(name); it != warmed_.end() && now - it->second < warm_interval) {
+      return;
+    }
+    if (warmed_.size() >= 4 * open_files_max) {
+      std::erase_if(warmed_, [&](const auto& e) { return now - e.second >= warm_interval; });
+    }
+    warmed_[name] = now;
+    asio::co_spawn(
+        executor_,
+        [](std::shared_ptr<impl> self, std::string name) -> asio::awaitable<void> {
+          auto pass = self->work_.enter();
+          if (!pass || !self->cache_.contains(name)) co_return;
+          try {
+            auto fd = co_await self->open_block(name, self->cache_path(name));
+            if (!fd) co_return;
+            co_await offload_files([&] { ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_WILLNEED); });
+          } catch (...) {
+            // Only a hint: the read itself reports what is wrong.
+          }
+        }(shared_from_this(), name),
+        asio::detached);
   }
 
   asio::awaitable<bool> drain(std::chrono::milliseconds timeout) {
@@ -936,6 +1028,7 @@ struct block_store::impl : std::enable_shared_from_this<impl> {
     s.cache_bytes = cache_bytes_;
     s.cache_limit = settings_.cache_size;
     s.uploads_in_flight = uploading_;
+    s.fetches_in_flight = fetching_.size();
     return s;
   }
 };

@@ -53,6 +53,8 @@ struct block_store_stats {
   std::uint64_t cache_bytes = 0, cache_limit = 0, cache_hits = 0, cache_misses = 0;
   std::uint64_t uploads_in_flight = 0, uploaded_blocks = 0, uploaded_bytes = 0;
   std::uint64_t downloaded_blocks = 0, downloaded_bytes = 0;
+  // Blocks being fetched, their cache files being written included.
+  std::uint64_t fetches_in_flight = 0;
   std::string last_error;  // the last store or disk failure, empty when none since it cleared
 };
 

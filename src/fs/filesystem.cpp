@@ -1038,32 +1038,59 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
                              std::uint64_t fh) {
     auto self = shared_from_this();
     const auto busy = activity();
-    std::string out;
+    std::string out = take_read_buffer();
     try {
       co_await settle(ino);
+      // Readahead, decided when the request arrives (not when its data came), so that the
+      // blocks ahead are fetched while this one is. A read near where the last ones ended
+      // doubles the window (from one block to 8): the kernel's own readahead keeps several
+      // requests in flight, answered in any order, so "near" spans its window, not one offset.
+      if (auto it = handles.find(fh); it != handles.end()) {
+        open_handle& h = it->second;
+        constexpr std::uint64_t near = 32u << 20;
+        if (off + near >= h.next_read && off <= h.next_read + near) {
+          h.window = std::min<std::uint32_t>(std::max<std::uint32_t>(h.window * 2, 1), 8);
+          h.next_read = std::max(h.next_read, off + size);
+        } else {
+          h.window = 0;
+          h.next_read = off + size;
+        }
+        if (h.window > 0 && size > 0) {
+          read_ahead(ino, off + size, std::uint64_t(h.window) * block_size);
+        }
+      }
       co_await read_range(ino, off, size, out);
     } catch (const std::exception& e) {
       const int err = errno_of(e);
       note_error("read", ino, err);
+      give_back_read_buffer(std::move(out));
       co_return reply_error(req, err);
     }
     fuse_reply_buf(req, out.data(), out.size());
-    // Readahead: a read that continues the last one doubles the window (from one block to 8).
-    auto it = handles.find(fh);
-    if (it != handles.end()) {
-      open_handle& h = it->second;
-      if (off == h.next_read && off != 0) {
-        h.window = std::min<std::uint32_t>(std::max<std::uint32_t>(h.window * 2, 1), 8);
-      } else if (off != 0 || h.next_read != 0) {
-        h.window = 0;
-      } else {
-        h.window = 1;
-      }
-      h.next_read = off + out.size();
-      if (h.window > 0 && !out.empty()) {
-        read_ahead(ino, h.next_read, std::uint64_t(h.window) * block_size);
-      }
-    }
+    give_back_read_buffer(std::move(out));
+  }
+
+  // Reads' buffers (1 MiB each), reused while reads follow each other: a new one each read
+  // cost more than the read itself (the kernel mapping, zeroing and unmapping its pages). Freed
+  // once no read came for a second, so that an idle mount holds none.
+  std::vector<std::string> spare_read_buffers;
+  std::optional<asio::steady_timer> spare_read_buffers_timer;
+  std::string take_read_buffer() {
+    if (spare_read_buffers.empty()) return {};
+    std::string b = std::move(spare_read_buffers.back());
+    spare_read_buffers.pop_back();
+    b.clear();
+    return b;
+  }
+  void give_back_read_buffer(std::string b) {
+    if (spare_read_buffers.size() >= 16 || b.capacity() > (2u << 20) || closed) return;
+    spare_read_buffers.push_back(std::move(b));
+    if (!spare_read_buffers_timer) spare_read_buffers_timer.emplace(executor);
+    spare_read_buffers_timer->expires_after(std::chrono::seconds(1));
+    spare_read_buffers_timer->async_wait([w = weak_from_this()](std::error_code ec) {
+      auto self = w.lock();
+      if (!ec && self) self->spare_read_buffers.clear();
+    });
   }
 
   static void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
