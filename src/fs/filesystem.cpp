@@ -931,37 +931,33 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
     state(*ino).unlinked = true;
     maybe_drop(*ino);
   }
+  // A change that may take an inode's last link: made now, the inode forgotten once nothing
+  // holds it, the reply after the commit.
+  template <typename Change>
+  void remove_name(fuse_req_t req, std::string_view op, inode_id parent, Change&& change) {
+    ++counters.requests;
+    std::optional<inode_id> gone;
+    const int err = guarded(op, parent, [&] { return change(gone); });
+    if (err != 0) return reply_error(req, err);
+    unlinked(gone);
+    reply_ok_after_commit(req);
+  }
   static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
     impl& self = of(req);
-    ++self.counters.requests;
-    std::optional<inode_id> gone;
-    const int err =
-        self.guarded("unlink", parent, [&] { return self.meta.unlink(parent, name, gone); });
-    if (err != 0) return self.reply_error(req, err);
-    self.unlinked(gone);
-    self.reply_ok_after_commit(req);
+    self.remove_name(req, "unlink", parent,
+                     [&](std::optional<inode_id>& gone) { return self.meta.unlink(parent, name, gone); });
   }
   static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
     impl& self = of(req);
-    ++self.counters.requests;
-    std::optional<inode_id> gone;
-    const int err =
-        self.guarded("rmdir", parent, [&] { return self.meta.rmdir(parent, name, gone); });
-    if (err != 0) return self.reply_error(req, err);
-    self.unlinked(gone);
-    self.reply_ok_after_commit(req);
+    self.remove_name(req, "rmdir", parent,
+                     [&](std::optional<inode_id>& gone) { return self.meta.rmdir(parent, name, gone); });
   }
   static void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name,
                         fuse_ino_t new_parent, const char* new_name, unsigned int flags) {
     impl& self = of(req);
-    ++self.counters.requests;
-    std::optional<inode_id> gone;
-    const int err = self.guarded("rename", parent, [&] {
+    self.remove_name(req, "rename", parent, [&](std::optional<inode_id>& gone) {
       return self.meta.rename(parent, name, new_parent, new_name, flags, gone);
     });
-    if (err != 0) return self.reply_error(req, err);
-    self.unlinked(gone);
-    self.reply_ok_after_commit(req);
   }
 
   // ---- open files ---------------------------------------------------------------------------

@@ -200,14 +200,6 @@ run_cli restore-db --config "$A_CONFIG"
 # --- The store away (Swift behind a relay that is stopped, then started again).
 s3_server_start
 s3_make_bucket env-bucket
-swift_port=${S3_ENDPOINT##*:}
-relay_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-relay_start() {
-  python3 "$HARNESS_DIR/tcp_relay.py" "$relay_port" "$swift_port" >"$TEST_DIR/relay.out" 2>&1 &
-  RELAY_PID=$!
-  STARTED_PIDS+=("$RELAY_PID")
-  wait_until "the relay" grep -q ready "$TEST_DIR/relay.out"
-}
 relay_start
 creds=", \"access_key\": \"$S3_ACCESS_KEY\", \"secret_key\": \"$S3_SECRET_KEY\""
 start d

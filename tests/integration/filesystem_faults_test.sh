@@ -16,14 +16,6 @@ mnt=$TEST_DIR/mnt
 
 s3_server_start
 s3_make_bucket env-bucket
-swift_port=${S3_ENDPOINT##*:}
-relay_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-relay_start() {
-  python3 "$HARNESS_DIR/tcp_relay.py" "$relay_port" "$swift_port" >"$TEST_DIR/relay.out" 2>&1 &
-  RELAY_PID=$!
-  STARTED_PIDS+=("$RELAY_PID")
-  wait_until "the relay" grep -q ready "$TEST_DIR/relay.out"
-}
 fs_json() {  # PY_EXPR over components.filesystem as f
   req GET /
   python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["components"]["filesystem"]; sys.exit(0 if eval(sys.argv[2]) else 1)' \

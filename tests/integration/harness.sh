@@ -144,6 +144,19 @@ boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT"], region_name=os.enviro
 PY
 }
 
+# relay_start: a TCP relay (tcp_relay.py) on $relay_port, picked at the first call, in front of
+# the S3 server's port, for outage tests: killing RELAY_PID is the outage, relay_start again on
+# the same port the recovery. Endpoints that go through it use http://127.0.0.1:$relay_port.
+relay_port=
+relay_start() {
+  [[ -n $relay_port ]] ||
+    relay_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 "$HARNESS_DIR/tcp_relay.py" "$relay_port" "${S3_ENDPOINT##*:}" >"$TEST_DIR/relay.out" 2>&1 &
+  RELAY_PID=$!
+  STARTED_PIDS+=("$RELAY_PID")
+  wait_until "the relay" grep -q ready "$TEST_DIR/relay.out"
+}
+
 # Starts an instance in the current directory and waits for its "listening address=HOST:PORT"
 # line (text or JSON log). SIGINT is reset to its default, as a container runtime would leave it
 # (bash makes background jobs ignore it).
