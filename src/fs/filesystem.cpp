@@ -1509,19 +1509,32 @@ const fuse_lowlevel_ops& filesystem::operations() {
   return ops;
 }
 
-asio::awaitable<bool> filesystem::wait_initialized(std::chrono::milliseconds timeout) {
-  auto self = impl_;
-  asio::steady_timer deadline(self->executor);
+namespace {
+
+// Until `done()` holds (true) or `timeout` passed (false), woken by `woken` (whose owner
+// notifies it when `done()` may have changed).
+template <typename Done>
+asio::awaitable<bool> wait_until(const asio::any_io_executor& executor, signal& woken, Done done,
+                                 std::chrono::milliseconds timeout) {
+  asio::steady_timer deadline(executor);
   deadline.expires_after(timeout);
   bool timed_out = false;
-  deadline.async_wait([&, w = std::weak_ptr<impl>(self)](std::error_code ec) {
+  deadline.async_wait([&](std::error_code ec) {
     if (ec) return;
     timed_out = true;
-    if (auto s = w.lock()) s->initialized_signal.notify();
+    woken.notify();
   });
-  while (!self->initialized && !timed_out) co_await self->initialized_signal.wait();
+  while (!done() && !timed_out) co_await woken.wait();
   deadline.cancel();
-  co_return self->initialized;
+  co_return done();
+}
+
+}  // namespace
+
+asio::awaitable<bool> filesystem::wait_initialized(std::chrono::milliseconds timeout) {
+  auto self = impl_;
+  co_return co_await wait_until(
+      self->executor, self->initialized_signal, [&] { return self->initialized; }, timeout);
 }
 
 asio::awaitable<void> filesystem::flush_all() {
@@ -1545,17 +1558,8 @@ asio::awaitable<void> filesystem::flush_all() {
 
 asio::awaitable<bool> filesystem::wait_idle(std::chrono::milliseconds timeout) {
   auto self = impl_;
-  asio::steady_timer deadline(self->executor);
-  deadline.expires_after(timeout);
-  bool timed_out = false;
-  deadline.async_wait([&, w = std::weak_ptr<impl>(self)](std::error_code ec) {
-    if (ec) return;
-    timed_out = true;
-    if (auto s = w.lock()) s->went_idle.notify();
-  });
-  while (self->active > 0 && !timed_out) co_await self->went_idle.wait();
-  deadline.cancel();
-  co_return self->active == 0;
+  co_return co_await wait_until(
+      self->executor, self->went_idle, [&] { return self->active == 0; }, timeout);
 }
 
 void filesystem::close() {
