@@ -85,7 +85,7 @@ if out=$(timeout 120 cat "$mnt/big" 2>&1 >/dev/null); then
   fail "a file not in the cache read while the store was down"
 fi
 [[ $out == *"Input/output error"* ]] || fail "reading an uncached file with the store down: $out"
-((SECONDS - started <= 45)) || fail "EIO came after $((SECONDS - started)) s, more than the bound of about 40 s"
+((SECONDS - started <= 60)) || fail "EIO came after $((SECONDS - started)) s, more than the bound of about 40 s (60 with slack for a loaded machine)"
 # Writes go into staging while it has room...
 head -c 1000000 /dev/urandom >"$TEST_DIR/src/during"
 cp "$TEST_DIR/src/during" "$mnt/during" || fail "a write within the staging bound failed with the store down"
