@@ -27,6 +27,7 @@
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include "async/gate.hpp"
 #include "async/offload.hpp"
 #include "base/fd.hpp"
 #include "fs/block_store.hpp"
@@ -183,19 +184,11 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
   std::vector<std::function<void(int)>> after_commit;
   bool commit_posted = false;
 
-  // Coroutines under way (requests and background work): the session and what they use are
-  // destroyed only once none is left.
-  std::uint64_t active = 0;
-  signal went_idle;
-  struct activity_pass {
-    impl* self;
-    explicit activity_pass(impl* s) : self(s) { ++self->active; }
-    activity_pass(const activity_pass&) = delete;
-    ~activity_pass() {
-      if (--self->active == 0) self->went_idle.notify();
-    }
-  };
-  activity_pass activity() { return activity_pass(this); }
+  // Coroutines under way (requests and background work) each hold a pass: the session and what
+  // they use are destroyed only once none is left. Never closed: a request after close() still
+  // runs (and answers EROFS where it would write).
+  gate work;
+  gate::pass activity() { return std::move(*work.enter()); }
 
   bool initialized = false;
   signal initialized_signal;
@@ -210,7 +203,7 @@ struct filesystem::impl : std::enable_shared_from_this<impl> {
         settings(s),
         block_size(m.settings().block_size),
         buffer_freed(ex),
-        went_idle(ex),
+        work(ex),
         initialized_signal(ex),
         idle_timer(ex) {}
 
@@ -1558,8 +1551,7 @@ asio::awaitable<void> filesystem::flush_all() {
 
 asio::awaitable<bool> filesystem::wait_idle(std::chrono::milliseconds timeout) {
   auto self = impl_;
-  co_return co_await wait_until(
-      self->executor, self->went_idle, [&] { return self->active == 0; }, timeout);
+  co_return co_await self->work.wait_idle(timeout);
 }
 
 void filesystem::close() {
